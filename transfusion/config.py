@@ -1,0 +1,239 @@
+"""Typed configuration: nested dataclasses, named presets, YAML files and dot-list overrides.
+
+    cfg = load_config(preset="tiny", files=["my.yaml"], overrides=["train.steps=100"])
+
+Precedence, lowest first: dataclass defaults, the preset, YAML files, ``key.sub=value``
+overrides. The resolved config is saved next to every run and inside every checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+import yaml
+
+
+@dataclass
+class ModelConfig:
+    dim: int = 256
+    n_layers: int = 4
+    n_heads: int = 4
+    mlp_hidden: int = 0  # 0: the Llama default, 8/3 * dim rounded up to a multiple of 64
+    max_seq_len: int = 512  # longest document the model takes (RoPE positions)
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    attention: str = "sdpa"  # sdpa (dense boolean mask) | flex (FlexAttention block mask, CUDA)
+
+
+@dataclass
+class ImageConfig:
+    size: int = 32  # pixels, square; the default for data and sampling
+    autoencoder: str = "identity"  # identity | a folder (ours or a diffusers AutoencoderKL)
+    adapter: str = "unet"  # linear | unet: the modality-specific image in/out layers
+    patch_size: int = 2  # k: a k x k patch of the (U-Net-downsampled) latent is one token
+    unet_channels: list[int] = field(default_factory=lambda: [64, 128])  # one down block each
+    max_grid: int = 64  # largest patch grid side for the 2-D position embedding
+    clip_sample: bool = True  # clamp predicted x0 to [-1, 1] while sampling (pixel space)
+
+
+@dataclass
+class DiffusionConfig:
+    timesteps: int = 1000  # T
+    schedule: str = "cosine"
+    loss_weight: float = 5.0  # lambda in L = L_LM + lambda * L_DDPM
+    image_first_prob: float = 0.2
+    image_first_max_t: int = 500  # noise cap for image-first (captioning) examples
+    caption_dropout: float = 0.1
+    sample_steps: int = 50  # DDPM ancestral steps used for the sample grids
+    guidance: float = 3.0
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "shapes"  # shapes | mnist | a .jsonl manifest | an image folder
+    text_dataset: str = "text"  # real English text for the text-only share; "" for none
+    text_fraction: float = 0.1  # share of documents that are text only
+    interleaved_fraction: float = 0.05  # share of multi-image documents (shapes only)
+    tokenizer: str = "bytes"  # bytes | bpe (trained on the run's own text) | a tokenizer.json
+    bpe_vocab_size: int = 1024
+    seq_len: int = 256  # tokens per packed row
+    batch_size: int = 8  # rows per step
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-4
+    min_lr: float = 1.5e-5
+    warmup_steps: int = 4000
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    seed: int = 0
+    device: str = "cpu"
+    threads: int = 0  # torch CPU threads; 0: leave torch's default
+    log_every: int = 10
+    sample_every: int = 0  # 0: only at the end
+    checkpoint_every: int = 200
+    keep_checkpoints: int = 2
+    eval_samples: int = 64  # held-out captions scored at the end of a run
+    compile: bool = False
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    image: ImageConfig = field(default_factory=ImageConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def _paper(layers: int, dim: int, heads: int) -> dict:
+    return {
+        "model": {"dim": dim, "n_layers": layers, "n_heads": heads, "max_seq_len": 4096},
+        "image": {"size": 256, "patch_size": 2, "adapter": "unet", "unet_channels": [128, 256]},
+        "data": {"tokenizer": "bpe", "bpe_vocab_size": 32000, "seq_len": 4096, "batch_size": 1},
+        "diffusion": {"sample_steps": 250},
+    }
+
+
+PRESETS: dict[str, dict] = {
+    # seconds; for tests and smoke runs
+    "debug": {
+        "model": {"dim": 64, "n_layers": 2, "n_heads": 2, "max_seq_len": 256},
+        "image": {"size": 16, "unet_channels": [16], "patch_size": 2},
+        "data": {"seq_len": 128, "batch_size": 4},
+        "optim": {"lr": 1e-3, "warmup_steps": 5, "min_lr": 1e-4},
+        "diffusion": {"sample_steps": 10},
+        "train": {"steps": 20, "log_every": 5, "checkpoint_every": 10, "eval_samples": 8},
+    },
+    # the main job: about 15 minutes on 2 CPU cores
+    "tiny": {
+        "model": {"dim": 256, "n_layers": 4, "n_heads": 4, "max_seq_len": 256},
+        "image": {"size": 32, "unet_channels": [64, 128], "patch_size": 2},
+        "data": {"tokenizer": "bpe", "bpe_vocab_size": 512, "seq_len": 256, "batch_size": 8},
+        "optim": {"lr": 1e-3, "warmup_steps": 100, "min_lr": 1e-4},
+        "train": {"steps": 2000, "log_every": 20, "checkpoint_every": 250},
+    },
+    # a longer CPU run (about an hour and a half here)
+    "small": {
+        "model": {"dim": 384, "n_layers": 6, "n_heads": 6, "max_seq_len": 256},
+        "image": {"size": 32, "unet_channels": [64, 128], "patch_size": 2},
+        "data": {"tokenizer": "bpe", "bpe_vocab_size": 512, "seq_len": 256, "batch_size": 8},
+        "optim": {"lr": 8e-4, "warmup_steps": 200, "min_lr": 8e-5},
+        "train": {"steps": 6000, "log_every": 50, "checkpoint_every": 500},
+    },
+    # the paper's sizes (SPEC section 2): layers / width / heads
+    "0.16B": _paper(16, 768, 12),
+    "0.37B": _paper(24, 1024, 16),
+    "0.76B": _paper(24, 1536, 24),
+    "1.4B": _paper(24, 2048, 16),
+    "7B": _paper(32, 4096, 32),
+}
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    origin = get_origin(hint)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"config key {key!r} expects a list, got {value!r}")
+        (item,) = get_args(hint)
+        return [_coerce(v, item, key) for v in value]
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"config key {key!r} expects true/false, got {value!r}")
+        return value
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if hint is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise ValueError(f"config key {key!r} expects {getattr(hint, '__name__', hint)}, got {value!r}")
+
+
+def _merge(obj: Any, updates: dict, prefix: str = "") -> None:
+    hints = get_type_hints(type(obj))
+    for name, value in updates.items():
+        key = f"{prefix}{name}"
+        if name not in hints:
+            valid = ", ".join(f"{prefix}{n}" for n in hints)
+            raise ValueError(f"unknown config key {key!r}; valid keys here: {valid}")
+        current = getattr(obj, name)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ValueError(f"config key {key!r} is a section; give it a mapping")
+            _merge(current, value, prefix=f"{key}.")
+        else:
+            setattr(obj, name, _coerce(value, hints[name], key))
+
+
+def _dotlist_to_dict(overrides: list[str]) -> dict:
+    out: dict = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} must look like key.sub=value")
+        path, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw != "" else ""
+        node = out
+        parts = path.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return out
+
+
+def load_config(preset: str | None = None, files: list[str | Path] = (), overrides: list[str] = ()) -> Config:
+    cfg = Config()
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        _merge(cfg, PRESETS[preset])
+    for path in files:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"config file {path} must hold a mapping at the top level")
+        _merge(cfg, data)
+    _merge(cfg, _dotlist_to_dict(list(overrides)))
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    m = cfg.model
+    if m.dim % m.n_heads != 0 or (m.dim // m.n_heads) % 2 != 0:
+        raise ValueError(f"model.dim={m.dim} must split into model.n_heads={m.n_heads} heads of even size")
+    if m.attention not in ("sdpa", "flex"):
+        raise ValueError(f"model.attention must be 'sdpa' or 'flex', got {m.attention!r}")
+    if cfg.image.adapter not in ("linear", "unet"):
+        raise ValueError(f"image.adapter must be 'linear' or 'unet', got {cfg.image.adapter!r}")
+    if cfg.data.seq_len > m.max_seq_len:
+        raise ValueError(f"data.seq_len={cfg.data.seq_len} exceeds model.max_seq_len={m.max_seq_len}")
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(data: dict) -> Config:
+    cfg = Config()
+    _merge(cfg, data)
+    validate(cfg)
+    return cfg
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -1,0 +1,59 @@
+"""Documents: ordered lists of text and image segments.
+
+A document is what a dataset yields and what the packer turns into a batch row:
+
+    Document([Text("first a red circle, then a green triangle:"), Image(a), Image(b)])
+
+Images are float tensors of shape (C, H, W) with values in [-1, 1] (pixels), before any
+autoencoder. ``kind`` tells the batch builder how it may reorder a document:
+``"pair"`` (one caption + one image: may be flipped to image-first or lose its caption),
+``"interleaved"`` and ``"text"`` (kept as they are).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Union
+
+import torch
+
+
+@dataclass(frozen=True)
+class Text:
+    text: str
+
+
+@dataclass(frozen=True)
+class Image:
+    pixels: torch.Tensor  # (C, H, W) float in [-1, 1]
+
+    def __post_init__(self):
+        p = self.pixels
+        if not isinstance(p, torch.Tensor) or p.ndim != 3 or not p.is_floating_point():
+            raise ValueError(
+                f"Image.pixels must be a float tensor of shape (C, H, W), got "
+                f"{type(p).__name__} {tuple(getattr(p, 'shape', ()))}"
+            )
+
+
+Segment = Union[Text, Image]
+DocumentKind = Literal["pair", "interleaved", "text"]
+
+
+@dataclass
+class Document:
+    segments: list[Segment]
+    kind: DocumentKind = "interleaved"
+    meta: dict = field(default_factory=dict)  # e.g. the scene that generated a shapes image
+
+    @classmethod
+    def pair(cls, caption: str, pixels: torch.Tensor, **meta) -> "Document":
+        return cls([Text(caption), Image(pixels)], kind="pair", meta=meta)
+
+    @property
+    def images(self) -> list[Image]:
+        return [s for s in self.segments if isinstance(s, Image)]
+
+    @property
+    def caption(self) -> str:
+        return " ".join(s.text for s in self.segments if isinstance(s, Text))

@@ -1,0 +1,170 @@
+"""Packing documents into fixed-size rows: the model's input format.
+
+A document becomes ``<bos> ... <eos>`` where each text segment is its token ids and each
+image is ``<boi> p_1 ... p_n <eoi>`` (n patch positions in raster order). Several documents
+share a row; ``doc_ids`` keep attention and loss from crossing their boundaries, and
+positions restart at 0 in every document.
+
+Next-token targets follow SPEC section 3: a position has an LM target when neither it nor
+the next position is a patch and both are in the same document. So BOI is a target (the
+model learns when to start an image) while the position whose input is BOI has none.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import torch
+
+from transfusion.config import DiffusionConfig
+from transfusion.data.document import Document, Image, Text
+from transfusion.model.transfusion import ImageGroup
+from transfusion.tokenizer import Tokenizer
+
+PATCH = -1  # placeholder id for a patch position in a layout
+IGNORE = -100  # no LM loss
+
+
+@dataclass
+class Layout:
+    """One document as a flat sequence: token ids with PATCH placeholders, and its images."""
+
+    ids: list[int]
+    images: list[tuple[int, torch.Tensor, int]] = field(default_factory=list)  # (start, latent, max_t)
+
+
+@dataclass
+class PackedBatch:
+    tokens: torch.Tensor  # (B, L) long, pad id at padding and patch positions
+    positions: torch.Tensor  # (B, L) long, position within the document
+    doc_ids: torch.Tensor  # (B, L) long, unique per document in the batch; -1 for padding
+    image_ids: torch.Tensor  # (B, L) long, image index for patches, -1 elsewhere
+    targets: torch.Tensor  # (B, L) long, next token or IGNORE
+    latents: list[torch.Tensor]  # per image, clean (C, h, w)
+    max_t: torch.Tensor  # (N,) long, the largest timestep each image may be noised to
+    index: list[torch.Tensor]  # per image, (P,) flat positions row * L + col of its patches
+
+    @property
+    def num_text_targets(self) -> int:
+        return int((self.targets != IGNORE).sum())
+
+    def shape_groups(self) -> list[list[int]]:
+        """Image indices grouped by latent shape, so the image layers run once per shape."""
+        by_shape: dict[tuple, list[int]] = {}
+        for i, lat in enumerate(self.latents):
+            by_shape.setdefault(tuple(lat.shape), []).append(i)
+        return list(by_shape.values())
+
+    def image_group(self, ids: list[int], latents: torch.Tensor, t: torch.Tensor) -> ImageGroup:
+        """The model input for images ``ids``: their (noisy) latents (N, C, h, w) and t (N,)."""
+        return ImageGroup(latents, t, torch.stack([self.index[i] for i in ids]))
+
+
+def arrange(doc: Document, rng: random.Random, cfg: DiffusionConfig) -> tuple[list, list[int]]:
+    """Training-time order of a document's segments and each image's noise cap.
+
+    Captioned pairs lose their caption with probability ``caption_dropout`` (so the model
+    learns unconditional images for guidance), else become image-first with probability
+    ``image_first_prob``, with noise capped at ``image_first_max_t`` (SPEC section 3).
+    """
+    if doc.kind == "pair":
+        text, image = doc.segments
+        u = rng.random()
+        if u < cfg.caption_dropout:
+            return [image], [cfg.timesteps]
+        if u < cfg.caption_dropout + (1 - cfg.caption_dropout) * cfg.image_first_prob:
+            return [image, text], [cfg.image_first_max_t]
+    segments = list(doc.segments)
+    return segments, [cfg.timesteps] * sum(isinstance(s, Image) for s in segments)
+
+
+def layout(
+    segments: list,
+    latents: list[torch.Tensor],
+    max_t: list[int],
+    tokenizer: Tokenizer,
+    num_patches: Callable[[tuple[int, int]], int],
+    close: bool = True,
+) -> Layout:
+    """Token sequence of a document whose images are already latents (one per Image segment)."""
+    out = Layout([tokenizer.bos_id])
+    images = iter(zip(latents, max_t))
+    for seg in segments:
+        if isinstance(seg, Text):
+            out.ids.extend(tokenizer.encode(seg.text))
+        elif isinstance(seg, Image):
+            latent, cap = next(images)
+            out.ids.append(tokenizer.boi_id)
+            out.images.append((len(out.ids), latent, cap))
+            out.ids.extend([PATCH] * num_patches(tuple(latent.shape[1:])))
+            out.ids.append(tokenizer.eoi_id)
+        else:
+            raise TypeError(f"unknown segment type {type(seg).__name__}")
+    if close:
+        out.ids.append(tokenizer.eos_id)
+    return out
+
+
+def truncate(lay: Layout, seq_len: int, what: str = "document") -> Layout:
+    """Cut a text-only layout to ``seq_len``; a layout with images that does not fit is an error."""
+    if len(lay.ids) <= seq_len:
+        return lay
+    if lay.images:
+        raise ValueError(
+            f"a {what} with images needs {len(lay.ids)} tokens but data.seq_len is {seq_len}; "
+            f"raise data.seq_len (and model.max_seq_len) or use smaller images"
+        )
+    return Layout(lay.ids[:seq_len])
+
+
+def pack(
+    layouts: Iterable[Layout], rows: int, seq_len: int, pad_id: int, one_per_row: bool = False
+) -> tuple[PackedBatch, int]:
+    """Place layouts first-fit into ``rows`` rows of ``seq_len``; stops at the first that fits nowhere.
+
+    ``layouts`` may be a lazy iterator: it is consumed up to the first layout that does not
+    fit. With ``one_per_row``, layout i goes at the start of row i (for generation).
+    Returns the batch and how many layouts it holds.
+    """
+    fill = [0] * rows
+    placed: list[tuple[int, int, Layout]] = []  # (row, start, layout)
+    for i, lay in enumerate(layouts):
+        if one_per_row:
+            row = i if i < rows and len(lay.ids) <= seq_len else None
+        else:
+            row = next((r for r in range(rows) if fill[r] + len(lay.ids) <= seq_len), None)
+        if row is None:
+            break
+        placed.append((row, fill[row], lay))
+        fill[row] += len(lay.ids)
+    if not placed:
+        raise ValueError("no document fits in a row: raise data.seq_len")
+
+    tokens = torch.full((rows, seq_len), pad_id, dtype=torch.long)
+    positions = torch.zeros(rows, seq_len, dtype=torch.long)
+    doc_ids = torch.full((rows, seq_len), -1, dtype=torch.long)
+    image_ids = torch.full((rows, seq_len), -1, dtype=torch.long)
+    targets = torch.full((rows, seq_len), IGNORE, dtype=torch.long)
+    latents, max_t, index = [], [], []
+    for doc_index, (row, start, lay) in enumerate(placed):
+        ids = torch.tensor(lay.ids, dtype=torch.long)
+        n = len(ids)
+        span = slice(start, start + n)
+        is_patch = ids == PATCH
+        tokens[row, span] = torch.where(is_patch, pad_id, ids)
+        positions[row, span] = torch.arange(n)
+        doc_ids[row, span] = doc_index
+        has_target = ~is_patch[:-1] & ~is_patch[1:]
+        targets[row, start : start + n - 1] = torch.where(has_target, ids[1:], IGNORE)
+        for img_start, latent, cap in lay.images:
+            P = int(is_patch[img_start:].long().cumprod(0).sum())
+            image_ids[row, start + img_start : start + img_start + P] = len(latents)
+            index.append(row * seq_len + start + img_start + torch.arange(P))
+            latents.append(latent)
+            max_t.append(cap)
+    batch = PackedBatch(
+        tokens, positions, doc_ids, image_ids, targets, latents, torch.tensor(max_t, dtype=torch.long), index
+    )
+    return batch, len(placed)

@@ -1,0 +1,55 @@
+"""Dataset names -> datasets: what ``data.dataset`` in a config may say.
+
+    load_dataset("shapes", "train", image_size=32)     # synthetic shapes with scene captions
+    load_dataset("mnist", "test", image_size=32)       # real handwritten digits
+    load_dataset("text", "train", image_size=32)       # English prose, text-only documents
+    load_dataset("data/{split}.jsonl", "train", 64)    # a JSONL manifest of documents
+    load_dataset("photos/{split}", "test", 64)         # a folder of images + NAME.txt captions
+
+Every dataset has ``__len__`` and ``__getitem__(i) -> Document``. Built-in datasets carry
+a fixed train/test split. User data has none: a ``{split}`` in the path is replaced by the
+split name, and a path without it serves the same documents to both splits.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+BUILTIN_NAMES = ("shapes", "mnist", "text")
+
+
+def load_dataset(spec: str, split: str, image_size: int, on_error: str = "raise"):
+    """The dataset named by ``spec`` for ``split`` ("train" or "test").
+
+    ``spec`` is a built-in name (``BUILTIN_NAMES``), a path ending in ``.jsonl`` or an
+    existing folder of captioned images; images come out as (3, image_size, image_size).
+    ``on_error`` ("raise" | "skip") applies to user data: see ``transfusion.data.ondisk``.
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    # imports are local: each dataset pulls in only what it needs
+    if spec == "shapes":
+        from transfusion.data.shapes import ShapesDataset
+
+        return ShapesDataset(split, size=image_size)
+    if spec == "mnist":
+        from transfusion.data.mnist import MnistDataset
+
+        return MnistDataset(split, size=image_size)
+    if spec == "text":
+        from transfusion.data.text import EnglishText
+
+        return EnglishText(split)
+    path = Path(spec.replace("{split}", split)).expanduser()
+    if path.suffix == ".jsonl":
+        from transfusion.data.ondisk import JsonlDocuments
+
+        return JsonlDocuments(path, image_size=image_size, on_error=on_error)
+    if path.is_dir():
+        from transfusion.data.ondisk import ImageFolderDocuments
+
+        return ImageFolderDocuments(path, image_size=image_size, on_error=on_error)
+    raise ValueError(
+        f"unknown dataset {spec!r}: expected one of {', '.join(BUILTIN_NAMES)}, "
+        f"a path to a .jsonl manifest or an existing folder of images with NAME.txt captions"
+    )

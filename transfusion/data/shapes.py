@@ -1,0 +1,542 @@
+"""Shapes: a synthetic captioned-image dataset and a deterministic reader that scores it.
+
+Flat-coloured circles, squares and triangles on black, drawn from a seed:
+
+    single    "a large red circle on the left"      (one object, 60%)
+    count     "three small yellow circles"          (2-3 identical small objects, 20%)
+    relation  "a red circle above a blue square"    (two small objects, 20%)
+    interleaved  "first a red circle, then a green triangle:" + one image per object
+
+``read_image`` finds the objects in any image, generated ones included, so text-to-image
+is scored by ``score(pixels, caption)``, captioning by ``score_caption(text, scene)``,
+and ``summarise`` averages either. Geometry is in fractions of the image side (one scene
+renders at any size); an object's ``center`` is its area centroid, as the reader sees it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+from PIL import Image as PILImage
+from PIL import ImageDraw
+
+from transfusion.data.document import Document, Image, Text
+
+# Corners of the RGB cube (purple moved off blue): every pair, black included, is at
+# least 210 apart, so nearest-palette reading survives heavy pixel noise.
+PALETTE = {
+    "red": (255, 0, 0),
+    "green": (0, 255, 0),
+    "blue": (0, 64, 255),
+    "yellow": (255, 255, 0),
+    "purple": (200, 0, 255),
+    "white": (255, 255, 255),
+}
+COLOURS = tuple(PALETTE)
+SHAPES = ("circle", "square", "triangle")
+SIZES = ("small", "large")
+POSITION_PHRASES = {"left": "on the left", "right": "on the right", "top": "at the top",
+                    "bottom": "at the bottom", "center": "in the center"}
+POSITIONS = tuple(POSITION_PHRASES)
+POSITION_CENTRES = {"left": (0.25, 0.5), "right": (0.75, 0.5), "top": (0.5, 0.25),
+                    "bottom": (0.5, 0.75), "center": (0.5, 0.5)}  # (x, y) fractions
+# Unit vector (x, y) pointing from the second object of a relation to the first one.
+RELATION_DIRECTIONS = {"above": (0, -1), "below": (0, 1), "left of": (-1, 0), "right of": (1, 0)}
+RELATIONS = tuple(RELATION_DIRECTIONS)
+NUMBER_WORDS = {2: "two", 3: "three"}
+
+KIND_WEIGHTS = {"single": 0.6, "count": 0.2, "relation": 0.2, "interleaved": 0.2}
+DEFAULT_KINDS = ("single", "count", "relation")
+SPLIT_SEEDS = {"train": 20_240_001, "test": 20_240_002}
+DEFAULT_LENGTHS = {"train": 50_000, "test": 1_000}
+ATTRIBUTES = ("colour", "shape", "size", "position", "count", "relation", "exact")
+
+# Geometry on the 32-pixel reference image, as fractions of the side.
+_PX = 1 / 32
+EXTENT_PIXELS = {"small": (8, 9, 10), "large": (14, 15, 16)}  # object width on 32 px
+POSITION_JITTER = 2 * _PX
+TRIANGLE_HEIGHT = 0.866  # height / width of an equilateral triangle
+OBJECT_GAP = 2 * _PX  # empty space kept between the objects of a count scene
+RELATION_SEPARATION = (13 * _PX, 20 * _PX)  # centre distance along the relation axis
+RELATION_OFFSET = 3 * _PX  # largest centre offset across the relation axis
+
+# Reader thresholds.
+MIN_OBJECT_AREA = 0.01  # components under this fraction of the image are specks
+LARGE_EXTENT = 12 * _PX  # widths above this are "large"
+SQUARE_FILL = 0.9  # pixels / bounding-box area: square ~1.0, circle ~0.8, triangle ~0.5
+TRIANGLE_DROP = 0.08  # (centroid y - box centre y) / height: triangle ~1/6, others 0
+
+
+@dataclass(frozen=True)
+class ShapeObject:
+    colour: str
+    shape: str
+    size: str  # "small" | "large"
+    center: tuple[float, float]  # (x, y) area centroid, fractions of the image side
+    extent: float  # width, fraction of the image side
+    position: str | None = None  # named region, for single scenes
+
+
+@dataclass
+class Scene:
+    kind: str  # "single" | "count" | "relation"
+    objects: list[ShapeObject]
+    relation: str | None = None  # objects[0] <relation> objects[1]
+
+
+@dataclass(frozen=True)
+class DetectedObject:
+    colour: str
+    shape: str
+    size: str
+    position: str  # nearest region centre
+    centroid: tuple[float, float]  # (x, y), fractions of the image side
+    area: int  # pixels
+
+
+@dataclass(frozen=True)
+class CaptionAttributes:
+    """What a caption states; None for what it does not (e.g. no position in counts)."""
+
+    kind: str
+    colours: tuple[str, ...]  # one per object named (two for relations)
+    shapes: tuple[str, ...]
+    size: str | None = None
+    position: str | None = None
+    count: int | None = None
+    relation: str | None = None
+
+
+# ---------------------------------------------------------------------------- scenes
+
+
+def _pick(rng: np.random.Generator, options):
+    return options[int(rng.integers(len(options)))]
+
+
+def _bounds(obj: ShapeObject) -> tuple[float, float, float, float]:
+    """(left, top, right, bottom) in fractions; a triangle's centroid sits 2/3 down."""
+    x, y = obj.center
+    half = obj.extent / 2
+    if obj.shape == "triangle":
+        height = obj.extent * TRIANGLE_HEIGHT
+        return x - half, y - 2 * height / 3, x + half, y + height / 3
+    return x - half, y - half, x + half, y + half
+
+
+def _inside(obj: ShapeObject) -> bool:
+    left, top, right, bottom = _bounds(obj)
+    return left >= 0 and top >= 0 and right <= 1 and bottom <= 1
+
+
+def _shift_inside(obj: ShapeObject) -> ShapeObject:
+    left, top, right, bottom = _bounds(obj)
+    dx = max(0.0, -left) - max(0.0, right - 1)
+    dy = max(0.0, -top) - max(0.0, bottom - 1)
+    return replace(obj, center=(obj.center[0] + dx, obj.center[1] + dy))
+
+
+def _apart(a: ShapeObject, b: ShapeObject, gap: float) -> bool:
+    """True when the bounding boxes of ``a`` and ``b`` are ``gap`` apart along some axis."""
+    a_left, a_top, a_right, a_bottom = _bounds(a)
+    b_left, b_top, b_right, b_bottom = _bounds(b)
+    return max(b_left - a_right, a_left - b_right, b_top - a_bottom, a_top - b_bottom) >= gap
+
+
+def _new_object(rng, colour, shape, size, center, position=None) -> ShapeObject:
+    extent = _pick(rng, EXTENT_PIXELS[size]) * _PX
+    return ShapeObject(colour, shape, size, tuple(float(v) for v in center), extent, position)
+
+
+def _single_scene(rng: np.random.Generator, size: str | None = None) -> Scene:
+    colour, shape = _pick(rng, COLOURS), _pick(rng, SHAPES)
+    size = size or _pick(rng, SIZES)
+    position = _pick(rng, POSITIONS)
+    center = np.add(POSITION_CENTRES[position], rng.uniform(-POSITION_JITTER, POSITION_JITTER, 2))
+    obj = _new_object(rng, colour, shape, size, center, position)
+    return Scene("single", [_shift_inside(obj)])
+
+
+def _count_scene(rng: np.random.Generator) -> Scene:
+    count = int(rng.integers(2, 4))
+    colour, shape = _pick(rng, COLOURS), _pick(rng, SHAPES)
+    objects: list[ShapeObject] = []
+    while len(objects) < count:  # rejection sampling: succeeds within a few tries
+        candidate = _shift_inside(_new_object(rng, colour, shape, "small", rng.uniform(0, 1, 2)))
+        if all(_apart(candidate, other, OBJECT_GAP) for other in objects):
+            objects.append(candidate)
+    return Scene("count", objects)
+
+
+def _relation_scene(rng: np.random.Generator) -> Scene:
+    first_colour, second_colour = (COLOURS[i] for i in rng.choice(len(COLOURS), 2, False))
+    first_shape, second_shape = _pick(rng, SHAPES), _pick(rng, SHAPES)
+    relation = _pick(rng, RELATIONS)
+    direction = np.array(RELATION_DIRECTIONS[relation], dtype=float)
+    across = direction[::-1]
+    while True:  # rejection sampling: keep the pair only when both objects fit unmoved
+        middle = rng.uniform(0.2, 0.8, 2)
+        half_step = (direction * rng.uniform(*RELATION_SEPARATION)
+                     + across * rng.uniform(-RELATION_OFFSET, RELATION_OFFSET)) / 2
+        first = _new_object(rng, first_colour, first_shape, "small", middle + half_step)
+        second = _new_object(rng, second_colour, second_shape, "small", middle - half_step)
+        if _inside(first) and _inside(second):
+            return Scene("relation", [first, second], relation)
+
+
+def sample_scene(rng: np.random.Generator, kind: str = "single") -> Scene:
+    """A random scene of ``kind`` ("single" | "count" | "relation")."""
+    builders = {"single": _single_scene, "count": _count_scene, "relation": _relation_scene}
+    if kind not in builders:
+        raise ValueError(f"unknown scene kind {kind!r}; expected one of {sorted(builders)}")
+    return builders[kind](rng)
+
+
+def render(scene: Scene, size: int = 32) -> torch.Tensor:
+    """Draw ``scene`` with flat colours on black. Returns (3, size, size) float in [-1, 1]."""
+    canvas = PILImage.new("RGB", (size, size))
+    draw = ImageDraw.Draw(canvas)
+    for obj in scene.objects:
+        left, top, right, bottom = (round(v * size) for v in _bounds(obj))
+        fill = PALETTE[obj.colour]
+        if obj.shape == "circle":
+            draw.ellipse([left, top, right - 1, bottom - 1], fill=fill)
+        elif obj.shape == "square":
+            draw.rectangle([left, top, right - 1, bottom - 1], fill=fill)
+        else:
+            apex = ((left + right - 1) / 2, top)
+            draw.polygon([(left, bottom - 1), (right - 1, bottom - 1), apex], fill=fill)
+    rgb = torch.from_numpy(np.array(canvas, dtype=np.float32))  # (size, size, 3) in 0..255
+    return rgb.permute(2, 0, 1) / 127.5 - 1
+
+
+# --------------------------------------------------------------------------- captions
+
+
+def _describe(obj: ShapeObject) -> str:
+    return f"a {obj.colour} {obj.shape}"
+
+
+def caption_of(scene: Scene) -> str:
+    """The caption of a single, count or relation scene (lower case, no final period)."""
+    first = scene.objects[0]
+    if scene.kind == "single":
+        return f"a {first.size} {first.colour} {first.shape} {POSITION_PHRASES[first.position]}"
+    if scene.kind == "count":
+        return f"{NUMBER_WORDS[len(scene.objects)]} {first.size} {first.colour} {first.shape}s"
+    return f"{_describe(first)} {scene.relation} {_describe(scene.objects[1])}"
+
+
+def attributes_of(scene: Scene) -> CaptionAttributes:
+    """The attributes the caption of ``scene`` states, read from the scene itself."""
+    colours = tuple(obj.colour for obj in scene.objects)
+    shapes = tuple(obj.shape for obj in scene.objects)
+    first = scene.objects[0]
+    if scene.kind == "single":
+        return CaptionAttributes("single", colours, shapes, first.size, first.position)
+    if scene.kind == "count":
+        return CaptionAttributes("count", colours[:1], shapes[:1], first.size, count=len(colours))
+    return CaptionAttributes("relation", colours, shapes, relation=scene.relation)
+
+
+def _alternatives(words) -> str:
+    return "(" + "|".join(re.escape(w) for w in words) + ")"
+
+
+_COLOUR, _SHAPE, _SIZE = _alternatives(COLOURS), _alternatives(SHAPES), _alternatives(SIZES)
+_SINGLE_PATTERN = re.compile(
+    rf"a {_SIZE} {_COLOUR} {_SHAPE} {_alternatives(POSITION_PHRASES.values())}"
+)
+_COUNT_PATTERN = re.compile(rf"{_alternatives(NUMBER_WORDS.values())} {_SIZE} {_COLOUR} {_SHAPE}s")
+_RELATION_PATTERN = re.compile(
+    rf"a {_COLOUR} {_SHAPE} {_alternatives(RELATIONS)} a {_COLOUR} {_SHAPE}"
+)
+_POSITION_OF_PHRASE = {phrase: position for position, phrase in POSITION_PHRASES.items()}
+_NUMBER_OF_WORD = {word: number for number, word in NUMBER_WORDS.items()}
+
+
+def parse_caption(text) -> CaptionAttributes | None:
+    """Attributes of a caption in the dataset's grammar; None (never an error) otherwise.
+
+    Surrounding whitespace and upper case are forgiven; anything else must match exactly.
+    """
+    if not isinstance(text, str):
+        return None
+    text = text.strip().lower()
+    if match := _SINGLE_PATTERN.fullmatch(text):
+        size, colour, shape, phrase = match.groups()
+        return CaptionAttributes("single", (colour,), (shape,), size, _POSITION_OF_PHRASE[phrase])
+    if match := _COUNT_PATTERN.fullmatch(text):
+        number, size, colour, shape = match.groups()
+        return CaptionAttributes("count", (colour,), (shape,), size, count=_NUMBER_OF_WORD[number])
+    if match := _RELATION_PATTERN.fullmatch(text):
+        first_colour, first_shape, relation, second_colour, second_shape = match.groups()
+        colours, shapes = (first_colour, second_colour), (first_shape, second_shape)
+        return CaptionAttributes("relation", colours, shapes, relation=relation)
+    return None
+
+
+# ----------------------------------------------------------------------------- reader
+
+
+def _to_rgb(pixels) -> np.ndarray:
+    """(3, H, W) float tensor in [-1, 1] or (H, W, 3) uint8 array -> (H, W, 3) float 0..255."""
+    if isinstance(pixels, torch.Tensor):
+        if pixels.ndim != 3 or pixels.shape[0] != 3:
+            raise ValueError(f"expected pixels of shape (3, H, W), got {tuple(pixels.shape)}")
+        pixels = ((pixels.detach().float().cpu() + 1) * 127.5).permute(1, 2, 0).numpy()
+    rgb = np.asarray(pixels, dtype=np.float32)
+    if rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"expected an (H, W, 3) array, got shape {rgb.shape}")
+    return rgb
+
+
+def _colour_labels(rgb: np.ndarray) -> np.ndarray:
+    """(H, W, 3) -> (H, W) int: 0 for background, i + 1 for COLOURS[i] (nearest colour)."""
+    references = np.array([(0, 0, 0), *PALETTE.values()], dtype=np.float32)  # (7, 3)
+    distances = ((rgb[:, :, None, :] - references) ** 2).sum(-1)  # (H, W, 7)
+    return distances.argmin(-1)
+
+
+def _components(labels: np.ndarray) -> np.ndarray:
+    """8-connected regions of one colour label: (H, W) -> (H, W) region ids, -1 on background.
+
+    Each pixel repeatedly takes the smallest id among its same-colour neighbours until
+    nothing changes; the number of rounds is the widest object's size, fine up to ~64 px.
+    """
+    height, width = labels.shape
+    background = height * width
+    ids = np.where(labels > 0, np.arange(background).reshape(height, width), background)
+    padded_labels = np.pad(labels, 1)
+    while True:
+        padded_ids = np.pad(ids, 1, constant_values=background)
+        smallest = ids
+        for dy in (-1, 0, 1):
+            for dx in (-1, 0, 1):
+                window = (slice(1 + dy, 1 + dy + height), slice(1 + dx, 1 + dx + width))
+                same_colour = (padded_labels[window] == labels) & (labels > 0)
+                smallest = np.where(same_colour, np.minimum(smallest, padded_ids[window]), smallest)
+        if np.array_equal(smallest, ids):
+            return np.where(labels > 0, ids, -1)
+        ids = smallest
+
+
+def _shape_of(ys: np.ndarray, xs: np.ndarray) -> str:
+    """Classify one component from its pixel coordinates (ys, xs: (N,))."""
+    height = ys.max() - ys.min() + 1
+    width = xs.max() - xs.min() + 1
+    drop = (ys.mean() - (ys.min() + ys.max()) / 2) / height  # mass below the box centre
+    if drop > TRIANGLE_DROP:
+        return "triangle"
+    return "square" if len(ys) / (height * width) > SQUARE_FILL else "circle"
+
+
+def _nearest_position(centroid: tuple[float, float]) -> str:
+    return min(POSITIONS, key=lambda p: np.hypot(*np.subtract(centroid, POSITION_CENTRES[p])))
+
+
+def read_image(pixels) -> list[DetectedObject]:
+    """Objects in an image, largest first.
+
+    pixels: (3, H, W) float tensor in [-1, 1], or (H, W, 3) uint8 numpy array.
+    Each pixel takes the nearest of black and the palette; same-colour 8-connected
+    regions under MIN_OBJECT_AREA of the image are dropped as noise.
+    """
+    labels = _colour_labels(_to_rgb(pixels))
+    height, width = labels.shape
+    ids = _components(labels)
+    objects = []
+    for region in np.unique(ids[ids >= 0]):
+        ys, xs = np.nonzero(ids == region)
+        if len(ys) < MIN_OBJECT_AREA * height * width:
+            continue
+        centroid = ((xs.mean() + 0.5) / width, (ys.mean() + 0.5) / height)
+        extent = max((xs.max() - xs.min() + 1) / width, (ys.max() - ys.min() + 1) / height)
+        objects.append(DetectedObject(
+            colour=COLOURS[labels[ys[0], xs[0]] - 1],
+            shape=_shape_of(ys, xs),
+            size="large" if extent > LARGE_EXTENT else "small",
+            position=_nearest_position(centroid),
+            centroid=(float(centroid[0]), float(centroid[1])),
+            area=len(ys),
+        ))
+    return sorted(objects, key=lambda obj: -obj.area)
+
+
+# ---------------------------------------------------------------------------- scoring
+
+
+def _reference(caption_or_scene) -> CaptionAttributes:
+    if isinstance(caption_or_scene, CaptionAttributes):
+        return caption_or_scene
+    if isinstance(caption_or_scene, Scene):
+        return attributes_of(caption_or_scene)
+    attributes = parse_caption(caption_or_scene)
+    if attributes is None:
+        raise ValueError(f"reference caption {caption_or_scene!r} is not in the shapes grammar")
+    return attributes
+
+
+def _in_relation(first: tuple[float, float], second: tuple[float, float], relation: str) -> bool:
+    """True when ``first`` lies mostly in the relation's direction from ``second``."""
+    dx, dy = np.subtract(first, second)
+    along_x, along_y = RELATION_DIRECTIONS[relation]
+    along = dx * along_x + dy * along_y
+    across = abs(dx * along_y) + abs(dy * along_x)
+    return bool(along > across)
+
+
+def _majority(values: list[str], wanted: str) -> bool:
+    return sum(value == wanted for value in values) * 2 > len(values)
+
+
+def _score_single(objects: list[DetectedObject], reference: CaptionAttributes) -> dict:
+    target = objects[0] if objects else None  # the largest object
+    wanted = {"colour": reference.colours[0], "shape": reference.shapes[0],
+              "size": reference.size, "position": reference.position}
+    result = {key: target is not None and getattr(target, key) == value
+              for key, value in wanted.items()}
+    return {**result, "exact": all(result.values()) and len(objects) == 1}
+
+
+def _score_count(objects: list[DetectedObject], reference: CaptionAttributes) -> dict:
+    wanted = (reference.colours[0], reference.shapes[0])
+    matches = [obj for obj in objects if (obj.colour, obj.shape) == wanted]
+    size = bool(matches) and all(obj.size == reference.size for obj in matches)
+    count = len(matches) == reference.count
+    return {
+        "colour": _majority([obj.colour for obj in objects], reference.colours[0]),
+        "shape": _majority([obj.shape for obj in objects], reference.shapes[0]),
+        "size": size,
+        "count": count,
+        "exact": count and size and len(objects) == reference.count,
+    }
+
+
+def _score_relation(objects: list[DetectedObject], reference: CaptionAttributes) -> dict:
+    first, second = (
+        next((obj for obj in objects if (obj.colour, obj.shape) == wanted), None)
+        for wanted in zip(reference.colours, reference.shapes)
+    )
+    colour = all(colour in {obj.colour for obj in objects} for colour in reference.colours)
+    shape = first is not None and second is not None
+    relation = shape and _in_relation(first.centroid, second.centroid, reference.relation)
+    exact = colour and relation and len(objects) == 2
+    return {"colour": colour, "shape": shape, "relation": relation, "exact": exact}
+
+
+def score(pixels, caption) -> dict[str, bool | None]:
+    """Whether an image shows what a caption (or Scene) says; None for unstated attributes.
+
+    pixels: as for ``read_image``. Rules by caption kind:
+      single:   colour, shape, size and position of the largest detected object;
+                exact = all four right and no other object.
+      count:    colour / shape = more than half the detected objects have it;
+                count = number of objects with the stated colour and shape;
+                size = all of those have the stated size;
+                exact = count and size right and no other object.
+      relation: colour = objects of both colours exist; shape = objects of both
+                (colour, shape) pairs exist; relation = the largest of each pair lies in
+                the stated direction (further along the axis than across it);
+                exact = all three right and no other object.
+    """
+    reference = _reference(caption)
+    scorers = {"single": _score_single, "count": _score_count, "relation": _score_relation}
+    return {**dict.fromkeys(ATTRIBUTES), **scorers[reference.kind](read_image(pixels), reference)}
+
+
+def score_caption(generated_text, reference) -> dict[str, bool | None]:
+    """Compare a generated caption with a reference caption, Scene or CaptionAttributes.
+
+    Each attribute the reference states is True when the parsed caption states the same
+    (colours and shapes as ordered tuples); None where the reference is silent; a caption
+    that does not parse gets False everywhere. exact = all parsed attributes are equal.
+    """
+    wanted = _reference(reference)
+    got = parse_caption(generated_text)
+    result: dict[str, bool | None] = {}
+    for key in ATTRIBUTES[:-1]:
+        field = {"colour": "colours", "shape": "shapes"}.get(key, key)
+        stated = getattr(wanted, field)
+        result[key] = None if stated is None else got is not None and getattr(got, field) == stated
+    return {**result, "exact": got == wanted}
+
+
+def summarise(scores: list[dict[str, bool | None]]) -> dict[str, float]:
+    """Accuracy per attribute over the entries where it is not None (others omitted)."""
+    summary = {}
+    for key in ATTRIBUTES:
+        judged = [s[key] for s in scores if s.get(key) is not None]
+        if judged:
+            summary[key] = sum(judged) / len(judged)
+    return summary
+
+
+# ---------------------------------------------------------------------------- dataset
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLIT_SEEDS:
+        raise ValueError(f"unknown split {split!r}; expected one of {sorted(SPLIT_SEEDS)}")
+
+
+def _rng(split: str, index: int) -> np.random.Generator:
+    _check_split(split)
+    return np.random.default_rng((SPLIT_SEEDS[split], index))
+
+
+def interleaved_document(rng_or_index, size: int = 32, split: str = "train") -> Document:
+    """A text "first a red circle, then a green triangle:" followed by one image per object.
+
+    rng_or_index: a numpy Generator, or an index drawn deterministically from ``split``
+    (equal to ShapesDataset(split, size, kinds=["interleaved"])[index]).
+    Each image is a single-object scene of a large object; meta["scenes"] holds them.
+    Images: (3, size, size) float in [-1, 1].
+    """
+    rng = rng_or_index
+    if not isinstance(rng, np.random.Generator):
+        rng = _rng(split, int(rng_or_index))
+    scenes = [_single_scene(rng, size="large") for _ in range(int(rng.integers(2, 4)))]
+    text = "first " + ", then ".join(_describe(scene.objects[0]) for scene in scenes) + ":"
+    images = [Image(render(scene, size)) for scene in scenes]
+    return Document([Text(text), *images], kind="interleaved", meta={"scenes": scenes})
+
+
+class ShapesDataset(torch.utils.data.Dataset):
+    """Deterministic shapes documents: item i depends only on (split, i).
+
+    kinds: any of "single", "count", "relation" (caption + image pairs, meta["scene"])
+    and "interleaved"; drawn with KIND_WEIGHTS renormalised over the chosen kinds.
+    Images: (3, size, size) float in [-1, 1].
+    """
+
+    def __init__(self, split: str = "train", size: int = 32, length: int | None = None,
+                 kinds=None):
+        _check_split(split)
+        self.kinds = tuple(kinds or DEFAULT_KINDS)
+        unknown = set(self.kinds) - set(KIND_WEIGHTS)
+        if unknown:
+            raise ValueError(f"unknown kinds {sorted(unknown)}; expected from {list(KIND_WEIGHTS)}")
+        weights = np.array([KIND_WEIGHTS[kind] for kind in self.kinds])
+        self.kind_probabilities = weights / weights.sum()
+        self.split = split
+        self.size = size
+        self.length = DEFAULT_LENGTHS[split] if length is None else length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> Document:
+        if not 0 <= index < self.length:
+            raise IndexError(f"index {index} out of range for {self.length} items")
+        rng = _rng(self.split, index)
+        kind = self.kinds[0]
+        if len(self.kinds) > 1:
+            kind = self.kinds[rng.choice(len(self.kinds), p=self.kind_probabilities)]
+        if kind == "interleaved":
+            return interleaved_document(rng, self.size)
+        scene = sample_scene(rng, kind)
+        return Document.pair(caption_of(scene), render(scene, self.size), scene=scene)

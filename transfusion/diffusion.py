@@ -1,0 +1,91 @@
+"""The noise process: schedule, noising, the epsilon target and loss, and the DDPM sampler.
+
+Timesteps are integers 1..T (T = 1000); t = 0 means a clean image (used for images that
+sit in the context, e.g. a finished image or one given for captioning). The network never
+sees this module: it is handed noisy latents and t, and returns a noise prediction.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+
+
+def cosine_alpha_bar(T: int, s: float = 0.008) -> torch.Tensor:
+    """alpha_bar(t) for t = 0..T (Nichol & Dhariwal), float64 of shape (T + 1,)."""
+    steps = torch.arange(T + 1, dtype=torch.float64) / T
+    f = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
+    alpha_bar = f / f[0]
+    # clip each step's beta at 0.999 as in the paper that introduced the schedule
+    betas = (1 - alpha_bar[1:] / alpha_bar[:-1]).clamp(max=0.999)
+    return torch.cat([torch.ones(1, dtype=torch.float64), torch.cumprod(1 - betas, 0)])
+
+
+class Diffusion:
+    def __init__(self, timesteps: int = 1000, schedule: str = "cosine"):
+        if schedule != "cosine":
+            raise ValueError(f"unknown noise schedule {schedule!r}; only 'cosine' is implemented")
+        self.T = timesteps
+        self.alpha_bar = cosine_alpha_bar(timesteps)
+
+    def sample_t(self, max_t: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """One timestep per image, uniform over 1..max_t[i]: (N,) long -> (N,) long."""
+        u = torch.rand(max_t.shape, generator=generator, dtype=torch.float64)
+        return (1 + (u * max_t.double()).floor()).long().clamp(max=max_t)
+
+    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """x_t = sqrt(ab) x0 + sqrt(1 - ab) eps, for x0 (N, ...) and t (N,)."""
+        ab = self.alpha_bar.to(x0.device)[t].float().view(-1, *[1] * (x0.dim() - 1))
+        return ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+
+    @staticmethod
+    def loss(noise_pred: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Epsilon MSE per image: (N, C, h, w) x 2 -> (N,)."""
+        return (noise_pred.float() - noise.float()).pow(2).flatten(1).mean(1)
+
+    def timesteps_for(self, steps: int) -> list[int]:
+        """``steps`` evenly spaced timesteps from T down to 1."""
+        if not 1 <= steps <= self.T:
+            raise ValueError(f"sampling steps must be in 1..{self.T}, got {steps}")
+        return sorted({round(1 + i * (self.T - 1) / max(steps - 1, 1)) for i in range(steps)}, reverse=True)
+
+    @torch.no_grad()
+    def sample_ddpm(
+        self,
+        predict_noise: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        shape: tuple[int, ...],
+        steps: int,
+        generator: torch.Generator | None = None,
+        clip: bool = True,
+        device: str | torch.device = "cpu",
+    ) -> torch.Tensor:
+        """Ancestral DDPM sampling on a respaced schedule.
+
+        Args:
+            predict_noise: (x_t (N, C, h, w), t (N,) long) -> eps (N, C, h, w).
+            shape: (N, C, h, w) of the latents to make.
+            steps: number of denoising steps (the paper uses 250 for a model trained on 1000).
+            clip: clamp the predicted x0 to [-1, 1] (right for pixel space).
+        Returns:
+            x_0 (N, C, h, w).
+        """
+        x = torch.randn(shape, generator=generator, device=device)
+        ts = self.timesteps_for(steps)
+        ab = self.alpha_bar
+        for i, t in enumerate(ts):
+            t_prev = ts[i + 1] if i + 1 < len(ts) else 0
+            a_t, a_prev = ab[t].item(), ab[t_prev].item()
+            eps = predict_noise(x, torch.full((shape[0],), t, dtype=torch.long, device=device)).float()
+            x0 = (x - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)
+            if clip:
+                x0 = x0.clamp(-1, 1)
+            if t_prev == 0:
+                x = x0
+                break
+            beta = 1 - a_t / a_prev  # the respaced step's beta
+            mean = (math.sqrt(a_prev) * beta / (1 - a_t)) * x0 + (math.sqrt(1 - beta) * (1 - a_prev) / (1 - a_t)) * x
+            var = beta * (1 - a_prev) / (1 - a_t)
+            x = mean + math.sqrt(var) * torch.randn(shape, generator=generator, device=device)
+        return x

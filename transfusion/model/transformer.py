@@ -1,0 +1,91 @@
+"""A Llama-style decoder: pre-norm RMSNorm, SwiGLU MLP, rotary positions, no biases."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from transfusion.config import ModelConfig
+from transfusion.model.attention import attend
+
+
+def rope_table(head_dim: int, max_len: int, theta: float) -> torch.Tensor:
+    """(max_len, head_dim // 2, 2): cos and sin of each position's rotation angles."""
+    freqs = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+    angles = torch.outer(torch.arange(max_len, dtype=torch.float32), freqs)
+    return torch.stack([angles.cos(), angles.sin()], dim=-1)
+
+
+def apply_rope(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
+    """Rotate (B, H, L, hd) by per-position angles ``rope`` of shape (B, 1, L, hd // 2, 2)."""
+    x2 = x.float().unflatten(-1, (-1, 2))  # (B, H, L, hd/2, 2): pairs of channels
+    cos, sin = rope[..., 0], rope[..., 1]
+    out = torch.stack(
+        [x2[..., 0] * cos - x2[..., 1] * sin, x2[..., 0] * sin + x2[..., 1] * cos], dim=-1
+    )
+    return out.flatten(-2).type_as(x)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_heads = cfg.n_heads
+        self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim, bias=False)
+        self.out = nn.Linear(cfg.dim, cfg.dim, bias=False)
+
+    def forward(self, x: torch.Tensor, rope: torch.Tensor, mask) -> torch.Tensor:
+        """x: (B, L, D) -> (B, L, D)."""
+        q, k, v = self.qkv(x).unflatten(-1, (3, self.n_heads, -1)).permute(2, 0, 3, 1, 4)  # 3 x (B, H, L, hd)
+        y = attend(apply_rope(q, rope), apply_rope(k, rope), v, mask)
+        return self.out(y.transpose(1, 2).flatten(2))
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.gate_up = nn.Linear(dim, 2 * hidden, bias=False)
+        self.down = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        hidden = cfg.mlp_hidden or 64 * -(-int(8 * cfg.dim / 3) // 64)
+        self.attn_norm = nn.RMSNorm(cfg.dim, eps=cfg.norm_eps)
+        self.attn = Attention(cfg)
+        self.mlp_norm = nn.RMSNorm(cfg.dim, eps=cfg.norm_eps)
+        self.mlp = SwiGLU(cfg.dim, hidden)
+
+    def forward(self, x: torch.Tensor, rope: torch.Tensor, mask) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), rope, mask)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class Transformer(nn.Module):
+    """The shared trunk: embeddings in, hidden states out; it knows nothing of modalities."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = nn.RMSNorm(cfg.dim, eps=cfg.norm_eps)
+        self.register_buffer(
+            "rope", rope_table(cfg.dim // cfg.n_heads, cfg.max_seq_len, cfg.rope_theta), persistent=False
+        )
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, mask) -> torch.Tensor:
+        """x: (B, L, D), positions: (B, L) long (position within its document) -> (B, L, D)."""
+        if int(positions.max()) >= self.cfg.max_seq_len:
+            raise ValueError(
+                f"a document reaches position {int(positions.max())}, beyond model.max_seq_len="
+                f"{self.cfg.max_seq_len}"
+            )
+        rope = self.rope[positions].unsqueeze(1)  # (B, 1, L, hd/2, 2)
+        for block in self.blocks:
+            x = block(x, rope, mask)
+        return self.norm(x)

@@ -1,0 +1,118 @@
+"""The Transfusion model: one trunk, text layers and image layers around it.
+
+The model maps (token ids, noisy latents, timesteps) to (hidden states -> logits, noise
+prediction). It never sees the noise schedule: ``transfusion.diffusion`` owns that.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from transfusion.config import Config
+from transfusion.model.attention import flex_block_mask, transfusion_mask
+from transfusion.model.image import build_image_adapter
+from transfusion.model.transformer import Transformer
+
+
+@dataclass
+class ImageGroup:
+    """Images of one latent shape, placed in the packed rows.
+
+    latents: (N, C, h, w) noisy (or clean, t = 0) latents;
+    t: (N,) long timesteps; index: (N, P) long flat positions (row * L + col) of the patches.
+    """
+
+    latents: torch.Tensor
+    t: torch.Tensor
+    index: torch.Tensor
+
+
+class Transfusion(nn.Module):
+    def __init__(self, cfg: Config, vocab_size: int, latent_channels: int):
+        super().__init__()
+        self.cfg = cfg
+        dim = cfg.model.dim
+        self.vocab_size = vocab_size
+        self.latent_channels = latent_channels
+        self.token_embed = nn.Embedding(vocab_size, dim)
+        self.trunk = Transformer(cfg.model)
+        self.lm_head = nn.Linear(dim, vocab_size, bias=False)
+        self.image = build_image_adapter(cfg.image, latent_channels, dim)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, std=0.02)
+        # residual projections scaled down with depth (GPT-2), so deep stacks start stable
+        for block in self.trunk.blocks:
+            for proj in (block.attn.out, block.mlp.down):
+                nn.init.normal_(proj.weight, std=0.02 / (2 * self.cfg.model.n_layers) ** 0.5)
+
+    @property
+    def patch_reduction(self) -> int:
+        """Latent pixels per patch side: a (h, w) latent becomes (h/r) * (w/r) tokens."""
+        return self.image.reduction
+
+    def num_patches(self, latent_hw: tuple[int, int]) -> int:
+        h, w = latent_hw
+        r = self.patch_reduction
+        if h % r or w % r:
+            raise ValueError(f"latent size {h}x{w} is not divisible by the patch reduction {r}")
+        return (h // r) * (w // r)
+
+    def attention_mask(self, doc_ids: torch.Tensor, image_ids: torch.Tensor):
+        if self.cfg.model.attention == "flex":
+            return flex_block_mask(doc_ids, image_ids)
+        return transfusion_mask(doc_ids, image_ids).unsqueeze(1)  # (B, 1, L, L)
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        doc_ids: torch.Tensor,
+        image_ids: torch.Tensor,
+        images: list[ImageGroup] = (),
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Run the packed rows.
+
+        Args:
+            tokens, positions, doc_ids, image_ids: (B, L) long; ``tokens`` holds any id at
+                patch positions (they are overwritten by the image tokens).
+            images: the image groups whose patches fill the rows.
+        Returns:
+            hidden states (B, L, D) (``logits`` turns them into vocabulary scores) and one
+            noise prediction (N, C, h, w) per image group.
+        """
+        B, L = tokens.shape
+        x = self.token_embed(tokens)  # (B, L, D)
+        contexts = []
+        if images:
+            flat = x.reshape(B * L, -1)
+            for group in images:
+                patch_tokens, context = self.image.encode(group.latents, group.t)  # (N, P, D)
+                flat = flat.index_put((group.index.reshape(-1),), patch_tokens.reshape(-1, flat.shape[1]))
+                contexts.append(context)
+            x = flat.reshape(B, L, -1)
+        hidden = self.trunk(x, positions, self.attention_mask(doc_ids, image_ids))
+        flat_hidden = hidden.reshape(B * L, -1)
+        noise = [
+            self.image.decode(flat_hidden[group.index], context)  # (N, P, D) -> (N, C, h, w)
+            for group, context in zip(images, contexts)
+        ]
+        return hidden, noise
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(..., D) -> (..., V)."""
+        return self.lm_head(hidden)
+
+    def num_params(self, trunk_only: bool = False) -> int:
+        module = self.trunk if trunk_only else self
+        return sum(p.numel() for p in module.parameters())

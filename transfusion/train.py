@@ -1,0 +1,268 @@
+"""Train a Transfusion model on text and images at once.
+
+    transfusion train --preset tiny --out runs/tiny                  # the main job, ~15 min on 2 cores
+    transfusion train --preset debug --out runs/dbg train.steps=50   # seconds
+    transfusion train --preset small --out runs/small my.yaml model.dim=512
+
+The same command after an interruption (Ctrl-C, kill -9, a crash) resumes from the last
+checkpoint and continues as if it had never stopped: the batch of each step depends only
+on (seed, step), and model, optimizer and step are restored.
+
+Writes into --out: config.yaml (resolved), tokenizer.json, metrics.jsonl, losses.png,
+checkpoints/step_*/, samples/step_*.png (+ captions of held-out images), report.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from tqdm import tqdm
+
+from transfusion.autoencoder import load_autoencoder
+from transfusion.checkpoint import Loaded, list_checkpoints, save_checkpoint
+from transfusion.config import Config, from_dict, load_config, save_config, to_dict
+from transfusion.data.stream import BatchBuilder, build_mixture
+from transfusion.diffusion import Diffusion
+from transfusion.model.transfusion import Transfusion
+from transfusion.objective import compute_losses
+from transfusion.tokenizer import BPETokenizer, ByteTokenizer, Tokenizer, load_tokenizer, save_tokenizer
+
+
+def lr_at(step: int, cfg: Config) -> float:
+    """Linear warmup, then cosine decay to ``min_lr`` at the last step."""
+    o = cfg.optim
+    if step < o.warmup_steps:
+        return o.lr * (step + 1) / o.warmup_steps
+    progress = (step - o.warmup_steps) / max(1, cfg.train.steps - o.warmup_steps)
+    return o.min_lr + 0.5 * (o.lr - o.min_lr) * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def build_tokenizer(cfg: Config, mixture) -> Tokenizer:
+    spec = cfg.data.tokenizer
+    if spec == "bytes":
+        return ByteTokenizer()
+    if spec == "bpe":
+        import random
+
+        rng = random.Random(cfg.train.seed)
+        texts = [mixture.draw(rng).caption for _ in range(20_000)]
+        return BPETokenizer.train(texts, cfg.data.bpe_vocab_size)
+    return load_tokenizer(spec)
+
+
+def build_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.AdamW:
+    """AdamW; matrices decay, vectors (norms, biases) do not."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    o = cfg.optim
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=o.lr, betas=tuple(o.betas), eps=o.eps,
+    )
+
+
+def matmul_peak_flops(seconds: float = 0.5, n: int = 1024) -> float:
+    """Measured fp32 matmul FLOP/s of this machine: the MFU denominator."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        count += 1
+    return 2 * n**3 * count / (time.perf_counter() - start)
+
+
+def count_step_flops(model, batch, diffusion, cfg) -> float:
+    """FLOPs of one training step (forward + backward), counted by torch on a real batch."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        compute_losses(model, batch, diffusion, cfg.diffusion.loss_weight)["total"].backward()
+    model.zero_grad(set_to_none=True)
+    return float(counter.get_total_flops())
+
+
+def resolve_run_config(out: Path, cfg: Config) -> Config:
+    """A run folder keeps its config: resuming with a different one (but train.steps) is an error."""
+    saved_path = out / "config.yaml"
+    if not saved_path.is_file():
+        return cfg
+    saved = from_dict(yaml.safe_load(saved_path.read_text()))
+    a, b = to_dict(saved), to_dict(cfg)
+    a["train"].pop("steps"), b["train"].pop("steps")
+    if a != b:
+        diff = [f"{s}.{k}" for s in a for k in a[s] if a[s][k] != b[s][k]]
+        raise ValueError(
+            f"{out} holds a run with another config (differs in {', '.join(diff)}); "
+            f"use a new --out or the same settings to resume"
+        )
+    saved.train.steps = cfg.train.steps
+    return saved
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Drop log lines after ``step`` so a resumed run does not log a step twice."""
+    if not path.is_file():
+        return
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    os.replace(tmp, path)
+
+
+def write_samples(loaded: Loaded, out: Path, step: int, n: int) -> dict:
+    """Sample grid for held-out captions, captions for held-out images; returns the scores."""
+    from transfusion.evaluate import captioning, prompt_following
+    from transfusion.visualize import image_grid
+
+    cfg = loaded.config
+    folder = out / "samples"
+    folder.mkdir(exist_ok=True)
+    t2i = prompt_following(loaded, n, cfg.diffusion.sample_steps, cfg.diffusion.guidance, cfg.train.seed)
+    image_grid(t2i["images"][:32], t2i["captions"][:32]).save(folder / f"step_{step:06d}.png")
+    i2t = captioning(loaded, n)
+    image_grid(i2t["images"][:32], i2t["generated"][:32]).save(folder / f"step_{step:06d}_captions.png")
+    with open(folder / f"step_{step:06d}_captions.txt", "w") as f:
+        for ref, gen in zip(i2t["references"], i2t["generated"]):
+            f.write(f"truth: {ref}\nmodel: {gen}\n\n")
+    return {
+        "step": step,
+        "text_to_image": {"settings": t2i["settings"], "accuracy": t2i["accuracy"]},
+        "image_to_text": {"settings": i2t["settings"], "accuracy": i2t["accuracy"]},
+    }
+
+
+def main(argv: list[str] | None = None) -> Path:
+    p = argparse.ArgumentParser(prog="transfusion train", description=__doc__.split("\n\n")[0])
+    p.add_argument("--preset", default="tiny", help="debug | tiny | small | 0.16B | ... | 7B")
+    p.add_argument("--out", required=True, help="run folder (created; resumed if it holds checkpoints)")
+    p.add_argument("settings", nargs="*", help="CONFIG.yaml files and key.sub=value overrides")
+    args = p.parse_args(argv)
+
+    # ---- setup
+    files = [s for s in args.settings if "=" not in s]
+    overrides = [s for s in args.settings if "=" in s]
+    out = Path(args.out)
+    cfg = resolve_run_config(out, load_config(args.preset, files, overrides))
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    torch.manual_seed(cfg.train.seed)
+    device = torch.device(cfg.train.device)
+
+    # ---- data, tokenizer, autoencoder
+    mixture = build_mixture(cfg)
+    if (out / "tokenizer.json").is_file():
+        tokenizer = load_tokenizer(out / "tokenizer.json")
+    else:
+        tokenizer = build_tokenizer(cfg, mixture)
+        save_tokenizer(tokenizer, out / "tokenizer.json")
+    autoencoder = load_autoencoder(cfg.image.autoencoder).eval()
+
+    # ---- model and optimizer
+    model = Transfusion(cfg, tokenizer.vocab_size, autoencoder.latent_channels).to(device)
+    optimizer = build_optimizer(model, cfg)
+    diffusion = Diffusion(cfg.diffusion.timesteps, cfg.diffusion.schedule)
+    builder = BatchBuilder(cfg, mixture, tokenizer, autoencoder, model.num_patches)
+
+    start = 0
+    checkpoints = list_checkpoints(out / "checkpoints")
+    if checkpoints:
+        from safetensors.torch import load_file
+
+        last = checkpoints[-1]
+        model.load_state_dict(load_file(last / "model.safetensors"))
+        optimizer.load_state_dict(torch.load(last / "optimizer.pt", weights_only=True))
+        start = json.loads((last / "state.json").read_text())["step"]
+        print(f"resuming from {last} (step {start})")
+    truncate_metrics(out / "metrics.jsonl", start)
+    step_model = torch.compile(model) if cfg.train.compile else model
+    print(f"model: {model.num_params() / 1e6:.2f}M parameters ({model.num_params(True) / 1e6:.2f}M in the trunk), "
+          f"vocab {tokenizer.vocab_size}, {model.patch_reduction}x patch reduction")
+
+    def checkpoint(step: int) -> None:
+        save_checkpoint(out / "checkpoints", step, model, tokenizer, autoencoder, optimizer,
+                        keep=cfg.train.keep_checkpoints)
+
+    def sample(step: int) -> dict:
+        model.eval()
+        result = write_samples(Loaded(model, tokenizer, autoencoder, cfg, step, out), out, step,
+                               cfg.train.eval_samples)
+        model.train()
+        return result
+
+    # ---- loop
+    peak = matmul_peak_flops()
+    flops_per_token = count_step_flops(model, builder.batch_at(start, cfg.train.seed), diffusion, cfg) / (
+        cfg.data.batch_size * cfg.data.seq_len
+    )
+    metrics = open(out / "metrics.jsonl", "a")
+    model.train()
+    bar = tqdm(range(start, cfg.train.steps), initial=start, total=cfg.train.steps, desc="train")
+    window_tokens, window_start = 0, time.perf_counter()
+    completed = start
+    try:
+        for step in bar:
+            lr = lr_at(step, cfg)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            batch = builder.batch_at(step, cfg.train.seed)
+            generator = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + step)
+            losses = compute_losses(step_model, batch, diffusion, cfg.diffusion.loss_weight, generator)
+            if not torch.isfinite(losses["total"]):
+                raise FloatingPointError(
+                    f"loss is {losses['total'].item()} at step {step} (lm {losses['lm'].item():.4g}, "
+                    f"ddpm {losses['ddpm'].item():.4g}); the last checkpoint in {out / 'checkpoints'} is "
+                    f"intact: lower optim.lr or check the data, then rerun to resume"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            losses["total"].backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+            optimizer.step()
+            completed = step + 1
+            window_tokens += cfg.data.batch_size * cfg.data.seq_len
+
+            done = step + 1
+            if done % cfg.train.log_every == 0 or done == cfg.train.steps:
+                elapsed = time.perf_counter() - window_start
+                tokens_per_s = window_tokens / elapsed
+                row = {"step": done, "lm": losses["lm"].item(), "ddpm": losses["ddpm"].item(),
+                       "total": losses["total"].item(), "lr": lr, "grad_norm": grad_norm.item(),
+                       "tokens_per_s": tokens_per_s, "mfu": tokens_per_s * flops_per_token / peak}
+                metrics.write(json.dumps(row) + "\n")
+                metrics.flush()
+                bar.set_postfix(lm=f"{row['lm']:.3f}", ddpm=f"{row['ddpm']:.4f}", tok_s=f"{tokens_per_s:.0f}")
+                window_tokens, window_start = 0, time.perf_counter()
+            if done % cfg.train.checkpoint_every == 0 and done < cfg.train.steps:
+                checkpoint(done)
+            if cfg.train.sample_every and done % cfg.train.sample_every == 0 and done < cfg.train.steps:
+                sample(done)
+    except KeyboardInterrupt:
+        checkpoint(completed)
+        print(f"\ninterrupted: saved step {completed}; rerun the same command to resume")
+        raise SystemExit(130)
+    finally:
+        metrics.close()
+
+    # ---- end of run: checkpoint, samples, report, plot
+    final = cfg.train.steps
+    checkpoint(final)
+    from transfusion.visualize import plot_losses
+
+    plot_losses(out / "metrics.jsonl", out / "losses.png")
+    report = sample(final)
+    report["model_parameters"] = model.num_params()
+    report["matmul_peak_gflops"] = peak / 1e9
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    print(json.dumps({k: report[k] for k in ("text_to_image", "image_to_text")}, indent=1))
+    return out

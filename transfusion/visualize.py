@@ -1,0 +1,63 @@
+"""Pictures for people: sample grids with their captions, and loss curves."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image as PILImage, ImageDraw
+
+
+def to_uint8(pixels: torch.Tensor) -> np.ndarray:
+    """(3, H, W) in [-1, 1] -> (H, W, 3) uint8."""
+    return ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+
+
+def save_image(pixels: torch.Tensor, path: str | Path) -> None:
+    PILImage.fromarray(to_uint8(pixels)).save(path)
+
+
+def image_grid(images: torch.Tensor, labels: list[str] | None = None, columns: int = 8, scale: int = 4) -> PILImage.Image:
+    """(N, 3, H, W) in [-1, 1] -> one PIL image, each tile enlarged ``scale`` times, labels under it."""
+    n, _, h, w = images.shape
+    tile_w, tile_h = w * scale, h * scale
+    label_h = 36 if labels else 0
+    columns = min(columns, n)
+    rows = -(-n // columns)
+    grid = PILImage.new("RGB", (columns * (tile_w + 4), rows * (tile_h + label_h + 4)), "white")
+    draw = ImageDraw.Draw(grid)
+    for i in range(n):
+        x, y = (i % columns) * (tile_w + 4), (i // columns) * (tile_h + label_h + 4)
+        tile = PILImage.fromarray(to_uint8(images[i])).resize((tile_w, tile_h), PILImage.NEAREST)
+        grid.paste(tile, (x, y))
+        if labels:
+            width = max(8, tile_w // 6)
+            draw.multiline_text((x + 1, y + tile_h + 1), "\n".join(textwrap.wrap(labels[i], width)[:3]), fill="black")
+    return grid
+
+
+def plot_losses(metrics_path: str | Path, out_path: str | Path) -> None:
+    """Plot text and diffusion losses from ``metrics.jsonl`` into a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if "lm" in r]
+    if not rows:
+        return
+    steps = [r["step"] for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    for ax, key, title in zip(axes, ("lm", "ddpm"), ("text: next-token cross-entropy", "image: diffusion MSE")):
+        ax.plot(steps, [r[key] for r in rows])
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=100)
+    plt.close(fig)

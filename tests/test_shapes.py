@@ -20,7 +20,9 @@ from transfusion.data.shapes import (
     summarise,
 )
 
-_RED_CIRCLE_LEFT = Scene("single", [ShapeObject("red", "circle", "large", (0.25, 0.5), 0.5, "left")])
+_RED_CIRCLE_LEFT = Scene(
+    "single", [ShapeObject("red", "circle", "large", (0.25, 0.5), extent=0.5, position="left")]
+)
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +43,8 @@ def test_items_are_deterministic_and_splits_differ():
 def test_items_are_pairs_in_range(test_items):
     for document in test_items[:20]:
         pixels = document.images[0].pixels
-        assert document.kind == "pair" and pixels.shape == (3, 32, 32) and pixels.dtype == torch.float32
+        assert document.kind == "pair" and pixels.shape == (3, 32, 32)
+        assert pixels.dtype == torch.float32
         assert pixels.min() >= -1 and pixels.max() <= 1
         assert document.caption == caption_of(document.meta["scene"])
     kinds = [d.meta["scene"].kind for d in test_items]
@@ -61,7 +64,8 @@ def test_reader_survives_pixel_noise(test_items):
     scores = []
     for document in test_items:
         pixels = document.images[0].pixels
-        scores.append(score(pixels + 0.1 * torch.randn(pixels.shape, generator=generator), document.caption))
+        noisy = pixels + 0.1 * torch.randn(pixels.shape, generator=generator)
+        scores.append(score(noisy, document.caption))
     summary = summarise(scores)
     print("reader accuracy, noise std 0.1:", summary)
     assert summary["colour"] >= 0.9 and summary["position"] >= 0.9, summary
@@ -70,7 +74,8 @@ def test_reader_survives_pixel_noise(test_items):
 @pytest.mark.parametrize("size", [48, 64])
 def test_reader_works_at_other_image_sizes(size):
     dataset = ShapesDataset("test", size=size)
-    summary = summarise([score(d.images[0].pixels, d.caption) for d in (dataset[i] for i in range(30))])
+    documents = [dataset[i] for i in range(30)]
+    summary = summarise([score(d.images[0].pixels, d.caption) for d in documents])
     assert summary["exact"] >= 0.95, summary
 
 
@@ -79,7 +84,8 @@ def test_reader_accepts_uint8_arrays():
     array = ((pixels.permute(1, 2, 0) + 1) * 127.5).round().to(torch.uint8).numpy()
     assert read_image(array) == read_image(pixels)
     (detected,) = read_image(array)
-    assert (detected.colour, detected.shape, detected.size, detected.position) == ("red", "circle", "large", "left")
+    seen = (detected.colour, detected.shape, detected.size, detected.position)
+    assert seen == ("red", "circle", "large", "left")
 
 
 def test_parse_caption_round_trips_every_kind():

@@ -147,7 +147,8 @@ class KLAutoencoder(Autoencoder):
         self.downsample, self.width = downsample, width
         self.register_buffer("scale", torch.tensor(float(scale)))
         levels = downsample.bit_length() - 1
-        widths = [width * min(2**i, 4) for i in range(levels + 1)]  # channels at 1, 1/2, 1/4 ... size
+        widths = [width * min(2**i, 4) for i in range(levels + 1)]
+        if os.environ.get("AE_WIDTHS"): widths = [int(w) for w in os.environ["AE_WIDTHS"].split(",")]  # TEMP  # channels at 1, 1/2, 1/4 ... size
 
         encoder: list[nn.Module] = [nn.Conv2d(channels, widths[0], 3, padding=1)]
         for i in range(levels):
@@ -389,3 +390,100 @@ def train_autoencoder(model: KLAutoencoder, data, steps: int, batch_size: int, l
     return {"l1": (recon - eval_pixels).abs().mean().item(), "mse": (recon - eval_pixels).square().mean().item(),
             "kl": kl.item() if steps else float("nan"), "loss": sum(recent) / max(1, len(recent)),
             "scale": float(model.scale), "seconds": seconds}
+
+
+def autoencoder_fingerprint(ae: Autoencoder) -> str:
+    """sha256 of the config and every weight: equal fingerprints encode identically."""
+    digest = hashlib.sha256(json.dumps(ae.config(), sort_keys=True, default=list).encode())
+    for name, tensor in sorted(ae.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def cache_latents(ae: Autoencoder, dataset, path: str | os.PathLike, batch_size: int = 64) -> torch.Tensor:
+    """Latents (N, C, h, w) of every image of ``dataset``, encoded once and kept in ``path``.
+
+    ``path`` is a .safetensors file whose metadata records the autoencoder fingerprint, N
+    and a hash of the first and last images; a file made with another autoencoder or
+    dataset is recomputed and overwritten, never silently used.
+    """
+    if len(dataset) == 0:
+        raise ValueError("cannot cache the latents of an empty dataset")
+    path = Path(path)
+    ends = hashlib.sha256()
+    for i in (0, len(dataset) - 1):
+        ends.update(_image_of(dataset[i]).float().contiguous().numpy().tobytes())
+    key = {"autoencoder": autoencoder_fingerprint(ae), "n": str(len(dataset)), "images": ends.hexdigest()}
+    if path.is_file():
+        with safe_open(str(path), framework="pt") as f:
+            if f.metadata() == key:
+                return f.get_tensor("latents")
+        print(f"latent cache {path} was made for another autoencoder or dataset: recomputing")
+
+    device, chunks = _device(ae), []
+    for start in tqdm(range(0, len(dataset), batch_size), desc=f"caching latents in {path.name}"):
+        indices = range(start, min(start + batch_size, len(dataset)))
+        pixels = torch.stack([_image_of(dataset[i]) for i in indices]).to(device)  # (B, C, H, W)
+        chunks.append(ae.encode(pixels).float().cpu())
+    latents = torch.cat(chunks)  # (N, C, h, w)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(path, lambda tmp: save_file({"latents": latents.contiguous()}, str(tmp), metadata=key))
+    return latents
+
+
+def save_reconstructions(ae: Autoencoder, pixels: torch.Tensor, path: str | os.PathLike) -> None:
+    """PNG grid of (B, C, H, W) images: originals on the top row, reconstructions below."""
+    from PIL import Image  # only needed for this picture
+
+    with torch.no_grad():
+        recon = ae.decode(ae.encode(pixels.to(_device(ae)))).cpu()
+    rows = torch.cat([torch.cat(list(pixels.cpu()), dim=2), torch.cat(list(recon), dim=2)], dim=1)  # (C, 2H, B*W)
+    zoom = max(1, 128 // pixels.shape[-1])  # 32 px images are too small to judge
+    rows = rows.expand(3, -1, -1) if rows.shape[0] == 1 else rows
+    grid = ((rows.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()  # (2H, B*W, 3)
+    picture = Image.fromarray(grid)
+    picture.resize((picture.width * zoom, picture.height * zoom), Image.NEAREST).save(path)
+
+
+def _image_dataset(name: str, split: str, size: int):
+    if name == "shapes":
+        from transfusion.data.shapes import ShapesDataset
+
+        return ShapesDataset(split, size=size)
+    from transfusion.data.mnist import MnistDataset
+
+    return MnistDataset(split, size=size)
+
+
+def cli_train(argv: list[str]) -> None:
+    """`transfusion autoencoder train`: train a KLAutoencoder, save it, print and draw its reconstructions."""
+    parser = argparse.ArgumentParser(prog="transfusion autoencoder train", description=cli_train.__doc__)
+    parser.add_argument("--data", choices=("shapes", "mnist"), default="shapes")
+    parser.add_argument("--out", required=True, help="folder for autoencoder.safetensors/.json and reconstructions.png")
+    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS)
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
+    parser.add_argument("--latent-channels", type=int, default=4)
+    parser.add_argument("--downsample", type=int, default=4)
+    parser.add_argument("--width", type=int, default=32)
+    parser.add_argument("--size", type=int, default=32, help="image side in pixels")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    torch.manual_seed(args.seed)
+    train_data, test_data = _image_dataset(args.data, "train", args.size), _image_dataset(args.data, "test", args.size)
+    model = KLAutoencoder(channels=_image_of(train_data[0]).shape[0], latent_channels=args.latent_channels,
+                          downsample=args.downsample, width=args.width)
+    model.latent_shape(args.size, args.size)  # fail before training on an impossible size
+    metrics = train_autoencoder(model, train_data, args.steps, args.batch_size, lr=args.lr, seed=args.seed)
+    save_autoencoder(model, args.out)
+
+    test_pixels = torch.stack([_image_of(test_data[i]) for i in range(min(256, len(test_data)))])
+    test_recon = model.decode(model.encode(test_pixels))
+    print(f"trained {args.steps} steps in {metrics['seconds']:.0f}s; latent scale {metrics['scale']:.3f}")
+    print(f"train reconstruction: mse {metrics['mse']:.4f}  l1 {metrics['l1']:.4f}")
+    print(f"test reconstruction:  mse {(test_recon - test_pixels).square().mean():.4f}  "
+          f"l1 {(test_recon - test_pixels).abs().mean():.4f}  ({len(test_pixels)} images)")
+    save_reconstructions(model, test_pixels[:8], Path(args.out) / "reconstructions.png")
+    print(f"saved the autoencoder and reconstructions.png in {args.out}")

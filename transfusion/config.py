@@ -220,6 +220,9 @@ def validate(cfg: Config) -> None:
         raise ValueError(f"model.attention must be 'sdpa' or 'flex', got {m.attention!r}")
     if cfg.image.adapter not in ("linear", "unet"):
         raise ValueError(f"image.adapter must be 'linear' or 'unet', got {cfg.image.adapter!r}")
+    o = cfg.optim
+    if not (0 < o.lr < float("inf") and 0 <= o.min_lr <= o.lr):
+        raise ValueError(f"optim.lr={o.lr} must be positive and finite, and optim.min_lr={o.min_lr} in [0, lr]")
     if cfg.data.seq_len > m.max_seq_len:
         raise ValueError(f"data.seq_len={cfg.data.seq_len} exceeds model.max_seq_len={m.max_seq_len}")
 

@@ -1,0 +1,194 @@
+"""Training: both losses fall, checkpoints round-trip, an interrupted run resumes exactly."""
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from transfusion.autoencoder import IdentityAutoencoder
+from transfusion.checkpoint import list_checkpoints, load_checkpoint, resolve_checkpoint, save_checkpoint
+from transfusion.config import load_config
+from transfusion.data.stream import BatchBuilder, build_mixture
+from transfusion.diffusion import Diffusion
+from transfusion.model.transfusion import Transfusion
+from transfusion.objective import compute_losses
+from transfusion.tokenizer import ByteTokenizer
+from transfusion.train import build_optimizer, lr_at, main as train_main
+
+FAST = ["train.eval_samples=2", "diffusion.sample_steps=2", "data.text_fraction=0.2"]
+
+
+def debug_setup(*overrides):
+    cfg = load_config("debug", overrides=list(overrides))
+    tok = ByteTokenizer()
+    torch.manual_seed(0)
+    model = Transfusion(cfg, tok.vocab_size, 3)
+    builder = BatchBuilder(cfg, build_mixture(cfg), tok, IdentityAutoencoder(), model.num_patches)
+    return cfg, tok, model, builder
+
+
+def test_overfitting_one_batch_lowers_both_losses():
+    cfg, _, model, builder = debug_setup()
+    batch = builder.batch_at(0, seed=0)
+    assert batch.latents and batch.num_text_targets > 0
+    diffusion = Diffusion()
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+
+    def losses():
+        g = torch.Generator().manual_seed(123)  # same t and noise every time: a fixed objective
+        return compute_losses(model, batch, diffusion, 5.0, g)
+
+    with torch.no_grad():
+        before = {k: v.item() for k, v in losses().items()}
+    for _ in range(60):
+        out = losses()
+        opt.zero_grad()
+        out["total"].backward()
+        opt.step()
+    with torch.no_grad():
+        after = {k: v.item() for k, v in losses().items()}
+    assert after["lm"] < 0.5 * before["lm"], (before, after)
+    assert after["ddpm"] < 0.7 * before["ddpm"], (before, after)
+
+
+def test_lr_schedule_warms_up_then_decays_to_min():
+    cfg = load_config("debug", overrides=["train.steps=100", "optim.warmup_steps=10"])
+    assert lr_at(0, cfg) == pytest.approx(cfg.optim.lr / 10)
+    assert lr_at(9, cfg) == pytest.approx(cfg.optim.lr)
+    assert lr_at(100, cfg) == pytest.approx(cfg.optim.min_lr)
+    assert lr_at(50, cfg) < lr_at(20, cfg)
+
+
+def test_checkpoint_round_trip_gives_identical_outputs(tmp_path):
+    cfg, tok, model, builder = debug_setup()
+    opt = build_optimizer(model, cfg)
+    path = save_checkpoint(tmp_path / "checkpoints", 7, model, tok, IdentityAutoencoder(), opt)
+    loaded = load_checkpoint(tmp_path)  # a run folder resolves to its latest checkpoint
+    assert loaded.path == path and loaded.step == 7
+    batch = builder.batch_at(3, seed=0)
+    model.eval()
+    a = compute_losses(model, batch, Diffusion(), 5.0, torch.Generator().manual_seed(1))
+    b = compute_losses(loaded.model, batch, Diffusion(), 5.0, torch.Generator().manual_seed(1))
+    assert a["total"].item() == b["total"].item()
+
+
+def test_checkpoints_are_atomic_and_pruned(tmp_path, monkeypatch):
+    cfg, tok, model, _ = debug_setup()
+    folder = tmp_path / "checkpoints"
+    for step in (1, 2, 3):
+        save_checkpoint(folder, step, model, tok, IdentityAutoencoder(), keep=2)
+    assert [p.name for p in list_checkpoints(folder)] == ["step_000002", "step_000003"]
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("transfusion.checkpoint.save_file", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        save_checkpoint(folder, 4, model, tok, IdentityAutoencoder(), keep=2)
+    # the failed write left nothing behind, and the last good checkpoint still loads
+    assert sorted(p.name for p in folder.iterdir()) == ["step_000002", "step_000003"]
+    assert load_checkpoint(folder).step == 3
+
+
+def test_unknown_or_broken_checkpoint_gives_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such checkpoint"):
+        load_checkpoint(tmp_path / "nope")
+    with pytest.raises(FileNotFoundError, match="holds no checkpoint"):
+        resolve_checkpoint(tmp_path)
+    cfg, tok, model, _ = debug_setup()
+    path = save_checkpoint(tmp_path / "checkpoints", 1, model, tok, IdentityAutoencoder())
+    (path / "tokenizer.json").unlink()
+    with pytest.raises(FileNotFoundError, match="tokenizer.json is missing"):
+        load_checkpoint(path)
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(tmp_path):
+    straight = tmp_path / "straight"
+    train_main(["--preset", "debug", "--out", str(straight), "train.steps=8", "train.checkpoint_every=4", *FAST])
+    interrupted = tmp_path / "interrupted"
+    # stop after 4 steps (its final checkpoint is step 4), then run the full length on the same folder
+    train_main(["--preset", "debug", "--out", str(interrupted), "train.steps=4", "train.checkpoint_every=4", *FAST])
+    shutil.rmtree(interrupted / "checkpoints" / "step_000004", ignore_errors=True)
+    shutil.copytree(straight / "checkpoints" / "step_000004", interrupted / "checkpoints" / "step_000004")
+    train_main(["--preset", "debug", "--out", str(interrupted), "train.steps=8", "train.checkpoint_every=4", *FAST])
+    a = load_file(straight / "checkpoints" / "step_000008" / "model.safetensors")
+    b = load_file(interrupted / "checkpoints" / "step_000008" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    steps = [json.loads(line)["step"] for line in (interrupted / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps))  # no step logged twice
+
+
+def test_kill_9_then_rerun_resumes(tmp_path):
+    out = tmp_path / "run"
+
+    def command(steps):
+        return [sys.executable, "-m", "transfusion.cli", "train", "--preset", "debug", "--out", str(out),
+                f"train.steps={steps}", "train.checkpoint_every=2", *FAST]
+
+    proc = subprocess.Popen(command(400), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None and len(list_checkpoints(out / "checkpoints")) < 2:
+            time.sleep(0.1)
+    finally:
+        proc.kill()  # SIGKILL: no chance to clean up
+        proc.wait()
+    found = list_checkpoints(out / "checkpoints")
+    assert found, "the run never wrote a checkpoint"
+    for ckpt in found:  # every checkpoint on disk is readable
+        load_checkpoint(ckpt)
+    last = load_checkpoint(out).step
+    result = subprocess.run(command(last + 2), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "resuming from" in result.stdout
+    assert load_checkpoint(out).step == last + 2
+
+
+def test_nan_loss_stops_with_a_clear_error(tmp_path, monkeypatch):
+    import transfusion.train as train_module
+
+    real = train_module.compute_losses
+    calls = []
+
+    def poisoned(*args, **kwargs):  # the third training step produces a NaN diffusion loss
+        out = real(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 4:  # the first call counts FLOPs
+            out["ddpm"] = out["ddpm"] * float("nan")
+            out["total"] = out["lm"] + out["ddpm"]
+        return out
+
+    monkeypatch.setattr(train_module, "compute_losses", poisoned)
+    out = tmp_path / "r"
+    with pytest.raises(FloatingPointError, match="loss is nan at step 2 .* rerun to resume"):
+        train_main(["--preset", "debug", "--out", str(out), "train.checkpoint_every=1", *FAST])
+    assert load_checkpoint(out).step == 2  # the checkpoint before the bad step is intact
+    with pytest.raises(ValueError, match="optim.lr"):
+        load_config("debug", overrides=["optim.lr=.nan"])
+
+
+def test_resuming_with_another_config_is_refused(tmp_path):
+    out = tmp_path / "r"
+    train_main(["--preset", "debug", "--out", str(out), "train.steps=2", *FAST])
+    with pytest.raises(ValueError, match="model.dim"):
+        train_main(["--preset", "debug", "--out", str(out), "model.dim=32", *FAST])
+
+
+def test_config_errors_name_the_key(tmp_path):
+    with pytest.raises(ValueError, match="unknown config key 'model.width'"):
+        load_config("debug", overrides=["model.width=3"])
+    with pytest.raises(ValueError, match="expects int"):
+        load_config("debug", overrides=["model.dim=big"])
+    with pytest.raises(ValueError, match="unknown preset"):
+        load_config("huge")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- a list\n")
+    with pytest.raises(ValueError, match="mapping"):
+        load_config("debug", files=[bad])

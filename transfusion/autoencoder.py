@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import abc
 import argparse
+import collections
 import hashlib
 import itertools
 import json
@@ -30,6 +31,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from PIL import Image as PILImage
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
@@ -37,6 +39,8 @@ from tqdm import tqdm
 WEIGHTS_FILE = "autoencoder.safetensors"
 CONFIG_FILE = "autoencoder.json"
 DIFFUSERS_CLASSES = ("AutoencoderKL", "AutoencoderTiny")
+# `transfusion autoencoder train` defaults: ~80 s on 2 idle CPU cores, test MSE ~0.007 on 32 px shapes
+DEFAULT_STEPS, DEFAULT_BATCH_SIZE, DEFAULT_LR = 1000, 16, 2e-3
 
 
 class Autoencoder(nn.Module, abc.ABC):
@@ -117,19 +121,13 @@ class ResBlock(nn.Module):
         return self.skip(x) + h
 
 
-class Upsample(nn.Module):
+def _upsample(in_channels: int, out_channels: int) -> nn.Module:
     """Nearest x2 then a 3x3 conv (no checkerboard artefacts, unlike transposed convs)."""
-
-    def __init__(self, in_channels: int, out_channels: int):
-        super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+    return nn.Sequential(nn.Upsample(scale_factor=2.0, mode="nearest"), nn.Conv2d(in_channels, out_channels, 3, padding=1))
 
 
 class KLAutoencoder(Autoencoder):
-    """A small convolutional KL autoencoder (a few hundred thousand parameters at width 32).
+    """A small convolutional KL autoencoder (250k parameters at the default width 16, f = 4).
 
     Encoder: conv, then per halving a ResBlock and a stride-2 conv, a ResBlock at the
     bottom, then GroupNorm-SiLU-conv to (mean, logvar). The decoder mirrors it with
@@ -139,7 +137,7 @@ class KLAutoencoder(Autoencoder):
     """
 
     def __init__(self, channels: int = 3, latent_channels: int = 4, downsample: int = 4,
-                 width: int = 32, scale: float = 1.0):
+                 width: int = 16, scale: float = 1.0):
         super().__init__()
         if downsample < 1 or downsample & (downsample - 1):
             raise ValueError(f"downsample must be a power of two (1, 2, 4, 8, ...), got {downsample}")
@@ -147,8 +145,7 @@ class KLAutoencoder(Autoencoder):
         self.downsample, self.width = downsample, width
         self.register_buffer("scale", torch.tensor(float(scale)))
         levels = downsample.bit_length() - 1
-        widths = [width * min(2**i, 4) for i in range(levels + 1)]
-        if os.environ.get("AE_WIDTHS"): widths = [int(w) for w in os.environ["AE_WIDTHS"].split(",")]  # TEMP  # channels at 1, 1/2, 1/4 ... size
+        widths = [width * min(2**i, 4) for i in range(levels + 1)]  # channels at 1, 1/2, 1/4 ... size
 
         encoder: list[nn.Module] = [nn.Conv2d(channels, widths[0], 3, padding=1)]
         for i in range(levels):
@@ -159,7 +156,7 @@ class KLAutoencoder(Autoencoder):
 
         decoder: list[nn.Module] = [nn.Conv2d(latent_channels, widths[-1], 3, padding=1), ResBlock(widths[-1], widths[-1])]
         for i in reversed(range(levels)):
-            decoder += [Upsample(widths[i + 1], widths[i]), ResBlock(widths[i], widths[i])]
+            decoder += [_upsample(widths[i + 1], widths[i]), ResBlock(widths[i], widths[i])]
         decoder += [_norm(widths[0]), nn.SiLU(), nn.Conv2d(widths[0], channels, 3, padding=1)]
         self.decoder = nn.Sequential(*decoder)
 
@@ -210,14 +207,15 @@ class DiffusersAutoencoder(Autoencoder):
     @torch.no_grad()
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         self._check_pixels(pixels)
-        out = self.model.encode(pixels)
+        out = self.model.encode(pixels.to(self.model.dtype))  # the model may be half precision
         raw = out.latents if self.kind == "AutoencoderTiny" else out.latent_dist.mean
-        return (raw - self.shift_factor) * self.scaling_factor
+        return ((raw - self.shift_factor) * self.scaling_factor).float()
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         self._check_latents(latents)
-        return self.model.decode(latents / self.scaling_factor + self.shift_factor).sample.clamp(-1, 1)
+        raw = (latents / self.scaling_factor + self.shift_factor).to(self.model.dtype)
+        return self.model.decode(raw).sample.float().clamp(-1, 1)
 
     def config(self) -> dict:
         return {"type": "diffusers", "class": self.kind, "diffusers_config": dict(self.model.config)}
@@ -240,9 +238,9 @@ def _load_diffusers(path_or_hub_name: str, subfolder: str | None) -> nn.Module:
         return _diffusers_class(class_name).from_pretrained(path_or_hub_name, subfolder=subfolder)
     except (OSError, ValueError) as error:  # what diffusers raises for missing, unreachable or malformed models
         raise FileNotFoundError(
-            f"could not find or load a diffusers autoencoder at {where}: {error}\n"
-            "Give a local folder holding its config.json and weights (without internet, hub names "
-            "only work when already in the Hugging Face cache)."
+            f"could not find or load a diffusers autoencoder at {where}. Give a local folder holding "
+            "its config.json and weights; without internet, hub names only work when already in the "
+            f"Hugging Face cache. diffusers said: {error}"
         ) from error
 
 
@@ -262,7 +260,7 @@ def save_autoencoder(ae: Autoencoder, folder: str | os.PathLike) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in ae.state_dict().items()}
     _atomic_write(folder / WEIGHTS_FILE, lambda tmp: save_file(tensors, str(tmp)))
-    text = json.dumps(ae.config(), indent=2, default=list)  # default: diffusers configs hold tuples/FrozenDicts
+    text = json.dumps(ae.config(), indent=2)
     _atomic_write(folder / CONFIG_FILE, lambda tmp: tmp.write_text(text))
 
 
@@ -336,7 +334,7 @@ def _device(module: nn.Module) -> torch.device:
     return tensor.device if tensor is not None else torch.device("cpu")
 
 
-def train_autoencoder(model: KLAutoencoder, data, steps: int, batch_size: int, lr: float = 1e-3,
+def train_autoencoder(model: KLAutoencoder, data, steps: int, batch_size: int, lr: float = DEFAULT_LR,
                       kl_weight: float = 1e-6, seed: int = 0, progress: bool = True) -> dict:
     """Train ``model`` in place on images from ``data``; set its ``scale``; return final metrics.
 
@@ -344,9 +342,11 @@ def train_autoencoder(model: KLAutoencoder, data, steps: int, batch_size: int, l
     tensor in [-1, 1] or a Document (its first image is used). Loss per batch: L1 + MSE of
     the reconstruction of a posterior sample + ``kl_weight`` * KL (summed over latent
     elements, mean over images). AdamW with warmup and cosine decay to lr / 10.
-    Returned: "l1", "mse" (deterministic encode/decode of ``eval_batches`` training
-    batches, in [-1, 1] space), "kl", "loss" (mean of the last 10% of steps), "scale", "seconds".
+    Returned: "l1" and "mse" of the final model's deterministic reconstruction (in [-1, 1]
+    space) of the last <= 256 training images, "kl" of the last step, "scale", "seconds".
     """
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
     generator = torch.Generator().manual_seed(seed)
     device = _device(model)
     batches = _batches(data, batch_size, generator)
@@ -360,10 +360,12 @@ def train_autoencoder(model: KLAutoencoder, data, steps: int, batch_size: int, l
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
 
     model.train()
-    start, recent = time.perf_counter(), []
+    last_batches = collections.deque(maxlen=max(1, 256 // batch_size))  # measured at the end
+    start = time.perf_counter()
     bar = tqdm(range(steps), desc="autoencoder", disable=not progress)
     for step in bar:
         pixels = next(batches).to(device)  # (B, C, H, W)
+        last_batches.append(pixels)
         mean, logvar = model.moments(pixels)  # (B, C_lat, h, w) each
         z = mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=generator).to(device)
         recon = model.decoder(z)
@@ -374,27 +376,24 @@ def train_autoencoder(model: KLAutoencoder, data, steps: int, batch_size: int, l
         loss.backward()
         optimizer.step()
         schedule.step()
-        if step >= steps - max(1, steps // 10):
-            recent.append(loss.item())
         if step % 20 == 0:
-            bar.set_postfix(mse=f"{mse.item():.4f}", kl=f"{kl.item():.1f}")
+            bar.set_postfix(mse=f"{mse.item():.4f}", kl=f"{kl.item():.1f}", refresh=False)
     seconds = time.perf_counter() - start
     model.eval()
 
     # scale so encode() gives latents of unit std, as the diffusion noise schedule assumes
     with torch.no_grad():
-        eval_pixels = torch.cat([next(batches) for _ in range(max(1, 256 // batch_size))]).to(device)
-        means = torch.cat([model.moments(chunk)[0] for chunk in eval_pixels.split(batch_size)])
+        pixels = torch.cat(list(last_batches))
+        means = torch.cat([model.moments(chunk)[0] for chunk in pixels.split(batch_size)])
         model.scale.fill_(1.0 / means.std().clamp_min(1e-6).item())
         recon = torch.cat([model.decoder(chunk).clamp(-1, 1) for chunk in means.split(batch_size)])
-    return {"l1": (recon - eval_pixels).abs().mean().item(), "mse": (recon - eval_pixels).square().mean().item(),
-            "kl": kl.item() if steps else float("nan"), "loss": sum(recent) / max(1, len(recent)),
-            "scale": float(model.scale), "seconds": seconds}
+    return {"l1": (recon - pixels).abs().mean().item(), "mse": (recon - pixels).square().mean().item(),
+            "kl": kl.item(), "scale": float(model.scale), "seconds": seconds}
 
 
 def autoencoder_fingerprint(ae: Autoencoder) -> str:
     """sha256 of the config and every weight: equal fingerprints encode identically."""
-    digest = hashlib.sha256(json.dumps(ae.config(), sort_keys=True, default=list).encode())
+    digest = hashlib.sha256(json.dumps(ae.config(), sort_keys=True).encode())
     for name, tensor in sorted(ae.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
@@ -413,7 +412,7 @@ def cache_latents(ae: Autoencoder, dataset, path: str | os.PathLike, batch_size:
     path = Path(path)
     ends = hashlib.sha256()
     for i in (0, len(dataset) - 1):
-        ends.update(_image_of(dataset[i]).float().contiguous().numpy().tobytes())
+        ends.update(_image_of(dataset[i]).float().cpu().contiguous().numpy().tobytes())
     key = {"autoencoder": autoencoder_fingerprint(ae), "n": str(len(dataset)), "images": ends.hexdigest()}
     if path.is_file():
         with safe_open(str(path), framework="pt") as f:
@@ -432,18 +431,14 @@ def cache_latents(ae: Autoencoder, dataset, path: str | os.PathLike, batch_size:
     return latents
 
 
-def save_reconstructions(ae: Autoencoder, pixels: torch.Tensor, path: str | os.PathLike) -> None:
-    """PNG grid of (B, C, H, W) images: originals on the top row, reconstructions below."""
-    from PIL import Image  # only needed for this picture
-
-    with torch.no_grad():
-        recon = ae.decode(ae.encode(pixels.to(_device(ae)))).cpu()
-    rows = torch.cat([torch.cat(list(pixels.cpu()), dim=2), torch.cat(list(recon), dim=2)], dim=1)  # (C, 2H, B*W)
-    zoom = max(1, 128 // pixels.shape[-1])  # 32 px images are too small to judge
+def save_reconstructions(pixels: torch.Tensor, recon: torch.Tensor, path: str | os.PathLike) -> None:
+    """PNG of (B, C, H, W) originals on the top row and their reconstructions below, zoomed."""
+    rows = torch.cat([torch.cat(list(pixels), dim=2), torch.cat(list(recon), dim=2)], dim=1)  # (C, 2H, B*W)
     rows = rows.expand(3, -1, -1) if rows.shape[0] == 1 else rows
-    grid = ((rows.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()  # (2H, B*W, 3)
-    picture = Image.fromarray(grid)
-    picture.resize((picture.width * zoom, picture.height * zoom), Image.NEAREST).save(path)
+    grid = ((rows.cpu().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()  # (2H, B*W, 3)
+    zoom = max(1, 128 // pixels.shape[-1])  # 32 px images are too small to judge
+    picture = PILImage.fromarray(grid)
+    picture.resize((picture.width * zoom, picture.height * zoom), PILImage.Resampling.NEAREST).save(path)
 
 
 def _image_dataset(name: str, split: str, size: int):
@@ -465,9 +460,9 @@ def cli_train(argv: list[str]) -> None:
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     parser.add_argument("--latent-channels", type=int, default=4)
     parser.add_argument("--downsample", type=int, default=4)
-    parser.add_argument("--width", type=int, default=32)
+    parser.add_argument("--width", type=int, default=16, help="channels at full resolution")
     parser.add_argument("--size", type=int, default=32, help="image side in pixels")
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, default=DEFAULT_LR)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
@@ -479,11 +474,11 @@ def cli_train(argv: list[str]) -> None:
     metrics = train_autoencoder(model, train_data, args.steps, args.batch_size, lr=args.lr, seed=args.seed)
     save_autoencoder(model, args.out)
 
-    test_pixels = torch.stack([_image_of(test_data[i]) for i in range(min(256, len(test_data)))])
-    test_recon = model.decode(model.encode(test_pixels))
-    print(f"trained {args.steps} steps in {metrics['seconds']:.0f}s; latent scale {metrics['scale']:.3f}")
-    print(f"train reconstruction: mse {metrics['mse']:.4f}  l1 {metrics['l1']:.4f}")
-    print(f"test reconstruction:  mse {(test_recon - test_pixels).square().mean():.4f}  "
-          f"l1 {(test_recon - test_pixels).abs().mean():.4f}  ({len(test_pixels)} images)")
-    save_reconstructions(model, test_pixels[:8], Path(args.out) / "reconstructions.png")
-    print(f"saved the autoencoder and reconstructions.png in {args.out}")
+    pixels = torch.stack([_image_of(test_data[i]) for i in range(min(256, len(test_data)))])  # (N, C, H, W)
+    recon = model.decode(model.encode(pixels))
+    save_reconstructions(pixels[:8], recon[:8], Path(args.out) / "reconstructions.png")
+    print(f"trained {args.steps} steps in {metrics['seconds']:.0f}s; latent scale {metrics['scale']:.3f}\n"
+          f"train reconstruction: mse {metrics['mse']:.4f}  l1 {metrics['l1']:.4f}\n"
+          f"test reconstruction:  mse {(recon - pixels).square().mean():.4f}  "
+          f"l1 {(recon - pixels).abs().mean():.4f}  ({len(pixels)} images)\n"
+          f"saved the autoencoder and reconstructions.png in {args.out}")

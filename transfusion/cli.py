@@ -3,7 +3,7 @@
     transfusion train --preset tiny --out runs/tiny [CONFIG.yaml] [key=value ...]
     transfusion evaluate RUN_OR_CHECKPOINT [--n 64] [--steps 50] [--guidance 3] [--out report.json]
     transfusion tokenizer train --data shapes --out tokenizer.json [--vocab-size 512]
-    transfusion autoencoder train --data shapes --out ae/ [--steps 2000]
+    transfusion autoencoder train --data shapes --out ae/ [--steps 1000]
 """
 
 from __future__ import annotations

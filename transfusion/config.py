@@ -31,7 +31,11 @@ class ModelConfig:
 @dataclass
 class ImageConfig:
     size: int = 32  # pixels, square; the default for data and sampling
-    autoencoder: str = "identity"  # identity | a folder (ours or a diffusers AutoencoderKL)
+    autoencoder: str = "identity"  # identity | train (a small KL AE trained at the start of the run) | a folder
+    ae_latent_channels: int = 4  # for autoencoder=train
+    ae_downsample: int = 4
+    ae_width: int = 16
+    ae_steps: int = 1000
     adapter: str = "unet"  # linear | unet: the modality-specific image in/out layers
     patch_size: int = 2  # k: a k x k patch of the (U-Net-downsampled) latent is one token
     unet_channels: list[int] = field(default_factory=lambda: [64, 128])  # one down block each
@@ -120,7 +124,8 @@ PRESETS: dict[str, dict] = {
     # the main job: about 15 minutes on 2 CPU cores
     "tiny": {
         "model": {"dim": 256, "n_layers": 4, "n_heads": 4, "max_seq_len": 256},
-        "image": {"size": 32, "unet_channels": [64, 128], "patch_size": 2},
+        "image": {"size": 32, "autoencoder": "train", "unet_channels": [64], "patch_size": 1,
+                  "clip_sample": False},
         "data": {"tokenizer": "bpe", "bpe_vocab_size": 512, "seq_len": 256, "batch_size": 8},
         "optim": {"lr": 1e-3, "warmup_steps": 100, "min_lr": 1e-4},
         "train": {"steps": 2000, "log_every": 20, "checkpoint_every": 250},
@@ -128,7 +133,8 @@ PRESETS: dict[str, dict] = {
     # a longer CPU run (about an hour and a half here)
     "small": {
         "model": {"dim": 384, "n_layers": 6, "n_heads": 6, "max_seq_len": 256},
-        "image": {"size": 32, "unet_channels": [64, 128], "patch_size": 2},
+        "image": {"size": 32, "autoencoder": "train", "unet_channels": [64], "patch_size": 1,
+                  "clip_sample": False},
         "data": {"tokenizer": "bpe", "bpe_vocab_size": 512, "seq_len": 256, "batch_size": 8},
         "optim": {"lr": 8e-4, "warmup_steps": 200, "min_lr": 8e-5},
         "train": {"steps": 6000, "log_every": 50, "checkpoint_every": 500},

@@ -25,7 +25,7 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from transfusion.autoencoder import load_autoencoder
+from transfusion.autoencoder import Autoencoder, load_autoencoder
 from transfusion.checkpoint import Loaded, list_checkpoints, save_checkpoint
 from transfusion.config import Config, from_dict, load_config, save_config, to_dict
 from transfusion.data.stream import BatchBuilder, build_mixture
@@ -55,6 +55,29 @@ def build_tokenizer(cfg: Config, mixture) -> Tokenizer:
         texts = [mixture.draw(rng).caption for _ in range(20_000)]
         return BPETokenizer.train(texts, cfg.data.bpe_vocab_size)
     return load_tokenizer(spec)
+
+
+def prepare_autoencoder(cfg: Config, out: Path) -> Autoencoder:
+    """The run's frozen autoencoder; ``image.autoencoder=train`` trains one into RUN/autoencoder once."""
+    if cfg.image.autoencoder != "train":
+        return load_autoencoder(cfg.image.autoencoder)
+    folder = out / "autoencoder"
+    if (folder / "autoencoder.json").is_file():
+        return load_autoencoder(folder)
+    from transfusion.autoencoder import KLAutoencoder, save_autoencoder, save_reconstructions, train_autoencoder
+    from transfusion.data.registry import load_dataset
+
+    i = cfg.image
+    torch.manual_seed(cfg.train.seed)
+    ae = KLAutoencoder(latent_channels=i.ae_latent_channels, downsample=i.ae_downsample, width=i.ae_width)
+    data = load_dataset(cfg.data.dataset, "train", i.size)
+    metrics = train_autoencoder(ae, data, i.ae_steps, batch_size=16, seed=cfg.train.seed)
+    print(f"autoencoder: reconstruction mse {metrics['mse']:.4f} after {i.ae_steps} steps ({metrics['seconds']:.0f}s)")
+    save_autoencoder(ae, folder)
+    test = load_dataset(cfg.data.dataset, "test", i.size)
+    pixels = torch.stack([test[j].images[0].pixels for j in range(8)])
+    save_reconstructions(pixels, ae.decode(ae.encode(pixels)), folder / "reconstructions.png")
+    return ae
 
 
 def build_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.AdamW:
@@ -167,7 +190,7 @@ def main(argv: list[str] | None = None) -> Path:
     else:
         tokenizer = build_tokenizer(cfg, mixture)
         save_tokenizer(tokenizer, out / "tokenizer.json")
-    autoencoder = load_autoencoder(cfg.image.autoencoder).eval()
+    autoencoder = prepare_autoencoder(cfg, out).eval()
 
     # ---- model and optimizer
     model = Transfusion(cfg, tokenizer.vocab_size, autoencoder.latent_channels).to(device)

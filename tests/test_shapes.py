@@ -189,3 +189,10 @@ def test_bad_arguments_raise_clear_errors():
         ShapesDataset("test", length=5)[5]
     with pytest.raises(ValueError, match=r"\(3, H, W\)"):
         read_image(torch.zeros(1, 32, 32))
+
+
+def test_score_caption_accepts_the_converse_relation():
+    truth = "a red circle below a blue square"
+    assert score_caption("a blue square above a red circle", truth)["exact"]
+    turned = score_caption("a red circle above a blue square", truth)
+    assert turned["colour"] and turned["shape"] and not turned["relation"] and not turned["exact"]

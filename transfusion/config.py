@@ -40,7 +40,7 @@ class ImageConfig:
     patch_size: int = 2  # k: a k x k patch of the (U-Net-downsampled) latent is one token
     unet_channels: list[int] = field(default_factory=lambda: [64, 128])  # one down block each
     max_grid: int = 64  # largest patch grid side for the 2-D position embedding
-    clip_sample: bool = True  # clamp predicted x0 to [-1, 1] while sampling (pixel space)
+    clip_sample: float = 1.0  # clamp predicted x0 to [-c, c] while sampling (1 for pixels); 0: off
 
 
 @dataclass
@@ -51,7 +51,7 @@ class DiffusionConfig:
     image_first_prob: float = 0.2
     image_first_max_t: int = 500  # noise cap for image-first (captioning) examples
     caption_dropout: float = 0.1
-    sample_steps: int = 50  # DDPM ancestral steps used for the sample grids
+    sample_steps: int = 250  # DDPM ancestral steps for sample grids and evaluation (paper: 250)
     guidance: float = 3.0
 
 
@@ -125,19 +125,19 @@ PRESETS: dict[str, dict] = {
     "tiny": {
         "model": {"dim": 256, "n_layers": 4, "n_heads": 4, "max_seq_len": 256},
         "image": {"size": 32, "autoencoder": "train", "unet_channels": [64], "patch_size": 1,
-                  "clip_sample": False},
+                  "clip_sample": 3.0},
         "data": {"tokenizer": "bpe", "bpe_vocab_size": 512, "seq_len": 256, "batch_size": 8},
         "optim": {"lr": 1e-3, "warmup_steps": 100, "min_lr": 1e-4},
-        "train": {"steps": 2000, "log_every": 20, "checkpoint_every": 250},
+        "train": {"steps": 1200, "log_every": 20, "checkpoint_every": 200, "sample_every": 400},
     },
     # a longer CPU run (about an hour and a half here)
     "small": {
         "model": {"dim": 384, "n_layers": 6, "n_heads": 6, "max_seq_len": 256},
         "image": {"size": 32, "autoencoder": "train", "unet_channels": [64], "patch_size": 1,
-                  "clip_sample": False},
+                  "clip_sample": 3.0},
         "data": {"tokenizer": "bpe", "bpe_vocab_size": 512, "seq_len": 256, "batch_size": 8},
         "optim": {"lr": 8e-4, "warmup_steps": 200, "min_lr": 8e-5},
-        "train": {"steps": 6000, "log_every": 50, "checkpoint_every": 500},
+        "train": {"steps": 6000, "log_every": 50, "checkpoint_every": 500, "sample_every": 1000},
     },
     # the paper's sizes (SPEC section 2): layers / width / heads
     "0.16B": _paper(16, 768, 12),

@@ -58,7 +58,7 @@ class Diffusion:
         shape: tuple[int, ...],
         steps: int,
         generator: torch.Generator | None = None,
-        clip: bool = True,
+        clip: float = 1.0,
         device: str | torch.device = "cpu",
     ) -> torch.Tensor:
         """Ancestral DDPM sampling on a respaced schedule.
@@ -67,7 +67,9 @@ class Diffusion:
             predict_noise: (x_t (N, C, h, w), t (N,) long) -> eps (N, C, h, w).
             shape: (N, C, h, w) of the latents to make.
             steps: number of denoising steps (the paper uses 250 for a model trained on 1000).
-            clip: clamp the predicted x0 to [-1, 1] (right for pixel space).
+            clip: clamp the predicted x0 to [-clip, clip] (1 for pixels; latents need their own
+                range); 0 turns it off. Without it the first steps of a schedule whose
+                alpha_bar(T) is ~0 amplify the noise prediction's error by 1/sqrt(alpha_bar).
         Returns:
             x_0 (N, C, h, w).
         """
@@ -79,8 +81,8 @@ class Diffusion:
             a_t, a_prev = ab[t].item(), ab[t_prev].item()
             eps = predict_noise(x, torch.full((shape[0],), t, dtype=torch.long, device=device)).float()
             x0 = (x - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)
-            if clip:
-                x0 = x0.clamp(-1, 1)
+            if clip > 0:
+                x0 = x0.clamp(-clip, clip)
             if t_prev == 0:
                 x = x0
                 break

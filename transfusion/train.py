@@ -217,10 +217,9 @@ def main(argv: list[str] | None = None) -> Path:
         save_checkpoint(out / "checkpoints", step, model, tokenizer, autoencoder, optimizer,
                         keep=cfg.train.keep_checkpoints)
 
-    def sample(step: int) -> dict:
+    def sample(step: int, n: int) -> dict:
         model.eval()
-        result = write_samples(Loaded(model, tokenizer, autoencoder, cfg, step, out), out, step,
-                               cfg.train.eval_samples)
+        result = write_samples(Loaded(model, tokenizer, autoencoder, cfg, step, out), out, step, n)
         model.train()
         return result
 
@@ -269,7 +268,7 @@ def main(argv: list[str] | None = None) -> Path:
             if done % cfg.train.checkpoint_every == 0 and done < cfg.train.steps:
                 checkpoint(done)
             if cfg.train.sample_every and done % cfg.train.sample_every == 0 and done < cfg.train.steps:
-                sample(done)
+                sample(done, min(16, cfg.train.eval_samples))
     except KeyboardInterrupt:
         checkpoint(completed)
         print(f"\ninterrupted: saved step {completed}; rerun the same command to resume")
@@ -283,7 +282,7 @@ def main(argv: list[str] | None = None) -> Path:
     from transfusion.visualize import plot_losses
 
     plot_losses(out / "metrics.jsonl", out / "losses.png")
-    report = sample(final)
+    report = sample(final, cfg.train.eval_samples)
     report["model_parameters"] = model.num_params()
     report["matmul_peak_gflops"] = peak / 1e9
     (out / "report.json").write_text(json.dumps(report, indent=2))

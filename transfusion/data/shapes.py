@@ -16,6 +16,7 @@ renders at any size); an object's ``center`` is its area centroid, as the reader
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -448,21 +449,49 @@ def score(pixels, caption) -> dict[str, bool | None]:
     return {**dict.fromkeys(ATTRIBUTES), **scorers[reference.kind](read_image(pixels), reference)}
 
 
+_CONVERSE = {"below": "above", "right of": "left of"}
+
+
+def _canonical(attributes: CaptionAttributes) -> CaptionAttributes:
+    """A relation stated with "below" / "right of" turned around to "above" / "left of"."""
+    if attributes.kind != "relation" or attributes.relation not in _CONVERSE:
+        return attributes
+    return replace(attributes, colours=attributes.colours[::-1], shapes=attributes.shapes[::-1],
+                   relation=_CONVERSE[attributes.relation])
+
+
 def score_caption(generated_text, reference) -> dict[str, bool | None]:
     """Compare a generated caption with a reference caption, Scene or CaptionAttributes.
 
-    Each attribute the reference states is True when the parsed caption states the same
-    (colours and shapes as ordered tuples); None where the reference is silent; a caption
-    that does not parse gets False everywhere. exact = all parsed attributes are equal.
+    Each attribute the reference states is True when the parsed caption states the same;
+    None where the reference is silent; a caption that does not parse gets False
+    everywhere. colour and shape compare what is named, in any order; relation compares
+    the whole statement in one canonical direction, so "a red circle below a blue square"
+    matches "a blue square above a red circle"; exact = the same statement.
     """
-    wanted = _reference(reference)
+    wanted = _canonical(_reference(reference))
     got = parse_caption(generated_text)
-    result: dict[str, bool | None] = {}
+    got = None if got is None else _canonical(got)
+    result: dict[str, bool | None] = dict.fromkeys(ATTRIBUTES)
+    if got is None:
+        return {key: None if getattr(wanted, _FIELDS[key]) is None else False for key in ATTRIBUTES[:-1]} | {
+            "exact": False}
     for key in ATTRIBUTES[:-1]:
-        field = {"colour": "colours", "shape": "shapes"}.get(key, key)
-        stated = getattr(wanted, field)
-        result[key] = None if stated is None else got is not None and getattr(got, field) == stated
-    return {**result, "exact": got == wanted}
+        stated = getattr(wanted, _FIELDS[key])
+        if stated is None:
+            continue
+        if key in ("colour", "shape"):
+            result[key] = Counter(getattr(got, _FIELDS[key])) == Counter(stated)
+        elif key == "relation":
+            result[key] = (got.colours, got.shapes, got.relation) == (wanted.colours, wanted.shapes, stated)
+        else:
+            result[key] = getattr(got, _FIELDS[key]) == stated
+    result["exact"] = got == wanted
+    return result
+
+
+_FIELDS = {"colour": "colours", "shape": "shapes", "size": "size", "position": "position", "count": "count",
+           "relation": "relation"}
 
 
 def summarise(scores: list[dict[str, bool | None]]) -> dict[str, float]:

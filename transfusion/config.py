@@ -130,14 +130,14 @@ PRESETS: dict[str, dict] = {
         "optim": {"lr": 1e-3, "warmup_steps": 100, "min_lr": 1e-4},
         "train": {"steps": 1200, "log_every": 20, "checkpoint_every": 200, "sample_every": 400},
     },
-    # a longer CPU run (about an hour and a half here)
+    # a longer CPU run: about an hour here
     "small": {
-        "model": {"dim": 384, "n_layers": 6, "n_heads": 6, "max_seq_len": 256},
+        "model": {"dim": 256, "n_layers": 6, "n_heads": 4, "max_seq_len": 256},
         "image": {"size": 32, "autoencoder": "train", "unet_channels": [64], "patch_size": 1,
                   "clip_sample": 3.0},
         "data": {"tokenizer": "bpe", "bpe_vocab_size": 512, "seq_len": 256, "batch_size": 8},
-        "optim": {"lr": 8e-4, "warmup_steps": 200, "min_lr": 8e-5},
-        "train": {"steps": 6000, "log_every": 50, "checkpoint_every": 500, "sample_every": 1000},
+        "optim": {"lr": 1e-3, "warmup_steps": 200, "min_lr": 1e-4},
+        "train": {"steps": 3300, "log_every": 50, "checkpoint_every": 300, "sample_every": 1100},
     },
     # the paper's sizes (SPEC section 2): layers / width / heads
     "0.16B": _paper(16, 768, 12),

@@ -225,9 +225,8 @@ def main(argv: list[str] | None = None) -> Path:
 
     # ---- loop
     peak = matmul_peak_flops()
-    flops_per_token = count_step_flops(model, builder.batch_at(start, cfg.train.seed), diffusion, cfg) / (
-        cfg.data.batch_size * cfg.data.seq_len
-    )
+    first = builder.batch_at(start, cfg.train.seed)
+    flops_per_token = count_step_flops(model, first, diffusion, cfg) / first.num_tokens
     metrics = open(out / "metrics.jsonl", "a")
     model.train()
     bar = tqdm(range(start, cfg.train.steps), initial=start, total=cfg.train.steps, desc="train")
@@ -252,7 +251,7 @@ def main(argv: list[str] | None = None) -> Path:
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
             optimizer.step()
             completed = step + 1
-            window_tokens += cfg.data.batch_size * cfg.data.seq_len
+            window_tokens += batch.num_tokens
 
             done = step + 1
             if done % cfg.train.log_every == 0 or done == cfg.train.steps:
@@ -265,10 +264,12 @@ def main(argv: list[str] | None = None) -> Path:
                 metrics.flush()
                 bar.set_postfix(lm=f"{row['lm']:.3f}", ddpm=f"{row['ddpm']:.4f}", tok_s=f"{tokens_per_s:.0f}")
                 window_tokens, window_start = 0, time.perf_counter()
+            pause = time.perf_counter()
             if done % cfg.train.checkpoint_every == 0 and done < cfg.train.steps:
                 checkpoint(done)
             if cfg.train.sample_every and done % cfg.train.sample_every == 0 and done < cfg.train.steps:
                 sample(done, min(16, cfg.train.eval_samples))
+            window_start += time.perf_counter() - pause  # tokens/s measures training alone
     except KeyboardInterrupt:
         checkpoint(completed)
         print(f"\ninterrupted: saved step {completed}; rerun the same command to resume")

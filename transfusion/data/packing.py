@@ -47,6 +47,11 @@ class PackedBatch:
     index: list[torch.Tensor]  # per image, (P,) flat positions row * L + col of its patches
 
     @property
+    def num_tokens(self) -> int:
+        """Positions holding a document (not padding)."""
+        return int((self.doc_ids >= 0).sum())
+
+    @property
     def num_text_targets(self) -> int:
         return int((self.targets != IGNORE).sum())
 

@@ -203,3 +203,12 @@ def test_document_longer_than_context_is_an_error():
         truncate(lay, 128)
     text_only = truncate(Layout(list(range(300))), 128)
     assert len(text_only.ids) == 128
+
+
+def test_mask_with_cached_keys_equals_the_rows_of_the_full_mask():
+    doc_ids = torch.tensor([[0] * 8 + [1] * 2])
+    image_ids = torch.tensor([[-1, -1, -1, 0, 0, 0, -1, -1, -1, -1]])
+    full = transfusion_mask(doc_ids, image_ids)
+    for split in range(1, 10):
+        part = transfusion_mask(doc_ids[:, split:], image_ids[:, split:], doc_ids[:, :split], image_ids[:, :split])
+        assert torch.equal(part, full[:, split:])

@@ -12,13 +12,10 @@ from transfusion.data.shapes import (
     caption_of,
     interleaved_document,
     parse_caption,
-    read_image,
     render,
     sample_scene,
-    score,
-    score_caption,
-    summarise,
 )
+from transfusion.data.shapes_reader import read_image, score, score_caption, summarise
 
 _RED_CIRCLE_LEFT = Scene(
     "single", [ShapeObject("red", "circle", "large", (0.25, 0.5), extent=0.5, position="left")]

@@ -192,3 +192,34 @@ def test_config_errors_name_the_key(tmp_path):
     bad.write_text("- a list\n")
     with pytest.raises(ValueError, match="mapping"):
         load_config("debug", files=[bad])
+
+
+def test_evaluate_command_writes_a_report(tmp_path, capsys):
+    from transfusion.cli import main as cli_main
+
+    out = tmp_path / "r"
+    train_main(["--preset", "debug", "--out", str(out), "train.steps=2", *FAST])
+    report_path = tmp_path / "report.json"
+    cli_main(["evaluate", str(out), "--n", "3", "--steps", "2", "--out", str(report_path)])
+    report = json.loads(report_path.read_text())
+    assert report["text_to_image"]["settings"]["samples"] == 3
+    assert report["text_to_image"]["settings"]["steps"] == 2
+    assert set(report["image_to_text"]["accuracy"]) >= {"colour", "shape", "exact"}
+    with pytest.raises(SystemExit):
+        cli_main(["evaluate", str(tmp_path / "missing")])
+    assert "no such checkpoint" in capsys.readouterr().err
+
+
+def test_a_run_on_real_digits_trains_and_samples(tmp_path):
+    out = tmp_path / "digits"
+    train_main(["--preset", "debug", "--out", str(out), "data.dataset=mnist", "train.steps=2", *FAST])
+    report = json.loads((out / "report.json").read_text())
+    assert report["text_to_image"]["accuracy"] == {}  # the shapes reader does not score digits
+    assert (out / "samples" / "step_000002.png").is_file()
+    assert "handwritten" in (out / "samples" / "step_000002_captions.txt").read_text()
+
+
+def test_flex_attention_training_on_cpu_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="flex trains on CUDA only"):
+        train_main(["--preset", "debug", "--out", str(tmp_path / "r"), "model.attention=flex", *FAST])
+    assert not (tmp_path / "r").exists()  # refused before anything is written

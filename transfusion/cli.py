@@ -15,9 +15,9 @@ import sys
 
 def _evaluate(argv: list[str]) -> None:
     from transfusion.checkpoint import load_checkpoint
-    from transfusion.evaluate import captioning, prompt_following
+    from transfusion.evaluate import report
 
-    p = argparse.ArgumentParser(prog="transfusion evaluate", description="Shapes prompt-following and captioning scores.")
+    p = argparse.ArgumentParser(prog="transfusion evaluate", description="Score held-out text to image and captioning.")
     p.add_argument("checkpoint", help="a run folder (its latest checkpoint) or a checkpoint folder")
     p.add_argument("--n", type=int, default=64, help="held-out captions / images to score")
     p.add_argument("--steps", type=int, default=None, help="DDPM steps (default: the run's diffusion.sample_steps)")
@@ -27,15 +27,9 @@ def _evaluate(argv: list[str]) -> None:
     args = p.parse_args(argv)
     loaded = load_checkpoint(args.checkpoint)
     d = loaded.config.diffusion
-    t2i = prompt_following(loaded, args.n, args.steps or d.sample_steps,
+    summary, _, _ = report(loaded, args.n, args.steps or d.sample_steps,
                            d.guidance if args.guidance is None else args.guidance, args.seed)
-    i2t = captioning(loaded, args.n)
-    report = {
-        "checkpoint": str(loaded.path),
-        "text_to_image": {"settings": t2i["settings"], "accuracy": t2i["accuracy"]},
-        "image_to_text": {"settings": i2t["settings"], "accuracy": i2t["accuracy"]},
-    }
-    text = json.dumps(report, indent=2)
+    text = json.dumps(summary, indent=2)
     print(text)
     if args.out:
         with open(args.out, "w") as f:

@@ -111,6 +111,19 @@ def _paper(layers: int, dim: int, heads: int) -> dict:
     }
 
 
+def _cpu(layers: int, steps: int, warmup: int, log_every: int, checkpoint_every: int, sample_every: int) -> dict:
+    """CPU presets: 32 px images through a small KL autoencoder trained at the start of the
+    run (8x8x4 latents), one U-Net down block, so 16 tokens per image; a BPE on the run's text."""
+    return {
+        "model": {"dim": 256, "n_layers": layers, "n_heads": 4, "max_seq_len": 256},
+        "image": {"size": 32, "autoencoder": "train", "unet_channels": [64], "patch_size": 1, "clip_sample": 3.0},
+        "data": {"tokenizer": "bpe", "bpe_vocab_size": 512, "seq_len": 256, "batch_size": 8},
+        "optim": {"lr": 1e-3, "warmup_steps": warmup, "min_lr": 1e-4},
+        "train": {"steps": steps, "log_every": log_every, "checkpoint_every": checkpoint_every,
+                  "sample_every": sample_every},
+    }
+
+
 PRESETS: dict[str, dict] = {
     # seconds; for tests and smoke runs
     "debug": {
@@ -122,23 +135,9 @@ PRESETS: dict[str, dict] = {
         "train": {"steps": 20, "log_every": 5, "checkpoint_every": 10, "eval_samples": 8},
     },
     # the main job: about 15 minutes on 2 CPU cores
-    "tiny": {
-        "model": {"dim": 256, "n_layers": 4, "n_heads": 4, "max_seq_len": 256},
-        "image": {"size": 32, "autoencoder": "train", "unet_channels": [64], "patch_size": 1,
-                  "clip_sample": 3.0},
-        "data": {"tokenizer": "bpe", "bpe_vocab_size": 512, "seq_len": 256, "batch_size": 8},
-        "optim": {"lr": 1e-3, "warmup_steps": 100, "min_lr": 1e-4},
-        "train": {"steps": 1200, "log_every": 20, "checkpoint_every": 200, "sample_every": 400},
-    },
+    "tiny": _cpu(layers=4, steps=1200, warmup=100, log_every=20, checkpoint_every=200, sample_every=400),
     # a longer CPU run: about an hour here
-    "small": {
-        "model": {"dim": 256, "n_layers": 6, "n_heads": 4, "max_seq_len": 256},
-        "image": {"size": 32, "autoencoder": "train", "unet_channels": [64], "patch_size": 1,
-                  "clip_sample": 3.0},
-        "data": {"tokenizer": "bpe", "bpe_vocab_size": 512, "seq_len": 256, "batch_size": 8},
-        "optim": {"lr": 1e-3, "warmup_steps": 200, "min_lr": 1e-4},
-        "train": {"steps": 3300, "log_every": 50, "checkpoint_every": 300, "sample_every": 1100},
-    },
+    "small": _cpu(layers=6, steps=3300, warmup=200, log_every=50, checkpoint_every=300, sample_every=1100),
     # the paper's sizes (SPEC section 2): layers / width / heads
     "0.16B": _paper(16, 768, 12),
     "0.37B": _paper(24, 1024, 16),

@@ -13,6 +13,14 @@ from typing import Callable
 import torch
 
 
+def randn(shape: tuple[int, ...], generator=None) -> torch.Tensor:
+    """Standard normal noise on the CPU; with a list of generators, row i comes from generator i
+    (so a batch draws exactly what its rows would draw one by one)."""
+    if isinstance(generator, (list, tuple)):
+        return torch.stack([torch.randn(shape[1:], generator=g) for g in generator])
+    return torch.randn(shape, generator=generator)
+
+
 def cosine_alpha_bar(T: int, s: float = 0.008) -> torch.Tensor:
     """alpha_bar(t) for t = 0..T (Nichol & Dhariwal), float64 of shape (T + 1,)."""
     steps = torch.arange(T + 1, dtype=torch.float64) / T
@@ -57,7 +65,7 @@ class Diffusion:
         predict_noise: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
         shape: tuple[int, ...],
         steps: int,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
         clip: float = 1.0,
         device: str | torch.device = "cpu",
     ) -> torch.Tensor:
@@ -66,6 +74,7 @@ class Diffusion:
         Args:
             predict_noise: (x_t (N, C, h, w), t (N,) long) -> eps (N, C, h, w).
             shape: (N, C, h, w) of the latents to make.
+            generator: one for the batch, or one per row (see ``randn``).
             steps: number of denoising steps (the paper uses 250 for a model trained on 1000).
             clip: clamp the predicted x0 to [-clip, clip] (1 for pixels; latents need their own
                 range); 0 turns it off. Without it the first steps of a schedule whose
@@ -73,7 +82,7 @@ class Diffusion:
         Returns:
             x_0 (N, C, h, w).
         """
-        x = torch.randn(shape, generator=generator, device=device)
+        x = randn(shape, generator).to(device)
         ts = self.timesteps_for(steps)
         ab = self.alpha_bar
         for i, t in enumerate(ts):
@@ -89,5 +98,5 @@ class Diffusion:
             beta = 1 - a_t / a_prev  # the respaced step's beta
             mean = (math.sqrt(a_prev) * beta / (1 - a_t)) * x0 + (math.sqrt(1 - beta) * (1 - a_prev) / (1 - a_t)) * x
             var = beta * (1 - a_prev) / (1 - a_t)
-            x = mean + math.sqrt(var) * torch.randn(shape, generator=generator, device=device)
+            x = mean + math.sqrt(var) * randn(shape, generator).to(device)
         return x

@@ -24,7 +24,7 @@ def compute_losses(
     """
     device = batch.tokens.device
     groups, targets = [], []
-    t_all = diffusion.sample_t(batch.max_t, generator).to(device)  # (N,)
+    t_all = diffusion.sample_t(batch.max_t.cpu(), generator).to(device)  # (N,): drawn on the CPU generator
     for ids in batch.shape_groups():
         x0 = torch.stack([batch.latents[i] for i in ids]).to(device)  # (n, C, h, w)
         noise = torch.randn(x0.shape, generator=generator).to(device)

@@ -144,24 +144,19 @@ def truncate_metrics(path: Path, step: int) -> None:
 
 def write_samples(loaded: Loaded, out: Path, step: int, n: int) -> dict:
     """Sample grid for held-out captions, captions for held-out images; returns the scores."""
-    from transfusion.evaluate import captioning, prompt_following
+    from transfusion.evaluate import report
     from transfusion.visualize import image_grid
 
-    cfg = loaded.config
+    d = loaded.config.diffusion
+    summary, t2i, i2t = report(loaded, n, d.sample_steps, d.guidance, loaded.config.train.seed)
     folder = out / "samples"
     folder.mkdir(exist_ok=True)
-    t2i = prompt_following(loaded, n, cfg.diffusion.sample_steps, cfg.diffusion.guidance, cfg.train.seed)
     image_grid(t2i["images"][:32], t2i["captions"][:32]).save(folder / f"step_{step:06d}.png")
-    i2t = captioning(loaded, n)
     image_grid(i2t["images"][:32], i2t["generated"][:32]).save(folder / f"step_{step:06d}_captions.png")
     with open(folder / f"step_{step:06d}_captions.txt", "w") as f:
         for ref, gen in zip(i2t["references"], i2t["generated"]):
             f.write(f"truth: {ref}\nmodel: {gen}\n\n")
-    return {
-        "step": step,
-        "text_to_image": {"settings": t2i["settings"], "accuracy": t2i["accuracy"]},
-        "image_to_text": {"settings": i2t["settings"], "accuracy": i2t["accuracy"]},
-    }
+    return {"step": step, **summary}
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -176,6 +171,8 @@ def main(argv: list[str] | None = None) -> Path:
     overrides = [s for s in args.settings if "=" in s]
     out = Path(args.out)
     cfg = resolve_run_config(out, load_config(args.preset, files, overrides))
+    if cfg.model.attention == "flex" and torch.device(cfg.train.device).type == "cpu":
+        raise ValueError("model.attention=flex trains on CUDA only (FlexAttention has no CPU backward); use sdpa")
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     if cfg.train.threads:
@@ -225,7 +222,7 @@ def main(argv: list[str] | None = None) -> Path:
 
     # ---- loop
     peak = matmul_peak_flops()
-    first = builder.batch_at(start, cfg.train.seed)
+    first = builder.batch_at(start, cfg.train.seed).to(device)
     flops_per_token = count_step_flops(model, first, diffusion, cfg) / first.num_tokens
     metrics = open(out / "metrics.jsonl", "a")
     model.train()
@@ -237,7 +234,7 @@ def main(argv: list[str] | None = None) -> Path:
             lr = lr_at(step, cfg)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            batch = builder.batch_at(step, cfg.train.seed)
+            batch = builder.batch_at(step, cfg.train.seed).to(device)
             generator = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + step)
             losses = compute_losses(step_model, batch, diffusion, cfg.diffusion.loss_weight, generator)
             if not torch.isfinite(losses["total"]):
@@ -250,10 +247,9 @@ def main(argv: list[str] | None = None) -> Path:
             losses["total"].backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
             optimizer.step()
-            completed = step + 1
+            completed = done = step + 1
             window_tokens += batch.num_tokens
 
-            done = step + 1
             if done % cfg.train.log_every == 0 or done == cfg.train.steps:
                 elapsed = time.perf_counter() - window_start
                 tokens_per_s = window_tokens / elapsed

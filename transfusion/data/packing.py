@@ -46,6 +46,11 @@ class PackedBatch:
     max_t: torch.Tensor  # (N,) long, the largest timestep each image may be noised to
     index: list[torch.Tensor]  # per image, (P,) flat positions row * L + col of its patches
 
+    def to(self, device: torch.device | str) -> "PackedBatch":
+        """The same batch with every tensor on ``device``."""
+        moved = {k: [t.to(device) for t in v] if isinstance(v, list) else v.to(device) for k, v in vars(self).items()}
+        return PackedBatch(**moved)
+
     @property
     def num_tokens(self) -> int:
         """Positions holding a document (not padding)."""

@@ -13,7 +13,12 @@ import torch
 import torch.nn.functional as F
 
 
-def transfusion_mask(doc_ids: torch.Tensor, image_ids: torch.Tensor) -> torch.Tensor:
+def transfusion_mask(
+    doc_ids: torch.Tensor,
+    image_ids: torch.Tensor,
+    past_doc_ids: torch.Tensor | None = None,
+    past_image_ids: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Which positions each position may attend to.
 
     Causal over the whole row, plus full attention among the patches of one image, and
@@ -36,13 +41,19 @@ def transfusion_mask(doc_ids: torch.Tensor, image_ids: torch.Tensor) -> torch.Te
     Args:
         doc_ids: (B, L) int, the document each position belongs to (padding has its own id).
         image_ids: (B, L) int, the image a patch belongs to, -1 for every non-patch position.
+        past_doc_ids, past_image_ids: (B, S) int, the same for S earlier positions whose keys
+            are cached (generation); the L positions come after them.
     Returns:
-        (B, L, L) bool, True where query i may attend to key j.
+        (B, L, S + L) bool, True where query i may attend to key j.
     """
-    L = doc_ids.shape[1]
-    causal = torch.ones(L, L, dtype=torch.bool, device=doc_ids.device).tril()
-    same_doc = doc_ids[:, :, None] == doc_ids[:, None, :]
-    same_image = (image_ids[:, :, None] == image_ids[:, None, :]) & (image_ids[:, :, None] >= 0)
+    if past_doc_ids is not None:
+        key_docs, key_images = torch.cat([past_doc_ids, doc_ids], 1), torch.cat([past_image_ids, image_ids], 1)
+    else:
+        key_docs, key_images = doc_ids, image_ids
+    L, S = doc_ids.shape[1], key_docs.shape[1] - doc_ids.shape[1]
+    causal = torch.ones(L, S + L, dtype=torch.bool, device=doc_ids.device).tril(diagonal=S)
+    same_doc = doc_ids[:, :, None] == key_docs[:, None, :]
+    same_image = (image_ids[:, :, None] == key_images[:, None, :]) & (image_ids[:, :, None] >= 0)
     return same_doc & (causal | same_image)
 
 

@@ -34,10 +34,20 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim, bias=False)
         self.out = nn.Linear(cfg.dim, cfg.dim, bias=False)
 
-    def forward(self, x: torch.Tensor, rope: torch.Tensor, mask) -> torch.Tensor:
-        """x: (B, L, D) -> (B, L, D)."""
+    def forward(self, x: torch.Tensor, rope: torch.Tensor, mask, past=None, present=None) -> torch.Tensor:
+        """x: (B, L, D) -> (B, L, D).
+
+        past: cached (k, v), each (B, H, S, hd), that the L new positions also attend to
+        (the mask is then (B, 1, L, S + L)); present: a list that receives this call's own
+        (k, v), each (B, H, L, hd), for the caller to cache.
+        """
         q, k, v = self.qkv(x).unflatten(-1, (3, self.n_heads, -1)).permute(2, 0, 3, 1, 4)  # 3 x (B, H, L, hd)
-        y = attend(apply_rope(q, rope), apply_rope(k, rope), v, mask)
+        q, k = apply_rope(q, rope), apply_rope(k, rope)
+        if present is not None:
+            present.append((k, v))
+        if past is not None:
+            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+        y = attend(q, k, v, mask)
         return self.out(y.transpose(1, 2).flatten(2))
 
 
@@ -61,8 +71,8 @@ class Block(nn.Module):
         self.mlp_norm = nn.RMSNorm(cfg.dim, eps=cfg.norm_eps)
         self.mlp = SwiGLU(cfg.dim, hidden)
 
-    def forward(self, x: torch.Tensor, rope: torch.Tensor, mask) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), rope, mask)
+    def forward(self, x: torch.Tensor, rope: torch.Tensor, mask, past=None, present=None) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), rope, mask, past, present)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -78,14 +88,21 @@ class Transformer(nn.Module):
             "rope", rope_table(cfg.dim // cfg.n_heads, cfg.max_seq_len, cfg.rope_theta), persistent=False
         )
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, mask) -> torch.Tensor:
-        """x: (B, L, D), positions: (B, L) long (position within its document) -> (B, L, D)."""
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, mask, past=None, present=None) -> torch.Tensor:
+        """x: (B, L, D), positions: (B, L) long (position within its document) -> (B, L, D).
+
+        past: per layer cached (k, v) (see ``Attention``); present: a list that receives
+        each layer's (k, v) of the new positions.
+        """
         if int(positions.max()) >= self.cfg.max_seq_len:
             raise ValueError(
                 f"a document reaches position {int(positions.max())}, beyond model.max_seq_len="
                 f"{self.cfg.max_seq_len}"
             )
         rope = self.rope[positions].unsqueeze(1)  # (B, 1, L, hd/2, 2)
-        for block in self.blocks:
-            x = block(x, rope, mask)
+        for i, block in enumerate(self.blocks):
+            layer_present = [] if present is not None else None
+            x = block(x, rope, mask, None if past is None else past[i], layer_present)
+            if present is not None:
+                present.extend(layer_present)
         return self.norm(x)

@@ -80,6 +80,9 @@ class Transfusion(nn.Module):
         doc_ids: torch.Tensor,
         image_ids: torch.Tensor,
         images: list[ImageGroup] = (),
+        mask=None,
+        past=None,
+        present=None,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Run the packed rows.
 
@@ -87,6 +90,9 @@ class Transfusion(nn.Module):
             tokens, positions, doc_ids, image_ids: (B, L) long; ``tokens`` holds any id at
                 patch positions (they are overwritten by the image tokens).
             images: the image groups whose patches fill the rows.
+            mask, past, present: for cached generation (``transfusion.engine``): an explicit
+                (B, 1, L, S + L) mask over S cached and L new positions, the cached (k, v)
+                per layer, and a list that receives the new positions' (k, v) per layer.
         Returns:
             hidden states (B, L, D) (``logits`` turns them into vocabulary scores) and one
             noise prediction (N, C, h, w) per image group.
@@ -101,7 +107,9 @@ class Transfusion(nn.Module):
                 flat = flat.index_put((group.index.reshape(-1),), patch_tokens.reshape(-1, flat.shape[1]))
                 contexts.append(context)
             x = flat.reshape(B, L, -1)
-        hidden = self.trunk(x, positions, self.attention_mask(doc_ids, image_ids))
+        if mask is None:
+            mask = self.attention_mask(doc_ids, image_ids)
+        hidden = self.trunk(x, positions, mask, past, present)
         flat_hidden = hidden.reshape(B * L, -1)
         noise = [
             self.image.decode(flat_hidden[group.index], context)  # (N, P, D) -> (N, C, h, w)

@@ -1,0 +1,121 @@
+"""The cached engine gives what recomputing the whole sequence gives."""
+
+import pytest
+import torch
+
+from transfusion.autoencoder import IdentityAutoencoder
+from transfusion.config import load_config
+from transfusion.data.document import Image, Text
+from transfusion.data.packing import layout, pack
+from transfusion.engine import Engine, Request
+from transfusion.model.transfusion import ImageGroup, Transfusion
+from transfusion.tokenizer import ByteTokenizer
+
+
+@pytest.fixture(scope="module")
+def engine():
+    cfg = load_config("debug", overrides=["image.adapter=unet", "image.patch_size=1"])
+    torch.manual_seed(0)
+    model = Transfusion(cfg, ByteTokenizer().vocab_size, 3)
+    return Engine(model, ByteTokenizer(), IdentityAutoencoder())
+
+
+def recompute(engine, prompt, extra_ids, noisy=None, t=None):
+    """Hidden states and noise of the whole sequence in one uncached forward."""
+    tok, model = engine.tok, engine.model
+    segs = list(prompt)
+    latents = [s.pixels for s in segs if isinstance(s, Image)]
+    lay = layout(segs, latents, [0] * len(latents), tok, model.num_patches, close=False)
+    lay.ids.extend(extra_ids)
+    if noisy is not None:  # a trailing image being denoised at timestep t
+        lay.ids.append(tok.boi_id)
+        lay.images.append((len(lay.ids), noisy, 0))
+        lay.ids.extend([-1] * model.num_patches(tuple(noisy.shape[1:])))
+    batch, _ = pack([lay], 1, len(lay.ids), tok.pad_id)
+    ts = torch.zeros(len(batch.latents), dtype=torch.long)
+    if t is not None:
+        ts[-1] = t
+    groups = [batch.image_group(ids, torch.stack([batch.latents[i] for i in ids]), ts[ids])
+              for ids in batch.shape_groups()]
+    with torch.no_grad():
+        hidden, noise = model(batch.tokens, batch.positions, batch.doc_ids, batch.image_ids, groups)
+    return hidden[0], noise, batch
+
+
+PROMPTS = [
+    [Text("a red circle")],
+    [Text("x")],
+    [Text("first"), Image(torch.rand(3, 16, 16) * 2 - 1), Text("then a longer bit of text")],
+]
+
+
+def test_text_decoding_with_cache_equals_recompute(engine):
+    cache, positions, last = engine.prefill(PROMPTS)
+    fed = torch.tensor([ord("a"), ord("b"), ord("c")])
+    active = torch.ones(3, dtype=torch.bool)
+    steps = [last]
+    for _ in range(3):
+        steps.append(engine.step_text(cache, fed, positions, active))
+    for b, prompt in enumerate(PROMPTS):
+        hidden, _, _ = recompute(engine, prompt, [int(fed[b])] * 3)
+        expected = hidden[-4:]  # the prompt's last position, then the three fed tokens
+        got = torch.stack([s[b] for s in steps])
+        assert torch.allclose(got, expected, atol=1e-4), (b, (got - expected).abs().max())
+
+
+def test_denoising_step_with_cache_equals_recompute(engine):
+    cache, positions, _ = engine.prefill(PROMPTS)
+    active = torch.ones(3, dtype=torch.bool)
+    engine.step_text(cache, torch.full((3,), engine.tok.boi_id), positions, active)
+    rows = torch.tensor([0, 2])
+    x = torch.randn(2, 3, 16, 16)
+    t = torch.tensor([700, 700])
+    n = engine.model.num_patches((16, 16))
+    both, pos = cache.rows(rows), positions[rows]
+    arange = torch.arange(n)
+    with torch.no_grad():
+        _, (eps,) = engine.run(both, torch.full((2, n), engine.tok.pad_id), pos[:, None] + arange,
+                               torch.zeros(2, n, dtype=torch.long), torch.full((2, n), 99),
+                               [ImageGroup(x, t, torch.arange(2)[:, None] * n + arange)], write=False)
+    assert cache.length == both.length  # a denoising step writes nothing
+    for i, b in enumerate(rows.tolist()):
+        _, noise, _ = recompute(engine, PROMPTS[b], [], noisy=x[i], t=700)
+        (group,) = noise  # one latent shape: the noisy image is the last in the group
+        assert torch.allclose(eps[i], group[-1], atol=1e-4), (b, (eps[i] - group[-1]).abs().max())
+
+
+def test_batched_generation_equals_one_by_one(engine):
+    req = Request(max_new_tokens=6, steps=3, guidance=2.0, temperature=1.0, top_k=20, seed=5)
+    batched = engine.generate(PROMPTS, req, force_image=True)
+    for b, (prompt, out) in enumerate(zip(PROMPTS, batched)):
+        alone = engine.generate([prompt], Request(**{**req.__dict__, "seed": req.seed + b}), force_image=True)[0]
+        assert [type(s) for s in out] == [type(s) for s in alone] and isinstance(out[0], Image)
+        for x, y in zip(out, alone):
+            if isinstance(x, Image):
+                assert torch.allclose(x.pixels, y.pixels, atol=1e-4)
+            else:
+                assert x.text == y.text
+
+
+def test_guidance_scale_one_equals_the_conditional_branch(engine):
+    """Scale 1 skips the unconditional rows; a scale a hair above 1 runs them in the same batch
+    and must give the same image, so the extra rows do not disturb the conditional ones."""
+    cache, positions, _ = engine.prefill(PROMPTS)
+    active = torch.ones(3, dtype=torch.bool)
+    engine.step_text(cache, torch.full((3,), engine.tok.boi_id), positions, active)
+    rows = torch.tensor([0, 2])
+
+    def image(scale):
+        gens = [torch.Generator().manual_seed(i) for i in range(2)]
+        return engine.denoise(cache, rows, positions, 16, 4, scale, gens)
+
+    conditional, batched = image(1.0), image(1.0 + 1e-6)
+    assert torch.allclose(conditional, batched, atol=1e-4)
+    assert not torch.allclose(conditional, image(3.0), atol=1e-2)  # guidance does change the image
+
+
+def test_engine_errors(engine):
+    with pytest.raises(ValueError, match="model.max_seq_len"):
+        engine.prefill([[Text("x" * 400)]])
+    with pytest.raises(ValueError, match="not divisible"):
+        engine.generate([[Text("a")]], Request(image_size=17), force_image=True)

@@ -235,14 +235,13 @@ def score_caption(generated_text, reference) -> dict[str, bool | None]:
     got = parse_caption(generated_text)
     got = None if got is None else _canonical(got)
     result: dict[str, bool | None] = dict.fromkeys(ATTRIBUTES)
-    if got is None:
-        return {key: None if getattr(wanted, _FIELDS[key]) is None else False for key in ATTRIBUTES[:-1]} | {
-            "exact": False}
     for key in ATTRIBUTES[:-1]:
         stated = getattr(wanted, _FIELDS[key])
         if stated is None:
             continue
-        if key in ("colour", "shape"):
+        if got is None:
+            result[key] = False
+        elif key in ("colour", "shape"):
             result[key] = Counter(getattr(got, _FIELDS[key])) == Counter(stated)
         elif key == "relation":
             result[key] = (got.colours, got.shapes, got.relation) == (wanted.colours, wanted.shapes, stated)

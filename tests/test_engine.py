@@ -1,5 +1,7 @@
 """The cached engine gives what recomputing the whole sequence gives."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -51,7 +53,7 @@ PROMPTS = [
 
 def test_text_decoding_with_cache_equals_recompute(engine):
     cache, positions, last = engine.prefill(PROMPTS)
-    fed = torch.tensor([ord("a"), ord("b"), ord("c")])
+    fed = torch.tensor([ord("a"), ord("b"), ord("c")])  # byte tokens
     active = torch.ones(3, dtype=torch.bool)
     steps = [last]
     for _ in range(3):
@@ -97,21 +99,60 @@ def test_batched_generation_equals_one_by_one(engine):
                 assert x.text == y.text
 
 
+def images_of(outputs):
+    return [s.pixels for out in outputs for s in out if isinstance(s, Image)]
+
+
+def test_generation_with_cache_equals_recomputing_every_prefix(engine):
+    """Whole interleaved generations (two images per row, prompts of different lengths, CFG)
+    match an engine that recomputes each prefix at every denoising step."""
+    reference = Engine(engine.model, engine.tok, engine.ae, cache_prefix=False)
+    for sampler in ("ddpm", "dpm++"):
+        req = Request(max_new_tokens=8, max_images=2, steps=3, guidance=2.0, sampler=sampler, seed=1)
+        cached, recomputed = engine.generate(PROMPTS, req, force_image=True), reference.generate(PROMPTS, req, True)
+        assert [[type(s) for s in o] for o in cached] == [[type(s) for s in o] for o in recomputed]
+        for x, y in zip(images_of(cached), images_of(recomputed)):
+            assert torch.allclose(x, y, atol=1e-4), (sampler, (x - y).abs().max())
+
+
 def test_guidance_scale_one_equals_the_conditional_branch(engine):
     """Scale 1 skips the unconditional rows; a scale a hair above 1 runs them in the same batch
     and must give the same image, so the extra rows do not disturb the conditional ones."""
-    cache, positions, _ = engine.prefill(PROMPTS)
-    active = torch.ones(3, dtype=torch.bool)
-    engine.step_text(cache, torch.full((3,), engine.tok.boi_id), positions, active)
-    rows = torch.tensor([0, 2])
-
     def image(scale):
-        gens = [torch.Generator().manual_seed(i) for i in range(2)]
-        return engine.denoise(cache, rows, positions, 16, 4, scale, gens)
+        return images_of(engine.generate(PROMPTS, Request(max_new_tokens=1, steps=4, guidance=scale), True))
 
     conditional, batched = image(1.0), image(1.0 + 1e-6)
-    assert torch.allclose(conditional, batched, atol=1e-4)
-    assert not torch.allclose(conditional, image(3.0), atol=1e-2)  # guidance does change the image
+    for x, y in zip(conditional, batched):
+        assert torch.allclose(x, y, atol=1e-4)
+    assert not torch.allclose(conditional[0], image(3.0)[0], atol=1e-2)  # guidance does change the image
+
+
+def test_image_guidance_uses_the_images_without_the_text(engine):
+    """With text scale 0 and image scale 1 the noise is the image-only branch's: the same image
+    as conditioning on the prompt's image alone."""
+    picture = Image(torch.rand(3, 16, 16) * 2 - 1)
+    edit = [[picture, Text("make it red")]]
+    req = Request(max_new_tokens=1, steps=3, seed=4)
+    image_only = engine.generate(edit, dataclasses.replace(req, guidance=0.0, image_guidance=1.0), True)
+    alone = engine.generate([[picture]], dataclasses.replace(req, guidance=1.0), True)
+    assert torch.allclose(images_of(image_only)[0], images_of(alone)[0], atol=1e-4)
+    both = engine.generate(edit, dataclasses.replace(req, guidance=5.0, image_guidance=0.0), True)
+    assert (images_of(both)[0] - images_of(alone)[0]).abs().max() > 1e-3  # well above float error (an untrained model barely reads text)
+    # a prompt without images has no image branch: its image scale changes nothing
+    text = [[Text("a red circle")]]
+    plain = engine.generate(text, dataclasses.replace(req, guidance=2.0), True)
+    scaled = engine.generate(text, dataclasses.replace(req, guidance=2.0, image_guidance=7.0), True)
+    assert torch.equal(images_of(plain)[0], images_of(scaled)[0])
+
+
+def test_stop_strings_and_limits(engine):
+    greedy = engine.generate([[Text("a")]], Request(max_new_tokens=12, max_images=0))[0]
+    text = "".join(s.text for s in greedy)
+    assert greedy and all(isinstance(s, Text) for s in greedy)
+    stopped = engine.generate([[Text("a")]], Request(max_new_tokens=12, max_images=0, stop=[text[:2]]))[0]
+    assert stopped[0].text == text[:2]
+    no_images = engine.generate([[Text("a")]], Request(max_new_tokens=4, max_images=0), force_image=True)[0]
+    assert no_images == []
 
 
 def test_engine_errors(engine):
@@ -119,3 +160,11 @@ def test_engine_errors(engine):
         engine.prefill([[Text("x" * 400)]])
     with pytest.raises(ValueError, match="not divisible"):
         engine.generate([[Text("a")]], Request(image_size=17), force_image=True)
+    with pytest.raises(ValueError, match="unknown sampler 'euler'; choose one of ddpm, ddim, dpm\\+\\+"):
+        engine.generate([[Text("a")]], Request(sampler="euler"), force_image=True)
+    with pytest.raises(ValueError, match="sampling steps must be in 1..1000"):
+        engine.generate([[Text("a")]], Request(steps=5000), force_image=True)
+    with pytest.raises(ValueError, match="top_p"):
+        engine.generate([[Text("a")]], Request(temperature=1.0, top_p=0.0))
+    with pytest.raises(ValueError, match="does not fit in the context"):  # prompt fits, its image does not
+        engine.generate([[Text("x" * 250)]], Request(max_new_tokens=1), force_image=True)

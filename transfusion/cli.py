@@ -1,7 +1,11 @@
 """The ``transfusion`` command: a thin layer over the library.
 
     transfusion train --preset tiny --out runs/tiny [CONFIG.yaml] [key=value ...]
-    transfusion evaluate RUN_OR_CHECKPOINT [--n 64] [--steps 50] [--guidance 3] [--out report.json]
+    transfusion generate RUN_OR_CHECKPOINT "a caption" [...] [--n 4] [--sampler dpm++] [--steps 25] [--cfg 3]
+                         [--seed 0] [--size HxW] --out DIR
+    transfusion generate RUN_OR_CHECKPOINT --interleaved "a prompt" [--max-images 4] --out DIR
+    transfusion caption RUN_OR_CHECKPOINT image.png [...] [--prompt "a"] [--together]
+    transfusion evaluate RUN_OR_CHECKPOINT [--n 64] [--sampler ddpm] [--steps 250] [--cfg 3] [--out report.json]
     transfusion tokenizer train --data shapes --out tokenizer.json [--vocab-size 512]
     transfusion autoencoder train --data shapes --out ae/ [--steps 1000]
 """
@@ -11,29 +15,149 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
+
+
+def _sampling_args(p: argparse.ArgumentParser) -> None:
+    from transfusion.samplers import DEFAULT_STEPS
+
+    p.add_argument("--sampler", default=None, choices=list(DEFAULT_STEPS),
+                   help="default: the run's diffusion.sampler (ddpm)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="denoising steps (default: the run's diffusion.sample_steps for its sampler, else "
+                        + ", ".join(f"{k} {v}" for k, v in DEFAULT_STEPS.items()) + ")")
+    p.add_argument("--cfg", "--guidance", dest="cfg", type=float, default=None,
+                   help="classifier-free guidance scale (default: the run's diffusion.guidance; 1: off)")
+    p.add_argument("--seed", type=int, default=0, help="sample i uses seed + i")
+
+
+def _size(text: str) -> tuple[int, int]:
+    h, _, w = text.lower().partition("x")
+    try:
+        return int(h), int(w or h)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must be N or HxW (pixels), got {text!r}") from None
+
+
+def _generate(argv: list[str]) -> None:
+    import dataclasses
+
+    import torch
+    from tqdm import tqdm
+
+    from transfusion.checkpoint import load_checkpoint
+    from transfusion.data.document import Image, Text
+    from transfusion.data.ondisk import load_image
+    from transfusion.engine import Engine, Request
+    from transfusion.visualize import save_generations
+
+    p = argparse.ArgumentParser(prog="transfusion generate", description="Images from captions, or interleaved "
+                                "text and images from a prompt; writes PNGs, the text and a JSON per sample.")
+    p.add_argument("checkpoint", help="a run folder (its latest checkpoint) or a checkpoint folder")
+    p.add_argument("captions", nargs="*", help="one image per caption and sample (an empty caption: unconditional)")
+    p.add_argument("--interleaved", action="append", default=[], metavar="PROMPT",
+                   help="let the model continue PROMPT with text and decide where images go (repeatable)")
+    p.add_argument("--image", action="append", default=[], metavar="PNG",
+                   help="an image placed before each prompt (editing-style prompts; repeatable)")
+    p.add_argument("--n", type=int, default=4, help="samples per prompt")
+    _sampling_args(p)
+    p.add_argument("--image-cfg", type=float, default=None,
+                   help="separate guidance scale for --image inputs (then --cfg guides the text)")
+    p.add_argument("--size", type=_size, default=None, help="image size N or HxW in pixels (default: the run's)")
+    p.add_argument("--max-images", type=int, default=4, help="--interleaved: most images per sample")
+    p.add_argument("--max-new-tokens", type=int, default=128, help="--interleaved: most generated tokens")
+    p.add_argument("--temperature", type=float, default=0.0, help="text decoding (0: greedy)")
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--batch-size", type=int, default=8, help="samples generated at once")
+    p.add_argument("--out", required=True, help="folder for the outputs")
+    args = p.parse_args(argv)
+    if bool(args.captions) == bool(args.interleaved):
+        p.error("give captions or --interleaved prompts (not both)")
+    if args.n < 1 or args.batch_size < 1:
+        p.error("--n and --batch-size must be at least 1")
+    loaded = load_checkpoint(args.checkpoint)
+    cfg = loaded.config
+    images = [Image(load_image(Path(path), cfg.image.size)) for path in args.image]
+    interleaved = bool(args.interleaved)
+    texts = [t for t in (args.interleaved or args.captions) for _ in range(args.n)]
+    req = Request(max_new_tokens=args.max_new_tokens if interleaved else 1,
+                  max_images=args.max_images if interleaved else 1, temperature=args.temperature,
+                  top_k=args.top_k, top_p=args.top_p, image_size=args.size, sampler=args.sampler,
+                  steps=args.steps, guidance=args.cfg, image_guidance=args.image_cfg, seed=args.seed)
+    req = req.resolve(cfg)
+    engine = Engine(loaded.model, loaded.tokenizer, loaded.autoencoder, progress=True)
+    outputs: list[list] = []
+    for start in tqdm(range(0, len(texts), args.batch_size), desc="batches", unit="batch"):
+        prompts = [images + ([Text(t)] if t else []) for t in texts[start : start + args.batch_size]]
+        with torch.inference_mode():
+            outputs += engine.generate(prompts, dataclasses.replace(req, seed=req.seed + start),
+                                       force_image=not interleaved)
+    info = {"checkpoint": str(loaded.path), "step": loaded.step, "mode": "interleaved" if interleaved else "caption",
+            "prompt_images": args.image, **req.settings()}
+    written = save_generations(args.out, texts, outputs, [req.seed + i for i in range(len(texts))], info)
+    print(f"wrote {len(written)} samples to {args.out} ({req.sampler}, {req.steps} steps, cfg {req.guidance})")
+
+
+def _caption(argv: list[str]) -> None:
+    from transfusion.checkpoint import load_checkpoint
+    from transfusion.data.document import Image, Text
+    from transfusion.data.ondisk import load_image
+    from transfusion.engine import Engine, Request
+
+    p = argparse.ArgumentParser(prog="transfusion caption", description="Describe images: each image (clean, "
+                                "center-cropped and resized to the run's image.size) then text.")
+    p.add_argument("checkpoint", help="a run folder (its latest checkpoint) or a checkpoint folder")
+    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("--prompt", default="", help="text after the image(s) for the model to continue")
+    p.add_argument("--together", action="store_true", help="all images in one prompt, one answer")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy (the paper's default)")
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="also write the captions and settings to this JSON file")
+    args = p.parse_args(argv)
+    loaded = load_checkpoint(args.checkpoint)
+    pictures = [Image(load_image(Path(path), loaded.config.image.size)) for path in args.images]
+    groups = [pictures] if args.together else [[pic] for pic in pictures]
+    names = [args.images] if args.together else [[path] for path in args.images]
+    prompts = [group + ([Text(args.prompt)] if args.prompt else []) for group in groups]
+    req = Request(max_new_tokens=args.max_new_tokens, max_images=0, temperature=args.temperature,
+                  top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    outputs = Engine(loaded.model, loaded.tokenizer, loaded.autoencoder).generate(prompts, req)
+    results = []
+    for files, out in zip(names, outputs):
+        text = "".join(s.text for s in out if isinstance(s, Text))
+        results.append({"images": files, "prompt": args.prompt, "caption": text})
+        print(f"{', '.join(files)}: {args.prompt}{text}")
+    if args.out:
+        record = {"checkpoint": str(loaded.path), "step": loaded.step,
+                  **{k: v for k, v in req.settings().items() if k not in IMAGE_SETTINGS}, "results": results}
+        Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
+
+
+IMAGE_SETTINGS = ("image_size", "sampler", "steps", "guidance", "image_guidance", "max_images")
 
 
 def _evaluate(argv: list[str]) -> None:
     from transfusion.checkpoint import load_checkpoint
+    from transfusion.engine import Request
     from transfusion.evaluate import report
 
     p = argparse.ArgumentParser(prog="transfusion evaluate", description="Score held-out text to image and captioning.")
     p.add_argument("checkpoint", help="a run folder (its latest checkpoint) or a checkpoint folder")
     p.add_argument("--n", type=int, default=64, help="held-out captions / images to score")
-    p.add_argument("--steps", type=int, default=None, help="DDPM steps (default: the run's diffusion.sample_steps)")
-    p.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the run's diffusion.guidance)")
-    p.add_argument("--seed", type=int, default=0)
+    _sampling_args(p)
     p.add_argument("--out", default=None, help="write the JSON report here too")
     args = p.parse_args(argv)
     loaded = load_checkpoint(args.checkpoint)
-    d = loaded.config.diffusion
-    summary, _, _ = report(loaded, args.n, args.steps or d.sample_steps,
-                           d.guidance if args.guidance is None else args.guidance, args.seed)
+    req = Request(sampler=args.sampler, steps=args.steps, guidance=args.cfg, seed=args.seed)
+    summary, _, _ = report(loaded, args.n, req)
     text = json.dumps(summary, indent=2)
     print(text)
     if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
+        Path(args.out).write_text(text + "\n")
 
 
 def _tokenizer(argv: list[str]) -> None:
@@ -69,6 +193,8 @@ def _autoencoder(argv: list[str]) -> None:
 
 COMMANDS = {
     "train": lambda argv: __import__("transfusion.train", fromlist=["main"]).main(argv),
+    "generate": _generate,
+    "caption": _caption,
     "evaluate": _evaluate,
     "tokenizer": _tokenizer,
     "autoencoder": _autoencoder,

@@ -51,8 +51,9 @@ class DiffusionConfig:
     image_first_prob: float = 0.2
     image_first_max_t: int = 500  # noise cap for image-first (captioning) examples
     caption_dropout: float = 0.1
-    sample_steps: int = 250  # DDPM ancestral steps for sample grids and evaluation (paper: 250)
-    guidance: float = 3.0
+    sampler: str = "ddpm"  # for sample grids and evaluation: ddpm | ddim | dpm++ (samplers.py)
+    sample_steps: int = 250  # denoising steps of that sampler (paper: DDPM with 250)
+    guidance: float = 3.0  # classifier-free guidance scale
 
 
 @dataclass
@@ -225,6 +226,9 @@ def validate(cfg: Config) -> None:
         raise ValueError(f"model.attention must be 'sdpa' or 'flex', got {m.attention!r}")
     if cfg.image.adapter not in ("linear", "unet"):
         raise ValueError(f"image.adapter must be 'linear' or 'unet', got {cfg.image.adapter!r}")
+    from transfusion.samplers import check_sampler
+
+    check_sampler(cfg.diffusion.sampler, cfg.diffusion.sample_steps, cfg.diffusion.timesteps)
     o = cfg.optim
     if not (0 < o.lr < float("inf") and 0 <= o.min_lr <= o.lr):
         raise ValueError(f"optim.lr={o.lr} must be positive and finite, and optim.min_lr={o.min_lr} in [0, lr]")

@@ -1,4 +1,4 @@
-"""The noise process: schedule, noising, the epsilon target and loss, and the DDPM sampler.
+"""The noise process: schedule, noising, and the epsilon target and loss (samplers: ``samplers.py``).
 
 Timesteps are integers 1..T (T = 1000); t = 0 means a clean image (used for images that
 sit in the context, e.g. a finished image or one given for captioning). The network never
@@ -8,7 +8,6 @@ sees this module: it is handed noisy latents and t, and returns a noise predicti
 from __future__ import annotations
 
 import math
-from typing import Callable
 
 import torch
 
@@ -52,51 +51,3 @@ class Diffusion:
     def loss(noise_pred: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Epsilon MSE per image: (N, C, h, w) x 2 -> (N,)."""
         return (noise_pred.float() - noise.float()).pow(2).flatten(1).mean(1)
-
-    def timesteps_for(self, steps: int) -> list[int]:
-        """``steps`` evenly spaced timesteps from T down to 1."""
-        if not 1 <= steps <= self.T:
-            raise ValueError(f"sampling steps must be in 1..{self.T}, got {steps}")
-        return sorted({round(1 + i * (self.T - 1) / max(steps - 1, 1)) for i in range(steps)}, reverse=True)
-
-    @torch.no_grad()
-    def sample_ddpm(
-        self,
-        predict_noise: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-        shape: tuple[int, ...],
-        steps: int,
-        generator: torch.Generator | list[torch.Generator] | None = None,
-        clip: float = 1.0,
-        device: str | torch.device = "cpu",
-    ) -> torch.Tensor:
-        """Ancestral DDPM sampling on a respaced schedule.
-
-        Args:
-            predict_noise: (x_t (N, C, h, w), t (N,) long) -> eps (N, C, h, w).
-            shape: (N, C, h, w) of the latents to make.
-            generator: one for the batch, or one per row (see ``randn``).
-            steps: number of denoising steps (the paper uses 250 for a model trained on 1000).
-            clip: clamp the predicted x0 to [-clip, clip] (1 for pixels; latents need their own
-                range); 0 turns it off. Without it the first steps of a schedule whose
-                alpha_bar(T) is ~0 amplify the noise prediction's error by 1/sqrt(alpha_bar).
-        Returns:
-            x_0 (N, C, h, w).
-        """
-        x = randn(shape, generator).to(device)
-        ts = self.timesteps_for(steps)
-        ab = self.alpha_bar
-        for i, t in enumerate(ts):
-            t_prev = ts[i + 1] if i + 1 < len(ts) else 0
-            a_t, a_prev = ab[t].item(), ab[t_prev].item()
-            eps = predict_noise(x, torch.full((shape[0],), t, dtype=torch.long, device=device)).float()
-            x0 = (x - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)
-            if clip > 0:
-                x0 = x0.clamp(-clip, clip)
-            if t_prev == 0:
-                x = x0
-                break
-            beta = 1 - a_t / a_prev  # the respaced step's beta
-            mean = (math.sqrt(a_prev) * beta / (1 - a_t)) * x0 + (math.sqrt(1 - beta) * (1 - a_prev) / (1 - a_t)) * x
-            var = beta * (1 - a_prev) / (1 - a_t)
-            x = mean + math.sqrt(var) * randn(shape, generator).to(device)
-        return x

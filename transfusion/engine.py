@@ -6,22 +6,33 @@ row with nothing to add that call gets padding columns, which no real position a
 
 - LM mode: one column per step; each row's sampled token is its next input.
 - Diffusion mode (a row fed BOI): the prefix never sees the image, so its keys and values
-  stay in the cache while each denoising step runs only the n image positions against it;
-  classifier-free guidance runs the conditional rows and unconditional rows (BOS BOI
-  alone) in one batch. The finished image is written into the cache once, clean (t = 0),
-  and the row continues with EOI.
+  stay in the cache while each denoising step runs only the n image positions against it.
+  Classifier-free guidance runs its branches as extra rows of the same batch:
+
+      conditional  c: the row's whole context, then BOI
+      unconditional u: BOS BOI (a dropped caption, as in training)
+      image-only   i: the context's images without its text, then BOI
+
+  eps = u + s (c - u) with one scale s; with separate text and image scales (editing-style
+  prompts that hold images) eps = u + s_img (i - u) + s_txt (c - i). The finished image
+  is written into the cache once, clean (t = 0), and the row continues with EOI.
+- ``Engine(cache_prefix=False)`` recomputes every prefix at every denoising step instead:
+  the reference the cache is tested and benchmarked against.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
 
 from transfusion.autoencoder import Autoencoder
-from transfusion.data.document import Image, Text
-from transfusion.data.packing import layout
+from transfusion.config import Config
+from transfusion.data.document import Image, Text, Tokens
+from transfusion.data.packing import layout, pack
 from transfusion.diffusion import Diffusion
+from transfusion.samplers import DEFAULT_STEPS, check_sampler, sample
 from transfusion.model.attention import transfusion_mask
 from transfusion.model.transfusion import ImageGroup, Transfusion
 from transfusion.tokenizer import Tokenizer
@@ -72,79 +83,130 @@ class KVCache:
 
 @dataclass
 class Request:
-    """Sampling settings for one ``generate`` call."""
+    """Sampling settings for one ``generate`` call; ``None`` means the model's configured default."""
 
     max_new_tokens: int = 64
     max_images: int = 1
     temperature: float = 0.0  # 0: greedy (the paper's default)
     top_k: int = 0
     top_p: float = 1.0
-    image_size: int | None = None  # pixels; default: the model's image.size
-    steps: int | None = None  # DDPM steps; default: the model's diffusion.sample_steps
-    guidance: float | None = None  # CFG scale; default: the model's diffusion.guidance
+    image_size: int | tuple[int, int] | None = None  # pixels, side or (H, W); default: image.size
+    sampler: str | None = None  # ddpm | ddim | dpm++; default: diffusion.sampler
+    steps: int | None = None  # default: diffusion.sample_steps for that sampler, else DEFAULT_STEPS
+    guidance: float | None = None  # CFG scale on the whole context (text scale when image_guidance is set)
+    image_guidance: float | None = None  # separate scale for images in the context; None: one scale
     stop: list[str] = field(default_factory=list)  # stop strings in the generated text
     seed: int = 0  # row b of a batch samples with seed + b, as it would alone with that seed
 
+    def resolve(self, cfg: Config) -> "Request":
+        """A copy with every default filled in from ``cfg`` and every setting checked."""
+        d = cfg.diffusion
+        sampler = self.sampler or d.sampler
+        steps = self.steps or (d.sample_steps if sampler == d.sampler else DEFAULT_STEPS.get(sampler))
+        check_sampler(sampler, steps, d.timesteps)
+        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
+            raise ValueError(f"temperature must be >= 0, top_p in (0, 1] and top_k >= 0; got "
+                             f"{self.temperature}, {self.top_p}, {self.top_k}")
+        if self.max_new_tokens < 1 or self.max_images < 0:
+            raise ValueError("max_new_tokens must be >= 1 and max_images >= 0")
+        size = self.image_size or cfg.image.size
+        return dataclasses.replace(
+            self, sampler=sampler, steps=steps, image_size=(size, size) if isinstance(size, int) else tuple(size),
+            guidance=d.guidance if self.guidance is None else self.guidance)
+
+    def settings(self) -> dict:
+        """Every setting, for the JSON written next to an output."""
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class Row:
+    """What one row has seen: its prompt and everything generated after it."""
+
+    segments: list  # Text / Tokens / Image, in order (generated text as the exact Tokens sampled)
+    latents: list[torch.Tensor]  # one per Image segment, as the model saw it
+    generated: list = field(default_factory=list)  # the output: Text / Image
+    pending: list[int] = field(default_factory=list)  # text ids since the last image
+    images: int = 0
+
+    def close_text(self, tok: Tokenizer) -> None:
+        if self.pending:
+            self.segments.append(Tokens(tuple(self.pending)))
+            self.generated.append(Text(tok.decode(self.pending)))
+            self.pending = []
+
+    def add_image(self, image: Image, latent: torch.Tensor) -> None:
+        self.segments.append(image)
+        self.latents.append(latent)
+        self.generated.append(image)
+        self.images += 1
+
+    def images_only(self) -> tuple[list, list[torch.Tensor]]:
+        return [s for s in self.segments if isinstance(s, Image)], self.latents
+
+    def context(self) -> tuple[list, list[torch.Tensor]]:
+        pending = [Tokens(tuple(self.pending))] if self.pending else []
+        return self.segments + pending, self.latents
+
 
 class Engine:
-    def __init__(self, model: Transfusion, tokenizer: Tokenizer, autoencoder: Autoencoder):
+    def __init__(self, model: Transfusion, tokenizer: Tokenizer, autoencoder: Autoencoder,
+                 cache_prefix: bool = True, progress: bool = False):
         self.model = model.eval()
         self.tok = tokenizer
         self.ae = autoencoder
+        self.cache_prefix = cache_prefix
+        self.progress = progress  # a progress bar over each image's denoising steps
         self.device = next(model.parameters()).device
         self.diffusion = Diffusion(model.cfg.diffusion.timesteps, model.cfg.diffusion.schedule)
 
     # ---------------------------------------------------------------- the one forward call
-    def run(self, cache: KVCache, tokens, positions, doc, image, groups=(), write: bool = True):
+    def run(self, cache: KVCache, tokens, positions, doc, image, groups=(), write: bool = True, mask=None):
         """Append columns (B, L) to the cached rows; returns hidden (B, L, D) and noise predictions."""
-        mask = transfusion_mask(doc, image, cache.doc, cache.image)  # (B, L, S + L)
+        if mask is None:
+            mask = transfusion_mask(doc, image, cache.doc, cache.image)[:, None]  # (B, 1, L, S + L)
         present: list = []
-        hidden, noise = self.model(tokens, positions, doc, image, list(groups), mask=mask[:, None],
+        hidden, noise = self.model(tokens, positions, doc, image, list(groups), mask=mask,
                                    past=cache.kv, present=present)
         if write:
             cache.append(present, doc, image)
         return hidden, noise
 
     # ---------------------------------------------------------------- prompts
+    def encode(self, prompts: list[list]) -> list[list[torch.Tensor]]:
+        """Latents of each prompt's images, in order."""
+        return [[self.ae.encode(s.pixels[None].to(self.device))[0] for s in p if isinstance(s, Image)]
+                for p in prompts]
+
     @torch.no_grad()
-    def prefill(self, prompts: list[list]) -> tuple[KVCache, torch.Tensor, torch.Tensor]:
-        """Left-padded prompts (lists of Text / Image segments, images clean) into a new cache.
+    def prefill(self, prompts: list[list], latents: list[list[torch.Tensor]] | None = None):
+        """Prompts (lists of Text / Tokens / Image segments, images clean), left-padded, into a new cache.
 
         Returns the cache, each row's next position (B,) and the last column's hidden (B, D).
         """
-        latents = [[self.ae.encode(s.pixels[None].to(self.device))[0] for s in p if isinstance(s, Image)]
-                   for p in prompts]
+        latents = self.encode(prompts) if latents is None else latents
         lays = [layout(p, lat, [0] * len(lat), self.tok, self.model.num_patches, close=False)
                 for p, lat in zip(prompts, latents)]
         longest = max(len(lay.ids) for lay in lays)
         limit = self.model.cfg.model.max_seq_len
         if longest > limit:
             raise ValueError(f"the prompt needs {longest} tokens but the model's context is model.max_seq_len={limit}")
-        B = len(prompts)
-        tokens = torch.full((B, longest), self.tok.pad_id, dtype=torch.long)
-        positions = torch.zeros(B, longest, dtype=torch.long)
-        doc = torch.full((B, longest), PAD_DOC, dtype=torch.long)
-        image = torch.full((B, longest), -1, dtype=torch.long)
-        by_shape: dict[tuple, list] = {}
-        for b, lay in enumerate(lays):
-            start = longest - len(lay.ids)
-            ids = torch.tensor(lay.ids)
-            tokens[b, start:] = torch.where(ids < 0, self.tok.pad_id, ids)
-            positions[b, start:] = torch.arange(len(ids))
-            doc[b, start:] = 0
-            for i, (img_start, latent, _) in enumerate(lay.images):
-                n = self.model.num_patches(tuple(latent.shape[1:]))
-                cols = start + img_start + torch.arange(n)
-                image[b, cols] = i
-                by_shape.setdefault(tuple(latent.shape), []).append((latent, b * longest + cols))
-        groups = [ImageGroup(torch.stack([lat for lat, _ in items]),
-                             torch.zeros(len(items), dtype=torch.long, device=self.device),
-                             torch.stack([idx for _, idx in items]).to(self.device))
-                  for items in by_shape.values()]
+        batch, _ = pack(lays, len(lays), longest, self.tok.pad_id, one_per_row=True, align_end=True)
+        batch = batch.to(self.device)
+        doc = torch.where(batch.doc_ids >= 0, 0, PAD_DOC)
+        groups = [batch.image_group(ids, torch.stack([batch.latents[i] for i in ids]),
+                                    torch.zeros(len(ids), dtype=torch.long, device=self.device))
+                  for ids in batch.shape_groups()]
         cache = KVCache()
-        to = lambda t: t.to(self.device)  # noqa: E731
-        hidden, _ = self.run(cache, to(tokens), to(positions), to(doc), to(image), groups)
-        return cache, (doc >= 0).sum(1).to(self.device), hidden[:, -1]
+        hidden, _ = self.run(cache, batch.tokens, batch.positions, doc, batch.image_ids, groups)
+        return cache, (doc >= 0).sum(1), hidden[:, -1]
+
+    def _after_boi(self, contexts: list[tuple[list, list]]) -> tuple[KVCache, torch.Tensor]:
+        """Cache and next positions of rows holding each (segments, latents) context, then BOI."""
+        cache, positions, _ = self.prefill([c[0] for c in contexts], [c[1] for c in contexts])
+        active = torch.ones(len(contexts), dtype=torch.bool, device=self.device)
+        self.step_text(cache, torch.full((len(contexts),), self.tok.boi_id, device=self.device), positions, active)
+        return cache, positions
 
     # ---------------------------------------------------------------- LM mode
     def sample_token(self, hidden: torch.Tensor, req: Request, generators: list[torch.Generator]) -> torch.Tensor:
@@ -176,51 +238,66 @@ class Engine:
         return hidden[:, 0]
 
     # ---------------------------------------------------------------- diffusion mode
-    def _unconditional(self, count: int) -> tuple[KVCache, torch.Tensor]:
-        """Cache and positions of ``count`` rows holding only BOS BOI (the dropped-caption prefix)."""
-        cache, positions, _ = self.prefill([[] for _ in range(count)])
-        active = torch.ones(count, dtype=torch.bool, device=self.device)
-        self.step_text(cache, torch.full((count,), self.tok.boi_id, device=self.device), positions, active)
-        return cache, positions
-
     @torch.no_grad()
-    def denoise(self, cache: KVCache, rows: torch.Tensor, positions: torch.Tensor, size: int, steps: int,
-                guidance: float, generators: list[torch.Generator]) -> torch.Tensor:
+    def denoise(self, cache: KVCache, rows: torch.Tensor, positions: torch.Tensor, req: Request,
+                generators: list[torch.Generator], contexts: list[Row]) -> torch.Tensor:
         """Latents (G, C, h, w) of an image for each row in ``rows`` (their last input was BOI).
 
-        Each step runs only the n new image positions against the cached prefix.
+        ``req`` is resolved (``Request.resolve``); ``contexts[g]`` is what row ``rows[g]`` holds
+        before that BOI (used by the image-only branch and by ``cache_prefix=False``).
         """
-        C, h, w = self.ae.latent_shape(size, size)
+        C, h, w = self.ae.latent_shape(*req.image_size)
         n = self.model.num_patches((h, w))
         limit = self.model.cfg.model.max_seq_len
         if int(positions[rows].max()) + n + 1 > limit:
             raise ValueError(f"an image of {n} patches does not fit in the context (model.max_seq_len={limit})")
         G = len(rows)
-        both, pos = cache.rows(rows), positions[rows]
-        if guidance != 1.0:
-            uncond, upos = self._unconditional(G)
-            length = max(both.length, uncond.length)
-            both = KVCache.concat([both.left_pad(length), uncond.left_pad(length)])
-            pos = torch.cat([pos, upos])
-        R = len(pos)
-        arange = torch.arange(n, device=self.device)
-        tokens = torch.full((R, n), self.tok.pad_id, dtype=torch.long, device=self.device)
-        doc = torch.zeros(R, n, dtype=torch.long, device=self.device)
-        image = torch.full((R, n), int(both.image.max()) + 1, dtype=torch.long, device=self.device)
-        index = torch.arange(R, device=self.device)[:, None] * n + arange  # (R, n) flat positions
-        positions_block = pos[:, None] + arange
+        s_txt, s_img = req.guidance, req.image_guidance
+        has_images = any(row.images_only()[0] for row in contexts)
+        three = s_img is not None and s_img != s_txt and has_images
+        two = not three and s_txt != 1.0
+
+        def branches() -> tuple[KVCache, torch.Tensor]:
+            if self.cache_prefix:
+                parts = [(cache.rows(rows), positions[rows])]
+            else:  # the reference: every prefix recomputed from its segments
+                parts = [self._after_boi([row.context() for row in contexts])]
+            if two or three:
+                parts.append(self._after_boi([([], [])] * G))
+            if three:
+                parts.append(self._after_boi([row.images_only() for row in contexts]))
+            length = max(c.length for c, _ in parts)
+            return KVCache.concat([c.left_pad(length) for c, _ in parts]), torch.cat([p for _, p in parts])
+
+        def block(prefix: KVCache, pos: torch.Tensor):
+            """Inputs of the n image columns of every branch row, and their attention mask."""
+            R = len(pos)
+            arange = torch.arange(n, device=self.device)
+            tokens = torch.full((R, n), self.tok.pad_id, dtype=torch.long, device=self.device)
+            doc = torch.zeros(R, n, dtype=torch.long, device=self.device)
+            image = torch.full((R, n), int(prefix.image.max()) + 1, dtype=torch.long, device=self.device)
+            index = torch.arange(R, device=self.device)[:, None] * n + arange  # (R, n) flat positions
+            mask = transfusion_mask(doc, image, prefix.doc, prefix.image)[:, None]
+            return prefix, (tokens, pos[:, None] + arange, doc, image), index, mask
+
+        fixed = block(*branches()) if self.cache_prefix else None  # built once: the prefix is fixed
+        k = 1 + two + 2 * three
 
         def predict_noise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            if guidance != 1.0:
-                x, t = torch.cat([x, x]), torch.cat([t, t])
-            _, (eps,) = self.run(both, tokens, positions_block, doc, image, [ImageGroup(x, t, index)], write=False)
-            if guidance != 1.0:
-                cond, uncond = eps[:G], eps[G:]
-                eps = uncond + guidance * (cond - uncond)
-            return eps
+            prefix, inputs, index, mask = fixed or block(*branches())
+            group = ImageGroup(x.repeat(k, 1, 1, 1), t.repeat(k), index)
+            _, (eps,) = self.run(prefix, *inputs, [group], write=False, mask=mask)
+            parts = eps.split(G)
+            if three:
+                c, u, i = parts
+                return u + s_img * (i - u) + s_txt * (c - i)
+            if two:
+                c, u = parts
+                return u + s_txt * (c - u)
+            return parts[0]
 
-        return self.diffusion.sample_ddpm(predict_noise, (G, C, h, w), steps, generators,
-                                          clip=self.model.cfg.image.clip_sample, device=self.device)
+        return sample(predict_noise, (G, C, h, w), self.diffusion, req.sampler, req.steps, generators,
+                      clip=self.model.cfg.image.clip_sample, device=self.device, progress=self.progress)
 
     def write_image(self, cache: KVCache, rows: torch.Tensor, latents: torch.Tensor, positions: torch.Tensor) -> None:
         """Put finished images (G, C, h, w) into the cache as clean (t = 0) context for ``rows``."""
@@ -241,36 +318,32 @@ class Engine:
     # ---------------------------------------------------------------- interleaved generation
     @torch.no_grad()
     def generate(self, prompts: list[list], req: Request = Request(), force_image: bool = False) -> list[list]:
-        """Continue each prompt with text and images; returns a list of Text / Image segments per row.
+        """Continue each prompt with text and images; returns the generated Text / Image segments per row.
 
         A row stops at EOS, a stop string, ``max_new_tokens`` or when it asks for more than
         ``max_images`` images. ``force_image`` makes BOI the first generated token.
         """
-        cfg = self.model.cfg
-        size = req.image_size or cfg.image.size
-        steps = req.steps or cfg.diffusion.sample_steps
-        guidance = cfg.diffusion.guidance if req.guidance is None else req.guidance
-        self.ae.latent_shape(size, size)  # a size the autoencoder cannot take fails before any work
-        cache, positions, last = self.prefill(prompts)
+        req = req.resolve(self.model.cfg)
+        self.model.num_patches(self.ae.latent_shape(*req.image_size)[1:])  # a size the model cannot take fails first
+        latents = self.encode(prompts)
+        rows = [Row(list(p), list(lat)) for p, lat in zip(prompts, latents)]
+        cache, positions, last = self.prefill(prompts, latents)
         B = len(prompts)
         generators = [torch.Generator().manual_seed(req.seed + b) for b in range(B)]
         fed = self.sample_token(last, req, generators)
         if force_image:
             fed = torch.full_like(fed, self.tok.boi_id)
         done = torch.zeros(B, dtype=torch.bool, device=self.device)
-        outputs: list[list] = [[] for _ in range(B)]
-        text_ids: list[list[int]] = [[] for _ in range(B)]
-        images_made = [0] * B
         for _ in range(req.max_new_tokens):
-            for b in range(B):  # stop before feeding what ends a row
+            for b, row in enumerate(rows):  # stop before feeding what ends a row
                 tok = int(fed[b])
                 if done[b]:
                     continue
-                if tok == self.tok.eos_id or (tok == self.tok.boi_id and images_made[b] >= req.max_images):
+                if tok == self.tok.eos_id or (tok == self.tok.boi_id and row.images >= req.max_images):
                     done[b] = True
                 elif tok not in self.tok.special_ids:
-                    text_ids[b].append(tok)
-                    if any(s in self.tok.decode(text_ids[b]) for s in req.stop):
+                    row.pending.append(tok)
+                    if any(s in self.tok.decode(row.pending) for s in req.stop):
                         done[b] = True
             if bool(done.all()):
                 break
@@ -278,20 +351,17 @@ class Engine:
             wants_image = ~done & (fed == self.tok.boi_id)
             nxt = self.sample_token(hidden, req, generators)
             if bool(wants_image.any()):
-                rows = wants_image.nonzero()[:, 0]
-                latents = self.denoise(cache, rows, positions, size, steps, guidance,
-                                       [generators[r] for r in rows.tolist()])
-                self.write_image(cache, rows, latents, positions)
-                pixels = self.ae.decode(latents).clamp(-1, 1).cpu()
-                for row, img in zip(rows.tolist(), pixels):
-                    if text_ids[row]:
-                        outputs[row].append(Text(self.tok.decode(text_ids[row])))
-                        text_ids[row] = []
-                    outputs[row].append(Image(img))
-                    images_made[row] += 1
+                idx = wants_image.nonzero()[:, 0]
+                for r in idx.tolist():
+                    rows[r].close_text(self.tok)
+                made = self.denoise(cache, idx, positions, req, [generators[r] for r in idx.tolist()],
+                                    [rows[r] for r in idx.tolist()])
+                self.write_image(cache, idx, made, positions)
+                pixels = self.ae.decode(made).clamp(-1, 1).cpu()
+                for r, latent, img in zip(idx.tolist(), made, pixels):
+                    rows[r].add_image(Image(img), latent)
                 nxt = torch.where(wants_image, torch.full_like(nxt, self.tok.eoi_id), nxt)
             fed = nxt
-        for b in range(B):
-            if text_ids[b]:
-                outputs[b].append(Text(self.tok.decode(text_ids[b])))
-        return outputs
+        for row in rows:
+            row.close_text(self.tok)
+        return [row.generated for row in rows]

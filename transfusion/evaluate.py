@@ -9,12 +9,14 @@ Other datasets get the samples without scores.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from transfusion.checkpoint import Loaded
-from transfusion.data.document import Document
+from transfusion.data.document import Document, Text
 from transfusion.data.shapes_reader import score, score_caption, summarise
-from transfusion.sample import generate_images, generate_text
+from transfusion.engine import Engine, Request
 
 CHUNK = 32  # prompts per generation batch
 
@@ -37,33 +39,38 @@ def held_out_pairs(loaded: Loaded, n: int) -> list[Document]:
     return docs
 
 
-def prompt_following(loaded: Loaded, docs: list[Document], steps: int, guidance: float, seed: int = 0) -> dict:
-    """Generate one image for each document's caption; score it where the reader applies."""
-    captions = [doc.caption for doc in docs]
-    generator = torch.Generator().manual_seed(seed)
-    images = torch.cat([
-        generate_images(
-            loaded.model, loaded.tokenizer, loaded.autoencoder, captions[i : i + CHUNK],
-            loaded.config.image.size, steps, guidance, generator,
-        )
-        for i in range(0, len(captions), CHUNK)
-    ])
+def _engine(loaded: Loaded) -> Engine:
+    return Engine(loaded.model, loaded.tokenizer, loaded.autoencoder)
+
+
+def prompt_following(loaded: Loaded, docs: list[Document], req: Request = Request()) -> dict:
+    """Generate one image for each document's caption; score it where the reader applies.
+
+    Caption i is sampled with seed ``req.seed + i`` whatever the batching.
+    """
+    req = dataclasses.replace(req.resolve(loaded.config), max_new_tokens=1, max_images=1)
+    engine, captions, images = _engine(loaded), [doc.caption for doc in docs], []
+    for i in range(0, len(docs), CHUNK):
+        prompts = [[Text(c)] if c else [] for c in captions[i : i + CHUNK]]
+        outputs = engine.generate(prompts, dataclasses.replace(req, seed=req.seed + i), force_image=True)
+        images += [out[0].pixels for out in outputs]
     scored = all("scene" in doc.meta for doc in docs)
     return {
-        "settings": {"data": f"{loaded.config.data.dataset}/test", "samples": len(docs), "seed": seed,
-                     "sampler": "ddpm", "steps": steps, "guidance": guidance, "step": loaded.step},
+        "settings": {"data": f"{loaded.config.data.dataset}/test", "samples": len(docs), "step": loaded.step,
+                     **{k: getattr(req, k) for k in ("sampler", "steps", "guidance", "seed", "image_size")}},
         "accuracy": summarise([score(img, cap) for img, cap in zip(images, captions)]) if scored else {},
         "captions": captions,
-        "images": images,
+        "images": torch.stack(images),
     }
 
 
 def captioning(loaded: Loaded, docs: list[Document], max_new_tokens: int = 24) -> dict:
     """Greedy captions for each document's image; compared with the truth where the reader applies."""
-    texts: list[str] = []
+    engine, texts = _engine(loaded), []
+    req = Request(max_new_tokens=max_new_tokens, max_images=0)
     for i in range(0, len(docs), CHUNK):
-        prompts = [[doc.images[0]] for doc in docs[i : i + CHUNK]]
-        texts += generate_text(loaded.model, loaded.tokenizer, loaded.autoencoder, prompts, max_new_tokens)
+        outputs = engine.generate([[doc.images[0]] for doc in docs[i : i + CHUNK]], req)
+        texts += ["".join(s.text for s in out if isinstance(s, Text)) for out in outputs]
     scored = all("scene" in doc.meta for doc in docs)
     return {
         "settings": {"data": f"{loaded.config.data.dataset}/test", "samples": len(docs), "decoding": "greedy",
@@ -75,10 +82,10 @@ def captioning(loaded: Loaded, docs: list[Document], max_new_tokens: int = 24) -
     }
 
 
-def report(loaded: Loaded, n: int, steps: int, guidance: float, seed: int = 0) -> tuple[dict, dict, dict]:
+def report(loaded: Loaded, n: int, req: Request = Request()) -> tuple[dict, dict, dict]:
     """Both directions on ``n`` held-out pairs: (summary for report.json, text->image, image->text)."""
     docs = held_out_pairs(loaded, n)
-    t2i = prompt_following(loaded, docs, steps, guidance, seed)
+    t2i = prompt_following(loaded, docs, req)
     i2t = captioning(loaded, docs)
     summary = {
         "checkpoint": str(loaded.path),

@@ -144,11 +144,11 @@ def truncate_metrics(path: Path, step: int) -> None:
 
 def write_samples(loaded: Loaded, out: Path, step: int, n: int) -> dict:
     """Sample grid for held-out captions, captions for held-out images; returns the scores."""
+    from transfusion.engine import Request
     from transfusion.evaluate import report
     from transfusion.visualize import image_grid
 
-    d = loaded.config.diffusion
-    summary, t2i, i2t = report(loaded, n, d.sample_steps, d.guidance, loaded.config.train.seed)
+    summary, t2i, i2t = report(loaded, n, Request(seed=loaded.config.train.seed))
     folder = out / "samples"
     folder.mkdir(exist_ok=True)
     image_grid(t2i["images"][:32], t2i["captions"][:32]).save(folder / f"step_{step:06d}.png")

@@ -61,3 +61,46 @@ def plot_losses(metrics_path: str | Path, out_path: str | Path) -> None:
     fig.tight_layout()
     fig.savefig(out_path, dpi=100)
     plt.close(fig)
+
+
+def save_generations(folder: str | Path, prompts: list[str], outputs: list[list], seeds: list[int],
+                     info: dict) -> list[Path]:
+    """Write what ``Engine.generate`` returned, one sample at a time, and say how it was made.
+
+    Sample i becomes ``{i:03d}.png`` (``{i:03d}_{k}.png`` when it holds several images), a
+    ``{i:03d}.md`` with its text and images in order when it produced text, and
+    ``{i:03d}.json`` with the prompt, the seed, the text and ``info`` (checkpoint, sampler,
+    steps, guidance, ...). ``grid.png`` shows every image with its prompt.
+    Returns the JSON paths.
+    """
+    from transfusion.data.document import Image
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written, tiles, labels = [], [], []
+    for i, (prompt, out, seed) in enumerate(zip(prompts, outputs, seeds)):
+        images = [s for s in out if isinstance(s, Image)]
+        names = [f"{i:03d}.png"] if len(images) == 1 else [f"{i:03d}_{k}.png" for k in range(len(images))]
+        parts, texts, image_names = [], [], iter(names)
+        for seg in out:
+            if isinstance(seg, Image):
+                name = next(image_names)
+                save_image(seg.pixels, folder / name)
+                parts.append(f"![{name}]({name})")
+                tiles.append(seg.pixels)
+                labels.append(prompt)
+            else:
+                parts.append(seg.text)
+                texts.append(seg.text)
+        if texts:
+            (folder / f"{i:03d}.md").write_text(f"**prompt:** {prompt}\n\n" + "\n\n".join(parts) + "\n")
+        record = {"prompt": prompt, "seed": seed, "text": "".join(texts), "images": names if images else []}
+        record.update((k, v) for k, v in info.items() if k not in record)
+        path = folder / f"{i:03d}.json"
+        path.write_text(json.dumps(record, indent=2) + "\n")
+        written.append(path)
+    if tiles:
+        size = tuple(tiles[0].shape)
+        same = [(t, lab) for t, lab in zip(tiles, labels) if tuple(t.shape) == size]
+        image_grid(torch.stack([t for t, _ in same]), [lab for _, lab in same]).save(folder / "grid.png")
+    return written

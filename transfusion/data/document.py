@@ -24,6 +24,13 @@ class Text:
 
 
 @dataclass(frozen=True)
+class Tokens:
+    """Text given as token ids (what generation sampled), laid out exactly as they are."""
+
+    ids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class Image:
     pixels: torch.Tensor  # (C, H, W) float in [-1, 1]
 
@@ -36,7 +43,7 @@ class Image:
             )
 
 
-Segment = Union[Text, Image]
+Segment = Union[Text, Tokens, Image]
 DocumentKind = Literal["pair", "interleaved", "text"]
 
 

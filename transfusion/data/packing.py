@@ -19,7 +19,7 @@ from typing import Callable, Iterable
 import torch
 
 from transfusion.config import DiffusionConfig
-from transfusion.data.document import Document, Image, Text
+from transfusion.data.document import Document, Image, Text, Tokens
 from transfusion.model.transfusion import ImageGroup
 from transfusion.tokenizer import Tokenizer
 
@@ -104,6 +104,8 @@ def layout(
     for seg in segments:
         if isinstance(seg, Text):
             out.ids.extend(tokenizer.encode(seg.text))
+        elif isinstance(seg, Tokens):
+            out.ids.extend(seg.ids)
         elif isinstance(seg, Image):
             latent, cap = next(images)
             out.ids.append(tokenizer.boi_id)
@@ -130,12 +132,14 @@ def truncate(lay: Layout, seq_len: int, what: str = "document") -> Layout:
 
 
 def pack(
-    layouts: Iterable[Layout], rows: int, seq_len: int, pad_id: int, one_per_row: bool = False
+    layouts: Iterable[Layout], rows: int, seq_len: int, pad_id: int, one_per_row: bool = False,
+    align_end: bool = False,
 ) -> tuple[PackedBatch, int]:
     """Place layouts first-fit into ``rows`` rows of ``seq_len``; stops at the first that fits nowhere.
 
     ``layouts`` may be a lazy iterator: it is consumed up to the first layout that does not
-    fit. With ``one_per_row``, layout i goes at the start of row i (for generation).
+    fit. With ``one_per_row``, layout i goes in row i, at its start, or with ``align_end`` at
+    its end (left padding: every prompt of a generation batch then ends at the same column).
     Returns the batch and how many layouts it holds.
     """
     fill = [0] * rows
@@ -147,7 +151,7 @@ def pack(
             row = next((r for r in range(rows) if fill[r] + len(lay.ids) <= seq_len), None)
         if row is None:
             break
-        placed.append((row, fill[row], lay))
+        placed.append((row, seq_len - len(lay.ids) if align_end else fill[row], lay))
         fill[row] += len(lay.ids)
     if not placed:
         raise ValueError("no document fits in a row: raise data.seq_len")

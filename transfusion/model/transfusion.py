@@ -66,6 +66,10 @@ class Transfusion(nn.Module):
         r = self.patch_reduction
         if h % r or w % r:
             raise ValueError(f"latent size {h}x{w} is not divisible by the patch reduction {r}")
+        grid = self.cfg.image.max_grid
+        if h // r > grid or w // r > grid:
+            raise ValueError(f"latent size {h}x{w} makes a {h // r}x{w // r} patch grid; the model takes at most "
+                             f"image.max_grid={grid} patches a side")
         return (h // r) * (w // r)
 
     def attention_mask(self, doc_ids: torch.Tensor, image_ids: torch.Tensor):

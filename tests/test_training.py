@@ -216,6 +216,8 @@ def test_a_run_on_real_digits_trains_and_samples(tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["text_to_image"]["accuracy"] == {}  # the shapes reader does not score digits
     assert (out / "samples" / "step_000002.png").is_file()
+    settings = json.loads((out / "samples" / "step_000002.json").read_text())["text_to_image"]["settings"]
+    assert (settings["sampler"], settings["steps"], settings["seed"]) == ("ddpm", 2, 0)
     assert "handwritten" in (out / "samples" / "step_000002_captions.txt").read_text()
 
 

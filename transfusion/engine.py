@@ -102,7 +102,9 @@ class Request:
         """A copy with every default filled in from ``cfg`` and every setting checked."""
         d = cfg.diffusion
         sampler = self.sampler or d.sampler
-        steps = self.steps or (d.sample_steps if sampler == d.sampler else DEFAULT_STEPS.get(sampler))
+        steps = self.steps
+        if steps is None:
+            steps = d.sample_steps if sampler == d.sampler else DEFAULT_STEPS.get(sampler)
         check_sampler(sampler, steps, d.timesteps)
         if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
             raise ValueError(f"temperature must be >= 0, top_p in (0, 1] and top_k >= 0; got "

@@ -86,7 +86,7 @@ def sample(
             alpha_bar(T) is ~0, so unclamped first steps amplify the eps error by 1/sqrt(alpha_bar).
         progress: show a progress bar over the steps.
     """
-    steps = steps or DEFAULT_STEPS.get(sampler)
+    steps = DEFAULT_STEPS.get(sampler) if steps is None else steps
     check_sampler(sampler, steps, diffusion.T)
     scheduler = make_scheduler(sampler, diffusion)
     scheduler.set_timesteps(steps)

@@ -156,7 +156,9 @@ def write_samples(loaded: Loaded, out: Path, step: int, n: int) -> dict:
     with open(folder / f"step_{step:06d}_captions.txt", "w") as f:
         for ref, gen in zip(i2t["references"], i2t["generated"]):
             f.write(f"truth: {ref}\nmodel: {gen}\n\n")
-    return {"step": step, **summary}
+    result = {"step": step, **summary}
+    (folder / f"step_{step:06d}.json").write_text(json.dumps(result, indent=2) + "\n")  # how they were made
+    return result
 
 
 def main(argv: list[str] | None = None) -> Path:

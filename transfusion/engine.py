@@ -196,11 +196,8 @@ class Engine:
         batch, _ = pack(lays, len(lays), longest, self.tok.pad_id, one_per_row=True, align_end=True)
         batch = batch.to(self.device)
         doc = torch.where(batch.doc_ids >= 0, 0, PAD_DOC)
-        groups = [batch.image_group(ids, torch.stack([batch.latents[i] for i in ids]),
-                                    torch.zeros(len(ids), dtype=torch.long, device=self.device))
-                  for ids in batch.shape_groups()]
         cache = KVCache()
-        hidden, _ = self.run(cache, batch.tokens, batch.positions, doc, batch.image_ids, groups)
+        hidden, _ = self.run(cache, batch.tokens, batch.positions, doc, batch.image_ids, batch.clean_image_groups())
         return cache, (doc >= 0).sum(1), hidden[:, -1]
 
     def _after_boi(self, contexts: list[tuple[list, list]]) -> tuple[KVCache, torch.Tensor]:
@@ -283,7 +280,7 @@ class Engine:
             return prefix, (tokens, pos[:, None] + arange, doc, image), index, mask
 
         fixed = block(*branches()) if self.cache_prefix else None  # built once: the prefix is fixed
-        k = 1 + two + 2 * three
+        k = 1 + (two or three) + three  # rows per image: conditional, [unconditional], [image-only]
 
         def predict_noise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             prefix, inputs, index, mask = fixed or block(*branches())

@@ -133,10 +133,7 @@ def perplexity(loaded: Loaded, docs: list[Document], batch_size: int = 16) -> di
             text_bytes += len(tok.decode([t for t in lay.ids[: cfg.data.seq_len] if t >= 0]).encode())
         batch, _ = pack(lays, len(lays), max(len(lay.ids) for lay in lays), tok.pad_id, one_per_row=True)
         batch = batch.to(device)
-        groups = [batch.image_group(ids, torch.stack([batch.latents[j] for j in ids]),
-                                    torch.zeros(len(ids), dtype=torch.long, device=device))
-                  for ids in batch.shape_groups()]
-        hidden, _ = model(batch.tokens, batch.positions, batch.doc_ids, batch.image_ids, groups)
+        hidden, _ = model(batch.tokens, batch.positions, batch.doc_ids, batch.image_ids, batch.clean_image_groups())
         has_target = batch.targets != IGNORE
         logits = model.logits(hidden[has_target]).float()
         nll += torch.nn.functional.cross_entropy(logits, batch.targets[has_target], reduction="sum").item()
@@ -160,11 +157,10 @@ def evaluate(loaded: Loaded, suites=SUITES, n: int = 256, req: Request = Request
     docs = held_out_pairs(loaded, n) if {"t2i", "i2t"} & set(suites) else []
     if "text" in suites:
         from transfusion.data.registry import load_dataset
-        from transfusion.data.document import Document as Doc
 
         english = load_dataset("text", "test", cfg.image.size)
         english_docs = [english[i] for i in range(min(n, len(english)))]
-        caption_docs = [Doc([Text(d.caption)], kind="text") for d in (docs or held_out_pairs(loaded, n))]
+        caption_docs = [Document([Text(d.caption)], kind="text") for d in (docs or held_out_pairs(loaded, n))]
         report["text"] = {
             "english": {"settings": {"data": "text/test", "documents": len(english_docs)},
                         **perplexity(loaded, english_docs)},

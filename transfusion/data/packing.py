@@ -71,6 +71,12 @@ class PackedBatch:
         """The model input for images ``ids``: their (noisy) latents (N, C, h, w) and t (N,)."""
         return ImageGroup(latents, t, torch.stack([self.index[i] for i in ids]))
 
+    def clean_image_groups(self) -> list[ImageGroup]:
+        """Every image as clean context (t = 0), one group per latent shape (prompts, scoring)."""
+        return [self.image_group(ids, torch.stack([self.latents[i] for i in ids]),
+                                 torch.zeros(len(ids), dtype=torch.long, device=self.tokens.device))
+                for ids in self.shape_groups()]
+
 
 def arrange(doc: Document, rng: random.Random, cfg: DiffusionConfig) -> tuple[list, list[int]]:
     """Training-time order of a document's segments and each image's noise cap.

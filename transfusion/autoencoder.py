@@ -126,6 +126,35 @@ def _upsample(in_channels: int, out_channels: int) -> nn.Module:
     return nn.Sequential(nn.Upsample(scale_factor=2.0, mode="nearest"), nn.Conv2d(in_channels, out_channels, 3, padding=1))
 
 
+def _widths(downsample: int, width: int) -> list[int]:
+    """Channels at 1, 1/2, 1/4 ... size: doubling at every halving, at most 4 * width."""
+    if downsample < 1 or downsample & (downsample - 1):
+        raise ValueError(f"downsample must be a power of two (1, 2, 4, 8, ...), got {downsample}")
+    return [width * min(2**i, 4) for i in range(downsample.bit_length())]
+
+
+def conv_encoder(channels: int, out_channels: int, downsample: int, width: int) -> nn.Sequential:
+    """Conv, then per halving a ResBlock and a stride-2 conv, a ResBlock at the bottom,
+    then GroupNorm-SiLU-conv to ``out_channels``."""
+    widths = _widths(downsample, width)
+    layers: list[nn.Module] = [nn.Conv2d(channels, widths[0], 3, padding=1)]
+    for i in range(len(widths) - 1):
+        layers += [ResBlock(widths[i], widths[i]), nn.Conv2d(widths[i], widths[i + 1], 3, stride=2, padding=1)]
+    layers += [ResBlock(widths[-1], widths[-1]), _norm(widths[-1]), nn.SiLU(),
+               nn.Conv2d(widths[-1], out_channels, 3, padding=1)]
+    return nn.Sequential(*layers)
+
+
+def conv_decoder(latent_channels: int, channels: int, downsample: int, width: int) -> nn.Sequential:
+    """The mirror of ``conv_encoder``, with nearest-upsample + conv in place of strided convs."""
+    widths = _widths(downsample, width)
+    layers: list[nn.Module] = [nn.Conv2d(latent_channels, widths[-1], 3, padding=1), ResBlock(widths[-1], widths[-1])]
+    for i in reversed(range(len(widths) - 1)):
+        layers += [_upsample(widths[i + 1], widths[i]), ResBlock(widths[i], widths[i])]
+    layers += [_norm(widths[0]), nn.SiLU(), nn.Conv2d(widths[0], channels, 3, padding=1)]
+    return nn.Sequential(*layers)
+
+
 class KLAutoencoder(Autoencoder):
     """A small convolutional KL autoencoder (250k parameters at the default width 16, f = 4).
 
@@ -139,26 +168,11 @@ class KLAutoencoder(Autoencoder):
     def __init__(self, channels: int = 3, latent_channels: int = 4, downsample: int = 4,
                  width: int = 16, scale: float = 1.0):
         super().__init__()
-        if downsample < 1 or downsample & (downsample - 1):
-            raise ValueError(f"downsample must be a power of two (1, 2, 4, 8, ...), got {downsample}")
         self.channels, self.latent_channels = channels, latent_channels
         self.downsample, self.width = downsample, width
         self.register_buffer("scale", torch.tensor(float(scale)))
-        levels = downsample.bit_length() - 1
-        widths = [width * min(2**i, 4) for i in range(levels + 1)]  # channels at 1, 1/2, 1/4 ... size
-
-        encoder: list[nn.Module] = [nn.Conv2d(channels, widths[0], 3, padding=1)]
-        for i in range(levels):
-            encoder += [ResBlock(widths[i], widths[i]), nn.Conv2d(widths[i], widths[i + 1], 3, stride=2, padding=1)]
-        encoder += [ResBlock(widths[-1], widths[-1]), _norm(widths[-1]), nn.SiLU(),
-                    nn.Conv2d(widths[-1], 2 * latent_channels, 3, padding=1)]
-        self.encoder = nn.Sequential(*encoder)
-
-        decoder: list[nn.Module] = [nn.Conv2d(latent_channels, widths[-1], 3, padding=1), ResBlock(widths[-1], widths[-1])]
-        for i in reversed(range(levels)):
-            decoder += [_upsample(widths[i + 1], widths[i]), ResBlock(widths[i], widths[i])]
-        decoder += [_norm(widths[0]), nn.SiLU(), nn.Conv2d(widths[0], channels, 3, padding=1)]
-        self.decoder = nn.Sequential(*decoder)
+        self.encoder = conv_encoder(channels, 2 * latent_channels, downsample, width)
+        self.decoder = conv_decoder(latent_channels, channels, downsample, width)
 
     def moments(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, channels, H, W) -> unscaled posterior mean and logvar, each (B, C, H/f, W/f)."""
@@ -293,6 +307,10 @@ def _load_saved(folder: Path) -> Autoencoder:
         ae: Autoencoder = IdentityAutoencoder(**config)
     elif kind == "kl":
         ae = KLAutoencoder(**config)
+    elif kind == "vq":
+        from transfusion.vq import VQAutoencoder
+
+        ae = VQAutoencoder(**config)
     elif kind == "diffusers":
         ae = DiffusersAutoencoder(model=_diffusers_class(config["class"]).from_config(config["diffusers_config"]))
     else:
@@ -452,13 +470,17 @@ def _image_dataset(name: str, split: str, size: int):
 
 
 def cli_train(argv: list[str]) -> None:
-    """`transfusion autoencoder train`: train a KLAutoencoder, save it, print and draw its reconstructions."""
+    """`transfusion autoencoder train`: train a KL (or, with --vq, a VQ) autoencoder, save it,
+    print and draw its reconstructions."""
     parser = argparse.ArgumentParser(prog="transfusion autoencoder train", description=cli_train.__doc__)
     parser.add_argument("--data", choices=("shapes", "mnist"), default="shapes")
     parser.add_argument("--out", required=True, help="folder for autoencoder.safetensors/.json and reconstructions.png")
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS)
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
-    parser.add_argument("--latent-channels", type=int, default=4)
+    parser.add_argument("--latent-channels", type=int, default=None,
+                        help="latent channels (KL, default 4) or code vector size (VQ, default 8)")
+    parser.add_argument("--vq", action="store_true", help="a VQ autoencoder: discrete codes (the Chameleon baseline)")
+    parser.add_argument("--codebook-size", type=int, default=512, help="VQ codebook entries")
     parser.add_argument("--downsample", type=int, default=4)
     parser.add_argument("--width", type=int, default=16, help="channels at full resolution")
     parser.add_argument("--size", type=int, default=32, help="image side in pixels")
@@ -468,16 +490,27 @@ def cli_train(argv: list[str]) -> None:
 
     torch.manual_seed(args.seed)
     train_data, test_data = _image_dataset(args.data, "train", args.size), _image_dataset(args.data, "test", args.size)
-    model = KLAutoencoder(channels=_image_of(train_data[0]).shape[0], latent_channels=args.latent_channels,
-                          downsample=args.downsample, width=args.width)
-    model.latent_shape(args.size, args.size)  # fail before training on an impossible size
-    metrics = train_autoencoder(model, train_data, args.steps, args.batch_size, lr=args.lr, seed=args.seed)
+    channels = _image_of(train_data[0]).shape[0]
+    if args.vq:
+        from transfusion.vq import DEFAULT_CODE_DIM, VQAutoencoder, train_vq
+
+        model: Autoencoder = VQAutoencoder(channels, args.codebook_size, args.latent_channels or DEFAULT_CODE_DIM,
+                                           args.downsample, args.width)
+        model.latent_shape(args.size, args.size)
+        metrics = train_vq(model, train_data, args.steps, args.batch_size, lr=args.lr, seed=args.seed)
+        extra = f"codebook: {metrics['usage']:.0%} of {args.codebook_size} codes used, perplexity {metrics['perplexity']:.0f}"
+    else:
+        model = KLAutoencoder(channels=channels, latent_channels=args.latent_channels or 4,
+                              downsample=args.downsample, width=args.width)
+        model.latent_shape(args.size, args.size)  # fail before training on an impossible size
+        metrics = train_autoencoder(model, train_data, args.steps, args.batch_size, lr=args.lr, seed=args.seed)
+        extra = f"latent scale {metrics['scale']:.3f}"
     save_autoencoder(model, args.out)
 
     pixels = torch.stack([_image_of(test_data[i]) for i in range(min(256, len(test_data)))])  # (N, C, H, W)
     recon = model.decode(model.encode(pixels))
     save_reconstructions(pixels[:8], recon[:8], Path(args.out) / "reconstructions.png")
-    print(f"trained {args.steps} steps in {metrics['seconds']:.0f}s; latent scale {metrics['scale']:.3f}\n"
+    print(f"trained {args.steps} steps in {metrics['seconds']:.0f}s; {extra}\n"
           f"train reconstruction: mse {metrics['mse']:.4f}  l1 {metrics['l1']:.4f}\n"
           f"test reconstruction:  mse {(recon - pixels).square().mean():.4f}  "
           f"l1 {(recon - pixels).abs().mean():.4f}  ({len(pixels)} images)\n"

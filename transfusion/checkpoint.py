@@ -114,7 +114,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Loa
     cfg = from_dict(yaml.safe_load((ckpt / "config.yaml").read_text()))
     tokenizer = tokenizer_from_json((ckpt / "tokenizer.json").read_text())
     autoencoder = load_autoencoder(ckpt / "autoencoder") if (ckpt / "autoencoder").is_dir() else IdentityAutoencoder()
-    model = Transfusion(cfg, tokenizer.vocab_size, autoencoder.latent_channels)
+    model = Transfusion.build(cfg, tokenizer, autoencoder)
     try:
         model.load_state_dict(load_file(ckpt / "model.safetensors", device=str(device)))
     except Exception as err:

@@ -31,8 +31,13 @@ class ModelConfig:
 @dataclass
 class ImageConfig:
     size: int = 32  # pixels, square; the default for data and sampling
-    autoencoder: str = "identity"  # identity | train (a small KL AE trained at the start of the run) | a folder
-    ae_latent_channels: int = 4  # for autoencoder=train
+    # diffusion: continuous latents, diffusion loss (Transfusion) | tokens: discrete VQ codes in
+    # the vocabulary, next-token loss only (the Chameleon baseline; needs a VQ autoencoder)
+    objective: str = "diffusion"
+    attention: str = "bidirectional"  # among the patches of one image: bidirectional | causal (ablation)
+    autoencoder: str = "identity"  # identity | train (a small KL, or for objective=tokens VQ, AE trained first) | a folder
+    ae_latent_channels: int = 4  # for autoencoder=train (the code vector size of a VQ)
+    ae_codebook_size: int = 512  # for autoencoder=train with objective=tokens
     ae_downsample: int = 4
     ae_width: int = 16
     ae_steps: int = 1000
@@ -224,6 +229,10 @@ def validate(cfg: Config) -> None:
         raise ValueError(f"model.dim={m.dim} must split into model.n_heads={m.n_heads} heads of even size")
     if m.attention not in ("sdpa", "flex"):
         raise ValueError(f"model.attention must be 'sdpa' or 'flex', got {m.attention!r}")
+    if cfg.image.objective not in ("diffusion", "tokens"):
+        raise ValueError(f"image.objective must be 'diffusion' or 'tokens', got {cfg.image.objective!r}")
+    if cfg.image.attention not in ("bidirectional", "causal"):
+        raise ValueError(f"image.attention must be 'bidirectional' or 'causal', got {cfg.image.attention!r}")
     if cfg.image.adapter not in ("linear", "unet"):
         raise ValueError(f"image.adapter must be 'linear' or 'unet', got {cfg.image.adapter!r}")
     from transfusion.samplers import check_sampler

@@ -16,6 +16,10 @@ row with nothing to add that call gets padding columns, which no real position a
   eps = u + s (c - u) with one scale s; with separate text and image scales (editing-style
   prompts that hold images) eps = u + s_img (i - u) + s_txt (c - i). The finished image
   is written into the cache once, clean (t = 0), and the row continues with EOI.
+- Image tokens (``image.objective=tokens``, the Chameleon baseline): after BOI the row samples
+  the image's VQ codes one token at a time from the code logits, with classifier-free
+  guidance on the logits (l = u + s (c - u)) from an unconditional row run alongside;
+  outside images only text tokens are sampled.
 - ``Engine(cache_prefix=False)`` recomputes every prefix at every denoising step instead:
   the reference the cache is tested and benchmarked against.
 """
@@ -33,7 +37,6 @@ from transfusion.data.document import Image, Text, Tokens
 from transfusion.data.packing import layout, pack
 from transfusion.diffusion import Diffusion
 from transfusion.samplers import DEFAULT_STEPS, check_sampler, sample
-from transfusion.model.attention import transfusion_mask
 from transfusion.model.transfusion import ImageGroup, Transfusion
 from transfusion.tokenizer import Tokenizer
 
@@ -96,6 +99,7 @@ class Request:
     guidance: float | None = None  # CFG scale on the whole context (text scale when image_guidance is set)
     image_guidance: float | None = None  # separate scale for images in the context; None: one scale
     stop: list[str] = field(default_factory=list)  # stop strings in the generated text
+    image_temperature: float = 1.0  # sampling of image tokens (image.objective=tokens only)
     seed: int = 0  # row b of a batch samples with seed + b, as it would alone with that seed
 
     def resolve(self, cfg: Config) -> "Request":
@@ -106,7 +110,7 @@ class Request:
         if steps is None:
             steps = d.sample_steps if sampler == d.sampler else DEFAULT_STEPS.get(sampler)
         check_sampler(sampler, steps, d.timesteps)
-        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
+        if self.temperature < 0 or self.image_temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
             raise ValueError(f"temperature must be >= 0, top_p in (0, 1] and top_k >= 0; got "
                              f"{self.temperature}, {self.top_p}, {self.top_k}")
         if self.max_new_tokens < 1 or self.max_images < 0:
@@ -160,13 +164,14 @@ class Engine:
         self.cache_prefix = cache_prefix
         self.progress = progress  # a progress bar over each image's denoising steps
         self.device = next(model.parameters()).device
+        self.codes = model.image_codes  # > 0: images are VQ codes sampled as tokens
         self.diffusion = Diffusion(model.cfg.diffusion.timesteps, model.cfg.diffusion.schedule)
 
     # ---------------------------------------------------------------- the one forward call
     def run(self, cache: KVCache, tokens, positions, doc, image, groups=(), write: bool = True, mask=None):
         """Append columns (B, L) to the cached rows; returns hidden (B, L, D) and noise predictions."""
         if mask is None:
-            mask = transfusion_mask(doc, image, cache.doc, cache.image)[:, None]  # (B, 1, L, S + L)
+            mask = self.model.mask(doc, image, cache.doc, cache.image)  # (B, 1, L, S + L)
         present: list = []
         hidden, noise = self.model(tokens, positions, doc, image, list(groups), mask=mask,
                                    past=cache.kv, present=present)
@@ -176,9 +181,15 @@ class Engine:
 
     # ---------------------------------------------------------------- prompts
     def encode(self, prompts: list[list]) -> list[list[torch.Tensor]]:
-        """Latents of each prompt's images, in order."""
-        return [[self.ae.encode(s.pixels[None].to(self.device))[0] for s in p if isinstance(s, Image)]
-                for p in prompts]
+        """Latents (or, for image tokens, VQ codes (h, w)) of each prompt's images, in order."""
+        encode = self.ae.tokenize if self.codes else self.ae.encode
+        return [[encode(s.pixels[None].to(self.device))[0] for s in p if isinstance(s, Image)] for p in prompts]
+
+    def as_tokens(self, segments: list, codes: list[torch.Tensor]) -> list:
+        """Segments with every Image replaced by the Tokens ``BOI codes EOI`` (image tokens)."""
+        codes, V = iter(codes), self.model.vocab_size
+        return [Tokens((self.tok.boi_id, *(next(codes).flatten() + V).tolist(), self.tok.eoi_id))
+                if isinstance(s, Image) else s for s in segments]
 
     @torch.no_grad()
     def prefill(self, prompts: list[list], latents: list[list[torch.Tensor]] | None = None):
@@ -187,6 +198,8 @@ class Engine:
         Returns the cache, each row's next position (B,) and the last column's hidden (B, D).
         """
         latents = self.encode(prompts) if latents is None else latents
+        if self.codes:
+            prompts, latents = [self.as_tokens(p, c) for p, c in zip(prompts, latents)], [[] for _ in prompts]
         lays = [layout(p, lat, [0] * len(lat), self.tok, self.model.num_patches, close=False)
                 for p, lat in zip(prompts, latents)]
         longest = max(len(lay.ids) for lay in lays)
@@ -200,21 +213,27 @@ class Engine:
         hidden, _ = self.run(cache, batch.tokens, batch.positions, doc, batch.image_ids, batch.clean_image_groups())
         return cache, (doc >= 0).sum(1), hidden[:, -1]
 
-    def _after_boi(self, contexts: list[tuple[list, list]]) -> tuple[KVCache, torch.Tensor]:
-        """Cache and next positions of rows holding each (segments, latents) context, then BOI."""
+    def _after_boi(self, contexts: list[tuple[list, list]]) -> tuple[KVCache, torch.Tensor, torch.Tensor]:
+        """Cache, next positions and BOI's hidden state (B, D) of rows holding each (segments,
+        latents) context, then BOI."""
         cache, positions, _ = self.prefill([c[0] for c in contexts], [c[1] for c in contexts])
         active = torch.ones(len(contexts), dtype=torch.bool, device=self.device)
-        self.step_text(cache, torch.full((len(contexts),), self.tok.boi_id, device=self.device), positions, active)
-        return cache, positions
+        hidden = self.step_text(cache, torch.full((len(contexts),), self.tok.boi_id, device=self.device), positions,
+                                active)
+        return cache, positions, hidden
 
     # ---------------------------------------------------------------- LM mode
     def sample_token(self, hidden: torch.Tensor, req: Request, generators: list[torch.Generator]) -> torch.Tensor:
-        """Next token per row from hidden states (B, D): greedy, or temperature / top-k / top-p
-        with row b drawing from ``generators[b]``."""
-        logits = self.model.logits(hidden).float()  # (B, V)
-        if req.temperature <= 0:
+        """Next text token per row from hidden states (B, D): greedy, or temperature / top-k /
+        top-p with row b drawing from ``generators[b]``."""
+        logits = self.model.logits(hidden).float()[:, : self.model.vocab_size]  # (B, V): never an image code
+        return self.pick(logits, req.temperature, req, generators)
+
+    def pick(self, logits: torch.Tensor, temperature: float, req: Request, generators: list[torch.Generator]):
+        """Index per row of logits (B, V): argmax at temperature 0, else sampled with top-k / top-p."""
+        if temperature <= 0:
             return logits.argmax(-1)
-        logits = logits / req.temperature
+        logits = logits / temperature
         if req.top_k > 0:
             kth = logits.topk(min(req.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
             logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -260,11 +279,11 @@ class Engine:
             if self.cache_prefix:
                 parts = [(cache.rows(rows), positions[rows])]
             else:  # the reference: every prefix recomputed from its segments
-                parts = [self._after_boi([row.context() for row in contexts])]
+                parts = [self._after_boi([row.context() for row in contexts])[:2]]
             if two or three:
-                parts.append(self._after_boi([([], [])] * G))
+                parts.append(self._after_boi([([], [])] * G)[:2])
             if three:
-                parts.append(self._after_boi([row.images_only() for row in contexts]))
+                parts.append(self._after_boi([row.images_only() for row in contexts])[:2])
             length = max(c.length for c, _ in parts)
             return KVCache.concat([c.left_pad(length) for c, _ in parts]), torch.cat([p for _, p in parts])
 
@@ -276,7 +295,7 @@ class Engine:
             doc = torch.zeros(R, n, dtype=torch.long, device=self.device)
             image = torch.full((R, n), int(prefix.image.max()) + 1, dtype=torch.long, device=self.device)
             index = torch.arange(R, device=self.device)[:, None] * n + arange  # (R, n) flat positions
-            mask = transfusion_mask(doc, image, prefix.doc, prefix.image)[:, None]
+            mask = self.model.mask(doc, image, prefix.doc, prefix.image)
             return prefix, (tokens, pos[:, None] + arange, doc, image), index, mask
 
         fixed = block(*branches()) if self.cache_prefix else None  # built once: the prefix is fixed
@@ -298,20 +317,54 @@ class Engine:
         return sample(predict_noise, (G, C, h, w), self.diffusion, req.sampler, req.steps, generators,
                       clip=self.model.cfg.image.clip_sample, device=self.device, progress=self.progress)
 
+    @torch.no_grad()
+    def image_tokens(self, cache: KVCache, rows: torch.Tensor, positions: torch.Tensor, req: Request,
+                     generators: list[torch.Generator], boi_hidden: torch.Tensor) -> torch.Tensor:
+        """VQ codes (G, h, w) of an image for each row in ``rows`` (their last input was BOI,
+        whose hidden states are ``boi_hidden`` (G, D)), sampled token by token."""
+        _, h, w = self.ae.latent_shape(*req.image_size)
+        n, G, V = h * w, len(rows), self.model.vocab_size
+        limit = self.model.cfg.model.max_seq_len
+        if int(positions[rows].max()) + n + 1 > limit:
+            raise ValueError(f"an image of {n} tokens does not fit in the context (model.max_seq_len={limit})")
+        guided = req.guidance != 1.0
+        parts = [(cache.rows(rows), positions[rows].clone(), boi_hidden)]
+        if guided:
+            parts.append(self._after_boi([([], [])] * G))  # unconditional rows: BOS BOI
+        length = max(c.length for c, _, _ in parts)
+        branch = KVCache.concat([c.left_pad(length) for c, _, _ in parts])
+        pos, hidden = torch.cat([p for _, p, _ in parts]), torch.cat([x for _, _, x in parts])
+        active = torch.ones(len(pos), dtype=torch.bool, device=self.device)
+        codes = []
+        for i in range(n):
+            logits = self.model.logits(hidden).float()[:, V:]  # (R, K): image codes only
+            if guided:
+                c, u = logits.split(G)
+                logits = u + req.guidance * (c - u)
+            codes.append(self.pick(logits, req.image_temperature, req, generators))
+            if i + 1 < n:
+                hidden = self.step_text(branch, (codes[-1] + V).repeat(len(parts)), pos, active)
+        return torch.stack(codes, 1).view(G, h, w)
+
     def write_image(self, cache: KVCache, rows: torch.Tensor, latents: torch.Tensor, positions: torch.Tensor) -> None:
-        """Put finished images (G, C, h, w) into the cache as clean (t = 0) context for ``rows``."""
-        B, n = cache.doc.shape[0], self.model.num_patches(tuple(latents.shape[2:]))
+        """Put finished images into the cache as context for ``rows``: latents (G, C, h, w), clean
+        (t = 0), or for image tokens VQ codes (G, h, w)."""
+        B, n = cache.doc.shape[0], self.model.num_patches(tuple(latents.shape[-2:]))
         arange = torch.arange(n, device=self.device)
         tokens = torch.full((B, n), self.tok.pad_id, dtype=torch.long, device=self.device)
         doc = torch.full((B, n), PAD_DOC, dtype=torch.long, device=self.device)
         image = torch.full((B, n), -1, dtype=torch.long, device=self.device)
         block_positions = torch.zeros(B, n, dtype=torch.long, device=self.device)
         doc[rows] = 0
-        image[rows] = int(cache.image.max()) + 1
         block_positions[rows] = positions[rows, None] + arange
-        index = rows[:, None] * n + arange
-        t = torch.zeros(len(rows), dtype=torch.long, device=self.device)
-        self.run(cache, tokens, block_positions, doc, image, [ImageGroup(latents, t, index)])
+        if self.codes:
+            tokens[rows] = latents.flatten(1) + self.model.vocab_size
+            self.run(cache, tokens, block_positions, doc, image)
+        else:
+            image[rows] = int(cache.image.max()) + 1
+            index = rows[:, None] * n + arange
+            t = torch.zeros(len(rows), dtype=torch.long, device=self.device)
+            self.run(cache, tokens, block_positions, doc, image, [ImageGroup(latents, t, index)])
         positions[rows] += n
 
     # ---------------------------------------------------------------- interleaved generation
@@ -353,10 +406,14 @@ class Engine:
                 idx = wants_image.nonzero()[:, 0]
                 for r in idx.tolist():
                     rows[r].close_text(self.tok)
-                made = self.denoise(cache, idx, positions, req, [generators[r] for r in idx.tolist()],
-                                    [rows[r] for r in idx.tolist()])
+                gens = [generators[r] for r in idx.tolist()]
+                if self.codes:
+                    made = self.image_tokens(cache, idx, positions, req, gens, hidden[idx])
+                    pixels = self.ae.detokenize(made).cpu()
+                else:
+                    made = self.denoise(cache, idx, positions, req, gens, [rows[r] for r in idx.tolist()])
+                    pixels = self.ae.decode(made).clamp(-1, 1).cpu()
                 self.write_image(cache, idx, made, positions)
-                pixels = self.ae.decode(made).clamp(-1, 1).cpu()
                 for r, latent, img in zip(idx.tolist(), made, pixels):
                     rows[r].add_image(Image(img), latent)
                 nxt = torch.where(wants_image, torch.full_like(nxt, self.tok.eoi_id), nxt)

@@ -86,7 +86,9 @@ def prompt_following(loaded: Loaded, docs: list[Document], req: Request = Reques
         images += [out[0].pixels for out in outputs]
     return {
         "settings": {"data": f"{loaded.config.data.dataset}/test", "samples": len(docs), "step": loaded.step,
-                     **{k: getattr(req, k) for k in ("sampler", "steps", "guidance", "seed", "image_size")}},
+                     "objective": loaded.config.image.objective,
+                     **{k: getattr(req, k) for k in (("image_temperature",) if loaded.model.image_codes else
+                                                     ("sampler", "steps")) + ("guidance", "seed", "image_size")}},
         "accuracy": _image_accuracy(torch.stack(images), docs),
         "captions": captions,
         "images": torch.stack(images),
@@ -120,21 +122,23 @@ def perplexity(loaded: Loaded, docs: list[Document], batch_size: int = 16) -> di
     """
     from transfusion.data.packing import IGNORE, layout, pack, truncate
 
-    model, tok, ae, cfg = loaded.model, loaded.tokenizer, loaded.autoencoder, loaded.config
-    device = next(model.parameters()).device
+    model, tok, cfg = loaded.model, loaded.tokenizer, loaded.config
+    device, engine = next(model.parameters()).device, _engine(loaded)
     nll, targets, text_bytes = 0.0, 0, 0
     for i in range(0, len(docs), batch_size):
         chunk = docs[i : i + batch_size]
         lays = []
         for doc in chunk:
-            latents = [ae.encode(im.pixels[None].to(device))[0].cpu() for im in doc.images]
-            lay = layout(doc.segments, latents, [0] * len(latents), tok, model.num_patches)
+            segments, latents = doc.segments, engine.encode([doc.segments])[0]
+            if engine.codes:  # image tokens: images as their codes, no latents
+                segments, latents = engine.as_tokens(segments, latents), []
+            lay = layout(segments, [lat.cpu() for lat in latents], [0] * len(latents), tok, model.num_patches)
             lays.append(truncate(lay, cfg.data.seq_len))
-            text_bytes += len(tok.decode([t for t in lay.ids[: cfg.data.seq_len] if t >= 0]).encode())
+            text_bytes += len(tok.decode([t for t in lay.ids[: cfg.data.seq_len] if 0 <= t < tok.vocab_size]).encode())
         batch, _ = pack(lays, len(lays), max(len(lay.ids) for lay in lays), tok.pad_id, one_per_row=True)
         batch = batch.to(device)
         hidden, _ = model(batch.tokens, batch.positions, batch.doc_ids, batch.image_ids, batch.clean_image_groups())
-        has_target = batch.targets != IGNORE
+        has_target = (batch.targets != IGNORE) & (batch.targets < model.vocab_size)  # text targets only
         logits = model.logits(hidden[has_target]).float()
         nll += torch.nn.functional.cross_entropy(logits, batch.targets[has_target], reduction="sum").item()
         targets += int(has_target.sum())

@@ -69,9 +69,18 @@ def prepare_autoencoder(cfg: Config, out: Path) -> Autoencoder:
 
     i = cfg.image
     torch.manual_seed(cfg.train.seed)
-    ae = KLAutoencoder(latent_channels=i.ae_latent_channels, downsample=i.ae_downsample, width=i.ae_width)
     data = load_dataset(cfg.data.dataset, "train", i.size)
-    metrics = train_autoencoder(ae, data, i.ae_steps, batch_size=16, seed=cfg.train.seed)
+    if i.objective == "tokens":
+        from transfusion.vq import VQAutoencoder, train_vq
+
+        ae: Autoencoder = VQAutoencoder(codebook_size=i.ae_codebook_size, code_dim=i.ae_latent_channels,
+                                        downsample=i.ae_downsample, width=i.ae_width)
+        metrics = train_vq(ae, data, i.ae_steps, batch_size=16, seed=cfg.train.seed)
+        print(f"vq autoencoder: {metrics['usage']:.0%} of {i.ae_codebook_size} codes used (perplexity "
+              f"{metrics['perplexity']:.0f})")
+    else:
+        ae = KLAutoencoder(latent_channels=i.ae_latent_channels, downsample=i.ae_downsample, width=i.ae_width)
+        metrics = train_autoencoder(ae, data, i.ae_steps, batch_size=16, seed=cfg.train.seed)
     print(f"autoencoder: reconstruction mse {metrics['mse']:.4f} after {i.ae_steps} steps ({metrics['seconds']:.0f}s)")
     save_autoencoder(ae, folder)
     test = load_dataset(cfg.data.dataset, "test", i.size)
@@ -193,7 +202,7 @@ def main(argv: list[str] | None = None) -> Path:
     autoencoder = prepare_autoencoder(cfg, out).eval()
 
     # ---- model and optimizer
-    model = Transfusion(cfg, tokenizer.vocab_size, autoencoder.latent_channels).to(device)
+    model = Transfusion.build(cfg, tokenizer, autoencoder).to(device)
     optimizer = build_optimizer(model, cfg)
     diffusion = Diffusion(cfg.diffusion.timesteps, cfg.diffusion.schedule)
     builder = BatchBuilder(cfg, mixture, tokenizer, autoencoder, model.num_patches)
@@ -244,8 +253,9 @@ def main(argv: list[str] | None = None) -> Path:
             losses = compute_losses(step_model, batch, diffusion, cfg.diffusion.loss_weight, generator)
             if not torch.isfinite(losses["total"]):
                 raise FloatingPointError(
-                    f"loss is {losses['total'].item()} at step {step} (lm {losses['lm'].item():.4g}, "
-                    f"ddpm {losses['ddpm'].item():.4g}); the last checkpoint in {out / 'checkpoints'} is "
+                    f"loss is {losses['total'].item()} at step {step} ("
+                    + ", ".join(f"{k} {v.item():.4g}" for k, v in losses.items() if k != "total")
+                    + f"); the last checkpoint in {out / 'checkpoints'} is "
                     f"intact: lower optim.lr or check the data, then rerun to resume"
                 )
             optimizer.zero_grad(set_to_none=True)
@@ -259,13 +269,13 @@ def main(argv: list[str] | None = None) -> Path:
             if done % cfg.train.log_every == 0 or done == cfg.train.steps:
                 elapsed = time.perf_counter() - window_start
                 tokens_per_s = window_tokens / elapsed
-                row = {"step": done, "lm": losses["lm"].item(), "ddpm": losses["ddpm"].item(),
-                       "total": losses["total"].item(), "lr": lr, "grad_norm": grad_norm.item(),
+                row = {"step": done, **{k: v.item() for k, v in losses.items()}, "lr": lr, "grad_norm": grad_norm.item(),
                        "tokens_per_s": tokens_per_s, "mfu": tokens_per_s * flops_per_token / peak,
                        "tokens_seen": tokens_seen, "train_flops": 6 * n_params * tokens_seen}
                 metrics.write(json.dumps(row) + "\n")
                 metrics.flush()
-                bar.set_postfix(lm=f"{row['lm']:.3f}", ddpm=f"{row['ddpm']:.4f}", tok_s=f"{tokens_per_s:.0f}")
+                bar.set_postfix({k: f"{v.item():.4f}" for k, v in losses.items() if k != "total"}
+                                | {"tok_s": f"{tokens_per_s:.0f}"})
                 window_tokens, window_start = 0, time.perf_counter()
             pause = time.perf_counter()
             if done % cfg.train.checkpoint_every == 0 and done < cfg.train.steps:

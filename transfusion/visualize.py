@@ -51,8 +51,10 @@ def plot_losses(metrics_path: str | Path, out_path: str | Path) -> None:
     if not rows:
         return
     steps = [r["step"] for r in rows]
+    image_key, image_title = ("image_ce", "image: VQ-code cross-entropy") if "image_ce" in rows[0] else (
+        "ddpm", "image: diffusion MSE")
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-    for ax, key, title in zip(axes, ("lm", "ddpm"), ("text: next-token cross-entropy", "image: diffusion MSE")):
+    for ax, key, title in zip(axes, ("lm", image_key), ("text: next-token cross-entropy", image_title)):
         ax.plot(steps, [r[key] for r in rows])
         ax.set_title(title)
         ax.set_xlabel("step")

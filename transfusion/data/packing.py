@@ -78,6 +78,22 @@ class PackedBatch:
                 for ids in self.shape_groups()]
 
 
+    def images_as_tokens(self, codes: list[torch.Tensor], offset: int) -> "PackedBatch":
+        """The same rows with image i's patch positions holding its VQ codes ``codes[i]`` (h, w)
+        as tokens ``offset + code``: a text-only batch whose targets are every next token of a
+        document (images included), for ``image.objective=tokens``."""
+        tokens = self.tokens.clone()
+        flat = tokens.view(-1)
+        for index, c in zip(self.index, codes):
+            flat[index] = c.flatten().to(flat.device) + offset
+        same_doc = (self.doc_ids[:, 1:] == self.doc_ids[:, :-1]) & (self.doc_ids[:, :-1] >= 0)
+        targets = torch.full_like(tokens, IGNORE)
+        targets[:, :-1] = torch.where(same_doc, tokens[:, 1:], IGNORE)
+        empty = torch.zeros(0, dtype=torch.long, device=tokens.device)
+        return PackedBatch(tokens, self.positions, self.doc_ids, torch.full_like(self.image_ids, -1), targets,
+                           [], empty, [])
+
+
 def arrange(doc: Document, rng: random.Random, cfg: DiffusionConfig) -> tuple[list, list[int]]:
     """Training-time order of a document's segments and each image's noise cap.
 

@@ -79,18 +79,22 @@ class BatchBuilder:
     def batch_at(self, step: int, seed: int) -> PackedBatch:
         rng = random.Random(f"{seed}/{step}")
         batch, _ = pack(self._layouts(rng), self.cfg.data.batch_size, self.cfg.data.seq_len, self.tokenizer.pad_id)
+        if self.cfg.image.objective == "tokens":  # VQ codes as tokens after the text vocabulary
+            return batch.images_as_tokens(self.encode(batch.latents, self.autoencoder.tokenize), self.tokenizer.vocab_size)
         batch.latents = self.encode(batch.latents)
         return batch
 
     @torch.no_grad()
-    def encode(self, pixels: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Encode images to latents, one autoencoder call per image size."""
+    def encode(self, pixels: list[torch.Tensor], encoder=None) -> list[torch.Tensor]:
+        """Encode images to latents (or with ``encoder``, e.g. a VQ's ``tokenize``, to codes),
+        one call per image size."""
+        encoder = encoder or self.autoencoder.encode
         out: list[torch.Tensor | None] = [None] * len(pixels)
         by_shape: dict[tuple, list[int]] = {}
         for i, p in enumerate(pixels):
             by_shape.setdefault(tuple(p.shape), []).append(i)
         for ids in by_shape.values():
-            latents = self.autoencoder.encode(torch.stack([pixels[i] for i in ids]))
+            latents = encoder(torch.stack([pixels[i] for i in ids]))
             for i, lat in zip(ids, latents):
                 out[i] = lat
         return out

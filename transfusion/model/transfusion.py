@@ -31,17 +31,41 @@ class ImageGroup:
 
 
 class Transfusion(nn.Module):
-    def __init__(self, cfg: Config, vocab_size: int, latent_channels: int):
+    """The model for both image objectives (``image.objective``):
+
+    - ``diffusion``: images are continuous latents run through the image layers and scored
+      by the diffusion loss (Transfusion);
+    - ``tokens``: images are ``image_codes`` discrete VQ codes appended to the text
+      vocabulary (code c is token ``vocab_size + c``); no image layers, next-token loss on
+      everything (the Chameleon baseline).
+    """
+
+    def __init__(self, cfg: Config, vocab_size: int, latent_channels: int, image_codes: int = 0):
         super().__init__()
         self.cfg = cfg
         dim = cfg.model.dim
-        self.vocab_size = vocab_size
+        self.tokens_objective = cfg.image.objective == "tokens"
+        if self.tokens_objective and image_codes < 2:
+            raise ValueError("image.objective=tokens needs a VQ autoencoder's codebook (image_codes >= 2)")
+        self.vocab_size = vocab_size  # text vocabulary; image codes follow it
+        self.image_codes = image_codes if self.tokens_objective else 0
         self.latent_channels = latent_channels
-        self.token_embed = nn.Embedding(vocab_size, dim)
+        self.token_embed = nn.Embedding(vocab_size + self.image_codes, dim)
         self.trunk = Transformer(cfg.model)
-        self.lm_head = nn.Linear(dim, vocab_size, bias=False)
-        self.image = build_image_adapter(cfg.image, latent_channels, dim)
+        self.lm_head = nn.Linear(dim, vocab_size + self.image_codes, bias=False)
+        self.image = None if self.tokens_objective else build_image_adapter(cfg.image, latent_channels, dim)
         self.reset_parameters()
+
+    @classmethod
+    def build(cls, cfg: Config, tokenizer, autoencoder) -> "Transfusion":
+        """The model for a tokenizer and an autoencoder (a VQ one for ``image.objective=tokens``)."""
+        codes = 0
+        if cfg.image.objective == "tokens":
+            codes = getattr(autoencoder, "codebook_size", 0)
+            if not codes:
+                raise ValueError(f"image.objective=tokens needs a VQ autoencoder (image.autoencoder=train or a folder "
+                                 f"from `transfusion autoencoder train --vq`), got a {type(autoencoder).__name__}")
+        return cls(cfg, tokenizer.vocab_size, autoencoder.latent_channels, codes)
 
     def reset_parameters(self) -> None:
         for module in self.modules():
@@ -59,7 +83,7 @@ class Transfusion(nn.Module):
     @property
     def patch_reduction(self) -> int:
         """Latent pixels per patch side: a (h, w) latent becomes (h/r) * (w/r) tokens."""
-        return self.image.reduction
+        return 1 if self.image is None else self.image.reduction
 
     def num_patches(self, latent_hw: tuple[int, int]) -> int:
         h, w = latent_hw
@@ -72,10 +96,21 @@ class Transfusion(nn.Module):
                              f"image.max_grid={grid} patches a side")
         return (h // r) * (w // r)
 
+    def _mask_ids(self, image_ids: torch.Tensor | None) -> torch.Tensor | None:
+        """Image ids as the mask sees them: none at all with ``image.attention=causal``."""
+        if image_ids is None or self.cfg.image.attention == "bidirectional":
+            return image_ids
+        return torch.full_like(image_ids, -1)
+
+    def mask(self, doc_ids, image_ids, past_doc_ids=None, past_image_ids=None) -> torch.Tensor:
+        """Dense (B, 1, L, S + L) mask of L new positions over S cached and themselves."""
+        return transfusion_mask(doc_ids, self._mask_ids(image_ids), past_doc_ids,
+                                self._mask_ids(past_image_ids)).unsqueeze(1)
+
     def attention_mask(self, doc_ids: torch.Tensor, image_ids: torch.Tensor):
         if self.cfg.model.attention == "flex":
-            return flex_block_mask(doc_ids, image_ids)
-        return transfusion_mask(doc_ids, image_ids).unsqueeze(1)  # (B, 1, L, L)
+            return flex_block_mask(doc_ids, self._mask_ids(image_ids))
+        return self.mask(doc_ids, image_ids)  # (B, 1, L, L)
 
     def forward(
         self,
@@ -122,7 +157,7 @@ class Transfusion(nn.Module):
         return hidden, noise
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """(..., D) -> (..., V)."""
+        """(..., D) -> (..., V): the text vocabulary, then the image codes (tokens objective)."""
         return self.lm_head(hidden)
 
     def num_params(self, trunk_only: bool = False) -> int:

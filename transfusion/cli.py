@@ -8,7 +8,7 @@
     transfusion eval RUN_OR_CHECKPOINT [--suite text t2i i2t] [--n 256] [--sampler ddpm] [--steps 250] [--cfg 3]
                      [--out report.json]
     transfusion tokenizer train --data shapes --out tokenizer.json [--vocab-size 512]
-    transfusion autoencoder train --data shapes --out ae/ [--steps 1000]
+    transfusion autoencoder train --data shapes --out ae/ [--steps 1000] [--vq --codebook-size 512]
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@
     transfusion train --preset tiny --out runs/tiny                  # the main job, ~15 min on 2 cores
     transfusion train --preset debug --out runs/dbg train.steps=50   # seconds
     transfusion train --preset small --out runs/small my.yaml model.dim=512
+    transfusion train --preset tiny --out runs/chameleon image.objective=tokens image.autoencoder=train
+                                                                     # the Chameleon baseline (VQ image tokens)
 
 The same command after an interruption (Ctrl-C, kill -9, a crash) resumes from the last
 checkpoint and continues as if it had never stopped: the batch of each step depends only

@@ -169,3 +169,23 @@ def test_causal_intra_image_attention():
     assert torch.allclose(first_patch_noise("causal", 0.0), first_patch_noise("causal", 1.0), atol=1e-6)
     assert not torch.allclose(first_patch_noise("bidirectional", 0.0), first_patch_noise("bidirectional", 1.0),
                               atol=1e-4)
+
+
+@pytest.mark.parametrize("objective", ["diffusion", "tokens"])
+def test_caption_perplexity_counts_the_caption_and_boi_only(vq, objective):
+    """Before the image: one target per caption token plus BOI, for either image objective."""
+    from transfusion.checkpoint import Loaded
+    from transfusion.data.document import Document
+    from transfusion.evaluate import perplexity
+
+    cfg = load_config("debug", overrides=[f"image.objective={objective}"])
+    tok = ByteTokenizer()
+    model = Transfusion.build(cfg, tok, vq).eval()
+    docs = [Document.pair("a red circle", torch.rand(3, 16, 16) * 2 - 1),
+            Document.pair("two", torch.rand(3, 16, 16) * 2 - 1)]
+    loaded = Loaded(model, tok, vq, cfg, 0, None)
+    caption = perplexity(loaded, docs, before_image=True)
+    assert caption["targets"] == (len("a red circle") + 1) + (len("two") + 1)
+    assert caption["text_bytes"] == len("a red circle") + len("two")
+    whole = perplexity(loaded, docs)
+    assert whole["targets"] == caption["targets"] + 2 * (1 if objective == "diffusion" else 2)  # EOS (+ EOI)

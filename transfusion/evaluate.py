@@ -1,7 +1,7 @@
 """Evaluation suites on held-out data, every score written with the settings that produced it.
 
 - ``text``: perplexity (and bits per byte) on held-out real English text and on the
-  held-out captions of the run's dataset;
+  held-out captions of the run's dataset (scored before their image, as training shows them);
 - ``t2i`` (text to image): one image per held-out caption; FID against the real held-out
   images of those captions (``metrics/fid.py``); prompt following by the shapes attribute
   reader (colour, shape, size, position, count, relation, exact) or, for digits, by a
@@ -113,12 +113,14 @@ def captioning(loaded: Loaded, docs: list[Document], max_new_tokens: int = 24) -
 
 
 @torch.no_grad()
-def perplexity(loaded: Loaded, docs: list[Document], batch_size: int = 16) -> dict:
+def perplexity(loaded: Loaded, docs: list[Document], batch_size: int = 16, before_image: bool = False) -> dict:
     """Next-token loss of the text of ``docs`` (their images given clean, t = 0).
 
     Returns the mean negative log-likelihood per text target (nats), its perplexity, and bits
     per UTF-8 byte of the documents' text, which compares models with different tokenizers.
     Documents longer than ``data.seq_len`` are cut to it (text) or refused (with images).
+    With ``before_image`` only the targets up to the first image count (the caption of a
+    caption + image pair, and the BOI that ends it), as the model sees captions in training.
     """
     from transfusion.data.packing import IGNORE, layout, pack, truncate
 
@@ -134,11 +136,17 @@ def perplexity(loaded: Loaded, docs: list[Document], batch_size: int = 16) -> di
                 segments, latents = engine.as_tokens(segments, latents), []
             lay = layout(segments, [lat.cpu() for lat in latents], [0] * len(latents), tok, model.num_patches)
             lays.append(truncate(lay, cfg.data.seq_len))
-            text_bytes += len(tok.decode([t for t in lay.ids[: cfg.data.seq_len] if 0 <= t < tok.vocab_size]).encode())
+            ids = lay.ids[: cfg.data.seq_len]
+            ids = ids[: ids.index(tok.boi_id)] if before_image and tok.boi_id in ids else ids
+            text_bytes += len(tok.decode([t for t in ids if 0 <= t < tok.vocab_size]).encode())
         batch, _ = pack(lays, len(lays), max(len(lay.ids) for lay in lays), tok.pad_id, one_per_row=True)
         batch = batch.to(device)
         hidden, _ = model(batch.tokens, batch.positions, batch.doc_ids, batch.image_ids, batch.clean_image_groups())
         has_target = (batch.targets != IGNORE) & (batch.targets < model.vocab_size)  # text targets only
+        if before_image:  # position p predicts p + 1: keep p < the first BOI (BOI itself is the last target)
+            is_boi = batch.tokens == tok.boi_id
+            first = torch.where(is_boi.any(1), is_boi.int().argmax(1), batch.tokens.shape[1])
+            has_target &= torch.arange(batch.tokens.shape[1], device=device)[None] < first[:, None]
         logits = model.logits(hidden[has_target]).float()
         nll += torch.nn.functional.cross_entropy(logits, batch.targets[has_target], reduction="sum").item()
         targets += int(has_target.sum())
@@ -164,12 +172,13 @@ def evaluate(loaded: Loaded, suites=SUITES, n: int = 256, req: Request = Request
 
         english = load_dataset("text", "test", cfg.image.size)
         english_docs = [english[i] for i in range(min(n, len(english)))]
-        caption_docs = [Document([Text(d.caption)], kind="text") for d in (docs or held_out_pairs(loaded, n))]
+        caption_docs = docs or held_out_pairs(loaded, n)
         report["text"] = {
             "english": {"settings": {"data": "text/test", "documents": len(english_docs)},
                         **perplexity(loaded, english_docs)},
-            "captions": {"settings": {"data": f"{cfg.data.dataset}/test captions", "documents": len(caption_docs)},
-                         **perplexity(loaded, caption_docs)},
+            "captions": {"settings": {"data": f"{cfg.data.dataset}/test captions (before their image, BOI included)",
+                                      "documents": len(caption_docs)},
+                         **perplexity(loaded, caption_docs, before_image=True)},
         }
     if "t2i" in suites:
         t2i = prompt_following(loaded, docs, req)

@@ -5,10 +5,11 @@ Chameleon (next-token prediction on VQ image tokens) on images, and matches it o
 
 Same transformer, data, tokenizer and optimiser; Chameleon's images are 8x8 = 64 codes of a
 512-entry VQ autoencoder (as fine as the KL latents Transfusion diffuses, which its U-Net
-layers fold into 16 patches). Guidance 5 for both, as in the paper's comparison.
+layers fold into 16 patches). Guidance 5 for both, as in the paper's comparison. A third,
+larger budget (4x the first: 6e13 FLOPs) is a separate run per model.
 """
 
-from common import i2t, main, run_claim, t2i
+from common import BUDGETS, i2t, main, run_claim, t2i
 
 
 def claim():
@@ -24,6 +25,7 @@ def claim():
          "text ppl": (lambda r: r["text"]["english"]["perplexity"], True),
          "caption ppl": (lambda r: r["text"]["captions"]["perplexity"], True)},
         guidance=5.0,
+        longer=(4 * BUDGETS[0],),  # 6e13
     )
 
 

@@ -76,17 +76,18 @@ def flops_per_step(arm: str) -> float:
     return 6 * model.num_params() * tokens
 
 
-def train(arm: str) -> dict[float, int]:
-    """Train ``arm`` to the largest budget; returns {budget: step of its checkpoint}."""
+def train(arm: str, budgets: tuple[float, ...] = BUDGETS) -> tuple[Path, dict[float, int]]:
+    """Train ``arm`` to the largest of ``budgets`` (multiples of the first), keeping a
+    checkpoint at each; returns the run folder and {budget: step of its checkpoint}."""
     autoencoders()
-    out = RUNS / arm
+    out = RUNS / (arm if budgets == BUDGETS else f"{arm}_{max(budgets):.0e}")
     plan_path = out / "plan.json"
     if plan_path.is_file():
         plan = {float(k): v for k, v in json.loads(plan_path.read_text()).items()}
     else:
         per_step = flops_per_step(arm)
-        first = round(BUDGETS[0] / per_step)
-        plan = {b: first * round(b / BUDGETS[0]) for b in BUDGETS}  # budgets are multiples of the first
+        first = round(budgets[0] / per_step)
+        plan = {b: first * round(b / budgets[0]) for b in budgets}
         out.mkdir(parents=True, exist_ok=True)
         plan_path.write_text(json.dumps(plan))
     steps = max(plan.values())
@@ -94,38 +95,47 @@ def train(arm: str) -> dict[float, int]:
         sh(["transfusion", "train", "--preset", "tiny", "--out", out, *overrides(arm), f"train.steps={steps}",
             f"train.checkpoint_every={min(plan.values())}", "train.keep_checkpoints=0", "train.sample_every=0",
             "train.eval_samples=16"])
-    return plan
+    return out, plan
 
 
-def evaluate(arm: str, step: int, suites: list[str], guidance: float = 3.0) -> dict:
-    """`transfusion eval` of ``arm`` at ``step`` (cached); adds the run's training FLOPs there."""
-    out = RUNS / arm / "eval" / f"step{step}_{'-'.join(suites)}_cfg{guidance:g}.json"
-    if not out.is_file():
-        sampler, steps = SAMPLER
-        sh(["transfusion", "eval", RUNS / arm / "checkpoints" / f"step_{step:06d}", "--suite", *suites,
-            "--n", str(EVAL_N), "--sampler", sampler, "--steps", str(steps), "--cfg", str(guidance), "--out", out])
-    report = json.loads(out.read_text())
-    state = json.loads((RUNS / arm / "checkpoints" / f"step_{step:06d}" / "state.json").read_text())
-    n_params = json.loads((RUNS / arm / "report.json").read_text())["model_parameters"]
+def evaluate(run: Path, step: int, suites: list[str], guidance: float = 3.0) -> dict:
+    """`transfusion eval` of ``run`` at ``step``, one cached report per suite, merged; adds the
+    run's training FLOPs at that step (6 N x tokens seen, from the checkpoint)."""
+    report: dict = {}
+    for suite in suites:
+        out = run / "eval" / f"step{step}_{suite}_cfg{guidance:g}.json"
+        if not out.is_file():
+            sampler, steps = SAMPLER
+            sh(["transfusion", "eval", run / "checkpoints" / f"step_{step:06d}", "--suite", suite, "--n", str(EVAL_N),
+                "--sampler", sampler, "--steps", str(steps), "--cfg", str(guidance), "--out", out])
+        report.update(json.loads(out.read_text()))
+    state = json.loads((run / "checkpoints" / f"step_{step:06d}" / "state.json").read_text())
+    n_params = json.loads((run / "report.json").read_text())["model_parameters"]
     report["train_flops"] = 6 * n_params * state["tokens_seen"]
     return report
 
 
-def run_claim(name: str, title: str, arms: dict[str, str], suites: list[str], metrics: dict, guidance: float = 3.0):
+def run_claim(name: str, title: str, arms: dict[str, str], suites: list[str], metrics: dict, guidance: float = 3.0,
+              longer: tuple[float, ...] = ()):
     """Train and evaluate ``arms`` ({arm: label}) at every budget; write the table and the plot.
 
     ``metrics``: {column label: (function of a report -> number, lower_is_better)}.
+    ``longer``: larger budgets, each a run of its own (its learning rate decays over it).
     Writes docs/results/NAME.md (a Markdown table) and docs/results/NAME.png (metric vs FLOPs).
     """
     results: dict[str, list[dict]] = {}
+    budgets = BUDGETS + tuple(longer)
     for arm in arms:
-        plan = train(arm)
-        results[arm] = [evaluate(arm, plan[b], suites, guidance) for b in BUDGETS]
+        run, plan = train(arm)
+        results[arm] = [evaluate(run, plan[b], suites, guidance) for b in BUDGETS]
+        for budget in longer:
+            run, plan = train(arm, (budget,))
+            results[arm].append(evaluate(run, plan[budget], suites, guidance))
 
     DOCS.mkdir(parents=True, exist_ok=True)
     header = ["budget (FLOPs)", "arm", "step", "train FLOPs"] + list(metrics)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for i, budget in enumerate(BUDGETS):
+    for i, budget in enumerate(budgets):
         for arm, label in arms.items():
             r = results[arm][i]
             cells = [f"{budget:.2g}", label, str(r["step"]), f"{r['train_flops']:.3g}"]

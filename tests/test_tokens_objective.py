@@ -189,3 +189,19 @@ def test_caption_perplexity_counts_the_caption_and_boi_only(vq, objective):
     assert caption["text_bytes"] == len("a red circle") + len("two")
     whole = perplexity(loaded, docs)
     assert whole["targets"] == caption["targets"] + 2 * (1 if objective == "diffusion" else 2)  # EOS (+ EOI)
+
+
+def test_min_new_tokens_keeps_a_caption_from_ending_at_once(vq):
+    cfg, tok, model = tokens_setup(vq)
+    engine = Engine(model, tok, vq)
+    image = [Image(torch.rand(3, 16, 16) * 2 - 1)]
+
+    def ends_first(hidden):  # a model that always wants to end: EOS wins every greedy step
+        return torch.zeros(hidden.shape[0], model.lm_head.out_features).index_fill(1, torch.tensor([tok.eos_id]), 50.0)
+
+    model.logits = ends_first
+    assert engine.generate([image], Request(max_new_tokens=5, max_images=0)) == [[]]
+    (out,) = engine.generate([image], Request(max_new_tokens=5, min_new_tokens=2, max_images=0))
+    assert len(tok.encode(out[0].text)) >= 2
+    with pytest.raises(ValueError, match="min_new_tokens"):
+        Request(max_new_tokens=2, min_new_tokens=3).resolve(cfg)

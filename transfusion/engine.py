@@ -89,6 +89,7 @@ class Request:
     """Sampling settings for one ``generate`` call; ``None`` means the model's configured default."""
 
     max_new_tokens: int = 64
+    min_new_tokens: int = 0  # text tokens before EOS or BOI may end the text (captions that say something)
     max_images: int = 1
     temperature: float = 0.0  # 0: greedy (the paper's default)
     top_k: int = 0
@@ -113,8 +114,8 @@ class Request:
         if self.temperature < 0 or self.image_temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
             raise ValueError(f"temperature must be >= 0, top_p in (0, 1] and top_k >= 0; got "
                              f"{self.temperature}, {self.top_p}, {self.top_k}")
-        if self.max_new_tokens < 1 or self.max_images < 0:
-            raise ValueError("max_new_tokens must be >= 1 and max_images >= 0")
+        if self.max_new_tokens < 1 or self.max_images < 0 or not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            raise ValueError("max_new_tokens must be >= 1, min_new_tokens in [0, max_new_tokens] and max_images >= 0")
         size = self.image_size or cfg.image.size
         return dataclasses.replace(
             self, sampler=sampler, steps=steps, image_size=(size, size) if isinstance(size, int) else tuple(size),
@@ -223,10 +224,15 @@ class Engine:
         return cache, positions, hidden
 
     # ---------------------------------------------------------------- LM mode
-    def sample_token(self, hidden: torch.Tensor, req: Request, generators: list[torch.Generator]) -> torch.Tensor:
+    def sample_token(self, hidden: torch.Tensor, req: Request, generators: list[torch.Generator],
+                     no_end: torch.Tensor | None = None) -> torch.Tensor:
         """Next text token per row from hidden states (B, D): greedy, or temperature / top-k /
-        top-p with row b drawing from ``generators[b]``."""
+        top-p with row b drawing from ``generators[b]``; rows where ``no_end`` (B,) is set
+        cannot pick EOS or BOI."""
         logits = self.model.logits(hidden).float()[:, : self.model.vocab_size]  # (B, V): never an image code
+        if no_end is not None:
+            ends = torch.tensor([self.tok.eos_id, self.tok.boi_id], device=logits.device)
+            logits[:, ends] = logits[:, ends].masked_fill(no_end[:, None].to(logits.device), float("-inf"))
         return self.pick(logits, req.temperature, req, generators)
 
     def pick(self, logits: torch.Tensor, temperature: float, req: Request, generators: list[torch.Generator]):
@@ -382,7 +388,8 @@ class Engine:
         cache, positions, last = self.prefill(prompts, latents)
         B = len(prompts)
         generators = [torch.Generator().manual_seed(req.seed + b) for b in range(B)]
-        fed = self.sample_token(last, req, generators)
+        produced = torch.zeros(B, dtype=torch.long, device=self.device)  # text tokens generated per row
+        fed = self.sample_token(last, req, generators, produced < req.min_new_tokens)
         if force_image:
             fed = torch.full_like(fed, self.tok.boi_id)
         done = torch.zeros(B, dtype=torch.bool, device=self.device)
@@ -395,13 +402,14 @@ class Engine:
                     done[b] = True
                 elif tok not in self.tok.special_ids:
                     row.pending.append(tok)
+                    produced[b] += 1
                     if any(s in self.tok.decode(row.pending) for s in req.stop):
                         done[b] = True
             if bool(done.all()):
                 break
             hidden = self.step_text(cache, fed, positions, ~done)
             wants_image = ~done & (fed == self.tok.boi_id)
-            nxt = self.sample_token(hidden, req, generators)
+            nxt = self.sample_token(hidden, req, generators, produced < req.min_new_tokens)
             if bool(wants_image.any()):
                 idx = wants_image.nonzero()[:, 0]
                 for r in idx.tolist():

@@ -96,15 +96,19 @@ def prompt_following(loaded: Loaded, docs: list[Document], req: Request = Reques
 
 
 def captioning(loaded: Loaded, docs: list[Document], max_new_tokens: int = 24) -> dict:
-    """Greedy captions for each document's image; compared with the truth where the reader applies."""
+    """Greedy captions for each document's image; compared with the truth where the reader applies.
+
+    A caption has at least one token: training also shows images with no caption after
+    them, so an unconstrained greedy decoder may rightly end the document at once.
+    """
     engine, texts = _engine(loaded), []
-    req = Request(max_new_tokens=max_new_tokens, max_images=0)
+    req = Request(max_new_tokens=max_new_tokens, min_new_tokens=1, max_images=0)
     for i in range(0, len(docs), CHUNK):
         outputs = engine.generate([[doc.images[0]] for doc in docs[i : i + CHUNK]], req)
         texts += ["".join(s.text for s in out if isinstance(s, Text)) for out in outputs]
     return {
         "settings": {"data": f"{loaded.config.data.dataset}/test", "samples": len(docs), "decoding": "greedy",
-                     "max_new_tokens": max_new_tokens, "step": loaded.step},
+                     "min_new_tokens": 1, "max_new_tokens": max_new_tokens, "step": loaded.step},
         "accuracy": _caption_accuracy(texts, docs),
         "generated": texts,
         "references": [doc.caption for doc in docs],

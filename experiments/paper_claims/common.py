@@ -21,7 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = os.environ.get("CLAIMS_SMOKE") == "1"  # a minutes-long dry run of the whole pipeline
-RUNS = ROOT / "runs" / ("claims_smoke" if SMOKE else "claims")
+RUNS = Path(os.environ.get("CLAIMS_RUNS", ROOT / "runs" / ("claims_smoke" if SMOKE else "claims")))
 DOCS = RUNS / "docs" if SMOKE else ROOT / "docs" / "results"
 BUDGETS = (2e11, 4e11) if SMOKE else (1.5e13, 3.0e13)  # training FLOPs; each arm is evaluated at every budget
 EVAL_N = 8 if SMOKE else 256  # held-out captions / images per suite
@@ -154,16 +154,19 @@ def run_claim(name: str, title: str, arms: dict[str, str], suites: list[str], me
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.2))
-    for ax, (label, (fn, lower)) in zip(list(axes) if len(metrics) > 1 else [axes], metrics.items()):
+    cols = min(4, len(metrics))
+    rows = -(-len(metrics) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.2 * rows), squeeze=False)
+    for ax, (label, (fn, lower)) in zip(axes.flat, metrics.items()):
         for arm, arm_label in arms.items():
             ax.plot([r["train_flops"] for r in results[arm]], [fn(r) for r in results[arm]], marker="o", label=arm_label)
         ax.set_xscale("log")
         ax.set_xlabel("training FLOPs")
         ax.set_title(f"{label} ({'lower' if lower else 'higher'} is better)", fontsize=9)
         ax.grid(alpha=0.3)
-    axes_list = list(axes) if len(metrics) > 1 else [axes]
-    axes_list[0].legend(fontsize=8)
+    for ax in list(axes.flat)[len(metrics):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(DOCS / f"{name}.png", dpi=100)

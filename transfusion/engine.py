@@ -112,8 +112,8 @@ class Request:
             steps = d.sample_steps if sampler == d.sampler else DEFAULT_STEPS.get(sampler)
         check_sampler(sampler, steps, d.timesteps)
         if self.temperature < 0 or self.image_temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
-            raise ValueError(f"temperature must be >= 0, top_p in (0, 1] and top_k >= 0; got "
-                             f"{self.temperature}, {self.top_p}, {self.top_k}")
+            raise ValueError(f"temperature and image_temperature must be >= 0, top_p in (0, 1] and top_k >= 0; got "
+                             f"{self.temperature}, {self.image_temperature}, {self.top_p}, {self.top_k}")
         if self.max_new_tokens < 1 or self.max_images < 0 or not 0 <= self.min_new_tokens <= self.max_new_tokens:
             raise ValueError("max_new_tokens must be >= 1, min_new_tokens in [0, max_new_tokens] and max_images >= 0")
         size = self.image_size or cfg.image.size

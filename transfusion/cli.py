@@ -95,9 +95,11 @@ def _generate(argv: list[str]) -> None:
             outputs += engine.generate(prompts, dataclasses.replace(req, seed=req.seed + start),
                                        force_image=not interleaved)
     info = {"checkpoint": str(loaded.path), "step": loaded.step, "mode": "interleaved" if interleaved else "caption",
-            "prompt_images": args.image, **req.settings()}
+            "image_objective": cfg.image.objective, "prompt_images": args.image, **req.settings()}
     written = save_generations(args.out, texts, outputs, [req.seed + i for i in range(len(texts))], info)
-    print(f"wrote {len(written)} samples to {args.out} ({req.sampler}, {req.steps} steps, cfg {req.guidance})")
+    how = (f"image tokens at temperature {req.image_temperature}" if loaded.model.image_codes else
+           f"{req.sampler}, {req.steps} steps")
+    print(f"wrote {len(written)} samples to {args.out} ({how}, cfg {req.guidance})")
 
 
 IMAGE_SETTINGS = ("image_size", "sampler", "steps", "guidance", "image_guidance", "max_images")  # not for captions

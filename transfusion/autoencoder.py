@@ -352,6 +352,19 @@ def _device(module: nn.Module) -> torch.device:
     return tensor.device if tensor is not None else torch.device("cpu")
 
 
+def optimizer_and_schedule(model: nn.Module, lr: float, steps: int, weight_decay: float):
+    """AdamW (0.9, 0.99) with linear warmup (10% of the steps, at most 100), then cosine from
+    ``lr`` down to ``lr / 10`` at the last step: how every autoencoder here is trained."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=weight_decay)
+    warmup = max(1, min(100, steps // 10))
+
+    def lr_factor(step: int) -> float:
+        cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, step / max(1, steps))))
+        return min(1.0, (step + 1) / warmup) * (0.1 + 0.9 * cosine)
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+
+
 def train_autoencoder(model: KLAutoencoder, data, steps: int, batch_size: int, lr: float = DEFAULT_LR,
                       kl_weight: float = 1e-6, seed: int = 0, progress: bool = True) -> dict:
     """Train ``model`` in place on images from ``data``; set its ``scale``; return final metrics.
@@ -368,14 +381,7 @@ def train_autoencoder(model: KLAutoencoder, data, steps: int, batch_size: int, l
     generator = torch.Generator().manual_seed(seed)
     device = _device(model)
     batches = _batches(data, batch_size, generator)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.01)
-    warmup = max(1, min(100, steps // 10))
-
-    def lr_factor(step: int) -> float:  # linear warmup, then cosine from 1 down to 0.1
-        cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, step / max(1, steps))))
-        return min(1.0, (step + 1) / warmup) * (0.1 + 0.9 * cosine)
-
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    optimizer, schedule = optimizer_and_schedule(model, lr, steps, weight_decay=0.01)
 
     model.train()
     last_batches = collections.deque(maxlen=max(1, 256 // batch_size))  # measured at the end

@@ -276,8 +276,7 @@ def main(argv: list[str] | None = None) -> Path:
                        "tokens_seen": tokens_seen, "train_flops": 6 * n_params * tokens_seen}
                 metrics.write(json.dumps(row) + "\n")
                 metrics.flush()
-                bar.set_postfix({k: f"{v.item():.4f}" for k, v in losses.items() if k != "total"}
-                                | {"tok_s": f"{tokens_per_s:.0f}"})
+                bar.set_postfix({k: f"{row[k]:.4f}" for k in losses if k != "total"} | {"tok_s": f"{tokens_per_s:.0f}"})
                 window_tokens, window_start = 0, time.perf_counter()
             pause = time.perf_counter()
             if done % cfg.train.checkpoint_every == 0 and done < cfg.train.steps:

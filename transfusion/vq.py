@@ -25,7 +25,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from transfusion.autoencoder import Autoencoder, _batches, _device, conv_decoder, conv_encoder
+from transfusion.autoencoder import (Autoencoder, _batches, _device, conv_decoder, conv_encoder,
+                                     optimizer_and_schedule)
 
 DEFAULT_CODEBOOK_SIZE, DEFAULT_CODE_DIM = 512, 8
 
@@ -107,10 +108,7 @@ def train_vq(model: VQAutoencoder, data, steps: int, batch_size: int = 16, lr: f
     generator = torch.Generator().manual_seed(seed)
     device = _device(model)
     batches = _batches(data, batch_size, generator)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
-    warmup = max(1, min(100, steps // 10))
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) * (
-        0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, s / steps)))))
+    optimizer, schedule = optimizer_and_schedule(model, lr, steps, weight_decay=0.0)
     used = torch.zeros(model.codebook_size, dtype=torch.bool, device=device)
     last_batches = collections.deque(maxlen=max(1, 256 // batch_size))
     model.train()

@@ -7,7 +7,7 @@ Both arms use the linear image layers with 2x2 latent patches (16 patches per im
 only the mask inside an image differs (`image.attention`).
 """
 
-from common import main, run_claim, t2i
+from common import T2I_METRICS, main, run_claim
 
 
 def claim():
@@ -15,10 +15,7 @@ def claim():
         "b_intra_image_attention", "(b) Intra-image attention: bidirectional vs causal (linear 2x2 patches)",
         {"linear": "bidirectional", "linear_causal": "causal"},
         ["t2i"],
-        {"FID": (lambda r: r["t2i"]["fid"], True),
-         "t2i colour": (t2i("colour"), False),
-         "t2i shape": (t2i("shape"), False),
-         "t2i position": (t2i("position"), False)},
+        T2I_METRICS,
     )
 
 

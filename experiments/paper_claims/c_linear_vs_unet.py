@@ -8,7 +8,7 @@ way); U-Net runs a timestep-conditioned down block to 4x4 first and an up block 
 connections after the transformer.
 """
 
-from common import main, run_claim, t2i
+from common import T2I_METRICS, main, run_claim
 
 
 def claim():
@@ -16,10 +16,7 @@ def claim():
         "c_linear_vs_unet", "(c) Image layers at 16 patches per image: linear vs U-Net",
         {"linear": "linear 2x2", "transfusion": "U-Net"},
         ["t2i"],
-        {"FID": (lambda r: r["t2i"]["fid"], True),
-         "t2i colour": (t2i("colour"), False),
-         "t2i shape": (t2i("shape"), False),
-         "t2i position": (t2i("position"), False)},
+        T2I_METRICS,
     )
 
 

@@ -182,6 +182,13 @@ def t2i(key: str):
     return lambda r: r["t2i"]["accuracy"][key]
 
 
+# the image-quality table of the ablations (b) and (c)
+T2I_METRICS = {"FID": (lambda r: r["t2i"]["fid"], True),
+               "t2i colour": (t2i("colour"), False),
+               "t2i shape": (t2i("shape"), False),
+               "t2i position": (t2i("position"), False)}
+
+
 def i2t(key: str):
     return lambda r: r["i2t"]["accuracy"][key]
 

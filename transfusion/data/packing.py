@@ -77,7 +77,6 @@ class PackedBatch:
                                  torch.zeros(len(ids), dtype=torch.long, device=self.tokens.device))
                 for ids in self.shape_groups()]
 
-
     def images_as_tokens(self, codes: list[torch.Tensor], offset: int) -> "PackedBatch":
         """The same rows with image i's patch positions holding its VQ codes ``codes[i]`` (h, w)
         as tokens ``offset + code``: a text-only batch whose targets are every next token of a

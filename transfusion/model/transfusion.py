@@ -44,16 +44,16 @@ class Transfusion(nn.Module):
         super().__init__()
         self.cfg = cfg
         dim = cfg.model.dim
-        self.tokens_objective = cfg.image.objective == "tokens"
-        if self.tokens_objective and image_codes < 2:
+        tokens_objective = cfg.image.objective == "tokens"
+        if tokens_objective and image_codes < 2:
             raise ValueError("image.objective=tokens needs a VQ autoencoder's codebook (image_codes >= 2)")
         self.vocab_size = vocab_size  # text vocabulary; image codes follow it
-        self.image_codes = image_codes if self.tokens_objective else 0
+        self.image_codes = image_codes if tokens_objective else 0
         self.latent_channels = latent_channels
         self.token_embed = nn.Embedding(vocab_size + self.image_codes, dim)
         self.trunk = Transformer(cfg.model)
         self.lm_head = nn.Linear(dim, vocab_size + self.image_codes, bias=False)
-        self.image = None if self.tokens_objective else build_image_adapter(cfg.image, latent_channels, dim)
+        self.image = None if tokens_objective else build_image_adapter(cfg.image, latent_channels, dim)
         self.reset_parameters()
 
     @classmethod

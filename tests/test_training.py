@@ -160,18 +160,18 @@ def test_kill_9_then_rerun_resumes(tmp_path):
 def test_nan_loss_stops_with_a_clear_error(tmp_path, monkeypatch):
     import transfusion.train as train_module
 
-    real = train_module.compute_losses
+    real = train_module.loss_sums
     calls = []
 
     def poisoned(*args, **kwargs):  # the third training step produces a NaN diffusion loss
         out = real(*args, **kwargs)
         calls.append(1)
-        if len(calls) == 4:  # the first call counts FLOPs
-            out["ddpm"] = out["ddpm"] * float("nan")
-            out["total"] = out["lm"] + out["ddpm"]
+        if len(calls) == 3:
+            total, count = out["ddpm"]
+            out["ddpm"] = (total * float("nan"), count)
         return out
 
-    monkeypatch.setattr(train_module, "compute_losses", poisoned)
+    monkeypatch.setattr(train_module, "loss_sums", poisoned)
     out = tmp_path / "r"
     with pytest.raises(FloatingPointError, match="loss is nan at step 2 .* rerun to resume"):
         train_main(["--preset", "debug", "--out", str(out), "train.checkpoint_every=1", *FAST])

@@ -2,16 +2,20 @@
 
 A checkpoint is a folder ``RUN/checkpoints/step_000250/`` holding
 
-    model.safetensors     the weights
+    model.safetensors     the weights, whole
+    ema.safetensors       their exponential moving average (with train.ema_decay > 0)
     config.yaml           the resolved config
     tokenizer.json        the tokenizer
     autoencoder/          the frozen autoencoder (absent for the identity)
-    optimizer.pt          optimizer state (training only; inference never reads it)
-    state.json            step and bookkeeping
+    train_state/          weights, optimizer state and EMA as written by each training
+                          process (torch.distributed.checkpoint): resumable on any number
+                          of processes; inference never reads it
+    state.json            step and bookkeeping (the data stream's position among them)
 
 It is written into a temporary sibling folder and renamed into place once complete, so a
 crash or a full disk never leaves a readable-looking broken checkpoint; loading needs no
-other file.
+other file. In a multi-process run every process calls ``save_checkpoint`` (the sharded
+state is a collective write); the first one writes the rest.
 """
 
 from __future__ import annotations
@@ -19,11 +23,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
 import yaml
 from safetensors.torch import load_file, save_file
 
@@ -45,41 +50,94 @@ class Loaded:
     path: Path
 
 
+def _is_main() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
 def save_checkpoint(
     folder: str | Path,
     step: int,
-    model: Transfusion,
+    model: torch.nn.Module,
     tokenizer: Tokenizer,
     autoencoder: Autoencoder,
     optimizer: torch.optim.Optimizer | None = None,
     extra_state: dict | None = None,
     keep: int = 0,
+    ema=None,
 ) -> Path:
-    """Write ``folder/step_{step:06d}`` atomically; keep only the newest ``keep`` (0: all)."""
+    """Write ``folder/step_{step:06d}`` atomically; keep only the newest ``keep`` (0: all).
+
+    ``model`` may be wrapped (DDP) or sharded (FSDP2); with an ``optimizer`` the training
+    state is written too, for ``load_training_state``; ``ema`` is a ``distributed.EMA``.
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"{PREFIX}{step:06d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=folder))
-    try:
-        state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-        save_file(state, tmp / "model.safetensors")
-        (tmp / "config.yaml").write_text(yaml.safe_dump(to_dict(model.cfg), sort_keys=False))
-        (tmp / "tokenizer.json").write_text(tokenizer.to_json())
-        if not isinstance(autoencoder, IdentityAutoencoder):
-            save_autoencoder(autoencoder, tmp / "autoencoder")
-        if optimizer is not None:
-            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        (tmp / "state.json").write_text(json.dumps({"step": step, **(extra_state or {})}))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
+    tmp = folder / f".{final.name}.partial"
+    main = _is_main()
+    if main:
+        folder.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    _barrier()
+    try:
+        if optimizer is not None:
+            dcp.save(_training_state(model, optimizer, ema), checkpoint_id=tmp / "train_state")
+        weights = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        ema_weights = ema.full_state() if ema is not None else None
+        if main:
+            save_file({k: v.detach().contiguous() for k, v in weights.items()}, tmp / "model.safetensors")
+            if ema_weights is not None:
+                save_file({k: v.contiguous() for k, v in ema_weights.items()}, tmp / "ema.safetensors")
+            core = model.module if hasattr(model, "module") else model
+            (tmp / "config.yaml").write_text(yaml.safe_dump(to_dict(core.cfg), sort_keys=False))
+            (tmp / "tokenizer.json").write_text(tokenizer.to_json())
+            if not isinstance(autoencoder, IdentityAutoencoder):
+                save_autoencoder(autoencoder, tmp / "autoencoder")
+            (tmp / "state.json").write_text(json.dumps({"step": step, **(extra_state or {})}))
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+    except BaseException:
+        if main:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if keep > 0:
+    _barrier()
+    if main and keep > 0:
         for old in list_checkpoints(folder)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _training_state(model, optimizer, ema) -> dict:
+    """What ``train_state/`` holds, as (possibly sharded) tensors keyed by parameter name."""
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    weights, optim = get_state_dict(model, optimizer)
+    state = {"model": weights, "optim": optim}
+    if ema is not None:
+        state["ema"] = ema.weights
+    return state
+
+
+def load_training_state(ckpt: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, ema=None) -> dict:
+    """Restore weights, optimizer state and EMA from ``ckpt/train_state``, resharded for this
+    run's processes (any number); returns ``state.json``."""
+    from torch.distributed.checkpoint.state_dict import set_state_dict
+
+    if not (ckpt / "train_state" / ".metadata").is_file():
+        raise FileNotFoundError(f"checkpoint {ckpt} holds no training state (train_state/): it can be sampled "
+                                f"from, not resumed; start a new run folder")
+    state = _training_state(model, optimizer, ema)
+    dcp.load(state, checkpoint_id=ckpt / "train_state")
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    return json.loads((ckpt / "state.json").read_text())
 
 
 def list_checkpoints(folder: str | Path) -> list[Path]:
@@ -105,8 +163,9 @@ def resolve_checkpoint(path: str | Path) -> Path:
     raise FileNotFoundError(f"{path} holds no checkpoint (expected model.safetensors or checkpoints/step_*)")
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Loaded:
-    """Rebuild model, tokenizer and autoencoder from a checkpoint (or a run's latest one)."""
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", ema: bool = False) -> Loaded:
+    """Rebuild model, tokenizer and autoencoder from a checkpoint (or a run's latest one);
+    with ``ema`` the model holds the moving average of the weights."""
     ckpt = resolve_checkpoint(path)
     for name in ("model.safetensors", "config.yaml", "tokenizer.json", "state.json"):
         if not (ckpt / name).is_file():
@@ -116,7 +175,12 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Loa
     autoencoder = load_autoencoder(ckpt / "autoencoder") if (ckpt / "autoencoder").is_dir() else IdentityAutoencoder()
     model = Transfusion.build(cfg, tokenizer, autoencoder)
     try:
-        model.load_state_dict(load_file(ckpt / "model.safetensors", device=str(device)))
+        weights = load_file(ckpt / "model.safetensors", device=str(device))
+        if ema:
+            if not (ckpt / "ema.safetensors").is_file():
+                raise FileNotFoundError(f"checkpoint {ckpt} holds no EMA weights (trained with train.ema_decay=0)")
+            weights.update(load_file(ckpt / "ema.safetensors", device=str(device)))
+        model.load_state_dict(weights)
     except Exception as err:
         raise ValueError(f"checkpoint {ckpt}: weights do not match its config.yaml ({err})") from err
     model.to(device).eval()

@@ -70,7 +70,8 @@ class DataConfig:
     tokenizer: str = "bytes"  # bytes | bpe (trained on the run's own text) | a tokenizer.json
     bpe_vocab_size: int = 1024
     seq_len: int = 256  # tokens per packed row
-    batch_size: int = 8  # rows per step
+    batch_size: int = 8  # rows per step: the global batch, over all processes and accumulation steps
+    tokens_per_step: int = 0  # > 0: the global batch as a token budget (batch_size = this // seq_len)
 
 
 @dataclass
@@ -95,7 +96,13 @@ class TrainConfig:
     checkpoint_every: int = 200
     keep_checkpoints: int = 2
     eval_samples: int = 64  # held-out captions scored at the end of a run
-    compile: bool = False
+    compile: bool = False  # torch.compile each transformer block
+    # scale (see transfusion/distributed.py); with one process parallel is ignored
+    parallel: str = "ddp"  # ddp (replicated weights) | fsdp (FSDP2: weights, grads, optimizer state sharded)
+    grad_accum: int = 1  # micro-batches per step on each process
+    precision: str = "fp32"  # fp32 | bf16 (autocast; on CUDA)
+    activation_checkpointing: bool = False  # recompute each block in backward: less memory, ~1/3 more compute
+    ema_decay: float = 0.0  # > 0: keep an EMA of the weights (sharded like them), saved as ema.safetensors
 
 
 @dataclass
@@ -219,6 +226,8 @@ def load_config(preset: str | None = None, files: list[str | Path] = (), overrid
             raise ValueError(f"config file {path} must hold a mapping at the top level")
         _merge(cfg, data)
     _merge(cfg, _dotlist_to_dict(list(overrides)))
+    if cfg.data.tokens_per_step > 0:
+        cfg.data.batch_size = cfg.data.tokens_per_step // cfg.data.seq_len
     validate(cfg)
     return cfg
 
@@ -241,6 +250,16 @@ def validate(cfg: Config) -> None:
     o = cfg.optim
     if not (0 < o.lr < float("inf") and 0 <= o.min_lr <= o.lr):
         raise ValueError(f"optim.lr={o.lr} must be positive and finite, and optim.min_lr={o.min_lr} in [0, lr]")
+    t = cfg.train
+    if t.parallel not in ("ddp", "fsdp"):
+        raise ValueError(f"train.parallel must be 'ddp' or 'fsdp', got {t.parallel!r}")
+    if t.precision not in ("fp32", "bf16"):
+        raise ValueError(f"train.precision must be 'fp32' or 'bf16', got {t.precision!r}")
+    if t.grad_accum < 1 or not 0 <= t.ema_decay < 1:
+        raise ValueError(f"train.grad_accum={t.grad_accum} must be >= 1 and train.ema_decay={t.ema_decay} in [0, 1)")
+    if cfg.data.batch_size < 1:
+        raise ValueError(f"data.batch_size={cfg.data.batch_size} must be >= 1 (data.tokens_per_step="
+                         f"{cfg.data.tokens_per_step} buys fewer than one row of data.seq_len={cfg.data.seq_len})")
     if cfg.data.seq_len > m.max_seq_len:
         raise ValueError(f"data.seq_len={cfg.data.seq_len} exceeds model.max_seq_len={m.max_seq_len}")
 

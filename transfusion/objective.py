@@ -1,4 +1,10 @@
-"""The training objective: L = L_LM + lambda * L_DDPM (SPEC section 3)."""
+"""The training objective: L = L_LM + lambda * L_DDPM (SPEC section 3).
+
+Losses are computed in two steps so that any split of a global batch, over processes and
+accumulation steps, gives the loss of the whole batch: ``loss_sums`` returns, per term, a
+sum and the count it is a mean over (text targets, images); ``combine`` divides by counts,
+the batch's own or, in distributed training, the global ones.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,8 @@ import torch.nn.functional as F
 from transfusion.data.packing import IGNORE, PackedBatch
 from transfusion.diffusion import Diffusion
 from transfusion.model.transfusion import Transfusion
+
+Sums = dict[str, tuple[torch.Tensor, int]]  # term -> (sum, count)
 
 
 def compute_losses(
@@ -25,36 +33,55 @@ def compute_losses(
     it returns ``lm``, ``image_ce`` (cross-entropy per image-code target) and ``total``,
     the cross-entropy over all targets: plain next-token prediction.
     """
-    if model.image_codes:
-        return _token_losses(model, batch)
+    return combine(loss_sums(model, batch, diffusion, generator), loss_weight)
+
+
+def combine(sums: Sums, loss_weight: float, counts: dict[str, int] | None = None) -> dict[str, torch.Tensor]:
+    """Means of the terms (over ``counts``, default their own) and the ``total`` loss."""
+    counts = counts or {k: n for k, (_, n) in sums.items()}
+    out = {k: s / max(counts[k], 1) for k, (s, _) in sums.items()}
+    if "ddpm" in sums:
+        out["total"] = out["lm"] + loss_weight * out["ddpm"]
+    else:  # tokens objective: one cross-entropy over every target
+        out["total"] = sum(s for s, _ in sums.values()) / max(sum(counts.values()), 1)
+    return out
+
+
+def loss_sums(model, batch: PackedBatch, diffusion: Diffusion | None, generator: torch.Generator | None = None) -> Sums:
+    """Per term (``lm``, ``ddpm``; or ``lm``, ``image_ce``) the summed loss and its count.
+
+    Timesteps and noise come from the batch (drawn by ``BatchBuilder``), else from ``generator``.
+    """
+    core = model.module if hasattr(model, "module") else model  # under DistributedDataParallel
+    has_target = batch.targets != IGNORE
+    if core.image_codes:
+        logits, _ = model(batch.tokens, batch.positions, batch.doc_ids, batch.image_ids, head_at=has_target)
+        targets = batch.targets[has_target]
+        ce = F.cross_entropy(logits.float(), targets, reduction="none")
+        is_code = targets >= core.vocab_size
+        return {"lm": (ce[~is_code].sum(), int((~is_code).sum())), "image_ce": (ce[is_code].sum(), int(is_code.sum()))}
+
     device = batch.tokens.device
     groups, targets = [], []
-    t_all = diffusion.sample_t(batch.max_t.cpu(), generator).to(device)  # (N,): drawn on the CPU generator
+    if batch.t is None:
+        t_all = diffusion.sample_t(batch.max_t.cpu(), generator).to(device)  # (N,): drawn on the CPU generator
+    else:
+        t_all = batch.t.to(device)
     for ids in batch.shape_groups():
         x0 = torch.stack([batch.latents[i] for i in ids]).to(device)  # (n, C, h, w)
-        noise = torch.randn(x0.shape, generator=generator).to(device)
+        if batch.noise is None:
+            noise = torch.randn(x0.shape, generator=generator).to(device)
+        else:
+            noise = torch.stack([batch.noise[i] for i in ids]).to(device)
         t = t_all[ids]
         groups.append(batch.image_group(ids, diffusion.q_sample(x0, t, noise), t))
         targets.append(noise)
+    if not groups:  # no image here: run the image layers on none, so every weight takes part (DDP, FSDP)
+        empty = core.no_images(device)
+        groups, targets = [empty], [empty.latents]
 
-    hidden, noise_pred = model(batch.tokens, batch.positions, batch.doc_ids, batch.image_ids, groups)
-
-    zero = hidden.new_zeros(())
-    has_target = batch.targets != IGNORE
-    if has_target.any():
-        logits = model.logits(hidden[has_target])  # (n_text, V): only where there is a target
-        lm = F.cross_entropy(logits.float(), batch.targets[has_target])
-    else:
-        lm = zero
-    ddpm = torch.cat([diffusion.loss(p, n) for p, n in zip(noise_pred, targets)]).mean() if groups else zero
-    return {"lm": lm, "ddpm": ddpm, "total": lm + loss_weight * ddpm}
-
-
-def _token_losses(model: Transfusion, batch: PackedBatch) -> dict[str, torch.Tensor]:
-    hidden, _ = model(batch.tokens, batch.positions, batch.doc_ids, batch.image_ids)
-    has_target = batch.targets != IGNORE
-    targets = batch.targets[has_target]
-    ce = F.cross_entropy(model.logits(hidden[has_target]).float(), targets, reduction="none")
-    is_code = targets >= model.vocab_size
-    mean = lambda x: x.mean() if x.numel() else hidden.new_zeros(())  # noqa: E731
-    return {"lm": mean(ce[~is_code]), "image_ce": mean(ce[is_code]), "total": mean(ce)}
+    logits, noise_pred = model(batch.tokens, batch.positions, batch.doc_ids, batch.image_ids, groups,
+                               head_at=has_target)
+    lm = F.cross_entropy(logits.float(), batch.targets[has_target], reduction="sum")
+    ddpm = torch.cat([diffusion.loss(p, n) for p, n in zip(noise_pred, targets)]).sum()
+    return {"lm": (lm, int(has_target.sum())), "ddpm": (ddpm, len(batch.latents))}

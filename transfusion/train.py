@@ -28,12 +28,13 @@ import yaml
 from tqdm import tqdm
 
 from transfusion.autoencoder import Autoencoder, load_autoencoder
-from transfusion.checkpoint import Loaded, list_checkpoints, save_checkpoint
+from transfusion.checkpoint import Loaded, list_checkpoints, load_training_state, save_checkpoint
 from transfusion.config import Config, from_dict, load_config, save_config, to_dict
 from transfusion.data.stream import BatchBuilder, build_mixture
 from transfusion.diffusion import Diffusion
+from transfusion.distributed import EMA, World, build_model, close_world, full, init_world, rows_of, sampling_model, sync_gradients
 from transfusion.model.transfusion import Transfusion
-from transfusion.objective import compute_losses
+from transfusion.objective import combine, compute_losses, loss_sums
 from transfusion.tokenizer import BPETokenizer, ByteTokenizer, Tokenizer, load_tokenizer, save_tokenizer
 
 
@@ -124,21 +125,34 @@ def count_step_flops(model, batch, diffusion, cfg) -> float:
     return float(counter.get_total_flops())
 
 
+# settings that change how a run is executed, not what it computes: a resumed run may change them
+EXECUTION = {"train": ("steps", "device", "threads", "parallel", "grad_accum", "compile", "precision",
+                       "activation_checkpointing", "log_every", "checkpoint_every", "sample_every",
+                       "keep_checkpoints", "eval_samples"),
+             "model": ("attention",)}
+
+
 def resolve_run_config(out: Path, cfg: Config) -> Config:
-    """A run folder keeps its config: resuming with a different one (but train.steps) is an error."""
+    """A run folder keeps its config: resuming with a different one is an error, except for
+    execution settings (``EXECUTION``: steps, processes, devices, precision, logging), which
+    are taken from ``cfg``."""
     saved_path = out / "config.yaml"
     if not saved_path.is_file():
         return cfg
     saved = from_dict(yaml.safe_load(saved_path.read_text()))
     a, b = to_dict(saved), to_dict(cfg)
-    a["train"].pop("steps"), b["train"].pop("steps")
+    for section, keys in EXECUTION.items():
+        for key in keys:
+            a[section].pop(key), b[section].pop(key)
     if a != b:
         diff = [f"{s}.{k}" for s in a for k in a[s] if a[s][k] != b[s][k]]
         raise ValueError(
             f"{out} holds a run with another config (differs in {', '.join(diff)}); "
             f"use a new --out or the same settings to resume"
         )
-    saved.train.steps = cfg.train.steps
+    for section, keys in EXECUTION.items():
+        for key in keys:
+            setattr(getattr(saved, section), key, getattr(getattr(cfg, section), key))
     return saved
 
 
@@ -173,6 +187,44 @@ def write_samples(loaded: Loaded, out: Path, step: int, n: int) -> dict:
     return result
 
 
+def train_step(model, micro_batches, diffusion, cfg: Config, world: World, autocast) -> dict[str, float]:
+    """Forward and backward over this process's micro-batches of one global batch.
+
+    Each term is divided by its count over the whole global batch (every process, every
+    micro-batch), so the summed gradient is the single-process gradient of that batch.
+    Returns the global mean of each loss term and ``total``.
+    """
+    local_counts = [loss_counts(b, core_of(model)) for b in micro_batches]
+    names = list(local_counts[0])
+    counts = dict(zip(names, world.sum([sum(c[k] for c in local_counts) for k in names])))
+    logged = {k: 0.0 for k in names}
+    for i, batch in enumerate(micro_batches):
+        with sync_gradients(model, i == len(micro_batches) - 1), autocast():
+            terms = loss_sums(model, batch, diffusion)
+            loss = combine(terms, cfg.diffusion.loss_weight, counts)["total"]
+        (loss * world.size).backward()  # DDP and FSDP average gradients over processes; we want their sum
+        for k in names:
+            logged[k] += terms[k][0].item()
+    totals = world.sum([logged[k] for k in names])
+    out = combine({k: (torch.tensor(v), counts[k]) for k, v in zip(names, totals)}, cfg.diffusion.loss_weight)
+    return {k: float(v) for k, v in out.items()}
+
+
+def core_of(model: torch.nn.Module) -> Transfusion:
+    return model.module if hasattr(model, "module") else model
+
+
+def loss_counts(batch, core: Transfusion) -> dict[str, int]:
+    """The counts ``loss_sums`` divides by, read from the batch without running the model."""
+    from transfusion.data.packing import IGNORE
+
+    has_target = batch.targets != IGNORE
+    if core.image_codes:
+        is_code = batch.targets[has_target] >= core.vocab_size
+        return {"lm": int((~is_code).sum()), "image_ce": int(is_code.sum())}
+    return {"lm": int(has_target.sum()), "ddpm": len(batch.latents)}
+
+
 def main(argv: list[str] | None = None) -> Path:
     p = argparse.ArgumentParser(prog="transfusion train", description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", default="tiny", help="debug | tiny | small | 0.16B | ... | 7B")
@@ -187,62 +239,83 @@ def main(argv: list[str] | None = None) -> Path:
     cfg = resolve_run_config(out, load_config(args.preset, files, overrides))
     if cfg.model.attention == "flex" and torch.device(cfg.train.device).type == "cpu":
         raise ValueError("model.attention=flex trains on CUDA only (FlexAttention has no CPU backward); use sdpa")
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
+    world, device = init_world(cfg)
+    try:
+        return _train(cfg, out, world, device)
+    finally:
+        close_world()
+
+
+def _train(cfg: Config, out: Path, world: World, device: torch.device) -> Path:
+    for micro in range(cfg.train.grad_accum):
+        rows_of(world, cfg, micro)  # fails early when the batch does not split
+    if world.main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.train.seed)
-    device = torch.device(cfg.train.device)
+    say = print if world.main else (lambda *a, **k: None)
 
-    # ---- data, tokenizer, autoencoder
+    # ---- data, tokenizer, autoencoder: made by the first process, read by the others
     mixture = build_mixture(cfg)
-    if (out / "tokenizer.json").is_file():
-        tokenizer = load_tokenizer(out / "tokenizer.json")
-    else:
-        tokenizer = build_tokenizer(cfg, mixture)
-        save_tokenizer(tokenizer, out / "tokenizer.json")
+    if world.main and not (out / "tokenizer.json").is_file():
+        save_tokenizer(build_tokenizer(cfg, mixture), out / "tokenizer.json")
+    if world.main:
+        prepare_autoencoder(cfg, out)
+    world.barrier()
+    tokenizer = load_tokenizer(out / "tokenizer.json")
     autoencoder = prepare_autoencoder(cfg, out).eval()
 
     # ---- model and optimizer
-    model = Transfusion.build(cfg, tokenizer, autoencoder).to(device)
+    model, core = build_model(cfg, tokenizer, autoencoder, world, device)
     optimizer = build_optimizer(model, cfg)
+    ema = EMA(core, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
     diffusion = Diffusion(cfg.diffusion.timesteps, cfg.diffusion.schedule)
-    builder = BatchBuilder(cfg, mixture, tokenizer, autoencoder, model.num_patches)
+    builder = BatchBuilder(cfg, mixture, tokenizer, autoencoder, core.num_patches)
+    autocast = lambda: torch.autocast(device.type, torch.bfloat16, enabled=cfg.train.precision == "bf16")  # noqa: E731
 
     start, tokens_seen = 0, 0
     checkpoints = list_checkpoints(out / "checkpoints")
     if checkpoints:
-        from safetensors.torch import load_file
-
-        last = checkpoints[-1]
-        model.load_state_dict(load_file(last / "model.safetensors"))
-        optimizer.load_state_dict(torch.load(last / "optimizer.pt", weights_only=True))
-        state = json.loads((last / "state.json").read_text())
+        state = load_training_state(checkpoints[-1], model, optimizer, ema)
         start, tokens_seen = state["step"], state.get("tokens_seen", 0)
-        print(f"resuming from {last} (step {start})")
-    truncate_metrics(out / "metrics.jsonl", start)
-    step_model = torch.compile(model) if cfg.train.compile else model
-    print(f"model: {model.num_params() / 1e6:.2f}M parameters ({model.num_params(True) / 1e6:.2f}M in the trunk), "
-          f"vocab {tokenizer.vocab_size}, {model.patch_reduction}x patch reduction")
+        say(f"resuming from {checkpoints[-1]} (step {start})")
+    if world.main:
+        truncate_metrics(out / "metrics.jsonl", start)
+    say(f"model: {core.num_params() / 1e6:.2f}M parameters ({core.num_params(True) / 1e6:.2f}M in the trunk), "
+        f"vocab {tokenizer.vocab_size}, {core.patch_reduction}x patch reduction; {world.size} process(es)"
+        + (f" ({cfg.train.parallel})" if world.size > 1 else ""))
+
+    def micro_batches(step: int) -> list:
+        return [builder.batch_at(step, cfg.train.seed, rows_of(world, cfg, k)).to(device)
+                for k in range(cfg.train.grad_accum)]
 
     def checkpoint(step: int) -> None:
         save_checkpoint(out / "checkpoints", step, model, tokenizer, autoencoder, optimizer,
-                        extra_state={"tokens_seen": tokens_seen}, keep=cfg.train.keep_checkpoints)
+                        extra_state={"tokens_seen": tokens_seen}, keep=cfg.train.keep_checkpoints, ema=ema)
 
-    def sample(step: int, n: int) -> dict:
-        model.eval()
-        result = write_samples(Loaded(model, tokenizer, autoencoder, cfg, step, out), out, step, n)
-        model.train()
+    def sample(step: int, n: int) -> dict | None:
+        """Sample grids from the whole model, on the first process."""
+        whole = sampling_model(model, core, cfg, tokenizer, autoencoder, world, device)
+        result = None
+        if world.main:
+            whole.eval()
+            result = write_samples(Loaded(whole, tokenizer, autoencoder, cfg, step, out), out, step, n)
+            whole.train()
+        world.barrier()
         return result
 
     # ---- loop
     peak = matmul_peak_flops()
-    first = builder.batch_at(start, cfg.train.seed).to(device)
-    flops_per_token = count_step_flops(model, first, diffusion, cfg) / first.num_tokens
-    n_params = model.num_params()  # train_flops = 6 N D, N all parameters, D real tokens seen (as the paper counts)
-    metrics = open(out / "metrics.jsonl", "a")
+    first = micro_batches(start)[0]
+    with autocast():
+        flops_per_token = count_step_flops(model, first, diffusion, cfg) / max(first.num_tokens, 1)
+    n_params = core.num_params()  # train_flops = 6 N D, N all parameters, D real tokens seen (as the paper counts)
+    metrics = open(out / "metrics.jsonl", "a") if world.main else None
     model.train()
-    bar = tqdm(range(start, cfg.train.steps), initial=start, total=cfg.train.steps, desc="train")
+    bar = tqdm(range(start, cfg.train.steps), initial=start, total=cfg.train.steps, desc="train",
+               disable=not world.main)
     window_tokens, window_start = 0, time.perf_counter()
     completed = start
     try:
@@ -250,32 +323,34 @@ def main(argv: list[str] | None = None) -> Path:
             lr = lr_at(step, cfg)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            batch = builder.batch_at(step, cfg.train.seed).to(device)
-            generator = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + step)
-            losses = compute_losses(step_model, batch, diffusion, cfg.diffusion.loss_weight, generator)
-            if not torch.isfinite(losses["total"]):
+            batches = micro_batches(step)
+            optimizer.zero_grad(set_to_none=True)
+            losses = train_step(model, batches, diffusion, cfg, world, autocast)
+            if not math.isfinite(losses["total"]):
                 raise FloatingPointError(
-                    f"loss is {losses['total'].item()} at step {step} ("
-                    + ", ".join(f"{k} {v.item():.4g}" for k, v in losses.items() if k != "total")
+                    f"loss is {losses['total']} at step {step} ("
+                    + ", ".join(f"{k} {v:.4g}" for k, v in losses.items() if k != "total")
                     + f"); the last checkpoint in {out / 'checkpoints'} is "
                     f"intact: lower optim.lr or check the data, then rerun to resume"
                 )
-            optimizer.zero_grad(set_to_none=True)
-            losses["total"].backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
             optimizer.step()
+            if ema is not None:
+                ema.update(core)
             completed = done = step + 1
-            window_tokens += batch.num_tokens
-            tokens_seen += batch.num_tokens
+            step_tokens = int(world.sum([sum(b.num_tokens for b in batches)])[0])
+            window_tokens += step_tokens
+            tokens_seen += step_tokens
 
             if done % cfg.train.log_every == 0 or done == cfg.train.steps:
                 elapsed = time.perf_counter() - window_start
                 tokens_per_s = window_tokens / elapsed
-                row = {"step": done, **{k: v.item() for k, v in losses.items()}, "lr": lr, "grad_norm": grad_norm.item(),
-                       "tokens_per_s": tokens_per_s, "mfu": tokens_per_s * flops_per_token / peak,
+                row = {"step": done, **losses, "lr": lr, "grad_norm": float(full(grad_norm)),
+                       "tokens_per_s": tokens_per_s, "mfu": tokens_per_s * flops_per_token / (peak * world.size),
                        "tokens_seen": tokens_seen, "train_flops": 6 * n_params * tokens_seen}
-                metrics.write(json.dumps(row) + "\n")
-                metrics.flush()
+                if metrics is not None:
+                    metrics.write(json.dumps(row) + "\n")
+                    metrics.flush()
                 bar.set_postfix({k: f"{row[k]:.4f}" for k in losses if k != "total"} | {"tok_s": f"{tokens_per_s:.0f}"})
                 window_tokens, window_start = 0, time.perf_counter()
             pause = time.perf_counter()
@@ -285,21 +360,26 @@ def main(argv: list[str] | None = None) -> Path:
                 sample(done, min(16, cfg.train.eval_samples))
             window_start += time.perf_counter() - pause  # tokens/s measures training alone
     except KeyboardInterrupt:
+        if world.size > 1:  # the processes stop at different points: no collective save is possible
+            say(f"\ninterrupted at step {completed}; rerun the same command to resume from the last checkpoint")
+            raise SystemExit(130)
         checkpoint(completed)
         print(f"\ninterrupted: saved step {completed}; rerun the same command to resume")
         raise SystemExit(130)
     finally:
-        metrics.close()
+        if metrics is not None:
+            metrics.close()
 
     # ---- end of run: checkpoint, samples, report, plot
     final = cfg.train.steps
     checkpoint(final)
-    from transfusion.visualize import plot_losses
-
-    plot_losses(out / "metrics.jsonl", out / "losses.png")
     report = sample(final, cfg.train.eval_samples)
-    report["model_parameters"] = model.num_params()
-    report["matmul_peak_gflops"] = peak / 1e9
-    (out / "report.json").write_text(json.dumps(report, indent=2))
-    print(json.dumps({k: report[k] for k in ("t2i", "i2t")}, indent=1))
+    if world.main:
+        from transfusion.visualize import plot_losses
+
+        plot_losses(out / "metrics.jsonl", out / "losses.png")
+        report["model_parameters"] = n_params
+        report["matmul_peak_gflops"] = peak / 1e9
+        (out / "report.json").write_text(json.dumps(report, indent=2))
+        print(json.dumps({k: report[k] for k in ("t2i", "i2t")}, indent=1))
     return out

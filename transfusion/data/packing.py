@@ -45,11 +45,50 @@ class PackedBatch:
     latents: list[torch.Tensor]  # per image, clean (C, h, w)
     max_t: torch.Tensor  # (N,) long, the largest timestep each image may be noised to
     index: list[torch.Tensor]  # per image, (P,) flat positions row * L + col of its patches
+    # the diffusion draw of a training batch (``BatchBuilder``): per image its timestep (N,)
+    # and its noise (C, h, w); None lets the loss draw them itself
+    t: torch.Tensor | None = None
+    noise: list[torch.Tensor] | None = None
 
     def to(self, device: torch.device | str) -> "PackedBatch":
         """The same batch with every tensor on ``device``."""
-        moved = {k: [t.to(device) for t in v] if isinstance(v, list) else v.to(device) for k, v in vars(self).items()}
-        return PackedBatch(**moved)
+        def move(v):
+            if v is None:
+                return None
+            return [t.to(device) for t in v] if isinstance(v, list) else v.to(device)
+
+        return PackedBatch(**{k: move(v) for k, v in vars(self).items()})
+
+    @property
+    def rows(self) -> int:
+        return self.tokens.shape[0]
+
+    def image_rows(self) -> list[int]:
+        """The row each image sits in."""
+        return [int(i[0]) // self.tokens.shape[1] for i in self.index]
+
+    @staticmethod
+    def concat(batches: list["PackedBatch"]) -> "PackedBatch":
+        """Stack the rows of several batches (same ``seq_len``) into one batch."""
+        if len(batches) == 1:
+            return batches[0]
+        seq_len = batches[0].tokens.shape[1]
+        doc_ids, image_ids, index = [], [], []
+        docs = images = rows = 0
+        for b in batches:
+            doc_ids.append(torch.where(b.doc_ids >= 0, b.doc_ids + docs, -1))
+            image_ids.append(torch.where(b.image_ids >= 0, b.image_ids + images, -1))
+            index.extend(i + rows * seq_len for i in b.index)
+            docs += int(b.doc_ids.max()) + 1
+            images += len(b.latents)
+            rows += b.rows
+        cat = lambda name: torch.cat([getattr(b, name) for b in batches])  # noqa: E731
+        drawn = all(b.t is not None for b in batches)
+        return PackedBatch(
+            cat("tokens"), cat("positions"), torch.cat(doc_ids), torch.cat(image_ids), cat("targets"),
+            [lat for b in batches for lat in b.latents], cat("max_t"), index,
+            cat("t") if drawn else None, [n for b in batches for n in b.noise] if drawn else None,
+        )
 
     @property
     def num_tokens(self) -> int:
@@ -154,24 +193,30 @@ def truncate(lay: Layout, seq_len: int, what: str = "document") -> Layout:
 
 def pack(
     layouts: Iterable[Layout], rows: int, seq_len: int, pad_id: int, one_per_row: bool = False,
-    align_end: bool = False,
+    align_end: bool = False, patience: int = 0,
 ) -> tuple[PackedBatch, int]:
-    """Place layouts first-fit into ``rows`` rows of ``seq_len``; stops at the first that fits nowhere.
+    """Place layouts first-fit into ``rows`` rows of ``seq_len``; stops at the first that fits
+    nowhere, or with ``patience`` after that many layouts in a row that fit nowhere (they are
+    dropped: a fuller row for some skipped documents).
 
-    ``layouts`` may be a lazy iterator: it is consumed up to the first layout that does not
-    fit. With ``one_per_row``, layout i goes in row i, at its start, or with ``align_end`` at
+    ``layouts`` may be a lazy iterator: it is consumed up to the layout that ends it. With ``one_per_row``, layout i goes in row i, at its start, or with ``align_end`` at
     its end (left padding: every prompt of a generation batch then ends at the same column).
     Returns the batch and how many layouts it holds.
     """
     fill = [0] * rows
     placed: list[tuple[int, int, Layout]] = []  # (row, start, layout)
+    misses = 0
     for i, lay in enumerate(layouts):
         if one_per_row:
             row = i if i < rows and len(lay.ids) <= seq_len else None
         else:
             row = next((r for r in range(rows) if fill[r] + len(lay.ids) <= seq_len), None)
         if row is None:
-            break
+            misses += 1
+            if misses > patience or not placed:
+                break
+            continue
+        misses = 0
         placed.append((row, seq_len - len(lay.ids) if align_end else fill[row], lay))
         fill[row] += len(lay.ids)
     if not placed:

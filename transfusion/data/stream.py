@@ -1,12 +1,16 @@
 """The training stream: a mixture of sources turned into one packed batch per step.
 
-The batch of step ``s`` depends only on (seed, s): documents are drawn with a generator
-seeded from both, so a resumed run sees exactly the batches an uninterrupted one would.
+Row ``r`` of the batch of step ``s`` depends only on (seed, s, r): its documents, their
+arrangement and the diffusion noise of its images are drawn from generators seeded by
+those three numbers. So a resumed run sees exactly the batches an uninterrupted one would,
+and a process that trains on rows [a, b) of each global batch builds only those rows: any
+number of processes and accumulation steps see the same global batch.
 """
 
 from __future__ import annotations
 
 import random
+import zlib
 from typing import Iterator
 
 import torch
@@ -15,6 +19,7 @@ from transfusion.autoencoder import Autoencoder
 from transfusion.config import Config
 from transfusion.data.document import Document, Image
 from transfusion.data.packing import Layout, PackedBatch, arrange, layout, pack, truncate
+from transfusion.diffusion import Diffusion
 from transfusion.tokenizer import Tokenizer
 
 
@@ -62,6 +67,7 @@ class BatchBuilder:
         self.tokenizer = tokenizer
         self.autoencoder = autoencoder
         self.num_patches = num_patches  # latent (h, w) -> patches per image
+        self.diffusion = Diffusion(cfg.diffusion.timesteps, cfg.diffusion.schedule)
 
     def _pixel_patches(self, hw: tuple[int, int]) -> int:
         _, h, w = self.autoencoder.latent_shape(*hw)
@@ -76,12 +82,22 @@ class BatchBuilder:
             lay = layout(segments, pixels, max_t, self.tokenizer, self._pixel_patches)
             yield truncate(lay, seq_len)
 
-    def batch_at(self, step: int, seed: int) -> PackedBatch:
-        rng = random.Random(f"{seed}/{step}")
-        batch, _ = pack(self._layouts(rng), self.cfg.data.batch_size, self.cfg.data.seq_len, self.tokenizer.pad_id)
+    def batch_at(self, step: int, seed: int, rows: range | None = None) -> PackedBatch:
+        """The packed, encoded batch of ``step``, or just its ``rows`` (default: all
+        ``data.batch_size`` of them), with each image's diffusion timestep and noise drawn."""
+        rows = range(self.cfg.data.batch_size) if rows is None else rows
+        seq_len, pad_id = self.cfg.data.seq_len, self.tokenizer.pad_id
+        parts = [pack(self._layouts(random.Random(f"{seed}/{step}/{r}")), 1, seq_len, pad_id, patience=4)[0]
+                 for r in rows]
+        batch = PackedBatch.concat(parts)
         if self.cfg.image.objective == "tokens":  # VQ codes as tokens after the text vocabulary
             return batch.images_as_tokens(self.encode(batch.latents, self.autoencoder.tokenize), self.tokenizer.vocab_size)
         batch.latents = self.encode(batch.latents)
+        generators = {r: torch.Generator().manual_seed(zlib.crc32(f"{seed}/{step}/{r}/noise".encode())) for r in rows}
+        image_rows = [rows[i] for i in batch.image_rows()]
+        t = [self.diffusion.sample_t(batch.max_t[i : i + 1], generators[r]) for i, r in enumerate(image_rows)]
+        batch.t = torch.cat(t) if t else torch.zeros(0, dtype=torch.long)
+        batch.noise = [torch.randn(lat.shape, generator=generators[r]) for lat, r in zip(batch.latents, image_rows)]
         return batch
 
     @torch.no_grad()

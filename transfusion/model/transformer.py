@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from transfusion.config import ModelConfig
 from transfusion.model.attention import attend
@@ -84,9 +85,16 @@ class Transformer(nn.Module):
         self.cfg = cfg
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = nn.RMSNorm(cfg.dim, eps=cfg.norm_eps)
-        self.register_buffer(
-            "rope", rope_table(cfg.dim // cfg.n_heads, cfg.max_seq_len, cfg.rope_theta), persistent=False
-        )
+        self.register_buffer("rope", torch.empty(0), persistent=False)
+        self.checkpointing = False  # activation checkpointing: recompute each block in backward
+        if not self.norm.weight.is_meta:
+            self.reset_buffers()
+
+    def reset_buffers(self) -> None:
+        """Compute the rotary table (after a build on the meta device and ``to_empty``)."""
+        cfg = self.cfg
+        device = self.norm.weight.device
+        self.rope = rope_table(cfg.dim // cfg.n_heads, cfg.max_seq_len, cfg.rope_theta).to(device)
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, mask, past=None, present=None) -> torch.Tensor:
         """x: (B, L, D), positions: (B, L) long (position within its document) -> (B, L, D).
@@ -102,7 +110,10 @@ class Transformer(nn.Module):
         rope = self.rope[positions].unsqueeze(1)  # (B, 1, L, hd/2, 2)
         for i, block in enumerate(self.blocks):
             layer_present = [] if present is not None else None
-            x = block(x, rope, mask, None if past is None else past[i], layer_present)
+            if self.checkpointing and self.training and torch.is_grad_enabled() and past is None and present is None:
+                x = checkpoint(block, x, rope, mask, use_reentrant=False)
+            else:
+                x = block(x, rope, mask, None if past is None else past[i], layer_present)
             if present is not None:
                 present.extend(layer_present)
         return self.norm(x)

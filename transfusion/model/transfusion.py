@@ -6,6 +6,9 @@ prediction). It never sees the noise schedule: ``transfusion.diffusion`` owns th
 
 from __future__ import annotations
 
+import math
+import zlib
+
 from dataclasses import dataclass
 
 import torch
@@ -54,7 +57,8 @@ class Transfusion(nn.Module):
         self.trunk = Transformer(cfg.model)
         self.lm_head = nn.Linear(dim, vocab_size + self.image_codes, bias=False)
         self.image = None if tokens_objective else build_image_adapter(cfg.image, latent_channels, dim)
-        self.reset_parameters()
+        if not self.token_embed.weight.is_meta:  # on the meta device: init_weights() after sharding
+            self.init_weights(cfg.train.seed)
 
     @classmethod
     def build(cls, cfg: Config, tokenizer, autoencoder) -> "Transfusion":
@@ -67,18 +71,50 @@ class Transfusion(nn.Module):
                                  f"from `transfusion autoencoder train --vq`), got a {type(autoencoder).__name__}")
         return cls(cfg, tokenizer.vocab_size, autoencoder.latent_channels, codes)
 
-    def reset_parameters(self) -> None:
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, std=0.02)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Embedding):
-                nn.init.normal_(module.weight, std=0.02)
-        # residual projections scaled down with depth (GPT-2), so deep stacks start stable
-        for block in self.trunk.blocks:
-            for proj in (block.attn.out, block.mlp.down):
-                nn.init.normal_(proj.weight, std=0.02 / (2 * self.cfg.model.n_layers) ** 0.5)
+    def init_weights(self, seed: int = 0) -> None:
+        """Initialise every weight from a generator seeded by ``seed`` and the weight's name.
+
+        A weight's values depend on nothing else, so a model built on the meta device and
+        sharded over any number of processes (each writing its own shard of the full draw)
+        starts exactly where a single-process one does.
+        """
+        from torch.distributed.tensor import DTensor, distribute_tensor
+
+        residual = {f"trunk.blocks.{i}.{name}.weight" for i in range(len(self.trunk.blocks))
+                    for name in ("attn.out", "mlp.down")}
+        std = 0.02 / (2 * self.cfg.model.n_layers) ** 0.5  # residual projections shrink with depth (GPT-2)
+        for module_name, module in self.named_modules():
+            for name, param in module.named_parameters(recurse=False):
+                full_name = f"{module_name}.{name}" if module_name else name
+                g = torch.Generator().manual_seed(zlib.crc32(f"{seed}/{full_name}".encode()))
+                full = torch.empty(param.shape, dtype=torch.float32)
+                if isinstance(module, (nn.Linear, nn.Embedding)) and name == "weight":
+                    nn.init.normal_(full, std=std if full_name in residual else 0.02, generator=g)
+                elif name == "bias" and isinstance(module, (nn.Linear, nn.GroupNorm)):
+                    nn.init.zeros_(full)
+                elif isinstance(module, (nn.RMSNorm, nn.GroupNorm)):
+                    nn.init.ones_(full)
+                elif isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):  # torch's own default
+                    fan_in = math.prod(module.weight.shape[1:])
+                    if name == "weight":
+                        nn.init.kaiming_uniform_(full, a=math.sqrt(5), generator=g)
+                    else:
+                        nn.init.uniform_(full, -1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in), generator=g)
+                else:
+                    raise TypeError(f"no initialisation rule for {full_name} of a {type(module).__name__}")
+                with torch.no_grad():
+                    if isinstance(param, DTensor):
+                        local = distribute_tensor(full, param.device_mesh, param.placements, src_data_rank=None)
+                        param.to_local().copy_(local.to_local())
+                    else:
+                        param.copy_(full)
+        self.trunk.reset_buffers()
+
+    def no_images(self, device) -> ImageGroup:
+        """An image group of zero images: the image layers run, on nothing."""
+        r = self.patch_reduction
+        empty = torch.zeros(0, dtype=torch.long, device=device)
+        return ImageGroup(torch.zeros(0, self.latent_channels, r, r, device=device), empty, empty.view(0, 1))
 
     @property
     def patch_reduction(self) -> int:
@@ -122,6 +158,7 @@ class Transfusion(nn.Module):
         mask=None,
         past=None,
         present=None,
+        head_at: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Run the packed rows.
 
@@ -132,6 +169,9 @@ class Transfusion(nn.Module):
             mask, past, present: for cached generation (``transfusion.engine``): an explicit
                 (B, 1, L, S + L) mask over S cached and L new positions, the cached (k, v)
                 per layer, and a list that receives the new positions' (k, v) per layer.
+            head_at: (B, L) bool: return the vocabulary logits (n, V) of these positions in
+                place of the hidden states (training: the LM head runs inside forward, as
+                DDP and FSDP want).
         Returns:
             hidden states (B, L, D) (``logits`` turns them into vocabulary scores) and one
             noise prediction (N, C, h, w) per image group.
@@ -154,6 +194,8 @@ class Transfusion(nn.Module):
             self.image.decode(flat_hidden[group.index], context)  # (N, P, D) -> (N, C, h, w)
             for group, context in zip(images, contexts)
         ]
+        if head_at is not None:
+            return self.logits(hidden[head_at]), noise
         return hidden, noise
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,135 @@
+"""Multi-process training: 2 processes (torchrun, gloo, CPU) train exactly what one does."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from transfusion.autoencoder import IdentityAutoencoder
+from transfusion.config import load_config
+from transfusion.data.stream import BatchBuilder, build_mixture
+from transfusion.diffusion import Diffusion
+from transfusion.distributed import World, rows_of
+from transfusion.model.transfusion import Transfusion
+from transfusion.tokenizer import ByteTokenizer
+from transfusion.train import train_step
+
+SETTINGS = ["train.steps=6", "train.log_every=1", "train.checkpoint_every=3", "train.eval_samples=2",
+            "diffusion.sample_steps=2", "train.threads=1"]
+
+
+def train(out, *extra, processes=1):
+    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+                if processes > 1 else [sys.executable])
+    cmd = [*launcher, "-m", "transfusion.cli", "train", "--preset", "debug", "--out", str(out), *SETTINGS, *extra]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return out
+
+
+def losses(out):
+    return [(r["step"], r["lm"], r["ddpm"]) for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())]
+
+
+def weights(out, step, name="model"):
+    return load_file(out / "checkpoints" / f"step_{step:06d}" / f"{name}.safetensors")
+
+
+def assert_same_run(a, b, step=6):
+    for (s1, lm1, d1), (s2, lm2, d2) in zip(losses(a), losses(b), strict=True):
+        assert s1 == s2 and lm1 == pytest.approx(lm2, rel=1e-5) and d1 == pytest.approx(d2, rel=1e-5)
+    wa, wb = weights(a, step), weights(b, step)
+    assert wa.keys() == wb.keys()
+    worst = max((wa[k] - wb[k]).abs().max().item() for k in wa)
+    assert worst < 1e-5, worst
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    return train(tmp_path_factory.mktemp("single") / "run")
+
+
+def test_ddp_on_two_processes_trains_what_one_process_does(single, tmp_path):
+    ddp = train(tmp_path / "ddp", "train.parallel=ddp", processes=2)
+    assert_same_run(single, ddp)
+
+
+def test_fsdp_checkpoint_from_two_processes_resumes_on_one(single, tmp_path):
+    """FSDP2 with 2 micro-batches per process; its sharded step-3 checkpoint then finishes on 1 process."""
+    fsdp = train(tmp_path / "fsdp", "train.parallel=fsdp", "train.grad_accum=2", "train.ema_decay=0.5", processes=2)
+    assert_same_run(single, fsdp)
+    shards = list((fsdp / "checkpoints" / "step_000006" / "train_state").glob("*.distcp"))
+    assert len(shards) == 2  # each process wrote its own shard
+
+    resumed = tmp_path / "resumed"
+    shutil.copytree(fsdp, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "step_000006")
+    train(resumed, "train.ema_decay=0.5")
+    assert_same_run(single, resumed)
+    # the EMA continued from the saved one: resuming changed nothing
+    ema_a, ema_b = weights(fsdp, 6, "ema"), weights(resumed, 6, "ema")
+    assert max((ema_a[k] - ema_b[k]).abs().max().item() for k in ema_a) < 1e-5
+
+
+def test_rows_split_the_global_batch_over_processes_and_micro_batches():
+    cfg = load_config("debug", overrides=["data.batch_size=8", "train.grad_accum=2"])
+    rows = [list(rows_of(World(rank, 2), cfg, micro)) for rank in range(2) for micro in range(2)]
+    assert rows == [[0, 1], [2, 3], [4, 5], [6, 7]]
+    cfg = load_config("debug", overrides=["data.batch_size=6", "train.grad_accum=2"])
+    with pytest.raises(ValueError, match="split evenly"):
+        rows_of(World(0, 2), cfg, 0)
+
+
+def test_token_budget_sets_the_rows_per_step():
+    cfg = load_config("debug", overrides=["data.tokens_per_step=1024"])
+    assert cfg.data.batch_size == 1024 // cfg.data.seq_len
+    with pytest.raises(ValueError, match="fewer than one row"):
+        load_config("debug", overrides=["data.tokens_per_step=10"])
+
+
+def test_batch_rows_do_not_depend_on_how_the_batch_is_split():
+    cfg = load_config("debug")
+    tok = ByteTokenizer()
+    model = Transfusion(cfg, tok.vocab_size, 3)
+    builder = BatchBuilder(cfg, build_mixture(cfg), tok, IdentityAutoencoder(), model.num_patches)
+    whole = builder.batch_at(5, seed=1)
+    halves = [builder.batch_at(5, seed=1, rows=range(a, a + 2)) for a in (0, 2)]
+    assert torch.equal(whole.tokens, torch.cat([h.tokens for h in halves]))
+    assert torch.equal(whole.t, torch.cat([h.t for h in halves]))
+    assert all(torch.equal(a, b) for a, b in zip(whole.noise, [n for h in halves for n in h.noise], strict=True))
+
+
+def test_gradient_accumulation_gives_the_whole_batch_gradient():
+    cfg = load_config("debug", overrides=["data.text_fraction=0.3"])
+    tok = ByteTokenizer()
+    model = Transfusion(cfg, tok.vocab_size, 3)
+    builder = BatchBuilder(cfg, build_mixture(cfg), tok, IdentityAutoencoder(), model.num_patches)
+    from contextlib import nullcontext
+
+    def grads(batches):
+        model.zero_grad()
+        out = train_step(model, batches, Diffusion(), cfg, World(), nullcontext)
+        return out, [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    whole, g1 = grads([builder.batch_at(0, seed=0)])
+    split, g2 = grads([builder.batch_at(0, seed=0, rows=range(r, r + 1)) for r in range(4)])
+    assert whole == pytest.approx(split, rel=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(g1, g2, strict=True))
+
+
+def test_a_model_built_on_the_meta_device_initialises_like_one_built_in_place():
+    cfg = load_config("debug")
+    eager = Transfusion(cfg, 300, 3)
+    with torch.device("meta"):
+        meta = Transfusion(cfg, 300, 3)
+    meta.to_empty(device="cpu")
+    meta.init_weights(cfg.train.seed)
+    a, b = eager.state_dict(), meta.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert torch.equal(eager.trunk.rope, meta.trunk.rope)
+    other = Transfusion(load_config("debug", overrides=["train.seed=1"]), 300, 3)
+    assert not torch.equal(other.token_embed.weight, eager.token_embed.weight)

@@ -9,6 +9,9 @@
                      [--out report.json]
     transfusion tokenizer train --data shapes --out tokenizer.json [--vocab-size 512]
     transfusion autoencoder train --data shapes --out ae/ [--steps 1000] [--vq --codebook-size 512]
+    transfusion data shards --data shapes --out corpus/ [--docs 10000] [--per-shard 1000]
+    transfusion data precompute corpus/ --autoencoder ae/ --out latents/ [--workers 4]
+    torchrun --nproc_per_node=8 -m transfusion.cli train ...      (multi-process: see transfusion/distributed.py)
 """
 
 from __future__ import annotations
@@ -211,6 +214,12 @@ def _autoencoder(argv: list[str]) -> None:
     cli_train(argv[1:])
 
 
+def _data(argv: list[str]) -> None:
+    from transfusion.data.precompute import main
+
+    main(argv)
+
+
 COMMANDS = {
     "train": lambda argv: __import__("transfusion.train", fromlist=["main"]).main(argv),
     "generate": _generate,
@@ -219,6 +228,7 @@ COMMANDS = {
     "evaluate": _evaluate,  # the same command, by its longer name
     "tokenizer": _tokenizer,
     "autoencoder": _autoencoder,
+    "data": _data,
 }
 
 

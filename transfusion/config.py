@@ -63,7 +63,8 @@ class DiffusionConfig:
 
 @dataclass
 class DataConfig:
-    dataset: str = "shapes"  # shapes | mnist | a .jsonl manifest | an image folder
+    dataset: str = "shapes"  # shapes | mnist | a .jsonl manifest | an image folder | .tar shards (data/shards.py)
+    workers: int = 2  # processes that read and decode .tar shards ahead of training
     text_dataset: str = "text"  # real English text for the text-only share; "" for none
     text_fraction: float = 0.1  # share of documents that are text only
     interleaved_fraction: float = 0.05  # share of multi-image documents (shapes only)

@@ -52,6 +52,19 @@ class World:
         return t.tolist()
 
 
+    def merge(self, part: dict) -> dict:
+        """The union of every process's ``part`` (dicts of disjoint keys), on every process."""
+        if self.size == 1:
+            return dict(part)
+        parts = [None] * self.size
+        dist.all_gather_object(parts, part)
+        merged: dict = {}
+        for p in parts:
+            for k, v in p.items():
+                merged[k] = {**merged[k], **v} if isinstance(v, dict) and isinstance(merged.get(k), dict) else v
+        return merged
+
+
 def init_world(cfg: Config) -> tuple[World, torch.device]:
     """Join the process group that torchrun describes (if any); this process's device."""
     size = int(os.environ.get("WORLD_SIZE", "1"))

@@ -55,7 +55,10 @@ def build_tokenizer(cfg: Config, mixture) -> Tokenizer:
         import random
 
         rng = random.Random(cfg.train.seed)
-        texts = [mixture.draw(rng).caption for _ in range(20_000)]
+        if hasattr(mixture, "texts"):  # a sharded corpus: its first documents
+            texts = mixture.texts(20_000)
+        else:
+            texts = [mixture.draw(rng).caption for _ in range(20_000)]
         return BPETokenizer.train(texts, cfg.data.bpe_vocab_size)
     return load_tokenizer(spec)
 
@@ -275,12 +278,14 @@ def _train(cfg: Config, out: Path, world: World, device: torch.device) -> Path:
     builder = BatchBuilder(cfg, mixture, tokenizer, autoencoder, core.num_patches)
     autocast = lambda: torch.autocast(device.type, torch.bfloat16, enabled=cfg.train.precision == "bf16")  # noqa: E731
 
-    start, tokens_seen = 0, 0
+    start, tokens_seen, state = 0, 0, {}
     checkpoints = list_checkpoints(out / "checkpoints")
     if checkpoints:
         state = load_training_state(checkpoints[-1], model, optimizer, ema)
         start, tokens_seen = state["step"], state.get("tokens_seen", 0)
         say(f"resuming from {checkpoints[-1]} (step {start})")
+    mine = [rows_of(world, cfg, k) for k in range(cfg.train.grad_accum)]
+    builder.open_streams(range(mine[0].start, mine[-1].stop), state.get("data"))  # a streamed corpus resumes in place
     if world.main:
         truncate_metrics(out / "metrics.jsonl", start)
     say(f"model: {core.num_params() / 1e6:.2f}M parameters ({core.num_params(True) / 1e6:.2f}M in the trunk), "
@@ -292,8 +297,9 @@ def _train(cfg: Config, out: Path, world: World, device: torch.device) -> Path:
                 for k in range(cfg.train.grad_accum)]
 
     def checkpoint(step: int) -> None:
+        extra = {"tokens_seen": tokens_seen, "data": world.merge(builder.stream_state())}
         save_checkpoint(out / "checkpoints", step, model, tokenizer, autoencoder, optimizer,
-                        extra_state={"tokens_seen": tokens_seen}, keep=cfg.train.keep_checkpoints, ema=ema)
+                        extra_state=extra, keep=cfg.train.keep_checkpoints, ema=ema)
 
     def sample(step: int, n: int) -> dict | None:
         """Sample grids from the whole model, on the first process."""
@@ -308,9 +314,9 @@ def _train(cfg: Config, out: Path, world: World, device: torch.device) -> Path:
 
     # ---- loop
     peak = matmul_peak_flops()
-    first = micro_batches(start)[0]
+    first = micro_batches(start)  # (also the first step's: a streamed corpus is read once)
     with autocast():
-        flops_per_token = count_step_flops(model, first, diffusion, cfg) / max(first.num_tokens, 1)
+        flops_per_token = count_step_flops(model, first[0], diffusion, cfg) / max(first[0].num_tokens, 1)
     n_params = core.num_params()  # train_flops = 6 N D, N all parameters, D real tokens seen (as the paper counts)
     metrics = open(out / "metrics.jsonl", "a") if world.main else None
     model.train()
@@ -323,7 +329,7 @@ def _train(cfg: Config, out: Path, world: World, device: torch.device) -> Path:
             lr = lr_at(step, cfg)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            batches = micro_batches(step)
+            batches = first if step == start else micro_batches(step)
             optimizer.zero_grad(set_to_none=True)
             losses = train_step(model, batches, diffusion, cfg, world, autocast)
             if not math.isfinite(losses["total"]):
@@ -348,6 +354,8 @@ def _train(cfg: Config, out: Path, world: World, device: torch.device) -> Path:
                 row = {"step": done, **losses, "lr": lr, "grad_norm": float(full(grad_norm)),
                        "tokens_per_s": tokens_per_s, "mfu": tokens_per_s * flops_per_token / (peak * world.size),
                        "tokens_seen": tokens_seen, "train_flops": 6 * n_params * tokens_seen}
+                if builder.feed is not None:
+                    row["skipped_records"] = int(world.sum([builder.skipped])[0])
                 if metrics is not None:
                     metrics.write(json.dumps(row) + "\n")
                     metrics.flush()

@@ -5,6 +5,7 @@
     load_dataset("text", "train", image_size=32)       # English prose, text-only documents
     load_dataset("data/{split}.jsonl", "train", 64)    # a JSONL manifest of documents
     load_dataset("photos/{split}", "test", 64)         # a folder of images + NAME.txt captions
+    load_dataset("corpus/{split}", "test", 64)         # .tar shards (its first documents; training streams them)
 
 Every dataset has ``__len__`` and ``__getitem__(i) -> Document``. Built-in datasets carry
 a fixed train/test split. User data has none: a ``{split}`` in the path is replaced by the
@@ -16,6 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 BUILTIN_NAMES = ("shapes", "mnist", "text")
+EVAL_DOCUMENTS = 4096  # documents a sharded corpus lends to evaluation and autoencoder training
 
 
 def load_dataset(spec: str, split: str, image_size: int, on_error: str = "raise"):
@@ -41,6 +43,10 @@ def load_dataset(spec: str, split: str, image_size: int, on_error: str = "raise"
 
         return EnglishText(split)
     path = Path(spec.replace("{split}", split)).expanduser()
+    if str(path).endswith(".tar") or (path.is_dir() and any(path.glob("*.tar"))):
+        from transfusion.data.shards import ShardedCorpus
+
+        return ShardedCorpus(str(path), image_size, streams=1).head(EVAL_DOCUMENTS)
     if path.suffix == ".jsonl":
         from transfusion.data.ondisk import JsonlDocuments
 

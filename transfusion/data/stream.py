@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 import zlib
+from pathlib import Path
 from typing import Iterator
 
 import torch
@@ -40,11 +41,22 @@ class Mixture:
         return source[rng.randrange(len(source))]
 
 
-def build_mixture(cfg: Config, split: str = "train") -> Mixture:
-    """The run's sources: the image dataset, real text, and interleaved shapes documents."""
+def is_sharded(spec: str) -> bool:
+    """Does ``data.dataset`` name tar shards (a glob of .tar files or a folder of them)?"""
+    path = Path(spec).expanduser()
+    return spec.endswith(".tar") or (path.is_dir() and any(path.glob("*.tar")))
+
+
+def build_mixture(cfg: Config, split: str = "train"):
+    """The run's sources: the image dataset, real text, and interleaved shapes documents; or
+    a sharded corpus (``data.dataset`` naming .tar shards), which is its own mixture."""
     from transfusion.data.registry import load_dataset
 
     d = cfg.data
+    if is_sharded(d.dataset.replace("{split}", split)):
+        from transfusion.data.shards import ShardedCorpus
+
+        return ShardedCorpus(d.dataset.replace("{split}", split), cfg.image.size, d.batch_size, cfg.train.seed)
     image_share = 1.0 - d.text_fraction
     sources: list[tuple[object, float]] = []
     if d.dataset == "shapes" and d.interleaved_fraction > 0:
@@ -68,31 +80,75 @@ class BatchBuilder:
         self.autoencoder = autoencoder
         self.num_patches = num_patches  # latent (h, w) -> patches per image
         self.diffusion = Diffusion(cfg.diffusion.timesteps, cfg.diffusion.schedule)
+        self.feed = None  # a streamed corpus's reader (open_streams)
 
     def _pixel_patches(self, hw: tuple[int, int]) -> int:
         _, h, w = self.autoencoder.latent_shape(*hw)
         return self.num_patches((h, w))
 
-    def _layouts(self, rng: random.Random) -> Iterator[Layout]:
+    @property
+    def _latent_corpus(self) -> bool:
+        return getattr(self.mixture, "latents", False)
+
+    def _layouts(self, docs: Iterator[Document], rng: random.Random) -> Iterator[Layout]:
         seq_len = self.cfg.data.seq_len
-        while True:
-            doc = self.mixture.draw(rng)
+        patches = self.num_patches if self._latent_corpus else self._pixel_patches
+        for doc in docs:
             segments, max_t = arrange(doc, rng, self.cfg.diffusion)
             pixels = [s.pixels for s in segments if isinstance(s, Image)]
-            lay = layout(segments, pixels, max_t, self.tokenizer, self._pixel_patches)
+            lay = layout(segments, pixels, max_t, self.tokenizer, patches)
             yield truncate(lay, seq_len)
+
+    def _drawn(self, rng: random.Random) -> Iterator[Document]:
+        while True:
+            yield self.mixture.draw(rng)
+
+    def open_streams(self, rows: range, state: dict | None = None) -> None:
+        """For a streamed corpus: open the streams of ``rows`` (this process's rows of every
+        batch) where ``state`` (a checkpoint's ``stream_state()``) left them."""
+        from transfusion.data.shards import ShardedCorpus, StreamFeed, positions_from_state
+
+        if isinstance(self.mixture, ShardedCorpus):
+            self.feed = StreamFeed(self.mixture, positions_from_state(state, rows), self.cfg.data.workers)
+
+    def stream_state(self) -> dict:
+        """Where this process's streams stand (empty for drawn sources)."""
+        if self.feed is None:
+            return {}
+        return {"streams": {str(r): p.as_dict() for r, p in self.feed.position.items()}}
+
+    @property
+    def skipped(self) -> int:
+        """Corrupt records skipped so far by this process."""
+        return self.feed.skipped if self.feed is not None else 0
+
+    def _row(self, step: int, seed: int, r: int) -> PackedBatch:
+        rng = random.Random(f"{seed}/{step}/{r}")
+        seq_len, pad_id = self.cfg.data.seq_len, self.tokenizer.pad_id
+        if not isinstance(self.mixture, Mixture):  # a streamed corpus
+            if self.feed is None:
+                self.open_streams(range(self.cfg.data.batch_size))
+            if r not in self.feed.position:
+                raise ValueError(f"row {r} is not among the rows whose streams were opened (open_streams)")
+            row, used = pack(self._layouts(self.feed.take(r), rng), 1, seq_len, pad_id)  # drops no document
+            self.feed.commit(r, used)
+            return row
+        return pack(self._layouts(self._drawn(rng), rng), 1, seq_len, pad_id, patience=4)[0]
 
     def batch_at(self, step: int, seed: int, rows: range | None = None) -> PackedBatch:
         """The packed, encoded batch of ``step``, or just its ``rows`` (default: all
-        ``data.batch_size`` of them), with each image's diffusion timestep and noise drawn."""
+        ``data.batch_size`` of them), with each image's diffusion timestep and noise drawn.
+
+        From a streamed corpus rows continue their streams: call it once per step, in order.
+        """
         rows = range(self.cfg.data.batch_size) if rows is None else rows
-        seq_len, pad_id = self.cfg.data.seq_len, self.tokenizer.pad_id
-        parts = [pack(self._layouts(random.Random(f"{seed}/{step}/{r}")), 1, seq_len, pad_id, patience=4)[0]
-                 for r in rows]
-        batch = PackedBatch.concat(parts)
+        batch = PackedBatch.concat([self._row(step, seed, r) for r in rows])
         if self.cfg.image.objective == "tokens":  # VQ codes as tokens after the text vocabulary
+            if self._latent_corpus:
+                raise ValueError("image.objective=tokens needs images, not a corpus of precomputed latents")
             return batch.images_as_tokens(self.encode(batch.latents, self.autoencoder.tokenize), self.tokenizer.vocab_size)
-        batch.latents = self.encode(batch.latents)
+        if not self._latent_corpus:
+            batch.latents = self.encode(batch.latents)
         generators = {r: torch.Generator().manual_seed(zlib.crc32(f"{seed}/{step}/{r}/noise".encode())) for r in rows}
         image_rows = [rows[i] for i in batch.image_rows()]
         t = [self.diffusion.sample_t(batch.max_t[i : i + 1], generators[r]) for i, r in enumerate(image_rows)]

@@ -77,6 +77,20 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask) -> torch.Ten
     """
     if isinstance(mask, torch.Tensor):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return _flex_attention(q.is_cuda)(q, k, v, block_mask=mask)
+
+
+_COMPILED_FLEX = None
+
+
+def _flex_attention(cuda: bool):
+    """FlexAttention: compiled into a fused kernel on CUDA (the eager version materialises
+    every score), eager elsewhere (CPU tests compare it with sdpa)."""
+    global _COMPILED_FLEX
     from torch.nn.attention.flex_attention import flex_attention
 
-    return flex_attention(q, k, v, block_mask=mask)
+    if not cuda:
+        return flex_attention
+    if _COMPILED_FLEX is None:
+        _COMPILED_FLEX = torch.compile(flex_attention, dynamic=False)
+    return _COMPILED_FLEX

@@ -1,0 +1,219 @@
+"""transfusion against PyPI's transfusion-pytorch (0.20.0) on one identical CPU workload.
+
+    python benchmarks/peer_transfusion_pytorch.py --install     # once: the peer in its own venv
+    python benchmarks/peer_transfusion_pytorch.py --rounds 5    # prints medians and ratios
+
+The workload (the same for both): text vocabulary 256, model dim 256, depth 4, 4 heads of
+64; one 8x8 latent image of 16 channels per sample; AdamW; 2 CPU threads.
+
+    train     one training step (forward, backward, AdamW) on 8 samples of 64 text tokens
+              followed by their image
+    prompt16  one image from a 16-token prompt, 30 denoising evaluations, guidance 3
+    prompt256 the same from a 256-token prompt
+    batch8    8 images from 8 16-token prompts at once
+
+Each measurement runs in a fresh process (so peak memory is its own); the two programs'
+processes alternate, round after round, and the report gives per-task medians, the
+speed ratio peer / ours, and peak resident memory. Equal model evaluations: the peer
+integrates its flow with the midpoint method (2 evaluations per step), so 16 time points
+are 30 evaluations, each a conditional and an unconditional forward; ours runs DDIM with
+30 steps, each one forward of the conditional and unconditional rows together.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+VENV = Path(__file__).resolve().parent / ".peer-venv"
+PEER = "transfusion-pytorch==0.20.0"
+TASKS = ("train", "prompt16", "prompt256", "batch8")
+DIM, DEPTH, HEADS, VOCAB, CHANNELS, SIDE, TEXT, BATCH, EVALS, GUIDANCE = 256, 4, 4, 256, 16, 8, 64, 8, 30, 3.0
+
+
+def install() -> None:
+    """A virtual environment with the peer and the CPU build of this torch."""
+    import torch
+
+    version = torch.__version__.split("+")[0]
+    subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+    pip = [str(VENV / "bin" / "python"), "-m", "pip", "install", "-q"]
+    subprocess.run([*pip, f"torch=={version}"], check=True)
+    subprocess.run([*pip, PEER], check=True)
+    print(f"installed {PEER} with torch {version} into {VENV}")
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ---- the two programs, each measured in its own process
+
+
+def ours(task: str, repeats: int) -> dict:
+    import torch
+
+    from transfusion.autoencoder import IdentityAutoencoder
+    from transfusion.config import load_config
+    from transfusion.data.document import Image, Tokens
+    from transfusion.data.packing import layout, pack
+    from transfusion.diffusion import Diffusion
+    from transfusion.engine import Engine, Request
+    from transfusion.model.transfusion import Transfusion
+    from transfusion.objective import compute_losses
+    from transfusion.tokenizer import ByteTokenizer
+
+    cfg = load_config(None, overrides=[
+        f"model.dim={DIM}", f"model.n_layers={DEPTH}", f"model.n_heads={HEADS}", "model.max_seq_len=512",
+        "image.adapter=linear", "image.patch_size=1", "data.seq_len=512"])
+    tok = ByteTokenizer()  # 256 bytes + 5 special tokens
+    model = Transfusion(cfg, tok.vocab_size, CHANNELS)
+    g = torch.Generator().manual_seed(0)
+    text = lambda n: Tokens(tuple(torch.randint(0, 256, (n,), generator=g).tolist()))  # noqa: E731
+
+    if task == "train":
+        docs = [[text(TEXT), Image(torch.randn(CHANNELS, SIDE, SIDE, generator=g))] for _ in range(BATCH)]
+        lays = [layout(d, [s.pixels for s in d if isinstance(s, Image)], [cfg.diffusion.timesteps], tok,
+                       model.num_patches) for d in docs]
+        batch, _ = pack(lays, BATCH, max(len(lay.ids) for lay in lays), tok.pad_id, one_per_row=True)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        diffusion = Diffusion()
+
+        def run():
+            loss = compute_losses(model, batch, diffusion, 5.0, g)["total"]
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    else:
+        engine = Engine(model.eval(), tok, IdentityAutoencoder(CHANNELS))  # the latents are the images
+        n, length = (BATCH, 16) if task == "batch8" else (1, 16 if task == "prompt16" else 256)
+        prompts = [[text(length)] for _ in range(n)]
+        request = Request(max_new_tokens=1, sampler="ddim", steps=EVALS, guidance=GUIDANCE, image_size=SIDE)
+
+        def run():
+            engine.generate(prompts, request, force_image=True)
+    return measure(run, repeats, f"{model.num_params() / 1e6:.2f}M")
+
+
+def peer(task: str, repeats: int) -> dict:
+    import torch
+    from transfusion_pytorch import Transfusion
+
+    model = Transfusion(num_text_tokens=VOCAB, dim_latent=CHANNELS, channel_first_latent=True,
+                        modality_default_shape=(SIDE, SIDE),
+                        transformer=dict(dim=DIM, depth=DEPTH, dim_head=DIM // HEADS, heads=HEADS))
+    g = torch.Generator().manual_seed(0)
+    text = lambda n: torch.randint(0, VOCAB, (n,), generator=g)  # noqa: E731
+    steps = EVALS // 2 + 1  # midpoint: 2 evaluations per interval
+
+    if task == "train":
+        batch = [[text(TEXT), torch.randn(CHANNELS, SIDE, SIDE, generator=g)] for _ in range(BATCH)]
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+        def run():
+            loss = model(batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    else:
+        model.eval()
+        n, length = (BATCH, 16) if task == "batch8" else (1, 16 if task == "prompt16" else 256)
+        prompts = [text(length) for _ in range(n)]
+        stop = SIDE * SIDE  # counts generated positions only: the image, then one text token (as ours)
+
+        def run():
+            with torch.no_grad():
+                if n == 1:
+                    model.sample_one(prompts[0], max_length=stop, cache_kv=True, force_modality_at_start=0,
+                                     modality_steps=steps, cfg_scale=GUIDANCE)
+                else:
+                    model.sample_many(prompts, max_length=stop, force_modality_at_start=0,
+                                      modality_steps=steps, cfg_scale=GUIDANCE)
+    return measure(run, repeats, f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M")
+
+
+def measure(run, repeats: int, params: str) -> dict:
+    run()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return {"seconds": statistics.median(times), "peak_rss_mb": peak_rss_mb(), "params": params}
+
+
+# ---- the driver
+
+
+def worker_cmd(program: str, task: str, repeats: int, peer_python: str) -> list[str]:
+    python = sys.executable if program == "ours" else peer_python
+    return [python, __file__, "--worker", program, "--task", task, "--repeats", str(repeats)]
+
+
+def run_worker(program: str, task: str, repeats: int, peer_python: str) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="2", LOGURU_LEVEL="WARNING", TQDM_DISABLE="1")
+    if program == "ours":  # the peer's venv must not see this checkout's package, and ours must
+        env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    done = subprocess.run(worker_cmd(program, task, repeats, peer_python), capture_output=True, text=True, env=env)
+    if done.returncode:
+        raise RuntimeError(f"{program} {task} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--install", action="store_true", help=f"install {PEER} into {VENV} and exit")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds per task")
+    p.add_argument("--repeats", type=int, default=3, help="timed repeats per process (median)")
+    p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
+    p.add_argument("--peer-python", default=str(VENV / "bin" / "python"))
+    p.add_argument("--out", help="also write the results as JSON here")
+    p.add_argument("--worker", choices=("ours", "peer"), help=argparse.SUPPRESS)
+    p.add_argument("--task", choices=TASKS, help=argparse.SUPPRESS)
+    args = p.parse_args()
+
+    if args.install:
+        return install()
+    if args.worker:
+        import torch
+
+        torch.set_num_threads(2)
+        result = (ours if args.worker == "ours" else peer)(args.task, args.repeats)
+        print(json.dumps(result))
+        return
+    if not Path(args.peer_python).is_file():
+        raise SystemExit(f"no peer environment at {args.peer_python}: run with --install first")
+
+    results = {t: {"ours": [], "peer": []} for t in args.tasks}
+    for r in range(args.rounds):
+        for task in args.tasks:
+            order = ("ours", "peer") if r % 2 == 0 else ("peer", "ours")  # alternate who goes first
+            for program in order:
+                results[task][program].append(run_worker(program, task, args.repeats, args.peer_python))
+            print(f"round {r + 1}/{args.rounds} {task}: ours {results[task]['ours'][-1]['seconds']:.3f}s, "
+                  f"peer {results[task]['peer'][-1]['seconds']:.3f}s", flush=True)
+
+    print(f"\n{'task':<10} {'ours s':>9} {'peer s':>9} {'speed-up':>9} {'ours MB':>9} {'peer MB':>9}")
+    summary = {}
+    for task, runs in results.items():
+        s = {k: statistics.median(x["seconds"] for x in v) for k, v in runs.items()}
+        m = {k: statistics.median(x["peak_rss_mb"] for x in v) for k, v in runs.items()}
+        summary[task] = {"ours_s": s["ours"], "peer_s": s["peer"], "speedup": s["peer"] / s["ours"],
+                         "ours_peak_mb": m["ours"], "peer_peak_mb": m["peer"]}
+        print(f"{task:<10} {s['ours']:9.3f} {s['peer']:9.3f} {s['peer'] / s['ours']:8.2f}x {m['ours']:9.0f} {m['peer']:9.0f}")
+    params = {k: results[args.tasks[0]][k][0]["params"] for k in ("ours", "peer")}
+    print(f"parameters: ours {params['ours']}, peer {params['peer']}; medians of {args.rounds} interleaved "
+          f"processes x {args.repeats} repeats")
+    if args.out:
+        Path(args.out).write_text(json.dumps({"summary": summary, "params": params, "runs": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -88,7 +88,8 @@ def save_checkpoint(
     _barrier()
     try:
         if optimizer is not None:
-            dcp.save(_training_state(model, optimizer, ema), checkpoint_id=tmp / "train_state")
+            dcp.save(_training_state(model, optimizer, ema), checkpoint_id=tmp / "train_state",
+                     no_dist=not dist.is_initialized())
         weights = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         ema_weights = ema.full_state() if ema is not None else None
         if main:
@@ -135,7 +136,7 @@ def load_training_state(ckpt: Path, model: torch.nn.Module, optimizer: torch.opt
         raise FileNotFoundError(f"checkpoint {ckpt} holds no training state (train_state/): it can be sampled "
                                 f"from, not resumed; start a new run folder")
     state = _training_state(model, optimizer, ema)
-    dcp.load(state, checkpoint_id=ckpt / "train_state")
+    dcp.load(state, checkpoint_id=ckpt / "train_state", no_dist=not dist.is_initialized())
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
     return json.loads((ckpt / "state.json").read_text())
 

@@ -31,7 +31,7 @@ def main() -> None:
     args = p.parse_args()
     device = torch.device(args.device)
     backward = device.type == "cuda"
-    overrides = [f"data.batch_size={args.rows}", "image.size=32", "image.autoencoder=identity"]
+    overrides = [f"data.batch_size={args.rows}", "image.autoencoder=identity"]
     if args.seq_len:
         overrides += [f"data.seq_len={args.seq_len}", f"model.max_seq_len={args.seq_len}"]
     tok = ByteTokenizer()

@@ -6,12 +6,28 @@
     transfusion train --preset tiny --out runs/chameleon image.objective=tokens image.autoencoder=train
                                                                      # the Chameleon baseline (VQ image tokens)
 
+On many processes (transfusion/distributed.py): the same arguments under torchrun.
+
+    # one node, 8 GPUs: FSDP2-sharded weights, gradients and optimizer state, bf16 autocast
+    torchrun --standalone --nproc_per_node=8 -m transfusion.cli train --preset 0.16B --out runs/a \
+        train.device=cuda train.parallel=fsdp train.precision=bf16 data.tokens_per_step=524288
+    # 4 nodes of 8 GPUs: run on every node, node0 being the rendezvous host
+    torchrun --nnodes=4 --nproc_per_node=8 --rdzv_backend=c10d --rdzv_endpoint=node0:29500 \
+        -m transfusion.cli train --preset 7B --out /shared/runs/7b train.device=cuda train.parallel=fsdp \
+        train.precision=bf16 train.activation_checkpointing=true model.attention=flex train.compile=true
+
+The global batch (data.batch_size rows, or a data.tokens_per_step budget) is split over
+processes and train.grad_accum micro-batches; the result is the single-process one.
+
 The same command after an interruption (Ctrl-C, kill -9, a crash) resumes from the last
-checkpoint and continues as if it had never stopped: the batch of each step depends only
-on (seed, step), and model, optimizer and step are restored.
+checkpoint and continues as if it had never stopped, on the same or another number of
+processes: row r of the batch of step s depends only on (seed, s, r) (or, for a streamed
+corpus, on the saved stream positions), and weights, optimizer state, EMA and step are
+restored.
 
 Writes into --out: config.yaml (resolved), tokenizer.json, metrics.jsonl, losses.png,
-checkpoints/step_*/, samples/step_*.png (+ captions of held-out images), report.json.
+checkpoints/step_*/ (whole weights + sharded train_state/), samples/step_*.png (+ captions
+of held-out images), report.json.
 """
 
 from __future__ import annotations
@@ -96,14 +112,18 @@ def prepare_autoencoder(cfg: Config, out: Path) -> Autoencoder:
 
 
 def build_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.AdamW:
-    """AdamW; matrices decay, vectors (norms, biases) do not."""
+    """AdamW; matrices decay, vectors (norms, biases) do not. The fused kernel (one pass
+    over each parameter) where every parameter is a plain tensor; sharded ones use foreach."""
+    from torch.distributed.tensor import DTensor
+
     params = [p for p in model.parameters() if p.requires_grad]
+    fused = not any(isinstance(p, DTensor) for p in params)
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
     o = cfg.optim
     return torch.optim.AdamW(
         [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=o.lr, betas=tuple(o.betas), eps=o.eps,
+        lr=o.lr, betas=tuple(o.betas), eps=o.eps, fused=fused,
     )
 
 

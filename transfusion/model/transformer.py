@@ -12,20 +12,17 @@ from transfusion.model.attention import attend
 
 
 def rope_table(head_dim: int, max_len: int, theta: float) -> torch.Tensor:
-    """(max_len, head_dim // 2, 2): cos and sin of each position's rotation angles."""
+    """(max_len, head_dim // 2) complex: each position's rotation of each channel pair."""
     freqs = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
     angles = torch.outer(torch.arange(max_len, dtype=torch.float32), freqs)
-    return torch.stack([angles.cos(), angles.sin()], dim=-1)
+    return torch.polar(torch.ones_like(angles), angles)
 
 
 def apply_rope(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
-    """Rotate (B, H, L, hd) by per-position angles ``rope`` of shape (B, 1, L, hd // 2, 2)."""
-    x2 = x.float().unflatten(-1, (-1, 2))  # (B, H, L, hd/2, 2): pairs of channels
-    cos, sin = rope[..., 0], rope[..., 1]
-    out = torch.stack(
-        [x2[..., 0] * cos - x2[..., 1] * sin, x2[..., 0] * sin + x2[..., 1] * cos], dim=-1
-    )
-    return out.flatten(-2).type_as(x)
+    """Rotate (B, H, L, hd) by per-position rotations ``rope`` of shape (B, 1, L, hd // 2):
+    channel pairs as complex numbers, one complex multiply."""
+    pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))  # (B, H, L, hd/2)
+    return torch.view_as_real(pairs * rope).flatten(-2).type_as(x)
 
 
 class Attention(nn.Module):
@@ -107,7 +104,7 @@ class Transformer(nn.Module):
                 f"a document reaches position {int(positions.max())}, beyond model.max_seq_len="
                 f"{self.cfg.max_seq_len}"
             )
-        rope = self.rope[positions].unsqueeze(1)  # (B, 1, L, hd/2, 2)
+        rope = self.rope[positions].unsqueeze(1)  # (B, 1, L, hd/2) complex
         for i, block in enumerate(self.blocks):
             layer_present = [] if present is not None else None
             if self.checkpointing and self.training and torch.is_grad_enabled() and past is None and present is None:

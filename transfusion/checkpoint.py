@@ -34,6 +34,7 @@ from safetensors.torch import load_file, save_file
 
 from transfusion.autoencoder import Autoencoder, IdentityAutoencoder, load_autoencoder, save_autoencoder
 from transfusion.config import Config, from_dict, to_dict
+from transfusion.distributed import unwrap
 from transfusion.model.transfusion import Transfusion
 from transfusion.tokenizer import Tokenizer, tokenizer_from_json
 
@@ -96,8 +97,7 @@ def save_checkpoint(
             save_file({k: v.detach().contiguous() for k, v in weights.items()}, tmp / "model.safetensors")
             if ema_weights is not None:
                 save_file({k: v.contiguous() for k, v in ema_weights.items()}, tmp / "ema.safetensors")
-            core = model.module if hasattr(model, "module") else model
-            (tmp / "config.yaml").write_text(yaml.safe_dump(to_dict(core.cfg), sort_keys=False))
+            (tmp / "config.yaml").write_text(yaml.safe_dump(to_dict(unwrap(model).cfg), sort_keys=False))
             (tmp / "tokenizer.json").write_text(tokenizer.to_json())
             if not isinstance(autoencoder, IdentityAutoencoder):
                 save_autoencoder(autoencoder, tmp / "autoencoder")

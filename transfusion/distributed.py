@@ -131,6 +131,11 @@ def build_model(cfg: Config, tokenizer, autoencoder, world: World, device: torch
     return model, core
 
 
+def unwrap(model: torch.nn.Module) -> Transfusion:
+    """The plain model inside a DDP wrapper (an FSDP2 model is its own)."""
+    return model.module if hasattr(model, "module") else model
+
+
 def sync_gradients(model, enabled: bool):
     """Context for one micro-batch: gradients are reduced over processes only on the last one."""
     if hasattr(model, "no_sync"):  # DDP

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from transfusion.data.packing import IGNORE, PackedBatch
 from transfusion.diffusion import Diffusion
+from transfusion.distributed import unwrap
 from transfusion.model.transfusion import Transfusion
 
 Sums = dict[str, tuple[torch.Tensor, int]]  # term -> (sum, count)
@@ -47,19 +48,29 @@ def combine(sums: Sums, loss_weight: float, counts: dict[str, int] | None = None
     return out
 
 
+def loss_counts(batch: PackedBatch, core: Transfusion) -> dict[str, int]:
+    """What each term of ``loss_sums`` is a mean over, read from the batch alone."""
+    has_target = batch.targets != IGNORE
+    if core.image_codes:
+        is_code = batch.targets[has_target] >= core.vocab_size
+        return {"lm": int((~is_code).sum()), "image_ce": int(is_code.sum())}
+    return {"lm": int(has_target.sum()), "ddpm": len(batch.latents)}
+
+
 def loss_sums(model, batch: PackedBatch, diffusion: Diffusion | None, generator: torch.Generator | None = None) -> Sums:
     """Per term (``lm``, ``ddpm``; or ``lm``, ``image_ce``) the summed loss and its count.
 
     Timesteps and noise come from the batch (drawn by ``BatchBuilder``), else from ``generator``.
     """
-    core = model.module if hasattr(model, "module") else model  # under DistributedDataParallel
+    core = unwrap(model)
+    counts = loss_counts(batch, core)
     has_target = batch.targets != IGNORE
     if core.image_codes:
         logits, _ = model(batch.tokens, batch.positions, batch.doc_ids, batch.image_ids, head_at=has_target)
         targets = batch.targets[has_target]
         ce = F.cross_entropy(logits.float(), targets, reduction="none")
         is_code = targets >= core.vocab_size
-        return {"lm": (ce[~is_code].sum(), int((~is_code).sum())), "image_ce": (ce[is_code].sum(), int(is_code.sum()))}
+        return {"lm": (ce[~is_code].sum(), counts["lm"]), "image_ce": (ce[is_code].sum(), counts["image_ce"])}
 
     device = batch.tokens.device
     groups, targets = [], []
@@ -84,4 +95,4 @@ def loss_sums(model, batch: PackedBatch, diffusion: Diffusion | None, generator:
                                head_at=has_target)
     lm = F.cross_entropy(logits.float(), batch.targets[has_target], reduction="sum")
     ddpm = torch.cat([diffusion.loss(p, n) for p, n in zip(noise_pred, targets)]).sum()
-    return {"lm": (lm, int(has_target.sum())), "ddpm": (ddpm, len(batch.latents))}
+    return {"lm": (lm, counts["lm"]), "ddpm": (ddpm, counts["ddpm"])}

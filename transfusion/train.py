@@ -48,9 +48,10 @@ from transfusion.checkpoint import Loaded, list_checkpoints, load_training_state
 from transfusion.config import Config, from_dict, load_config, save_config, to_dict
 from transfusion.data.stream import BatchBuilder, build_mixture
 from transfusion.diffusion import Diffusion
-from transfusion.distributed import EMA, World, build_model, close_world, full, init_world, rows_of, sampling_model, sync_gradients
+from transfusion.distributed import (EMA, World, build_model, close_world, full, init_world, rows_of, sampling_model,
+                                     sync_gradients, unwrap)
 from transfusion.model.transfusion import Transfusion
-from transfusion.objective import combine, compute_losses, loss_sums
+from transfusion.objective import combine, compute_losses, loss_counts, loss_sums
 from transfusion.tokenizer import BPETokenizer, ByteTokenizer, Tokenizer, load_tokenizer, save_tokenizer
 
 
@@ -217,7 +218,7 @@ def train_step(model, micro_batches, diffusion, cfg: Config, world: World, autoc
     micro-batch), so the summed gradient is the single-process gradient of that batch.
     Returns the global mean of each loss term and ``total``.
     """
-    local_counts = [loss_counts(b, core_of(model)) for b in micro_batches]
+    local_counts = [loss_counts(b, unwrap(model)) for b in micro_batches]
     names = list(local_counts[0])
     counts = dict(zip(names, world.sum([sum(c[k] for c in local_counts) for k in names])))
     logged = {k: 0.0 for k in names}
@@ -231,21 +232,6 @@ def train_step(model, micro_batches, diffusion, cfg: Config, world: World, autoc
     totals = world.sum([logged[k] for k in names])
     out = combine({k: (torch.tensor(v), counts[k]) for k, v in zip(names, totals)}, cfg.diffusion.loss_weight)
     return {k: float(v) for k, v in out.items()}
-
-
-def core_of(model: torch.nn.Module) -> Transfusion:
-    return model.module if hasattr(model, "module") else model
-
-
-def loss_counts(batch, core: Transfusion) -> dict[str, int]:
-    """The counts ``loss_sums`` divides by, read from the batch without running the model."""
-    from transfusion.data.packing import IGNORE
-
-    has_target = batch.targets != IGNORE
-    if core.image_codes:
-        is_code = batch.targets[has_target] >= core.vocab_size
-        return {"lm": int((~is_code).sum()), "image_ce": int(is_code.sum())}
-    return {"lm": int(has_target.sum()), "ddpm": len(batch.latents)}
 
 
 def main(argv: list[str] | None = None) -> Path:

@@ -23,6 +23,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,8 +91,9 @@ def save_checkpoint(
     _barrier()
     try:
         if optimizer is not None:
-            dcp.save(_training_state(model, optimizer, ema), checkpoint_id=tmp / "train_state",
-                     no_dist=not dist.is_initialized())
+            with _single_process_is_fine():
+                dcp.save(_training_state(model, optimizer, ema), checkpoint_id=tmp / "train_state",
+                         no_dist=not dist.is_initialized())
         weights = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         ema_weights = ema.full_state() if ema is not None else None
         if main:
@@ -116,6 +119,14 @@ def save_checkpoint(
     return final
 
 
+@contextmanager
+def _single_process_is_fine():
+    """Silence DCP's warning that it runs without a process group: one process is a world too."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
+
+
 def _training_state(model, optimizer, ema) -> dict:
     """What ``train_state/`` holds, as (possibly sharded) tensors keyed by parameter name."""
     from torch.distributed.checkpoint.state_dict import get_state_dict
@@ -136,7 +147,8 @@ def load_training_state(ckpt: Path, model: torch.nn.Module, optimizer: torch.opt
         raise FileNotFoundError(f"checkpoint {ckpt} holds no training state (train_state/): it can be sampled "
                                 f"from, not resumed; start a new run folder")
     state = _training_state(model, optimizer, ema)
-    dcp.load(state, checkpoint_id=ckpt / "train_state", no_dist=not dist.is_initialized())
+    with _single_process_is_fine():
+        dcp.load(state, checkpoint_id=ckpt / "train_state", no_dist=not dist.is_initialized())
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
     return json.loads((ckpt / "state.json").read_text())
 

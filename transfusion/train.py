@@ -80,6 +80,11 @@ def build_tokenizer(cfg: Config, mixture) -> Tokenizer:
     return load_tokenizer(spec)
 
 
+def with_images(data):
+    """A dataset as is, or (the first documents of a sharded corpus, a list) those with an image."""
+    return [d for d in data if d.images] if isinstance(data, list) else data
+
+
 def prepare_autoencoder(cfg: Config, out: Path) -> Autoencoder:
     """The run's frozen autoencoder; ``image.autoencoder=train`` trains one into RUN/autoencoder once."""
     if cfg.image.autoencoder != "train":
@@ -92,7 +97,7 @@ def prepare_autoencoder(cfg: Config, out: Path) -> Autoencoder:
 
     i = cfg.image
     torch.manual_seed(cfg.train.seed)
-    data = load_dataset(cfg.data.dataset, "train", i.size)
+    data = with_images(load_dataset(cfg.data.dataset, "train", i.size))
     if i.objective == "tokens":
         from transfusion.vq import VQAutoencoder, train_vq
 
@@ -106,7 +111,7 @@ def prepare_autoencoder(cfg: Config, out: Path) -> Autoencoder:
         metrics = train_autoencoder(ae, data, i.ae_steps, batch_size=16, seed=cfg.train.seed)
     print(f"autoencoder: reconstruction mse {metrics['mse']:.4f} after {i.ae_steps} steps ({metrics['seconds']:.0f}s)")
     save_autoencoder(ae, folder)
-    test = load_dataset(cfg.data.dataset, "test", i.size)
+    test = with_images(load_dataset(cfg.data.dataset, "test", i.size))
     pixels = torch.stack([test[j].images[0].pixels for j in range(8)])
     save_reconstructions(pixels, ae.decode(ae.encode(pixels)), folder / "reconstructions.png")
     return ae

@@ -75,6 +75,19 @@ def test_fsdp_checkpoint_from_two_processes_resumes_on_one(single, tmp_path):
     assert max((ema_a[k] - ema_b[k]).abs().max().item() for k in ema_a) < 1e-5
 
 
+def test_fsdp_streaming_a_sharded_corpus_trains_what_one_process_does(tmp_path):
+    """Each process streams its own rows' shards with worker processes; same run as one process."""
+    from transfusion.data.precompute import write_corpus
+
+    write_corpus("shapes", tmp_path / "corpus", docs=120, per_shard=30, image_size=16)
+    corpus = f"data.dataset={tmp_path / 'corpus'}"
+    one = train(tmp_path / "one", corpus)
+    two = train(tmp_path / "two", corpus, "train.parallel=fsdp", processes=2)
+    assert_same_run(one, two)
+    state = json.loads((two / "checkpoints" / "step_000006" / "state.json").read_text())
+    assert set(state["data"]["streams"]) == {"0", "1", "2", "3"}  # every process's streams, merged
+
+
 def test_rows_split_the_global_batch_over_processes_and_micro_batches():
     cfg = load_config("debug", overrides=["data.batch_size=8", "train.grad_accum=2"])
     rows = [list(rows_of(World(rank, 2), cfg, micro)) for rank in range(2) for micro in range(2)]

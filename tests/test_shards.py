@@ -123,6 +123,8 @@ def test_precomputed_latents_are_the_autoencoder_s_and_train_without_encoding(co
     builder = BatchBuilder(cfg, build_mixture(cfg), tok, NoEncoder(4), model.num_patches)
     batch = builder.batch_at(0, 0)
     assert batch.latents and batch.latents[0].shape == (4, 8, 8)
+    with pytest.raises(ValueError, match="set image.autoencoder to that folder"):
+        BatchBuilder(cfg, build_mixture(cfg), tok, IdentityAutoencoder(), model.num_patches)
 
 
 def test_training_on_shards_resumes_in_place(corpus, tmp_path):

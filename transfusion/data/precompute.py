@@ -92,8 +92,11 @@ def precompute_latents(shards: str, autoencoder: str | Path, out: str | Path, wo
             for e in errors:
                 print(f"skipped a corrupt record: {e}", file=sys.stderr)
             print(f"{name}: {n} documents", flush=True)
-    info = {"autoencoder": str(Path(autoencoder).resolve()), "image_size": image_size, "documents": written,
-            "skipped": skipped}
+    from transfusion.autoencoder import load_autoencoder
+
+    channels = load_autoencoder(autoencoder).latent_channels
+    info = {"autoencoder": str(Path(autoencoder).resolve()), "latent_channels": channels, "image_size": image_size,
+            "documents": written, "skipped": skipped}
     (out / "latents.json").write_text(json.dumps(info, indent=2) + "\n")
     return {**info, "seconds": time.perf_counter() - start}
 

@@ -81,6 +81,11 @@ class BatchBuilder:
         self.num_patches = num_patches  # latent (h, w) -> patches per image
         self.diffusion = Diffusion(cfg.diffusion.timesteps, cfg.diffusion.schedule)
         self.feed = None  # a streamed corpus's reader (open_streams)
+        info = getattr(mixture, "latent_info", None)
+        if info and info.get("latent_channels") != autoencoder.latent_channels:
+            raise ValueError(f"the corpus holds latents of {info.get('autoencoder')} ({info.get('latent_channels')} "
+                             f"channels); set image.autoencoder to that folder (this run's has "
+                             f"{autoencoder.latent_channels} channels)")
 
     def _pixel_patches(self, hw: tuple[int, int]) -> int:
         _, h, w = self.autoencoder.latent_shape(*hw)

@@ -73,6 +73,13 @@ def test_fsdp_checkpoint_from_two_processes_resumes_on_one(single, tmp_path):
     # the EMA continued from the saved one: resuming changed nothing
     ema_a, ema_b = weights(fsdp, 6, "ema"), weights(resumed, 6, "ema")
     assert max((ema_a[k] - ema_b[k]).abs().max().item() for k in ema_a) < 1e-5
+    from transfusion.checkpoint import load_checkpoint
+
+    averaged = load_checkpoint(resumed, ema=True).model.state_dict()
+    assert all(torch.equal(averaged[k], ema_b[k]) for k in ema_b)
+    assert not all(torch.equal(averaged[k], weights(resumed, 6)[k]) for k in ema_b)
+    with pytest.raises(FileNotFoundError, match="no EMA weights"):
+        load_checkpoint(single, ema=True)
 
 
 def test_fsdp_streaming_a_sharded_corpus_trains_what_one_process_does(tmp_path):

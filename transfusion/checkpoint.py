@@ -187,11 +187,11 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", ema: b
     tokenizer = tokenizer_from_json((ckpt / "tokenizer.json").read_text())
     autoencoder = load_autoencoder(ckpt / "autoencoder") if (ckpt / "autoencoder").is_dir() else IdentityAutoencoder()
     model = Transfusion.build(cfg, tokenizer, autoencoder)
+    if ema and not (ckpt / "ema.safetensors").is_file():
+        raise FileNotFoundError(f"checkpoint {ckpt} holds no EMA weights (trained with train.ema_decay=0)")
     try:
         weights = load_file(ckpt / "model.safetensors", device=str(device))
         if ema:
-            if not (ckpt / "ema.safetensors").is_file():
-                raise FileNotFoundError(f"checkpoint {ckpt} holds no EMA weights (trained with train.ema_decay=0)")
             weights.update(load_file(ckpt / "ema.safetensors", device=str(device)))
         model.load_state_dict(weights)
     except Exception as err:

@@ -58,6 +58,7 @@ def _generate(argv: list[str]) -> None:
     p = argparse.ArgumentParser(prog="transfusion generate", description="Images from captions, or interleaved "
                                 "text and images from a prompt; writes PNGs, the text and a JSON per sample.")
     p.add_argument("checkpoint", help="a run folder (its latest checkpoint) or a checkpoint folder")
+    p.add_argument("--ema", action="store_true", help="use the EMA of the weights (runs with train.ema_decay > 0)")
     p.add_argument("captions", nargs="*", help="one image per caption and sample (an empty caption: unconditional)")
     p.add_argument("--interleaved", action="append", default=[], metavar="PROMPT",
                    help="let the model continue PROMPT with text and decide where images go (repeatable)")
@@ -80,7 +81,7 @@ def _generate(argv: list[str]) -> None:
         p.error("give captions or --interleaved prompts (not both)")
     if args.n < 1 or args.batch_size < 1:
         p.error("--n and --batch-size must be at least 1")
-    loaded = load_checkpoint(args.checkpoint)
+    loaded = load_checkpoint(args.checkpoint, ema=args.ema)
     cfg = loaded.config
     images = [Image(load_image(Path(path), cfg.image.size)) for path in args.image]
     interleaved = bool(args.interleaved)
@@ -117,6 +118,7 @@ def _caption(argv: list[str]) -> None:
     p = argparse.ArgumentParser(prog="transfusion caption", description="Describe images: each image (clean, "
                                 "center-cropped and resized to the run's image.size) then text.")
     p.add_argument("checkpoint", help="a run folder (its latest checkpoint) or a checkpoint folder")
+    p.add_argument("--ema", action="store_true", help="use the EMA of the weights (runs with train.ema_decay > 0)")
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("--prompt", default="", help="text after the image(s) for the model to continue")
     p.add_argument("--together", action="store_true", help="all images in one prompt, one answer")
@@ -127,7 +129,7 @@ def _caption(argv: list[str]) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="also write the captions and settings to this JSON file")
     args = p.parse_args(argv)
-    loaded = load_checkpoint(args.checkpoint)
+    loaded = load_checkpoint(args.checkpoint, ema=args.ema)
     pictures = [Image(load_image(Path(path), loaded.config.image.size)) for path in args.images]
     groups = [pictures] if args.together else [[pic] for pic in pictures]
     names = [args.images] if args.together else [[path] for path in args.images]
@@ -155,6 +157,7 @@ def _evaluate(argv: list[str]) -> None:
     p = argparse.ArgumentParser(prog="transfusion eval", description="Score a checkpoint on held-out data: "
                                 "report.json, report.md and sample grids.")
     p.add_argument("checkpoint", help="a run folder (its latest checkpoint) or a checkpoint folder")
+    p.add_argument("--ema", action="store_true", help="use the EMA of the weights (runs with train.ema_decay > 0)")
     p.add_argument("--suite", nargs="+", default=list(SUITES), choices=SUITES,
                    help="text: perplexity; t2i: FID and prompt following; i2t: CIDEr-D and caption accuracy")
     p.add_argument("--n", type=int, default=256, help="held-out documents per suite")
@@ -163,7 +166,7 @@ def _evaluate(argv: list[str]) -> None:
     p.add_argument("--out", default=None, help="report JSON path (default: CHECKPOINT/eval/report.json); "
                    "report.md and PNG grids go beside it")
     args = p.parse_args(argv)
-    loaded = load_checkpoint(args.checkpoint)
+    loaded = load_checkpoint(args.checkpoint, ema=args.ema)
     req = Request(sampler=args.sampler, steps=args.steps, guidance=args.cfg, seed=args.seed)
     report, samples = evaluate(loaded, args.suite, args.n, req, fid=not args.no_fid)
     out = Path(args.out) if args.out else loaded.path / "eval" / "report.json"

@@ -73,7 +73,8 @@ def build_mixture(cfg: Config, split: str = "train"):
 class BatchBuilder:
     """Documents -> packed, latent-encoded training batches."""
 
-    def __init__(self, cfg: Config, mixture: Mixture, tokenizer: Tokenizer, autoencoder: Autoencoder, num_patches):
+    def __init__(self, cfg: Config, mixture, tokenizer: Tokenizer, autoencoder: Autoencoder, num_patches):
+        """``mixture``: a ``Mixture`` (documents drawn at random) or a ``ShardedCorpus`` (streamed)."""
         self.cfg = cfg
         self.mixture = mixture
         self.tokenizer = tokenizer

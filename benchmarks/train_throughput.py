@@ -20,14 +20,14 @@ from contextlib import nullcontext
 
 import torch
 
-from transfusion.autoencoder import KLAutoencoder
+from transfusion.autoencoder import IdentityAutoencoder, KLAutoencoder
 from transfusion.config import load_config
 from transfusion.data.stream import BatchBuilder, build_mixture
 from transfusion.diffusion import Diffusion
 from transfusion.distributed import World
 from transfusion.model.transfusion import Transfusion
 from transfusion.tokenizer import ByteTokenizer
-from transfusion.train import build_optimizer, count_step_flops, train_step
+from transfusion.train import build_optimizer, count_step_flops, matmul_peak_flops, train_step
 
 SHAPES = {  # preset -> overrides that make it a short run here
     "debug": [],
@@ -36,36 +36,19 @@ SHAPES = {  # preset -> overrides that make it a short run here
 }
 
 
-def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 2048, seconds: float = 0.5, trials: int = 3) -> float:
-    """The best of ``trials`` timings of back-to-back n x n matmuls (FLOP/s): the peak."""
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for _ in range(3):
-        a @ b
-    best = 0.0
-    for _ in range(trials):
-        sync()
-        count, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds:
-            a @ b
-            count += 1
-        sync()
-        best = max(best, 2 * n**3 * count / (time.perf_counter() - start))
-    return best
-
-
 def measure(preset: str, steps: int, device: torch.device, precision: str, extra: list[str]) -> dict:
     cfg = load_config(preset, overrides=[*SHAPES.get(preset, []), f"train.precision={precision}", *extra])
     tok = ByteTokenizer()
     i = cfg.image
-    ae = (KLAutoencoder(latent_channels=i.ae_latent_channels, downsample=i.ae_downsample, width=i.ae_width)
-          if i.autoencoder == "train" else None)
-    from transfusion.autoencoder import IdentityAutoencoder
-
-    ae = (ae or IdentityAutoencoder()).eval()
+    if i.autoencoder == "train":  # an untrained one of the preset's shape: the same latent sizes
+        ae = KLAutoencoder(latent_channels=i.ae_latent_channels, downsample=i.ae_downsample, width=i.ae_width)
+    else:
+        ae = IdentityAutoencoder()
+    ae.eval()
     model = Transfusion.build(cfg, tok, ae).to(device)
-    for block in model.trunk.blocks if cfg.train.compile else ():
-        block.compile()
+    if cfg.train.compile:
+        for block in model.trunk.blocks:
+            block.compile()
     builder = BatchBuilder(cfg, build_mixture(cfg), tok, ae, model.num_patches)
     optimizer = build_optimizer(model, cfg)
     diffusion = Diffusion(cfg.diffusion.timesteps)
@@ -73,8 +56,7 @@ def measure(preset: str, steps: int, device: torch.device, precision: str, extra
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     autocast = (lambda: torch.autocast(device.type, dtype)) if precision == "bf16" else nullcontext
     with autocast():
-        flops = [count_step_flops(model, b, diffusion, cfg) for b in batches[:1]][0]
-    flops_per_token = flops / batches[0].num_tokens
+        flops_per_token = count_step_flops(model, batches[0], diffusion, cfg) / batches[0].num_tokens
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     times = []
     for s, batch in enumerate(batches):
@@ -87,7 +69,7 @@ def measure(preset: str, steps: int, device: torch.device, precision: str, extra
         if s >= 2:  # two warm-up steps
             times.append((time.perf_counter() - start) / batch.num_tokens)
     seconds_per_token = statistics.median(times)
-    peak = matmul_peak(device, dtype)  # measured right after the steps, under the same conditions
+    peak = matmul_peak_flops(n=2048, device=device, dtype=dtype, trials=3)  # right after the steps, as they ran
     tokens_per_s = 1 / seconds_per_token
     return {"preset": preset, "params_m": model.num_params() / 1e6, "tokens_per_step": batches[0].num_tokens,
             "tokens_per_s": tokens_per_s, "gflop_per_token": flops_per_token / 1e9,

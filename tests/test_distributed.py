@@ -132,7 +132,8 @@ def test_gradient_accumulation_gives_the_whole_batch_gradient():
 
     def grads(batches):
         model.zero_grad()
-        out = train_step(model, batches, Diffusion(), cfg, World(), nullcontext)
+        out, tokens = train_step(model, batches, Diffusion(), cfg, World(), nullcontext)
+        assert tokens == sum(b.num_tokens for b in batches)
         return out, [p.grad.clone() for p in model.parameters() if p.grad is not None]
 
     whole, g1 = grads([builder.batch_at(0, seed=0)])

@@ -64,7 +64,6 @@ def test_a_resumed_stream_neither_repeats_nor_skips_on_any_number_of_processes(c
     straight.open_streams(range(4))
     batches = [straight.batch_at(step, 0).tokens for step in range(6)]
     assert straight.skipped >= 3
-    saved = None
     replay = builder_for(corpus)
     replay.open_streams(range(4))
     for step in range(3):

@@ -133,15 +133,24 @@ def build_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.AdamW:
     )
 
 
-def matmul_peak_flops(seconds: float = 0.5, n: int = 1024) -> float:
-    """Measured fp32 matmul FLOP/s of this machine: the MFU denominator."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_peak_flops(seconds: float = 0.5, n: int = 1024, device: str | torch.device = "cpu",
+                      dtype: torch.dtype = torch.float32, trials: int = 1) -> float:
+    """Measured matmul FLOP/s of this machine (n x n, back to back; the best of ``trials``
+    timings of ``seconds`` each): the MFU denominator."""
+    device = torch.device(device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     a @ b
-    count, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        a @ b
-        count += 1
-    return 2 * n**3 * count / (time.perf_counter() - start)
+    best = 0.0
+    for _ in range(trials):
+        sync()
+        count, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            a @ b
+            count += 1
+        sync()
+        best = max(best, 2 * n**3 * count / (time.perf_counter() - start))
+    return best
 
 
 def count_step_flops(model, batch, diffusion, cfg) -> float:
@@ -216,27 +225,27 @@ def write_samples(loaded: Loaded, out: Path, step: int, n: int) -> dict:
     return result
 
 
-def train_step(model, micro_batches, diffusion, cfg: Config, world: World, autocast) -> dict[str, float]:
+def train_step(model, micro_batches, diffusion, cfg: Config, world: World, autocast) -> tuple[dict[str, float], int]:
     """Forward and backward over this process's micro-batches of one global batch.
 
     Each term is divided by its count over the whole global batch (every process, every
     micro-batch), so the summed gradient is the single-process gradient of that batch.
-    Returns the global mean of each loss term and ``total``.
+    Returns the global mean of each loss term and ``total``, and the global batch's tokens.
     """
     local_counts = [loss_counts(b, unwrap(model)) for b in micro_batches]
     names = list(local_counts[0])
     counts = dict(zip(names, world.sum([sum(c[k] for c in local_counts) for k in names])))
-    logged = {k: 0.0 for k in names}
+    logged = []
     for i, batch in enumerate(micro_batches):
         with sync_gradients(model, i == len(micro_batches) - 1), autocast():
             terms = loss_sums(model, batch, diffusion)
             loss = combine(terms, cfg.diffusion.loss_weight, counts)["total"]
         (loss * world.size).backward()  # DDP and FSDP average gradients over processes; we want their sum
-        for k in names:
-            logged[k] += terms[k][0].item()
-    totals = world.sum([logged[k] for k in names])
+        logged.append(torch.stack([terms[k][0].detach().float() for k in names]))
+    sums = torch.stack(logged).sum(0).tolist()  # one device sync for the step
+    *totals, tokens = world.sum([*sums, sum(b.num_tokens for b in micro_batches)])
     out = combine({k: (torch.tensor(v), counts[k]) for k, v in zip(names, totals)}, cfg.diffusion.loss_weight)
-    return {k: float(v) for k, v in out.items()}
+    return {k: float(v) for k, v in out.items()}, int(tokens)
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -261,8 +270,7 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 def _train(cfg: Config, out: Path, world: World, device: torch.device) -> Path:
-    for micro in range(cfg.train.grad_accum):
-        rows_of(world, cfg, micro)  # fails early when the batch does not split
+    mine = [rows_of(world, cfg, k) for k in range(cfg.train.grad_accum)]  # fails early if the batch does not split
     if world.main:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
@@ -295,7 +303,6 @@ def _train(cfg: Config, out: Path, world: World, device: torch.device) -> Path:
         state = load_training_state(checkpoints[-1], model, optimizer, ema)
         start, tokens_seen = state["step"], state.get("tokens_seen", 0)
         say(f"resuming from {checkpoints[-1]} (step {start})")
-    mine = [rows_of(world, cfg, k) for k in range(cfg.train.grad_accum)]
     builder.open_streams(range(mine[0].start, mine[-1].stop), state.get("data"))  # a streamed corpus resumes in place
     if world.main:
         truncate_metrics(out / "metrics.jsonl", start)
@@ -304,8 +311,7 @@ def _train(cfg: Config, out: Path, world: World, device: torch.device) -> Path:
         + (f" ({cfg.train.parallel})" if world.size > 1 else ""))
 
     def micro_batches(step: int) -> list:
-        return [builder.batch_at(step, cfg.train.seed, rows_of(world, cfg, k)).to(device)
-                for k in range(cfg.train.grad_accum)]
+        return [builder.batch_at(step, cfg.train.seed, rows).to(device) for rows in mine]
 
     def checkpoint(step: int) -> None:
         extra = {"tokens_seen": tokens_seen, "data": world.merge(builder.stream_state())}
@@ -342,7 +348,7 @@ def _train(cfg: Config, out: Path, world: World, device: torch.device) -> Path:
                 group["lr"] = lr
             batches = first if step == start else micro_batches(step)
             optimizer.zero_grad(set_to_none=True)
-            losses = train_step(model, batches, diffusion, cfg, world, autocast)
+            losses, step_tokens = train_step(model, batches, diffusion, cfg, world, autocast)
             if not math.isfinite(losses["total"]):
                 raise FloatingPointError(
                     f"loss is {losses['total']} at step {step} ("
@@ -355,7 +361,6 @@ def _train(cfg: Config, out: Path, world: World, device: torch.device) -> Path:
             if ema is not None:
                 ema.update(core)
             completed = done = step + 1
-            step_tokens = int(world.sum([sum(b.num_tokens for b in batches)])[0])
             window_tokens += step_tokens
             tokens_seen += step_tokens
 

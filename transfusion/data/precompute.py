@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from transfusion.data.ondisk import BadRecordError
-from transfusion.data.shards import ShardedCorpus, _add, decode_record, read_records
+from transfusion.data.shards import ShardedCorpus, add_record, decode_record, read_records
 
 
 def _encode_shard(job: tuple[str, str, str, int, int]) -> tuple[str, int, int, list[str]]:
@@ -38,24 +38,17 @@ def _encode_shard(job: tuple[str, str, str, int, int]) -> tuple[str, int, int, l
     tmp = target.with_name(target.name + ".partial")
     written, errors, pending = 0, [], []
 
+    def npy(latent: torch.Tensor) -> bytes:
+        buf = io.BytesIO()
+        np.save(buf, latent.float().numpy(), allow_pickle=False)
+        return buf.getvalue()
+
     def flush(tar):
         nonlocal written
-        pixels = [seg.pixels for _, doc in pending for seg in doc.images]
+        pixels = [image.pixels for _, doc in pending for image in doc.images]
         latents = iter(ae.encode(torch.stack(pixels)) if pixels else [])
         for key, doc in pending:
-            segments, files = [], {}
-            for seg in doc.segments:
-                if hasattr(seg, "text"):
-                    segments.append({"text": seg.text})
-                else:
-                    name = f"{len(files)}.npy"
-                    buf = io.BytesIO()
-                    np.save(buf, next(latents).float().numpy(), allow_pickle=False)
-                    files[name] = buf.getvalue()
-                    segments.append({"latent": name})
-            _add(tar, f"{key}.json", json.dumps({"segments": segments, "kind": doc.kind}).encode())
-            for name, data in files.items():
-                _add(tar, f"{key}.{name}", data)
+            add_record(tar, key, doc, (npy(next(latents)) for _ in doc.images), "latent", "npy")
             written += 1
         pending.clear()
 

@@ -42,10 +42,10 @@ def load_dataset(spec: str, split: str, image_size: int, on_error: str = "raise"
         from transfusion.data.text import EnglishText
 
         return EnglishText(split)
-    path = Path(spec.replace("{split}", split)).expanduser()
-    if str(path).endswith(".tar") or (path.is_dir() and any(path.glob("*.tar"))):
-        from transfusion.data.shards import ShardedCorpus
+    from transfusion.data.shards import ShardedCorpus, is_sharded
 
+    path = Path(spec.replace("{split}", split)).expanduser()
+    if is_sharded(str(path)):
         return ShardedCorpus(str(path), image_size, streams=1).head(EVAL_DOCUMENTS)
     if path.suffix == ".jsonl":
         from transfusion.data.ondisk import JsonlDocuments

@@ -30,7 +30,7 @@ import random
 import sys
 import tarfile
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -50,34 +50,49 @@ def write_shard(path: str | Path, documents: Iterable[Document], start: int = 0)
     """Write documents (images as PNG) into a tar shard; returns how many were written."""
     from PIL import Image as PILImage
 
+    def png(pixels: torch.Tensor) -> bytes:
+        array = ((pixels.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+        buf = io.BytesIO()
+        PILImage.fromarray(array.squeeze(-1) if array.shape[-1] == 1 else array).save(buf, "PNG")
+        return buf.getvalue()
+
     path = Path(path)
     tmp = path.with_name(path.name + ".partial")
     n = 0
     with tarfile.open(tmp, "w") as tar:
         for n, doc in enumerate(documents, 1):
-            key = f"{start + n - 1:09d}"
-            segments, files = [], {}
-            for seg in doc.segments:
-                if isinstance(seg, Text):
-                    segments.append({"text": seg.text})
-                else:
-                    name = f"{len(files)}.png"
-                    pixels = ((seg.pixels.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
-                    buf = io.BytesIO()
-                    PILImage.fromarray(pixels.squeeze(-1) if pixels.shape[-1] == 1 else pixels).save(buf, "PNG")
-                    files[name] = buf.getvalue()
-                    segments.append({"image": name})
-            _add(tar, f"{key}.json", json.dumps({"segments": segments, "kind": doc.kind}).encode())
-            for name, data in files.items():
-                _add(tar, f"{key}.{name}", data)
+            add_record(tar, f"{start + n - 1:09d}", doc, (png(image.pixels) for image in doc.images), "image", "png")
     tmp.replace(path)
     return n
+
+
+def add_record(tar: tarfile.TarFile, key: str, doc: Document, images: Iterable[bytes], kind: str, ext: str) -> None:
+    """Append one document: ``KEY.json`` and a ``KEY.N.ext`` member per image, whose encoded
+    bytes ``images`` gives in order; image segments read ``{kind: "N.ext"}``."""
+    images = iter(images)
+    segments, files = [], {}
+    for seg in doc.segments:
+        if isinstance(seg, Text):
+            segments.append({"text": seg.text})
+        else:
+            name = f"{len(files)}.{ext}"
+            files[name] = next(images)
+            segments.append({kind: name})
+    _add(tar, f"{key}.json", json.dumps({"segments": segments, "kind": doc.kind}).encode())
+    for name, data in files.items():
+        _add(tar, f"{key}.{name}", data)
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     info = tarfile.TarInfo(name)
     info.size = len(data)
     tar.addfile(info, io.BytesIO(data))
+
+
+def is_sharded(spec: str) -> bool:
+    """Does a dataset spec name tar shards (a glob of .tar files or a folder of them)?"""
+    path = Path(spec).expanduser()
+    return spec.endswith(".tar") or (path.is_dir() and any(path.glob("*.tar")))
 
 
 # ---- reading
@@ -153,7 +168,7 @@ class Position:
     record: int = 0
 
     def as_dict(self) -> dict:
-        return {"epoch": self.epoch, "shard": self.shard, "record": self.record}
+        return asdict(self)
 
 
 class ShardedCorpus:
@@ -170,35 +185,37 @@ class ShardedCorpus:
         self.latent_info = json.loads((folder / "latents.json").read_text()) if self.latents else None
         self.image_size, self.streams, self.seed = image_size, streams, seed
 
-    def head(self, n: int) -> list[Document]:
-        """The first ``n`` readable documents, in shard order (evaluation sets)."""
-        out = []
+    def _readable(self) -> Iterator[tuple[str, dict[str, bytes]]]:
+        """(key, members) of every record, in shard order; a shard ends where it breaks."""
         for path in self.shards:
             for _, key, members in read_records(path):
                 if isinstance(members, Exception):
                     break
-                try:
-                    out.append(decode_record(key, members, self.image_size, self.latents))
-                except BadRecordError:
-                    continue
-                if len(out) >= n:
-                    return out
+                yield key, members
+
+    def head(self, n: int) -> list[Document]:
+        """The first ``n`` readable documents, in shard order (evaluation sets)."""
+        out = []
+        for key, members in self._readable():
+            try:
+                out.append(decode_record(key, members, self.image_size, self.latents))
+            except BadRecordError:
+                continue
+            if len(out) >= n:
+                break
         return out
 
     def texts(self, n: int) -> list[str]:
         """The text of up to ``n`` documents, from the first shards (to train a tokenizer)."""
         out = []
-        for path in self.shards:
-            for _, key, members in read_records(path):
-                if isinstance(members, Exception):
-                    break
-                try:
-                    doc = json.loads(members.get("json", b"{}"))
-                    out.append(" ".join(seg["text"] for seg in doc.get("segments", []) if "text" in seg))
-                except (ValueError, TypeError, AttributeError):
-                    continue
-                if len(out) >= n:
-                    return out
+        for _, members in self._readable():
+            try:
+                doc = json.loads(members.get("json", b"{}"))
+                out.append(" ".join(seg["text"] for seg in doc.get("segments", []) if "text" in seg))
+            except (ValueError, TypeError, AttributeError):
+                continue
+            if len(out) >= n:
+                break
         return out
 
     def __repr__(self) -> str:
@@ -268,7 +285,6 @@ class StreamFeed:
     """Main-process side: the next documents of each of this process's streams."""
 
     def __init__(self, corpus: ShardedCorpus, positions: dict[int, Position], workers: int = 2):
-        self.corpus = corpus
         self.position = dict(positions)  # after the last document used
         self.skipped = 0
         self._buffers: dict[int, deque] = {s: deque() for s in positions}

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import random
 import zlib
-from pathlib import Path
 from typing import Iterator
 
 import torch
@@ -41,21 +40,15 @@ class Mixture:
         return source[rng.randrange(len(source))]
 
 
-def is_sharded(spec: str) -> bool:
-    """Does ``data.dataset`` name tar shards (a glob of .tar files or a folder of them)?"""
-    path = Path(spec).expanduser()
-    return spec.endswith(".tar") or (path.is_dir() and any(path.glob("*.tar")))
-
-
 def build_mixture(cfg: Config, split: str = "train"):
     """The run's sources: the image dataset, real text, and interleaved shapes documents; or
     a sharded corpus (``data.dataset`` naming .tar shards), which is its own mixture."""
     from transfusion.data.registry import load_dataset
 
+    from transfusion.data.shards import ShardedCorpus, is_sharded
+
     d = cfg.data
     if is_sharded(d.dataset.replace("{split}", split)):
-        from transfusion.data.shards import ShardedCorpus
-
         return ShardedCorpus(d.dataset.replace("{split}", split), cfg.image.size, d.batch_size, cfg.train.seed)
     image_share = 1.0 - d.text_fraction
     sources: list[tuple[object, float]] = []

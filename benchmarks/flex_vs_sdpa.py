@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from transfusion.autoencoder import IdentityAutoencoder
+from transfusion.autoencoders import IdentityAutoencoder
 from transfusion.config import load_config
 from transfusion.data.stream import BatchBuilder, build_mixture
 from transfusion.diffusion import Diffusion
@@ -38,7 +38,7 @@ def main() -> None:
     models, results = {}, {}
     for attention in ("sdpa", "flex"):
         cfg = load_config(args.preset, overrides=[*overrides, f"model.attention={attention}"])
-        models[attention] = Transfusion.build(cfg, tok, IdentityAutoencoder()).to(device)
+        models[attention] = Transfusion.build(cfg.model, cfg.image, tok, IdentityAutoencoder(), cfg.train.seed).to(device)
     builder = BatchBuilder(cfg, build_mixture(cfg), tok, IdentityAutoencoder(), models["sdpa"].num_patches)
     batch = builder.batch_at(0, 0).to(device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)

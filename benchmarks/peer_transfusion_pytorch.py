@@ -60,7 +60,7 @@ def peak_rss_mb() -> float:
 def ours(task: str, repeats: int) -> dict:
     import torch
 
-    from transfusion.autoencoder import IdentityAutoencoder
+    from transfusion.autoencoders import IdentityAutoencoder
     from transfusion.config import load_config
     from transfusion.data.document import Image, Tokens
     from transfusion.data.packing import layout, pack
@@ -74,7 +74,7 @@ def ours(task: str, repeats: int) -> dict:
         f"model.dim={DIM}", f"model.n_layers={DEPTH}", f"model.n_heads={HEADS}", "model.max_seq_len=512",
         "image.adapter=linear", "image.patch_size=1", "data.seq_len=512"])
     tok = ByteTokenizer()  # 256 bytes + 5 special tokens
-    model = Transfusion(cfg, tok.vocab_size, CHANNELS)
+    model = Transfusion(cfg.model, cfg.image, tok.vocab_size, CHANNELS, seed=cfg.train.seed)
     g = torch.Generator().manual_seed(0)
     text = lambda n: Tokens(tuple(torch.randint(0, 256, (n,), generator=g).tolist()))  # noqa: E731
 
@@ -92,7 +92,7 @@ def ours(task: str, repeats: int) -> dict:
             loss.backward()
             optimizer.step()
     else:
-        engine = Engine(model.eval(), tok, IdentityAutoencoder(CHANNELS))  # the latents are the images
+        engine = Engine(model.eval(), tok, IdentityAutoencoder(CHANNELS), cfg)  # the latents are the images
         n, length = (BATCH, 16) if task == "batch8" else (1, 16 if task == "prompt16" else 256)
         prompts = [[text(length)] for _ in range(n)]
         request = Request(max_new_tokens=1, sampler="ddim", steps=EVALS, guidance=GUIDANCE, image_size=SIDE)

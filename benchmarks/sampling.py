@@ -4,7 +4,7 @@
 
 For every prefix length, with the prefix KV cache on and off (off: every prefix recomputed
 at every step, ``Engine(cache_prefix=False)``), batch 1 and 8, guidance off (scale 1) and
-on (scale 3), it times ``Engine.denoise`` on prompts already in the cache with ``s1`` and
+on (scale 3), it times ``DiffusionImages.make`` on prompts already in the cache with ``s1`` and
 ``s2`` deterministic (DDIM) steps: the difference over ``s2 - s1`` is the cost of one
 denoising step. Seconds per image are for an ``--image-steps`` image: (a whole one-step
 ``Engine.generate`` call, prefill and decoding included, + the remaining steps at the
@@ -24,7 +24,7 @@ import time
 
 import torch
 
-from transfusion.autoencoder import KLAutoencoder
+from transfusion.autoencoders import KLAutoencoder
 from transfusion.checkpoint import load_checkpoint
 from transfusion.config import load_config
 from transfusion.data.document import Tokens
@@ -36,13 +36,13 @@ from transfusion.tokenizer import ByteTokenizer
 def build(checkpoint: str | None, longest: int):
     if checkpoint:
         loaded = load_checkpoint(checkpoint)
-        return loaded.model, loaded.tokenizer, loaded.autoencoder
+        return loaded.model, loaded.tokenizer, loaded.autoencoder, loaded.config
     cfg = load_config("small", overrides=[f"model.max_seq_len={longest}"])
     tok = ByteTokenizer()
     ae = KLAutoencoder(latent_channels=cfg.image.ae_latent_channels, downsample=cfg.image.ae_downsample,
                        width=cfg.image.ae_width).eval()
     torch.manual_seed(0)
-    return Transfusion(cfg, tok.vocab_size, ae.latent_channels).eval(), tok, ae
+    return Transfusion(cfg.model, cfg.image, tok.vocab_size, ae.latent_channels, seed=cfg.train.seed).eval(), tok, ae, cfg
 
 
 def timed(engine: Engine, prompts: list, req: Request) -> float:
@@ -53,15 +53,16 @@ def timed(engine: Engine, prompts: list, req: Request) -> float:
 
 
 def timed_denoise(engine: Engine, prompts: list, req: Request) -> float:
-    """Seconds of ``Engine.denoise`` alone, for prompts whose prefix (and BOI) is in the cache."""
-    req = req.resolve(engine.model.cfg)
+    """Seconds of the image maker alone (``DiffusionImages.make``), for prompts whose prefix (and
+    BOI) is in the cache."""
+    req = req.resolve(engine.config, engine.ae)
     B = len(prompts)
     cache, positions, _ = engine.prefill(prompts)
-    engine.step_text(cache, torch.full((B,), engine.tok.boi_id), positions, torch.ones(B, dtype=torch.bool))
+    hidden = engine.step_text(cache, torch.full((B,), engine.tok.boi_id), positions, torch.ones(B, dtype=torch.bool))
     rows = torch.arange(B)
     generators = [torch.Generator().manual_seed(b) for b in range(B)]
     start = time.perf_counter()
-    engine.denoise(cache, rows, positions, req, generators, [Row(list(p), []) for p in prompts])
+    engine.images.make(cache, rows, positions, req, generators, [Row(list(p), []) for p in prompts], hidden)
     return time.perf_counter() - start
 
 
@@ -77,15 +78,15 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    model, tok, ae = build(args.checkpoint, max(args.prefixes) + 64)
-    engines = {True: Engine(model, tok, ae), False: Engine(model, tok, ae, cache_prefix=False)}
-    n = model.num_patches(ae.latent_shape(model.cfg.image.size, model.cfg.image.size)[1:])
-    fits = [q for q in args.prefixes if q + n + 1 <= model.cfg.model.max_seq_len]
+    model, tok, ae, cfg = build(args.checkpoint, max(args.prefixes) + 64)
+    engines = {True: Engine(model, tok, ae, cfg), False: Engine(model, tok, ae, cfg, cache_prefix=False)}
+    n = model.num_patches(ae.latent_shape(cfg.image.size, cfg.image.size)[1:])
+    fits = [q for q in args.prefixes if q + n + 1 <= cfg.model.max_seq_len]
     if fits != args.prefixes:
-        print(f"skipping prefixes that leave no room for an image in model.max_seq_len={model.cfg.model.max_seq_len}")
+        print(f"skipping prefixes that leave no room for an image in model.max_seq_len={cfg.model.max_seq_len}")
         args.prefixes = fits
     print(f"model: {model.num_params() / 1e6:.1f}M parameters, {n} patches per image, {args.threads} threads, "
-          f"medians of {args.repeats}; s/step from {args.s1} vs {args.s2} DDIM steps of Engine.denoise")
+          f"medians of {args.repeats}; s/step from {args.s1} vs {args.s2} DDIM steps of DiffusionImages.make")
 
     rows = []
     generator = torch.Generator().manual_seed(0)

@@ -20,7 +20,7 @@ from contextlib import nullcontext
 
 import torch
 
-from transfusion.autoencoder import IdentityAutoencoder, KLAutoencoder
+from transfusion.autoencoders import IdentityAutoencoder, KLAutoencoder
 from transfusion.config import load_config
 from transfusion.data.stream import BatchBuilder, build_mixture
 from transfusion.diffusion import Diffusion
@@ -45,7 +45,7 @@ def measure(preset: str, steps: int, device: torch.device, precision: str, extra
     else:
         ae = IdentityAutoencoder()
     ae.eval()
-    model = Transfusion.build(cfg, tok, ae).to(device)
+    model = Transfusion.build(cfg.model, cfg.image, tok, ae, cfg.train.seed).to(device)
     if cfg.train.compile:
         for block in model.trunk.blocks:
             block.compile()

@@ -1,15 +1,14 @@
-"""Autoencoders: shapes, errors, a short training, persistence, diffusers loading, latent cache."""
+"""Autoencoders: shapes, errors, a short training, persistence, diffusers loading."""
 
 import json
 
 import pytest
 import torch
 
-from transfusion.autoencoder import (
+from transfusion.autoencoders import (
     DiffusersAutoencoder,
     IdentityAutoencoder,
     KLAutoencoder,
-    cache_latents,
     load_autoencoder,
     save_autoencoder,
     train_autoencoder,
@@ -164,25 +163,3 @@ def test_diffusers_missing_model_gives_clear_error(tmp_path, monkeypatch):
     for name in (str(tmp_path / "missing"), "nobody/no-such-vae"):
         with pytest.raises(FileNotFoundError, match="could not find or load .* local folder"):
             DiffusersAutoencoder(name)
-
-
-def test_latent_cache_computes_once_reloads_and_detects_stale(tmp_path, monkeypatch):
-    images = random_shapes(10)
-    ae = tiny_kl()
-    path = tmp_path / "latents.safetensors"
-    latents = cache_latents(ae, images, path, batch_size=4)
-    assert latents.shape == (10, 4, 8, 8)
-    torch.testing.assert_close(latents, ae.encode(images))
-
-    def must_not_encode(pixels):
-        raise AssertionError("the second call must read the cache")
-
-    with monkeypatch.context() as patch:
-        patch.setattr(ae, "encode", must_not_encode)
-        assert torch.equal(cache_latents(ae, images, path), latents)
-
-    ae.scale.fill_(2.0)  # another autoencoder: the cache is stale
-    torch.testing.assert_close(cache_latents(ae, images, path), 2 * latents)
-    assert cache_latents(ae, images[:7], path).shape == (7, 4, 8, 8)  # another dataset length
-    reordered = cache_latents(ae, images[:7].flip(0), path)  # same length, other images
-    torch.testing.assert_close(reordered[0], 2 * latents[6])

@@ -7,15 +7,11 @@ import pytest
 from PIL import Image as PILImage
 
 from transfusion.cli import main as cli
-from transfusion.train import main as train_main
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("run") / "debug"
-    train_main(["--preset", "debug", "--out", str(out), "train.steps=2", "train.eval_samples=2",
-                "diffusion.sample_steps=2"])
-    return out
+@pytest.fixture()
+def run(debug_run):
+    return debug_run
 
 
 def pixels(path):

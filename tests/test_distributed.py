@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from transfusion.autoencoder import IdentityAutoencoder
+from transfusion.autoencoders import IdentityAutoencoder
 from transfusion.config import load_config
 from transfusion.data.stream import BatchBuilder, build_mixture
 from transfusion.diffusion import Diffusion
@@ -114,7 +114,7 @@ def test_token_budget_sets_the_rows_per_step():
 def test_batch_rows_do_not_depend_on_how_the_batch_is_split():
     cfg = load_config("debug")
     tok = ByteTokenizer()
-    model = Transfusion(cfg, tok.vocab_size, 3)
+    model = Transfusion(cfg.model, cfg.image, tok.vocab_size, 3, seed=cfg.train.seed)
     builder = BatchBuilder(cfg, build_mixture(cfg), tok, IdentityAutoencoder(), model.num_patches)
     whole = builder.batch_at(5, seed=1)
     halves = [builder.batch_at(5, seed=1, rows=range(a, a + 2)) for a in (0, 2)]
@@ -126,7 +126,7 @@ def test_batch_rows_do_not_depend_on_how_the_batch_is_split():
 def test_gradient_accumulation_gives_the_whole_batch_gradient():
     cfg = load_config("debug", overrides=["data.text_fraction=0.3"])
     tok = ByteTokenizer()
-    model = Transfusion(cfg, tok.vocab_size, 3)
+    model = Transfusion(cfg.model, cfg.image, tok.vocab_size, 3, seed=cfg.train.seed)
     builder = BatchBuilder(cfg, build_mixture(cfg), tok, IdentityAutoencoder(), model.num_patches)
     from contextlib import nullcontext
 
@@ -144,13 +144,13 @@ def test_gradient_accumulation_gives_the_whole_batch_gradient():
 
 def test_a_model_built_on_the_meta_device_initialises_like_one_built_in_place():
     cfg = load_config("debug")
-    eager = Transfusion(cfg, 300, 3)
+    eager = Transfusion(cfg.model, cfg.image, 300, 3, seed=cfg.train.seed)
     with torch.device("meta"):
-        meta = Transfusion(cfg, 300, 3)
+        meta = Transfusion(cfg.model, cfg.image, 300, 3, seed=cfg.train.seed)
     meta.to_empty(device="cpu")
     meta.init_weights(cfg.train.seed)
     a, b = eager.state_dict(), meta.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert torch.equal(eager.trunk.rope, meta.trunk.rope)
-    other = Transfusion(load_config("debug", overrides=["train.seed=1"]), 300, 3)
+    other = Transfusion(cfg.model, cfg.image, 300, 3, seed=1)
     assert not torch.equal(other.token_embed.weight, eager.token_embed.weight)

@@ -5,24 +5,26 @@ import dataclasses
 import pytest
 import torch
 
-from transfusion.autoencoder import IdentityAutoencoder
+from transfusion.autoencoders import IdentityAutoencoder
+from transfusion.batch import ImageGroup
 from transfusion.config import load_config
 from transfusion.data.document import Image, Text
 from transfusion.data.packing import layout, pack
+from transfusion.diffusion import CONTEXT_T, Diffusion
 from transfusion.engine import Engine, Request
-from transfusion.model.transfusion import ImageGroup, Transfusion
+from transfusion.model.transfusion import Transfusion
 from transfusion.tokenizer import ByteTokenizer
 
 
 @pytest.fixture(scope="module")
 def engine():
     cfg = load_config("debug", overrides=["image.adapter=unet", "image.patch_size=1"])
-    model = Transfusion(cfg, ByteTokenizer().vocab_size, 3)
+    model = Transfusion(cfg.model, cfg.image, ByteTokenizer().vocab_size, 3, seed=cfg.train.seed)
     with torch.no_grad():  # wider attention weights than the init's: an untrained model that reads its prompt
         for block in model.trunk.blocks:
             block.attn.qkv.weight.mul_(4)
             block.attn.out.weight.mul_(4)
-    return Engine(model, ByteTokenizer(), IdentityAutoencoder())
+    return Engine(model, ByteTokenizer(), IdentityAutoencoder(), cfg)
 
 
 def recompute(engine, prompt, extra_ids, noisy=None, t=None):
@@ -37,7 +39,7 @@ def recompute(engine, prompt, extra_ids, noisy=None, t=None):
         lay.images.append((len(lay.ids), noisy, 0))
         lay.ids.extend([-1] * model.num_patches(tuple(noisy.shape[1:])))
     batch, _ = pack([lay], 1, len(lay.ids), tok.pad_id)
-    ts = torch.zeros(len(batch.latents), dtype=torch.long)
+    ts = torch.full((len(batch.latents),), CONTEXT_T, dtype=torch.long)  # clean context images
     if t is not None:
         ts[-1] = t
     groups = [batch.image_group(ids, torch.stack([batch.latents[i] for i in ids]), ts[ids])
@@ -109,7 +111,7 @@ def images_of(outputs):
 def test_generation_with_cache_equals_recomputing_every_prefix(engine):
     """Whole interleaved generations (two images per row, prompts of different lengths, CFG)
     match an engine that recomputes each prefix at every denoising step."""
-    reference = Engine(engine.model, engine.tok, engine.ae, cache_prefix=False)
+    reference = Engine(engine.model, engine.tok, engine.ae, engine.config, cache_prefix=False)
     for sampler in ("ddpm", "dpm++"):
         req = Request(max_new_tokens=8, max_images=2, steps=3, guidance=2.0, sampler=sampler, seed=1)
         cached, recomputed = engine.generate(PROMPTS, req, force_image=True), reference.generate(PROMPTS, req, True)
@@ -172,3 +174,26 @@ def test_engine_errors(engine):
         engine.generate([[Text("a")]], Request(temperature=1.0, top_p=0.0))
     with pytest.raises(ValueError, match="does not fit in the context"):  # prompt fits, its image does not
         engine.generate([[Text("x" * 250)]], Request(max_new_tokens=1), force_image=True)
+
+
+def test_clean_context_images_are_fed_at_a_trained_timestep(engine, monkeypatch):
+    """Training draws t in 1..T, never 0: a prompt's image and a finished image enter the
+    context at CONTEXT_T = 1, the smallest trained t (they used to enter at t = 0)."""
+    drawn = Diffusion().sample_t(torch.full((20_000,), 1000), torch.Generator().manual_seed(0))
+    assert int(drawn.min()) == 1 == CONTEXT_T and int(drawn.max()) == 1000
+    seen = []
+    forward = type(engine.model).forward
+
+    def spy(model, tokens, positions, doc_ids, image_ids, images=(), **kwargs):
+        seen.extend(int(t) for group in images for t in group.t)
+        return forward(model, tokens, positions, doc_ids, image_ids, images, **kwargs)
+
+    monkeypatch.setattr(type(engine.model), "forward", spy)
+    picture = Image(torch.rand(3, 16, 16) * 2 - 1)
+    engine.prefill([[picture, Text("a")]])
+    assert seen == [CONTEXT_T]
+    seen.clear()
+    engine.generate([[Text("a")]], Request(max_new_tokens=2, steps=3, sampler="dpm++"),
+                    force_image=True)
+    denoising, written = seen[:-1], seen[-1]
+    assert written == CONTEXT_T and min(denoising) >= 1  # the finished image goes in clean, at t = 1

@@ -5,11 +5,12 @@ import random
 import pytest
 import torch
 
+from transfusion.batch import IGNORE, ImageGroup
 from transfusion.config import load_config
 from transfusion.data.document import Document, Image, Text
-from transfusion.data.packing import IGNORE, PATCH, Layout, arrange, layout, pack
+from transfusion.data.packing import PATCH, Layout, arrange, layout, pack
 from transfusion.model.attention import transfusion_mask
-from transfusion.model.transfusion import ImageGroup, Transfusion
+from transfusion.model.transfusion import Transfusion
 from transfusion.tokenizer import ByteTokenizer
 
 PICTURE = """
@@ -56,7 +57,7 @@ def make_model(adapter="linear", attention="sdpa", patch_size=2, seed=0):
     cfg = load_config("debug", overrides=[f"image.adapter={adapter}", f"model.attention={attention}",
                                           f"image.patch_size={patch_size}"])
     torch.manual_seed(seed)
-    return Transfusion(cfg, ByteTokenizer().vocab_size, 3).eval(), cfg
+    return Transfusion(cfg.model, cfg.image, ByteTokenizer().vocab_size, 3, seed=cfg.train.seed).eval(), cfg
 
 
 def two_document_batch(model, tok, images):

@@ -3,7 +3,10 @@
 import pytest
 import torch
 
+from transfusion.autoencoders import IdentityAutoencoder, KLAutoencoder, VQAutoencoder
+from transfusion.config import check_sampler, load_config
 from transfusion.diffusion import Diffusion
+from transfusion.engine import Request, resolve_clip
 from transfusion.samplers import SAMPLERS, make_scheduler, sample
 
 
@@ -56,9 +59,58 @@ def test_rows_with_their_own_generators_match_sampling_them_alone():
 
 
 def test_schedulers_use_this_librarys_schedule():
+    """Scheduler index k holds our t = k + 1 of the cosine schedule, written out here on its own:
+    alpha_bar(t) = f(t) / f(0), f(t) = cos^2((t / T + s) / (1 + s) * pi / 2), s = 0.008."""
+    import math
+
     diffusion = Diffusion()
+    T, s = diffusion.T, 0.008
+    f = lambda t: math.cos((t / T + s) / (1 + s) * math.pi / 2) ** 2  # noqa: E731
+    closed_form = torch.tensor([f(t) / f(0) for t in range(1, T + 1)], dtype=torch.float64)
+    unclipped = slice(0, T - 30)  # the last few betas are clipped at 0.999, which the formula does not know
     for name in SAMPLERS:
         scheduler = make_scheduler(name, diffusion)
-        assert torch.allclose(scheduler.alphas_cumprod.double(), diffusion.alpha_bar[1:], atol=1e-6)
+        assert torch.allclose(scheduler.alphas_cumprod.double()[unclipped], closed_form[unclipped], rtol=1e-4)
+        assert float(scheduler.alphas_cumprod[-1]) < 1e-4 and float(scheduler.alphas_cumprod[0]) > 0.9999
     with pytest.raises(ValueError, match="unknown sampler 'heun'"):
         make_scheduler("heun", diffusion)
+
+
+def test_latents_are_not_clipped_by_default():
+    """image.clip_sample follows the autoencoder: 1 for pixels, off for latents (it was 1 for all,
+    which pulls unit-spread latents towards [-1, 1]: RMSE ~0.4 even with a perfect oracle)."""
+    cfg = load_config("debug")
+    assert cfg.image.clip_sample == -1
+    assert resolve_clip(cfg.image.clip_sample, IdentityAutoencoder()) == 1.0
+    for ae in (KLAutoencoder(), VQAutoencoder()):
+        assert resolve_clip(cfg.image.clip_sample, ae) == 0.0
+        assert Request().resolve(cfg, ae).clip == 0.0
+    assert Request(clip=3.0).resolve(cfg, KLAutoencoder()).clip == 3.0  # a request still chooses
+    assert resolve_clip(load_config("tiny").image.clip_sample, KLAutoencoder()) == 3.0  # a preset may too
+
+    diffusion = Diffusion()
+    x0 = torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(0))  # latents: N(0, 1)
+    rmse = lambda clip: (sample(oracle_for(diffusion, x0), x0.shape, diffusion, "dpm++", 25,  # noqa: E731
+                                torch.Generator().manual_seed(0), clip=clip) - x0).square().mean().sqrt()
+    default = resolve_clip(cfg.image.clip_sample, KLAutoencoder())
+    assert rmse(default) < 1e-3 and rmse(1.0) > 0.3 and rmse(3.0) < 0.15, (rmse(default), rmse(1.0), rmse(3.0))
+
+
+def test_ddim_refuses_step_counts_that_miss_the_noise_levels():
+    """DDIM steps from t to t - T // steps: with 30 steps the grid has gaps of 33 and 34, so some
+    updates would assume the wrong noise level. Such counts are refused; dividing counts are exact."""
+    diffusion = Diffusion()
+    with pytest.raises(ValueError, match="ddim needs a step count that divides the 1000 training timesteps.*25 or 40"):
+        check_sampler("ddim", 30, 1000)
+    with pytest.raises(ValueError, match="divides"):
+        sample(lambda x, t: x, (1, 4, 8, 8), diffusion, "ddim", 30)
+    with pytest.raises(ValueError, match="divides"):
+        Request(sampler="ddim", steps=30).resolve(load_config("debug"), IdentityAutoencoder())
+    gaps = make_scheduler("ddim", diffusion)
+    gaps.set_timesteps(30)
+    assert set((gaps.timesteps[:-1] - gaps.timesteps[1:]).tolist()) == {33, 34}  # why 30 is refused
+    check_sampler("dpm++", 30, 1000)  # DPM-Solver++ steps on its own sigma grid: any count works
+    x0 = torch.rand(2, 4, 8, 8) * 2 - 1
+    for sampler, steps in (("ddim", 40), ("dpm++", 30)):
+        out = sample(oracle_for(diffusion, x0), x0.shape, diffusion, sampler, steps, clip=0)
+        assert torch.allclose(out, x0, atol=1e-4), (sampler, (out - x0).abs().max())

@@ -15,7 +15,7 @@ from transfusion.data.shapes import (
     render,
     sample_scene,
 )
-from transfusion.data.shapes_reader import read_image, score, score_caption, summarise
+from transfusion.metrics.shapes_reader import read_image, score, score_caption, summarise
 
 _RED_CIRCLE_LEFT = Scene(
     "single", [ShapeObject("red", "circle", "large", (0.25, 0.5), extent=0.5, position="left")]
@@ -43,7 +43,10 @@ def test_items_are_pairs_in_range(test_items):
         assert document.kind == "pair" and pixels.shape == (3, 32, 32)
         assert pixels.dtype == torch.float32
         assert pixels.min() >= -1 and pixels.max() <= 1
-        assert document.caption == caption_of(document.meta["scene"])
+        stated = parse_caption(document.caption)  # the caption says what the pixels show
+        seen = read_image(pixels)
+        assert stated is not None and len(seen) == (stated.count or len(stated.colours)), document.caption
+        assert {o.colour for o in seen} == set(stated.colours) and {o.shape for o in seen} == set(stated.shapes)
     kinds = [d.meta["scene"].kind for d in test_items]
     assert 0.45 < kinds.count("single") / len(kinds) < 0.75
     assert {"count", "relation"} <= set(kinds)

@@ -6,7 +6,7 @@ import tarfile
 import pytest
 import torch
 
-from transfusion.autoencoder import IdentityAutoencoder, KLAutoencoder, save_autoencoder
+from transfusion.autoencoders import IdentityAutoencoder, KLAutoencoder, load_autoencoder, save_autoencoder
 from transfusion.config import load_config
 from transfusion.data.precompute import precompute_latents
 from transfusion.data.shapes import ShapesDataset
@@ -55,7 +55,7 @@ def test_corrupt_records_and_a_cut_shard_are_reported_and_skipped(corpus):
 def builder_for(corpus, *overrides):
     cfg = load_config("debug", overrides=[f"data.dataset={corpus}", "data.workers=2", *overrides])
     tok = ByteTokenizer()
-    model = Transfusion(cfg, tok.vocab_size, 3)
+    model = Transfusion(cfg.model, cfg.image, tok.vocab_size, 3, seed=cfg.train.seed)
     return BatchBuilder(cfg, build_mixture(cfg), tok, IdentityAutoencoder(), model.num_patches)
 
 
@@ -113,7 +113,7 @@ def test_precomputed_latents_are_the_autoencoder_s_and_train_without_encoding(co
 
     cfg = load_config("debug", overrides=[f"data.dataset={tmp_path / 'latents'}", "image.patch_size=1"])
     tok = ByteTokenizer()
-    model = Transfusion(cfg, tok.vocab_size, 4)
+    model = Transfusion(cfg.model, cfg.image, tok.vocab_size, 4, seed=cfg.train.seed)
 
     class NoEncoder(IdentityAutoencoder):
         def encode(self, pixels):
@@ -122,17 +122,45 @@ def test_precomputed_latents_are_the_autoencoder_s_and_train_without_encoding(co
     builder = BatchBuilder(cfg, build_mixture(cfg), tok, NoEncoder(4), model.num_patches)
     batch = builder.batch_at(0, 0)
     assert batch.latents and batch.latents[0].shape == (4, 8, 8)
-    with pytest.raises(ValueError, match="set image.autoencoder to that folder"):
-        BatchBuilder(cfg, build_mixture(cfg), tok, IdentityAutoencoder(), model.num_patches)
+
+
+def test_a_latent_corpus_names_its_autoencoder_and_a_run_uses_it(corpus, tmp_path):
+    """README: `train ... data.dataset=latents/` with the preset's image.autoencoder=train runs on
+    the corpus's own autoencoder (it used to train a fresh one on the latents and crash)."""
+    from transfusion.autoencoders import autoencoder_fingerprint
+    from transfusion.cli import COMMANDS
+    from transfusion.train import prepare_autoencoder
+
+    torch.manual_seed(0)
+    ae = KLAutoencoder(latent_channels=4, downsample=2, width=8)
+    save_autoencoder(ae, tmp_path / "ae")
+    precompute_latents(str(corpus), tmp_path / "ae", tmp_path / "latents", workers=1, image_size=16)
+    settings = [f"data.dataset={tmp_path / 'latents'}", "image.autoencoder=train", "image.patch_size=1",
+                "train.steps=2", "train.eval_samples=2", "diffusion.sample_steps=2", "data.tokenizer=bytes"]
+    run = tmp_path / "run"
+    COMMANDS["train"](["--preset", "debug", "--out", str(run), *settings])
+    used = load_autoencoder(run / "autoencoder")
+    assert autoencoder_fingerprint(used) == autoencoder_fingerprint(ae)
+    assert json.loads((run / "report.json").read_text())["t2i"]["settings"]["samples"] == 2
+
+    cfg = load_config("debug", overrides=settings)
+    mixture = build_mixture(cfg)
+    cfg.image.autoencoder = str(tmp_path / "ae")  # the same autoencoder, named: accepted
+    assert autoencoder_fingerprint(prepare_autoencoder(cfg, tmp_path / "named", mixture)) == autoencoder_fingerprint(ae)
+    save_autoencoder(KLAutoencoder(latent_channels=4, downsample=2, width=8), tmp_path / "other")
+    for wrong in (str(tmp_path / "other"), "identity"):
+        cfg.image.autoencoder = wrong
+        with pytest.raises(ValueError, match="holds latents of the autoencoder .* is another one"):
+            prepare_autoencoder(cfg, tmp_path / "wrong", mixture)
 
 
 def test_training_on_shards_resumes_in_place(corpus, tmp_path):
-    from transfusion.train import main as train_main
+    from transfusion.cli import COMMANDS
 
     settings = [f"data.dataset={corpus}", "train.steps=4", "train.checkpoint_every=2", "train.log_every=1",
                 "train.eval_samples=2", "diffusion.sample_steps=2"]
     out = tmp_path / "run"
-    train_main(["--preset", "debug", "--out", str(out), *settings])
+    COMMANDS["train"](["--preset", "debug", "--out", str(out), *settings])
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["skipped_records"] >= 3
     state = json.loads((out / "checkpoints" / "step_000002" / "state.json").read_text())
@@ -141,7 +169,7 @@ def test_training_on_shards_resumes_in_place(corpus, tmp_path):
     import shutil
 
     shutil.rmtree(out / "checkpoints" / "step_000004")
-    train_main(["--preset", "debug", "--out", str(out), *settings])
+    COMMANDS["train"](["--preset", "debug", "--out", str(out), *settings])
     resumed = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["lm"] for r in resumed] == pytest.approx([r["lm"] for r in rows], rel=1e-5)
     assert [r["ddpm"] for r in resumed] == pytest.approx([r["ddpm"] for r in rows], rel=1e-5)

@@ -6,7 +6,7 @@ import dataclasses
 import pytest
 import torch
 
-from transfusion.autoencoder import load_autoencoder, save_autoencoder
+from transfusion.autoencoders import VQAutoencoder, codebook_stats, load_autoencoder, save_autoencoder, train_autoencoder
 from transfusion.config import load_config
 from transfusion.data.document import Image, Text
 from transfusion.data.packing import IGNORE, layout, pack
@@ -16,7 +16,6 @@ from transfusion.engine import Engine, Request
 from transfusion.model.transfusion import Transfusion
 from transfusion.objective import compute_losses
 from transfusion.tokenizer import ByteTokenizer
-from transfusion.vq import VQAutoencoder, codebook_stats, train_vq
 
 
 @pytest.fixture(scope="module")
@@ -28,12 +27,11 @@ def vq():
 
 def test_vq_training_lowers_reconstruction_error_and_uses_the_codebook():
     torch.manual_seed(0)
-    model = VQAutoencoder(codebook_size=64, code_dim=8, downsample=4, width=8)
+    model = VQAutoencoder(codebook_size=64, code_dim=8, downsample=4, width=8, restart_every=50)
     test = ShapesDataset("test", size=16)
     pixels = torch.stack([test[i].images[0].pixels for i in range(64)])
     before = (model.detokenize(model.tokenize(pixels)) - pixels).square().mean().item()
-    metrics = train_vq(model, ShapesDataset("train", size=16), steps=150, batch_size=16, restart_every=50,
-                       progress=False)
+    metrics = train_autoencoder(model, ShapesDataset("train", size=16), steps=150, batch_size=16, progress=False)
     codes = model.tokenize(pixels)
     after = (model.detokenize(codes) - pixels).square().mean().item()
     assert codes.shape == (64, 4, 4) and codes.dtype == torch.long
@@ -76,16 +74,16 @@ def tokens_setup(vq, *overrides):
     cfg = load_config("debug", overrides=["image.objective=tokens", *overrides])
     tok = ByteTokenizer()
     torch.manual_seed(0)
-    model = Transfusion.build(cfg, tok, vq)
+    model = Transfusion.build(cfg.model, cfg.image, tok, vq, cfg.train.seed)
     return cfg, tok, model
 
 
 def test_tokens_objective_needs_a_vq_autoencoder():
-    from transfusion.autoencoder import IdentityAutoencoder
+    from transfusion.autoencoders import IdentityAutoencoder
 
     cfg = load_config("debug", overrides=["image.objective=tokens"])
     with pytest.raises(ValueError, match="needs a VQ autoencoder"):
-        Transfusion.build(cfg, ByteTokenizer(), IdentityAutoencoder())
+        Transfusion.build(cfg.model, cfg.image, ByteTokenizer(), IdentityAutoencoder())
 
 
 def test_tokens_objective_trains_on_text_and_image_tokens(vq):
@@ -111,10 +109,10 @@ def test_tokens_objective_trains_on_text_and_image_tokens(vq):
 def test_image_tokens_with_cache_are_what_a_full_forward_predicts(vq):
     """Greedy codes without guidance equal the argmax of one uncached forward over the result."""
     cfg, tok, model = tokens_setup(vq)
-    engine = Engine(model, tok, vq)
-    req = Request(guidance=1.0, image_temperature=0.0).resolve(cfg)
-    cache, positions, boi_hidden = engine._after_boi([([Text("a red circle")], [])])
-    codes = engine.image_tokens(cache, torch.tensor([0]), positions, req, [torch.Generator()], boi_hidden)
+    engine = Engine(model, tok, vq, cfg)
+    req = Request(guidance=1.0, image_temperature=0.0).resolve(cfg, vq)
+    cache, positions, boi_hidden = engine.after_boi([([Text("a red circle")], [])])
+    codes = engine.images.make(cache, torch.tensor([0]), positions, req, [torch.Generator()], [], boi_hidden)
     assert codes.shape == (1, 4, 4)
     ids = [tok.bos_id, *tok.encode("a red circle"), tok.boi_id]
     seq = torch.tensor([ids + (codes.flatten() + tok.vocab_size).tolist()])
@@ -130,7 +128,7 @@ def test_image_token_sampling_is_per_row_seeded_and_guided(vq):
     cfg, tok, model = tokens_setup(vq)
     with torch.no_grad():  # an untrained model's near-uniform logits: sharpen them so the prompt matters
         model.lm_head.weight.mul_(100)
-    engine = Engine(model, tok, vq)
+    engine = Engine(model, tok, vq, cfg)
     prompts = [[Text("a red circle")], [Text("two blue squares")]]
     req = Request(guidance=3.0, seed=5, max_new_tokens=1)
     together = engine.generate(prompts, req, force_image=True)
@@ -143,10 +141,10 @@ def test_image_token_sampling_is_per_row_seeded_and_guided(vq):
 
 def test_tokens_model_captions_images_given_as_codes(vq):
     cfg, tok, model = tokens_setup(vq)
-    engine = Engine(model, tok, vq)
+    engine = Engine(model, tok, vq, cfg)
     image = Image(torch.rand(3, 16, 16) * 2 - 1)
-    (out,) = engine.generate([[image]], Request(max_new_tokens=5, max_images=0))
-    assert all(isinstance(s, Text) for s in out)
+    (out,) = engine.generate([[image]], Request(max_new_tokens=5, min_new_tokens=1, max_images=0))
+    assert len(out) == 1 and isinstance(out[0], Text) and 1 <= len(out[0].text) <= 5  # one Text of 1-5 bytes
     cache, positions, _ = engine.prefill([[image]])
     assert int(positions[0]) == 1 + 1 + 16 + 1  # BOS BOI 16 codes EOI
 
@@ -157,7 +155,7 @@ def test_causal_intra_image_attention():
         cfg = load_config("debug", overrides=["image.adapter=linear", "image.patch_size=2",
                                               f"image.attention={attention}"])
         torch.manual_seed(0)
-        model = Transfusion(cfg, ByteTokenizer().vocab_size, 3).eval()
+        model = Transfusion(cfg.model, cfg.image, ByteTokenizer().vocab_size, 3, seed=cfg.train.seed).eval()
         tok = ByteTokenizer()
         latent = torch.zeros(3, 16, 16)
         latent[:, 8:, :] = later  # only the lower patches change
@@ -182,7 +180,7 @@ def test_caption_perplexity_counts_the_caption_and_boi_only(vq, objective):
 
     cfg = load_config("debug", overrides=[f"image.objective={objective}"])
     tok = ByteTokenizer()
-    model = Transfusion.build(cfg, tok, vq).eval()
+    model = Transfusion.build(cfg.model, cfg.image, tok, vq, cfg.train.seed).eval()
     docs = [Document.pair("a red circle", torch.rand(3, 16, 16) * 2 - 1),
             Document.pair("two", torch.rand(3, 16, 16) * 2 - 1)]
     loaded = Loaded(model, tok, vq, cfg, 0, None)
@@ -195,7 +193,7 @@ def test_caption_perplexity_counts_the_caption_and_boi_only(vq, objective):
 
 def test_min_new_tokens_keeps_a_caption_from_ending_at_once(vq):
     cfg, tok, model = tokens_setup(vq)
-    engine = Engine(model, tok, vq)
+    engine = Engine(model, tok, vq, cfg)
     image = [Image(torch.rand(3, 16, 16) * 2 - 1)]
 
     def ends_first(hidden):  # a model that always wants to end: EOS wins every greedy step
@@ -206,4 +204,4 @@ def test_min_new_tokens_keeps_a_caption_from_ending_at_once(vq):
     (out,) = engine.generate([image], Request(max_new_tokens=5, min_new_tokens=2, max_images=0))
     assert len(tok.encode(out[0].text)) >= 2
     with pytest.raises(ValueError, match="min_new_tokens"):
-        Request(max_new_tokens=2, min_new_tokens=3).resolve(cfg)
+        Request(max_new_tokens=2, min_new_tokens=3).resolve(cfg, vq)

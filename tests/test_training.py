@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from transfusion.autoencoder import IdentityAutoencoder
+from transfusion.autoencoders import IdentityAutoencoder
 from transfusion.checkpoint import list_checkpoints, load_checkpoint, resolve_checkpoint, save_checkpoint
 from transfusion.config import load_config
 from transfusion.data.stream import BatchBuilder, build_mixture
@@ -18,7 +18,9 @@ from transfusion.diffusion import Diffusion
 from transfusion.model.transfusion import Transfusion
 from transfusion.objective import compute_losses
 from transfusion.tokenizer import ByteTokenizer
-from transfusion.train import build_optimizer, lr_at, main as train_main
+from transfusion.cli import COMMANDS
+from transfusion.fileio import DiskFullError
+from transfusion.train import build_optimizer, lr_at
 
 FAST = ["train.eval_samples=2", "diffusion.sample_steps=2", "data.text_fraction=0.2"]
 
@@ -27,7 +29,7 @@ def debug_setup(*overrides):
     cfg = load_config("debug", overrides=list(overrides))
     tok = ByteTokenizer()
     torch.manual_seed(0)
-    model = Transfusion(cfg, tok.vocab_size, 3)
+    model = Transfusion(cfg.model, cfg.image, tok.vocab_size, 3, seed=cfg.train.seed)
     builder = BatchBuilder(cfg, build_mixture(cfg), tok, IdentityAutoencoder(), model.num_patches)
     return cfg, tok, model, builder
 
@@ -67,7 +69,7 @@ def test_lr_schedule_warms_up_then_decays_to_min():
 def test_checkpoint_round_trip_gives_identical_outputs(tmp_path):
     cfg, tok, model, builder = debug_setup()
     opt = build_optimizer(model, cfg)
-    path = save_checkpoint(tmp_path / "checkpoints", 7, model, tok, IdentityAutoencoder(), opt)
+    path = save_checkpoint(tmp_path / "checkpoints", 7, model, cfg, tok, IdentityAutoencoder(), opt)
     loaded = load_checkpoint(tmp_path)  # a run folder resolves to its latest checkpoint
     assert loaded.path == path and loaded.step == 7
     batch = builder.batch_at(3, seed=0)
@@ -81,7 +83,7 @@ def test_checkpoints_are_atomic_and_pruned(tmp_path, monkeypatch):
     cfg, tok, model, _ = debug_setup()
     folder = tmp_path / "checkpoints"
     for step in (1, 2, 3):
-        save_checkpoint(folder, step, model, tok, IdentityAutoencoder(), keep=2)
+        save_checkpoint(folder, step, model, cfg, tok, IdentityAutoencoder(), keep=2)
     assert [p.name for p in list_checkpoints(folder)] == ["step_000002", "step_000003"]
 
     def disk_full(*args, **kwargs):
@@ -89,7 +91,9 @@ def test_checkpoints_are_atomic_and_pruned(tmp_path, monkeypatch):
 
     monkeypatch.setattr("transfusion.checkpoint.save_file", disk_full)
     with pytest.raises(OSError, match="No space"):
-        save_checkpoint(folder, 4, model, tok, IdentityAutoencoder(), keep=2)
+        save_checkpoint(folder, 4, model, cfg, tok, IdentityAutoencoder(), keep=2)
+    with pytest.raises(DiskFullError, match=f"checkpoint step 4 into {folder}.*last good checkpoint is .*step_000003"):
+        save_checkpoint(folder, 4, model, cfg, tok, IdentityAutoencoder(), keep=2)  # and it says what is safe
     # the failed write left nothing behind, and the last good checkpoint still loads
     assert sorted(p.name for p in folder.iterdir()) == ["step_000002", "step_000003"]
     assert load_checkpoint(folder).step == 3
@@ -101,7 +105,7 @@ def test_unknown_or_broken_checkpoint_gives_clear_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="holds no checkpoint"):
         resolve_checkpoint(tmp_path)
     cfg, tok, model, _ = debug_setup()
-    path = save_checkpoint(tmp_path / "checkpoints", 1, model, tok, IdentityAutoencoder())
+    path = save_checkpoint(tmp_path / "checkpoints", 1, model, cfg, tok, IdentityAutoencoder())
     (path / "tokenizer.json").unlink()
     with pytest.raises(FileNotFoundError, match="tokenizer.json is missing"):
         load_checkpoint(path)
@@ -109,13 +113,13 @@ def test_unknown_or_broken_checkpoint_gives_clear_errors(tmp_path):
 
 def test_resume_after_interruption_matches_uninterrupted_run(tmp_path):
     straight = tmp_path / "straight"
-    train_main(["--preset", "debug", "--out", str(straight), "train.steps=8", "train.checkpoint_every=4", *FAST])
+    COMMANDS["train"](["--preset", "debug", "--out", str(straight), "train.steps=8", "train.checkpoint_every=4", *FAST])
     interrupted = tmp_path / "interrupted"
     # stop after 4 steps (its final checkpoint is step 4), then run the full length on the same folder
-    train_main(["--preset", "debug", "--out", str(interrupted), "train.steps=4", "train.checkpoint_every=4", *FAST])
+    COMMANDS["train"](["--preset", "debug", "--out", str(interrupted), "train.steps=4", "train.checkpoint_every=4", *FAST])
     shutil.rmtree(interrupted / "checkpoints" / "step_000004", ignore_errors=True)
     shutil.copytree(straight / "checkpoints" / "step_000004", interrupted / "checkpoints" / "step_000004")
-    train_main(["--preset", "debug", "--out", str(interrupted), "train.steps=8", "train.checkpoint_every=4", *FAST])
+    COMMANDS["train"](["--preset", "debug", "--out", str(interrupted), "train.steps=8", "train.checkpoint_every=4", *FAST])
     a = load_file(straight / "checkpoints" / "step_000008" / "model.safetensors")
     b = load_file(interrupted / "checkpoints" / "step_000008" / "model.safetensors")
     assert a.keys() == b.keys()
@@ -174,7 +178,7 @@ def test_nan_loss_stops_with_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(train_module, "loss_sums", poisoned)
     out = tmp_path / "r"
     with pytest.raises(FloatingPointError, match="loss is nan at step 2 .* rerun to resume"):
-        train_main(["--preset", "debug", "--out", str(out), "train.checkpoint_every=1", *FAST])
+        COMMANDS["train"](["--preset", "debug", "--out", str(out), "train.checkpoint_every=1", *FAST])
     assert load_checkpoint(out).step == 2  # the checkpoint before the bad step is intact
     with pytest.raises(ValueError, match="optim.lr"):
         load_config("debug", overrides=["optim.lr=.nan"])
@@ -182,9 +186,9 @@ def test_nan_loss_stops_with_a_clear_error(tmp_path, monkeypatch):
 
 def test_resuming_with_another_config_is_refused(tmp_path):
     out = tmp_path / "r"
-    train_main(["--preset", "debug", "--out", str(out), "train.steps=2", *FAST])
+    COMMANDS["train"](["--preset", "debug", "--out", str(out), "train.steps=2", *FAST])
     with pytest.raises(ValueError, match="model.dim"):
-        train_main(["--preset", "debug", "--out", str(out), "model.dim=32", *FAST])
+        COMMANDS["train"](["--preset", "debug", "--out", str(out), "model.dim=32", *FAST])
 
 
 def test_config_errors_name_the_key(tmp_path):
@@ -200,11 +204,10 @@ def test_config_errors_name_the_key(tmp_path):
         load_config("debug", files=[bad])
 
 
-def test_eval_command_writes_a_report_and_a_card(tmp_path, capsys):
+def test_eval_command_writes_a_report_and_a_card(debug_run, tmp_path, capsys):
     from transfusion.cli import main as cli_main
 
-    out = tmp_path / "r"
-    train_main(["--preset", "debug", "--out", str(out), "train.steps=2", *FAST])
+    out = debug_run
     report_path = tmp_path / "report.json"
     cli_main(["eval", str(out), "--n", "3", "--steps", "2", "--sampler", "ddim", "--out", str(report_path)])
     report = json.loads(report_path.read_text())
@@ -224,7 +227,7 @@ def test_eval_command_writes_a_report_and_a_card(tmp_path, capsys):
 
 def test_a_run_on_real_digits_trains_and_samples(tmp_path):
     out = tmp_path / "digits"
-    train_main(["--preset", "debug", "--out", str(out), "data.dataset=mnist", "train.steps=2", *FAST])
+    COMMANDS["train"](["--preset", "debug", "--out", str(out), "data.dataset=mnist", "train.steps=2", *FAST])
     report = json.loads((out / "report.json").read_text())
     judged = report["t2i"]["accuracy"]  # digits are judged by a classifier trained on the real digits
     assert 0 <= judged["digit"] <= 1 and judged["classifier_accuracy_on_real_test_digits"] > 0.93
@@ -236,5 +239,5 @@ def test_a_run_on_real_digits_trains_and_samples(tmp_path):
 
 def test_flex_attention_training_on_cpu_is_refused(tmp_path):
     with pytest.raises(ValueError, match="flex trains on CUDA only"):
-        train_main(["--preset", "debug", "--out", str(tmp_path / "r"), "model.attention=flex", *FAST])
+        COMMANDS["train"](["--preset", "debug", "--out", str(tmp_path / "r"), "model.attention=flex", *FAST])
     assert not (tmp_path / "r").exists()  # refused before anything is written

@@ -21,7 +21,6 @@ state is a collective write); the first one writes the rest.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import warnings
 from contextlib import contextmanager
@@ -34,9 +33,9 @@ import torch.distributed.checkpoint as dcp
 import yaml
 from safetensors.torch import load_file, save_file
 
-from transfusion.autoencoder import Autoencoder, IdentityAutoencoder, load_autoencoder, save_autoencoder
-from transfusion.config import Config, from_dict, to_dict
-from transfusion.distributed import unwrap
+from transfusion.autoencoders import Autoencoder, IdentityAutoencoder, load_autoencoder, save_autoencoder
+from transfusion.config import Config, config_yaml, from_dict
+from transfusion.fileio import DiskFullError, atomic_folder
 from transfusion.model.transfusion import Transfusion
 from transfusion.tokenizer import Tokenizer, tokenizer_from_json
 
@@ -66,6 +65,7 @@ def save_checkpoint(
     folder: str | Path,
     step: int,
     model: torch.nn.Module,
+    config: Config,
     tokenizer: Tokenizer,
     autoencoder: Autoencoder,
     optimizer: torch.optim.Optimizer | None = None,
@@ -77,46 +77,56 @@ def save_checkpoint(
 
     ``model`` may be wrapped (DDP) or sharded (FSDP2); with an ``optimizer`` the training
     state is written too, for ``load_training_state``; ``ema`` is a ``distributed.EMA``.
+    A full disk raises ``DiskFullError`` naming the folder and the last good checkpoint,
+    which stays as it was.
     """
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     folder = Path(folder)
     final = folder / f"{PREFIX}{step:06d}"
-    tmp = folder / f".{final.name}.partial"
     main = _is_main()
-    if main:
-        folder.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-    _barrier()
     try:
-        if optimizer is not None:
-            with _single_process_is_fine():
-                dcp.save(_training_state(model, optimizer, ema), checkpoint_id=tmp / "train_state",
-                         no_dist=not dist.is_initialized())
-        weights = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        ema_weights = ema.full_state() if ema is not None else None
-        if main:
-            save_file({k: v.detach().contiguous() for k, v in weights.items()}, tmp / "model.safetensors")
-            if ema_weights is not None:
-                save_file({k: v.contiguous() for k, v in ema_weights.items()}, tmp / "ema.safetensors")
-            (tmp / "config.yaml").write_text(yaml.safe_dump(to_dict(unwrap(model).cfg), sort_keys=False))
-            (tmp / "tokenizer.json").write_text(tokenizer.to_json())
-            if not isinstance(autoencoder, IdentityAutoencoder):
-                save_autoencoder(autoencoder, tmp / "autoencoder")
-            (tmp / "state.json").write_text(json.dumps({"step": step, **(extra_state or {})}))
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-    except BaseException:
-        if main:
-            shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        with _written_by_main(final, main) as tmp:
+            if optimizer is not None:
+                with _single_process_is_fine():
+                    dcp.save(_training_state(model, optimizer, ema), checkpoint_id=tmp / "train_state",
+                             no_dist=not dist.is_initialized())
+            weights = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+            ema_weights = ema.full_state() if ema is not None else None
+            if main:
+                save_file({k: v.detach().contiguous() for k, v in weights.items()}, tmp / "model.safetensors")
+                if ema_weights is not None:
+                    save_file({k: v.contiguous() for k, v in ema_weights.items()}, tmp / "ema.safetensors")
+                (tmp / "config.yaml").write_text(config_yaml(config))
+                (tmp / "tokenizer.json").write_text(tokenizer.to_json())
+                if not isinstance(autoencoder, IdentityAutoencoder):
+                    save_autoencoder(autoencoder, tmp / "autoencoder")
+                (tmp / "state.json").write_text(json.dumps({"step": step, **(extra_state or {})}))
+    except DiskFullError:
+        good = list_checkpoints(folder)
+        last = f"the last good checkpoint is {good[-1]}" if good else "no earlier checkpoint exists"
+        raise DiskFullError(28, f"No space left on the device while writing checkpoint step {step} into {folder}; "
+                                f"nothing partial was kept and {last}. Free some space and rerun to resume") from None
     _barrier()
     if main and keep > 0:
         for old in list_checkpoints(folder)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+@contextmanager
+def _written_by_main(final: Path, main: bool):
+    """The temporary folder every process writes its part of a checkpoint into; the first
+    process creates it and, once all are done, renames it into place (``fileio.atomic_folder``)."""
+    tmp = final.with_name(f".{final.name}.partial")
+    if not main:
+        _barrier()
+        yield tmp
+        return
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_folder(final) as tmp:
+        _barrier()
+        yield tmp
 
 
 @contextmanager
@@ -186,7 +196,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", ema: b
     cfg = from_dict(yaml.safe_load((ckpt / "config.yaml").read_text()))
     tokenizer = tokenizer_from_json((ckpt / "tokenizer.json").read_text())
     autoencoder = load_autoencoder(ckpt / "autoencoder") if (ckpt / "autoencoder").is_dir() else IdentityAutoencoder()
-    model = Transfusion.build(cfg, tokenizer, autoencoder)
+    model = Transfusion.build(cfg.model, cfg.image, tokenizer, autoencoder)
     if ema and not (ckpt / "ema.safetensors").is_file():
         raise FileNotFoundError(f"checkpoint {ckpt} holds no EMA weights (trained with train.ema_decay=0)")
     try:

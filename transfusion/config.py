@@ -15,6 +15,28 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
+# each sampler's step count when neither a request nor the run's config names one
+SAMPLER_STEPS = {"ddpm": 250, "ddim": 50, "dpm++": 25}
+
+
+def check_sampler(name: str, steps: int | None = None, timesteps: int = 1000) -> None:
+    """A clear error for an unknown sampler name or a step count it cannot take.
+
+    DDIM (diffusers' ``DDIMScheduler``) steps from t to t - T // steps whatever the grid:
+    with a count that does not divide T, some steps would land on the wrong noise level.
+    """
+    if name not in SAMPLER_STEPS:
+        raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLER_STEPS)}")
+    if steps is None:
+        return
+    if not 1 <= steps <= timesteps:
+        raise ValueError(f"sampling steps must be in 1..{timesteps}, got {steps}")
+    if name == "ddim" and timesteps % steps:
+        divisors = [d for d in range(1, timesteps + 1) if timesteps % d == 0]
+        near = [max(d for d in divisors if d < steps), min(d for d in divisors if d > steps)]
+        raise ValueError(f"ddim needs a step count that divides the {timesteps} training timesteps; {steps} does "
+                         f"not (try {near[0]} or {near[1]}, or dpm++, which takes any count)")
+
 
 @dataclass
 class ModelConfig:
@@ -45,7 +67,9 @@ class ImageConfig:
     patch_size: int = 2  # k: a k x k patch of the (U-Net-downsampled) latent is one token
     unet_channels: list[int] = field(default_factory=lambda: [64, 128])  # one down block each
     max_grid: int = 64  # largest patch grid side for the 2-D position embedding
-    clip_sample: float = 1.0  # clamp predicted x0 to [-c, c] while sampling (1 for pixels); 0: off
+    # clamp predicted x0 to [-c, c] while sampling; 0: off; -1 (auto): 1 for pixels (the identity
+    # autoencoder), off for latents, whose spread is ~1 but whose range is not [-1, 1]
+    clip_sample: float = -1.0
 
 
 @dataclass
@@ -57,7 +81,7 @@ class DiffusionConfig:
     image_first_max_t: int = 500  # noise cap for image-first (captioning) examples
     caption_dropout: float = 0.1
     sampler: str = "ddpm"  # for sample grids and evaluation: ddpm | ddim | dpm++ (samplers.py)
-    sample_steps: int = 250  # denoising steps of that sampler (paper: DDPM with 250)
+    sample_steps: int = 250  # denoising steps of that sampler (paper: DDPM with 250); other samplers: SAMPLER_STEPS
     guidance: float = 3.0  # classifier-free guidance scale
 
 
@@ -90,7 +114,7 @@ class OptimConfig:
 class TrainConfig:
     steps: int = 1000
     seed: int = 0
-    device: str = "cpu"
+    device: str = "auto"  # auto (CUDA when present, else CPU) | cpu | cuda | cuda:N
     threads: int = 0  # torch CPU threads; 0: leave torch's default
     log_every: int = 10
     sample_every: int = 0  # 0: only at the end
@@ -152,7 +176,7 @@ PRESETS: dict[str, dict] = {
     "tiny": _cpu(layers=4, steps=1200, warmup=100, log_every=20, checkpoint_every=200, sample_every=400),
     # a longer CPU run: about an hour here
     "small": _cpu(layers=6, steps=3300, warmup=200, log_every=50, checkpoint_every=300, sample_every=1100),
-    # the paper's sizes (SPEC section 2): layers / width / heads
+    # the paper's sizes (Table 1): layers / width / heads
     "0.16B": _paper(16, 768, 12),
     "0.37B": _paper(24, 1024, 16),
     "0.76B": _paper(24, 1536, 24),
@@ -203,7 +227,10 @@ def _dotlist_to_dict(overrides: list[str]) -> dict:
         if "=" not in item:
             raise ValueError(f"override {item!r} must look like key.sub=value")
         path, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw != "" else ""
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            raise ValueError(f"override {item!r}: {raw!r} is not a valid YAML value (quote it)") from None
         node = out
         parts = path.strip().split(".")
         for part in parts[:-1]:
@@ -222,7 +249,13 @@ def load_config(preset: str | None = None, files: list[str | Path] = (), overrid
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"config file not found: {path}")
-        data = yaml.safe_load(path.read_text()) or {}
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(err, "problem", None) or str(err)
+            raise ValueError(f"config file {path}{where} is not valid YAML: {problem}") from None
         if not isinstance(data, dict):
             raise ValueError(f"config file {path} must hold a mapping at the top level")
         _merge(cfg, data)
@@ -245,8 +278,8 @@ def validate(cfg: Config) -> None:
         raise ValueError(f"image.attention must be 'bidirectional' or 'causal', got {cfg.image.attention!r}")
     if cfg.image.adapter not in ("linear", "unet"):
         raise ValueError(f"image.adapter must be 'linear' or 'unet', got {cfg.image.adapter!r}")
-    from transfusion.samplers import check_sampler
-
+    if cfg.image.clip_sample < 0 and cfg.image.clip_sample != -1:
+        raise ValueError(f"image.clip_sample must be -1 (auto), 0 (off) or positive, got {cfg.image.clip_sample}")
     check_sampler(cfg.diffusion.sampler, cfg.diffusion.sample_steps, cfg.diffusion.timesteps)
     o = cfg.optim
     if not (0 < o.lr < float("inf") and 0 <= o.min_lr <= o.lr):
@@ -276,5 +309,6 @@ def from_dict(data: dict) -> Config:
     return cfg
 
 
-def save_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+def config_yaml(cfg: Config) -> str:
+    """The config as the YAML text that ``load_config(files=[...])`` reads back."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

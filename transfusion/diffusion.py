@@ -1,8 +1,13 @@
 """The noise process: schedule, noising, and the epsilon target and loss (samplers: ``samplers.py``).
 
-Timesteps are integers 1..T (T = 1000); t = 0 means a clean image (used for images that
-sit in the context, e.g. a finished image or one given for captioning). The network never
-sees this module: it is handed noisy latents and t, and returns a noise prediction.
+Timesteps are integers 1..T (T = 1000), alpha_bar[0] = 1 being a clean image. The network
+never sees this module: it is handed noisy latents and t, and returns a noise prediction.
+
+Images that sit in the context clean (a finished image, one given for captioning or
+continuation) are fed at ``CONTEXT_T`` = 1, the smallest timestep training draws, not at
+t = 0: the model has only ever seen t in 1..T, and x_1 differs from x_0 by noise of std
+sqrt(1 - alpha_bar[1]) ~ 0.006, so a clean latent at t = 1 is an input it was trained on.
+(Drawing t = 0 in training instead would spend loss on an epsilon the input says nothing of.)
 """
 
 from __future__ import annotations
@@ -10,6 +15,8 @@ from __future__ import annotations
 import math
 
 import torch
+
+CONTEXT_T = 1  # the timestep at which clean context images are fed (see above)
 
 
 def randn(shape: tuple[int, ...], generator=None) -> torch.Tensor:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from torch.distributed.tensor import DTensor
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 from transfusion.config import Config
 from transfusion.model.transfusion import Transfusion
@@ -65,11 +65,29 @@ class World:
         return merged
 
 
+def resolve_device(name: str) -> torch.device:
+    """``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda`` or ``cuda:N``, checked."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} was asked for but torch sees no CUDA GPU here "
+                         f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'}); use --device cpu or auto")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {name!r}: only cpu and cuda are supported")
+    return device
+
+
 def init_world(cfg: Config) -> tuple[World, torch.device]:
     """Join the process group that torchrun describes (if any); this process's device."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    device = torch.device(cfg.train.device)
+    device = resolve_device(cfg.train.device)
     if device.type == "cuda":
         device = torch.device("cuda", local_rank if size > 1 else (device.index or 0))
         torch.cuda.set_device(device)
@@ -103,7 +121,7 @@ def build_model(cfg: Config, tokenizer, autoencoder, world: World, device: torch
     plain ``Transfusion`` inside it.
     """
     with torch.device("meta"):
-        core = Transfusion.build(cfg, tokenizer, autoencoder)
+        core = Transfusion.build(cfg.model, cfg.image, tokenizer, autoencoder)
     t = cfg.train
     core.trunk.checkpointing = t.activation_checkpointing
     if t.compile:
@@ -122,13 +140,22 @@ def build_model(cfg: Config, tokenizer, autoencoder, world: World, device: torch
             register_fsdp_forward_method(core.image, "decode")
         fully_shard(core, mesh=mesh)
     core.to_empty(device=device)
-    core.init_weights(t.seed)
+    core.init_weights(t.seed, assign=assign_shard)
     model = core
     if world.size > 1 and t.parallel == "ddp":
         from torch.nn.parallel import DistributedDataParallel
 
         model = DistributedDataParallel(core, device_ids=[device.index] if device.type == "cuda" else None)
     return model, core
+
+
+def assign_shard(param: torch.Tensor, value: torch.Tensor) -> None:
+    """Write the whole ``value`` into ``param``: all of it, or for a sharded (DTensor) weight
+    this process's shard of it."""
+    if isinstance(param, DTensor):
+        value = distribute_tensor(value, param.device_mesh, param.placements, src_data_rank=None).to_local()
+        param = param.to_local()
+    param.copy_(value)
 
 
 def unwrap(model: torch.nn.Module) -> Transfusion:
@@ -165,7 +192,7 @@ def sampling_model(model, core: Transfusion, cfg: Config, tokenizer, autoencoder
     weights = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if not world.main:
         return None
-    whole = Transfusion.build(cfg, tokenizer, autoencoder)
+    whole = Transfusion.build(cfg.model, cfg.image, tokenizer, autoencoder)
     whole.load_state_dict(weights)
     return whole.to(device)
 

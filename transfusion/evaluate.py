@@ -3,10 +3,9 @@
 - ``text``: perplexity (and bits per byte) on held-out real English text and on the
   held-out captions of the run's dataset (scored before their image, as training shows them);
 - ``t2i`` (text to image): one image per held-out caption; FID against the real held-out
-  images of those captions (``metrics/fid.py``); prompt following by the shapes attribute
-  reader (colour, shape, size, position, count, relation, exact) or, for digits, by a
-  classifier trained on the real digits (``metrics/digits.py``, its own test accuracy
-  reported beside);
+  images of those captions (``metrics/fid.py``); prompt following by the dataset's judge
+  (``metrics/judges.py``: the shapes attribute reader, or for digits a classifier trained on
+  the real digits, its own test accuracy reported beside);
 - ``i2t`` (image to text): a greedy caption per held-out image; CIDEr-D against the
   reference caption (``metrics/cider.py``) and attribute / digit accuracy of the caption.
 
@@ -20,20 +19,24 @@ import math
 
 import torch
 
+from transfusion.batch import IGNORE
 from transfusion.checkpoint import Loaded
 from transfusion.data.document import Document, Text
-from transfusion.data.shapes_reader import score, score_caption, summarise
 from transfusion.engine import Engine, Request
+from transfusion.metrics.judges import judge_for
 
 CHUNK = 32  # prompts per generation batch
 
 
 def held_out_pairs(loaded: Loaded, n: int) -> list[Document]:
-    """The first ``n`` caption + image documents of the run's test split."""
+    """The first ``n`` caption + image documents of the run's test split (a corpus of
+    precomputed latents is decoded back to pixels by the run's autoencoder)."""
     from transfusion.data.registry import load_dataset
+    from transfusion.data.shards import is_latent_corpus
 
     cfg = loaded.config
-    data = load_dataset(cfg.data.dataset, "test", cfg.image.size)
+    spec = cfg.data.dataset
+    data = load_dataset(spec, "test", cfg.image.size)
     docs = []
     for i in range(len(data)):
         doc = data[i]
@@ -42,35 +45,21 @@ def held_out_pairs(loaded: Loaded, n: int) -> list[Document]:
             if len(docs) == n:
                 break
     if not docs:
-        raise ValueError(f"the test split of {cfg.data.dataset!r} holds no caption + image documents")
+        raise ValueError(f"the test split of {spec!r} holds no caption + image documents")
+    if is_latent_corpus(spec.replace("{split}", "test")):
+        ae = loaded.autoencoder
+        with torch.no_grad():
+            docs = [Document.pair(d.caption, ae.decode(d.images[0].pixels[None].to(_device(loaded)))[0].cpu(), **d.meta)
+                    for d in docs]
     return docs
 
 
-def _image_accuracy(images: torch.Tensor, docs: list[Document]) -> dict:
-    """Prompt following of generated images: shapes reader, or the digit classifier; {} if neither applies."""
-    if all("scene" in doc.meta for doc in docs):
-        return summarise([score(img, doc.caption) for img, doc in zip(images, docs)])
-    if all("label" in doc.meta for doc in docs):
-        from transfusion.metrics.digits import accuracy, digit_classifier
-
-        net, real_accuracy = digit_classifier(images.shape[-1])
-        labels = torch.tensor([doc.meta["label"] for doc in docs])
-        return {"digit": accuracy(net, images, labels), "classifier_accuracy_on_real_test_digits": real_accuracy}
-    return {}
-
-
-def _caption_accuracy(texts: list[str], docs: list[Document]) -> dict:
-    if all("scene" in doc.meta for doc in docs):
-        return summarise([score_caption(t, d.meta["scene"]) for t, d in zip(texts, docs)])
-    if all("label" in doc.meta for doc in docs):
-        from transfusion.metrics.digits import digit_in
-
-        return {"digit": sum(digit_in(t) == d.meta["label"] for t, d in zip(texts, docs)) / len(docs)}
-    return {}
+def _device(loaded: Loaded) -> torch.device:
+    return next(loaded.model.parameters()).device
 
 
 def _engine(loaded: Loaded) -> Engine:
-    return Engine(loaded.model, loaded.tokenizer, loaded.autoencoder)
+    return Engine(loaded.model, loaded.tokenizer, loaded.autoencoder, loaded.config)
 
 
 def prompt_following(loaded: Loaded, docs: list[Document], req: Request = Request()) -> dict:
@@ -78,7 +67,8 @@ def prompt_following(loaded: Loaded, docs: list[Document], req: Request = Reques
 
     Caption i is sampled with seed ``req.seed + i`` whatever the batching.
     """
-    req = dataclasses.replace(req.resolve(loaded.config), max_new_tokens=1, max_images=1)
+    req = dataclasses.replace(req.resolve(loaded.config, loaded.autoencoder), max_new_tokens=1, max_images=1)
+    judge = judge_for(loaded.config.data.dataset)
     engine, captions, images = _engine(loaded), [doc.caption for doc in docs], []
     for i in range(0, len(docs), CHUNK):
         prompts = [[Text(c)] if c else [] for c in captions[i : i + CHUNK]]
@@ -88,8 +78,9 @@ def prompt_following(loaded: Loaded, docs: list[Document], req: Request = Reques
         "settings": {"data": f"{loaded.config.data.dataset}/test", "samples": len(docs), "step": loaded.step,
                      "objective": loaded.config.image.objective,
                      **{k: getattr(req, k) for k in (("image_temperature",) if loaded.model.image_codes else
-                                                     ("sampler", "steps")) + ("guidance", "seed", "image_size")}},
-        "accuracy": _image_accuracy(torch.stack(images), docs),
+                                                     ("sampler", "steps", "clip")) + ("guidance", "seed", "image_size")},
+                     "judge": judge.name if judge else None},
+        "accuracy": judge.images(torch.stack(images), docs) if judge else {},
         "captions": captions,
         "images": torch.stack(images),
     }
@@ -103,13 +94,15 @@ def captioning(loaded: Loaded, docs: list[Document], max_new_tokens: int = 24) -
     """
     engine, texts = _engine(loaded), []
     req = Request(max_new_tokens=max_new_tokens, min_new_tokens=1, max_images=0)
+    judge = judge_for(loaded.config.data.dataset)
     for i in range(0, len(docs), CHUNK):
         outputs = engine.generate([[doc.images[0]] for doc in docs[i : i + CHUNK]], req)
         texts += ["".join(s.text for s in out if isinstance(s, Text)) for out in outputs]
     return {
         "settings": {"data": f"{loaded.config.data.dataset}/test", "samples": len(docs), "decoding": "greedy",
-                     "min_new_tokens": 1, "max_new_tokens": max_new_tokens, "step": loaded.step},
-        "accuracy": _caption_accuracy(texts, docs),
+                     "min_new_tokens": 1, "max_new_tokens": max_new_tokens, "step": loaded.step,
+                     "judge": judge.name if judge else None},
+        "accuracy": judge.captions(texts, docs) if judge else {},
         "generated": texts,
         "references": [doc.caption for doc in docs],
         "images": torch.stack([doc.images[0].pixels for doc in docs]),
@@ -126,18 +119,16 @@ def perplexity(loaded: Loaded, docs: list[Document], batch_size: int = 16, befor
     With ``before_image`` only the targets up to the first image count (the caption of a
     caption + image pair, and the BOI that ends it), as the model sees captions in training.
     """
-    from transfusion.data.packing import IGNORE, layout, pack, truncate
+    from transfusion.data.packing import layout, pack, truncate
 
     model, tok, cfg = loaded.model, loaded.tokenizer, loaded.config
-    device, engine = next(model.parameters()).device, _engine(loaded)
+    device, engine = _device(loaded), _engine(loaded)
     nll, targets, text_bytes = 0.0, 0, 0
     for i in range(0, len(docs), batch_size):
         chunk = docs[i : i + batch_size]
         lays = []
         for doc in chunk:
-            segments, latents = doc.segments, engine.encode([doc.segments])[0]
-            if engine.codes:  # image tokens: images as their codes, no latents
-                segments, latents = engine.as_tokens(segments, latents), []
+            segments, latents = engine.images.as_prompt(doc.segments, engine.encode([doc.segments])[0])
             lay = layout(segments, [lat.cpu() for lat in latents], [0] * len(latents), tok, model.num_patches)
             lays.append(truncate(lay, cfg.data.seq_len))
             ids = lay.ids[: cfg.data.seq_len]
@@ -190,7 +181,7 @@ def evaluate(loaded: Loaded, suites=SUITES, n: int = 256, req: Request = Request
         if fid:
             from transfusion.metrics.fid import InceptionFeatures, fid as frechet
 
-            features = InceptionFeatures()
+            features = InceptionFeatures(device=_device(loaded))
             real = torch.stack([doc.images[0].pixels for doc in docs])
             entry["fid"] = frechet(features(real), features(t2i["images"]))
             entry["fid_settings"] = {"reference": f"the {len(docs)} real held-out images of these captions",

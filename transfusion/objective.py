@@ -1,4 +1,4 @@
-"""The training objective: L = L_LM + lambda * L_DDPM (SPEC section 3).
+"""The training objective: L = L_LM + lambda * L_DDPM (the paper's section 3.4, equation 4).
 
 Losses are computed in two steps so that any split of a global batch, over processes and
 accumulation steps, gives the loss of the whole batch: ``loss_sums`` returns, per term, a
@@ -11,9 +11,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from transfusion.data.packing import IGNORE, PackedBatch
+from transfusion.batch import IGNORE
+from transfusion.data.packing import PackedBatch
 from transfusion.diffusion import Diffusion
-from transfusion.distributed import unwrap
 from transfusion.model.transfusion import Transfusion
 
 Sums = dict[str, tuple[torch.Tensor, int]]  # term -> (sum, count)
@@ -25,6 +25,7 @@ def compute_losses(
     diffusion: Diffusion,
     loss_weight: float,
     generator: torch.Generator | None = None,
+    core: Transfusion | None = None,
 ) -> dict[str, torch.Tensor]:
     """Noise every image at its own t, run the model once, and score both modalities.
 
@@ -34,7 +35,7 @@ def compute_losses(
     it returns ``lm``, ``image_ce`` (cross-entropy per image-code target) and ``total``,
     the cross-entropy over all targets: plain next-token prediction.
     """
-    return combine(loss_sums(model, batch, diffusion, generator), loss_weight)
+    return combine(loss_sums(model, batch, diffusion, generator, core), loss_weight)
 
 
 def combine(sums: Sums, loss_weight: float, counts: dict[str, int] | None = None) -> dict[str, torch.Tensor]:
@@ -57,12 +58,15 @@ def loss_counts(batch: PackedBatch, core: Transfusion) -> dict[str, int]:
     return {"lm": int(has_target.sum()), "ddpm": len(batch.latents)}
 
 
-def loss_sums(model, batch: PackedBatch, diffusion: Diffusion | None, generator: torch.Generator | None = None) -> Sums:
+def loss_sums(model, batch: PackedBatch, diffusion: Diffusion | None, generator: torch.Generator | None = None,
+              core: Transfusion | None = None) -> Sums:
     """Per term (``lm``, ``ddpm``; or ``lm``, ``image_ce``) the summed loss and its count.
 
-    Timesteps and noise come from the batch (drawn by ``BatchBuilder``), else from ``generator``.
+    ``model`` is what runs the forward (a DDP or FSDP wrapper, or the model itself); ``core``
+    the plain model inside a wrapper (default: ``model``). Timesteps and noise come from the
+    batch (drawn by ``BatchBuilder``), else from ``generator``.
     """
-    core = unwrap(model)
+    core = model if core is None else core
     counts = loss_counts(batch, core)
     has_target = batch.targets != IGNORE
     if core.image_codes:

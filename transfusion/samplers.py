@@ -22,19 +22,10 @@ from typing import Callable
 
 import torch
 
+from transfusion.config import SAMPLER_STEPS, check_sampler
 from transfusion.diffusion import Diffusion, randn
 
-# the step counts each sampler is meant for, when a request gives none
-DEFAULT_STEPS = {"ddpm": 250, "ddim": 50, "dpm++": 25}
-SAMPLERS = tuple(DEFAULT_STEPS)
-
-
-def check_sampler(name: str, steps: int | None = None, timesteps: int = 1000) -> None:
-    """A clear error for an unknown sampler name or a step count outside 1..T."""
-    if name not in DEFAULT_STEPS:
-        raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
-    if steps is not None and not 1 <= steps <= timesteps:
-        raise ValueError(f"sampling steps must be in 1..{timesteps}, got {steps}")
+SAMPLERS = tuple(SAMPLER_STEPS)
 
 
 def make_scheduler(name: str, diffusion: Diffusion):
@@ -69,7 +60,7 @@ def sample(
     sampler: str = "ddpm",
     steps: int | None = None,
     generator: torch.Generator | list[torch.Generator] | None = None,
-    clip: float = 1.0,
+    clip: float = 0.0,
     device: str | torch.device = "cpu",
     progress: bool = False,
 ) -> torch.Tensor:
@@ -79,14 +70,16 @@ def sample(
         predict_noise: (x_t (N, C, h, w), t (N,) long in 1..T) -> eps (N, C, h, w).
         sampler: "ddpm" (ancestral; the paper uses 250 steps), "ddim" or "dpm++" (deterministic,
             20-50 steps).
-        steps: denoising steps (model evaluations); default ``DEFAULT_STEPS[sampler]``.
+        steps: denoising steps (model evaluations); default ``config.SAMPLER_STEPS[sampler]``.
         generator: one for the batch, or one per row: row i then draws exactly what it would
             draw alone with generator i (the initial noise and DDPM's per-step noise).
-        clip: clamp the predicted x0 to [-clip, clip]; 0 turns it off. The cosine schedule's
-            alpha_bar(T) is ~0, so unclamped first steps amplify the eps error by 1/sqrt(alpha_bar).
+        clip: clamp the predicted x0 to [-clip, clip]; 0 (the default) turns it off. For pixels
+            (range [-1, 1]) clip 1 helps: the cosine schedule's alpha_bar(T) is ~0, so unclamped
+            first steps amplify the eps error by 1/sqrt(alpha_bar). Latents have no such range:
+            clipping them biases every sample (``resolve_clip``).
         progress: show a progress bar over the steps.
     """
-    steps = DEFAULT_STEPS.get(sampler) if steps is None else steps
+    steps = SAMPLER_STEPS.get(sampler) if steps is None else steps
     check_sampler(sampler, steps, diffusion.T)
     scheduler = make_scheduler(sampler, diffusion)
     scheduler.set_timesteps(steps)

@@ -1,4 +1,4 @@
-"""Train a Transfusion model on text and images at once.
+"""Train a Transfusion model on text and images at once: ``train(cfg, out)``.
 
     transfusion train --preset tiny --out runs/tiny                  # the main job, ~15 min on 2 cores
     transfusion train --preset debug --out runs/dbg train.steps=50   # seconds
@@ -32,10 +32,8 @@ of held-out images), report.json.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import os
 import time
 from pathlib import Path
 
@@ -43,14 +41,15 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from transfusion.autoencoder import Autoencoder, load_autoencoder
+from transfusion.autoencoders import (Autoencoder, KLAutoencoder, VQAutoencoder, load_autoencoder, save_autoencoder,
+                                      train_autoencoder)
 from transfusion.checkpoint import Loaded, list_checkpoints, load_training_state, save_checkpoint
-from transfusion.config import Config, from_dict, load_config, save_config, to_dict
+from transfusion.config import Config, config_yaml, from_dict, to_dict
 from transfusion.data.stream import BatchBuilder, build_mixture
 from transfusion.diffusion import Diffusion
 from transfusion.distributed import (EMA, World, build_model, close_world, full, init_world, rows_of, sampling_model,
                                      sync_gradients, unwrap)
-from transfusion.model.transfusion import Transfusion
+from transfusion.fileio import RunLock, atomic_text
 from transfusion.objective import combine, compute_losses, loss_counts, loss_sums
 from transfusion.tokenizer import BPETokenizer, ByteTokenizer, Tokenizer, load_tokenizer, save_tokenizer
 
@@ -85,35 +84,42 @@ def with_images(data):
     return [d for d in data if d.images] if isinstance(data, list) else data
 
 
-def prepare_autoencoder(cfg: Config, out: Path) -> Autoencoder:
-    """The run's frozen autoencoder; ``image.autoencoder=train`` trains one into RUN/autoencoder once."""
+def prepare_autoencoder(cfg: Config, out: Path, mixture=None) -> Autoencoder:
+    """The run's frozen autoencoder: a corpus of precomputed latents brings its own (checked
+    by fingerprint); ``image.autoencoder=train`` trains one into RUN/autoencoder once; else
+    the named one."""
+    folder = out / "autoencoder"
+    if getattr(mixture, "latents", False):
+        from transfusion.data.precompute import corpus_autoencoder
+
+        ae = corpus_autoencoder(mixture, cfg.image.autoencoder)
+        if not (folder / "autoencoder.json").is_file():
+            save_autoencoder(ae, folder)
+        return ae
     if cfg.image.autoencoder != "train":
         return load_autoencoder(cfg.image.autoencoder)
-    folder = out / "autoencoder"
     if (folder / "autoencoder.json").is_file():
         return load_autoencoder(folder)
-    from transfusion.autoencoder import KLAutoencoder, save_autoencoder, save_reconstructions, train_autoencoder
     from transfusion.data.registry import load_dataset
+    from transfusion.visualize import reconstruction_grid
 
     i = cfg.image
     torch.manual_seed(cfg.train.seed)
     data = with_images(load_dataset(cfg.data.dataset, "train", i.size))
     if i.objective == "tokens":
-        from transfusion.vq import VQAutoencoder, train_vq
-
         ae: Autoencoder = VQAutoencoder(codebook_size=i.ae_codebook_size, code_dim=i.ae_latent_channels,
                                         downsample=i.ae_downsample, width=i.ae_width)
-        metrics = train_vq(ae, data, i.ae_steps, batch_size=16, seed=cfg.train.seed)
-        print(f"vq autoencoder: {metrics['usage']:.0%} of {i.ae_codebook_size} codes used (perplexity "
-              f"{metrics['perplexity']:.0f})")
     else:
         ae = KLAutoencoder(latent_channels=i.ae_latent_channels, downsample=i.ae_downsample, width=i.ae_width)
-        metrics = train_autoencoder(ae, data, i.ae_steps, batch_size=16, seed=cfg.train.seed)
+    metrics = train_autoencoder(ae, data, i.ae_steps, batch_size=16, seed=cfg.train.seed)
+    if i.objective == "tokens":
+        print(f"vq autoencoder: {metrics['usage']:.0%} of {i.ae_codebook_size} codes used (perplexity "
+              f"{metrics['perplexity']:.0f})")
     print(f"autoencoder: reconstruction mse {metrics['mse']:.4f} after {i.ae_steps} steps ({metrics['seconds']:.0f}s)")
     save_autoencoder(ae, folder)
     test = with_images(load_dataset(cfg.data.dataset, "test", i.size))
     pixels = torch.stack([test[j].images[0].pixels for j in range(8)])
-    save_reconstructions(pixels, ae.decode(ae.encode(pixels)), folder / "reconstructions.png")
+    reconstruction_grid(pixels, ae.decode(ae.encode(pixels))).save(folder / "reconstructions.png")
     return ae
 
 
@@ -153,12 +159,20 @@ def matmul_peak_flops(seconds: float = 0.5, n: int = 1024, device: str | torch.d
     return best
 
 
+def training_peak_flops(device: torch.device, precision: str) -> float:
+    """The MFU denominator: the matmul peak measured on the training device, in the dtype the
+    run's matmuls use (bf16 under ``train.precision=bf16``, else fp32)."""
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    n = 4096 if device.type == "cuda" else 1024  # big enough to reach a GPU's peak
+    return matmul_peak_flops(device=device, dtype=dtype, n=n, trials=3 if device.type == "cuda" else 1)
+
+
 def count_step_flops(model, batch, diffusion, cfg) -> float:
     """FLOPs of one training step (forward + backward), counted by torch on a real batch."""
     from torch.utils.flop_counter import FlopCounterMode
 
     with FlopCounterMode(display=False) as counter:
-        compute_losses(model, batch, diffusion, cfg.diffusion.loss_weight)["total"].backward()
+        compute_losses(model, batch, diffusion, cfg.diffusion.loss_weight, core=unwrap(model))["total"].backward()
     model.zero_grad(set_to_none=True)
     return float(counter.get_total_flops())
 
@@ -200,9 +214,7 @@ def truncate_metrics(path: Path, step: int) -> None:
         return
     lines = [line for line in path.read_text().splitlines() if line.strip()]
     kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    os.replace(tmp, path)
+    atomic_text(path, "".join(line + "\n" for line in kept))
 
 
 def write_samples(loaded: Loaded, out: Path, step: int, n: int) -> dict:
@@ -232,13 +244,14 @@ def train_step(model, micro_batches, diffusion, cfg: Config, world: World, autoc
     micro-batch), so the summed gradient is the single-process gradient of that batch.
     Returns the global mean of each loss term and ``total``, and the global batch's tokens.
     """
-    local_counts = [loss_counts(b, unwrap(model)) for b in micro_batches]
+    core = unwrap(model)
+    local_counts = [loss_counts(b, core) for b in micro_batches]
     names = list(local_counts[0])
     counts = dict(zip(names, world.sum([sum(c[k] for c in local_counts) for k in names])))
     logged = []
     for i, batch in enumerate(micro_batches):
         with sync_gradients(model, i == len(micro_batches) - 1), autocast():
-            terms = loss_sums(model, batch, diffusion)
+            terms = loss_sums(model, batch, diffusion, core=core)
             loss = combine(terms, cfg.diffusion.loss_weight, counts)["total"]
         (loss * world.size).backward()  # DDP and FSDP average gradients over processes; we want their sum
         logged.append(torch.stack([terms[k][0].detach().float() for k in names]))
@@ -248,24 +261,23 @@ def train_step(model, micro_batches, diffusion, cfg: Config, world: World, autoc
     return {k: float(v) for k, v in out.items()}, int(tokens)
 
 
-def main(argv: list[str] | None = None) -> Path:
-    p = argparse.ArgumentParser(prog="transfusion train", description=__doc__.split("\n\n")[0])
-    p.add_argument("--preset", default="tiny", help="debug | tiny | small | 0.16B | ... | 7B")
-    p.add_argument("--out", required=True, help="run folder (created; resumed if it holds checkpoints)")
-    p.add_argument("settings", nargs="*", help="CONFIG.yaml files and key.sub=value overrides")
-    args = p.parse_args(argv)
+def train(cfg: Config, out: str | Path) -> Path:
+    """Train (or resume) the run in ``out`` with ``cfg``; returns ``out``.
 
-    # ---- setup
-    files = [s for s in args.settings if "=" not in s]
-    overrides = [s for s in args.settings if "=" in s]
-    out = Path(args.out)
-    cfg = resolve_run_config(out, load_config(args.preset, files, overrides))
-    if cfg.model.attention == "flex" and torch.device(cfg.train.device).type == "cpu":
-        raise ValueError("model.attention=flex trains on CUDA only (FlexAttention has no CPU backward); use sdpa")
+    On many processes every process calls this (under torchrun); the first one holds the
+    run folder's lock, so a second run started on the same folder stops with an error.
+    """
+    out = Path(out)
+    cfg = resolve_run_config(out, cfg)
     world, device = init_world(cfg)
+    if cfg.model.attention == "flex" and device.type == "cpu":
+        raise ValueError("model.attention=flex trains on CUDA only (FlexAttention has no CPU backward); use sdpa")
+    lock = RunLock(out).acquire() if world.main else None
     try:
         return _train(cfg, out, world, device)
     finally:
+        if lock is not None:
+            lock.release()
         close_world()
 
 
@@ -273,7 +285,7 @@ def _train(cfg: Config, out: Path, world: World, device: torch.device) -> Path:
     mine = [rows_of(world, cfg, k) for k in range(cfg.train.grad_accum)]  # fails early if the batch does not split
     if world.main:
         out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "config.yaml")
+        atomic_text(out / "config.yaml", config_yaml(cfg))
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.train.seed)
@@ -284,10 +296,10 @@ def _train(cfg: Config, out: Path, world: World, device: torch.device) -> Path:
     if world.main and not (out / "tokenizer.json").is_file():
         save_tokenizer(build_tokenizer(cfg, mixture), out / "tokenizer.json")
     if world.main:
-        prepare_autoencoder(cfg, out)
+        prepare_autoencoder(cfg, out, mixture)
     world.barrier()
     tokenizer = load_tokenizer(out / "tokenizer.json")
-    autoencoder = prepare_autoencoder(cfg, out).eval()
+    autoencoder = prepare_autoencoder(cfg, out, mixture).eval()
 
     # ---- model and optimizer
     model, core = build_model(cfg, tokenizer, autoencoder, world, device)
@@ -315,7 +327,7 @@ def _train(cfg: Config, out: Path, world: World, device: torch.device) -> Path:
 
     def checkpoint(step: int) -> None:
         extra = {"tokens_seen": tokens_seen, "data": world.merge(builder.stream_state())}
-        save_checkpoint(out / "checkpoints", step, model, tokenizer, autoencoder, optimizer,
+        save_checkpoint(out / "checkpoints", step, model, cfg, tokenizer, autoencoder, optimizer,
                         extra_state=extra, keep=cfg.train.keep_checkpoints, ema=ema)
 
     def sample(step: int, n: int) -> dict | None:
@@ -330,7 +342,7 @@ def _train(cfg: Config, out: Path, world: World, device: torch.device) -> Path:
         return result
 
     # ---- loop
-    peak = matmul_peak_flops()
+    peak = training_peak_flops(device, cfg.train.precision)
     first = micro_batches(start)  # (also the first step's: a streamed corpus is read once)
     with autocast():
         flops_per_token = count_step_flops(model, first[0], diffusion, cfg) / max(first[0].num_tokens, 1)

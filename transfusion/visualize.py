@@ -6,18 +6,22 @@ import json
 import textwrap
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image as PILImage, ImageDraw
 
-
-def to_uint8(pixels: torch.Tensor) -> np.ndarray:
-    """(3, H, W) in [-1, 1] -> (H, W, 3) uint8."""
-    return ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+from transfusion.fileio import to_pil, to_uint8
 
 
 def save_image(pixels: torch.Tensor, path: str | Path) -> None:
-    PILImage.fromarray(to_uint8(pixels)).save(path)
+    to_pil(pixels).save(path)
+
+
+def reconstruction_grid(pixels: torch.Tensor, recon: torch.Tensor) -> PILImage.Image:
+    """(B, C, H, W) originals on the top row, their reconstructions below, zoomed to >= 128 px."""
+    rows = torch.cat([torch.cat(list(pixels), dim=2), torch.cat(list(recon), dim=2)], dim=1)  # (C, 2H, B*W)
+    picture = PILImage.fromarray(to_uint8(rows.expand(3, -1, -1) if rows.shape[0] == 1 else rows))
+    zoom = max(1, 128 // pixels.shape[-1])  # 32 px images are too small to judge
+    return picture.resize((picture.width * zoom, picture.height * zoom), PILImage.Resampling.NEAREST)
 
 
 def image_grid(images: torch.Tensor, labels: list[str] | None = None, columns: int = 8, scale: int = 4) -> PILImage.Image:

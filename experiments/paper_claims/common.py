@@ -61,7 +61,7 @@ def overrides(arm: str) -> list[str]:
 
 def flops_per_step(arm: str) -> float:
     """6 N x mean real tokens of the run's first 64 batches (the same batches training sees)."""
-    from transfusion.autoencoder import load_autoencoder
+    from transfusion.autoencoders import load_autoencoder
     from transfusion.config import load_config
     from transfusion.data.stream import BatchBuilder, build_mixture
     from transfusion.model.transfusion import Transfusion
@@ -70,7 +70,7 @@ def flops_per_step(arm: str) -> float:
     cfg = load_config("tiny", overrides=overrides(arm))
     mixture = build_mixture(cfg)
     tokenizer, ae = build_tokenizer(cfg, mixture), load_autoencoder(cfg.image.autoencoder)
-    model = Transfusion.build(cfg, tokenizer, ae)
+    model = Transfusion.build(cfg.model, cfg.image, tokenizer, ae, cfg.train.seed)
     builder = BatchBuilder(cfg, mixture, tokenizer, ae, model.num_patches)
     tokens = sum(builder.batch_at(s, cfg.train.seed).num_tokens for s in range(64)) / 64
     return 6 * model.num_params() * tokens

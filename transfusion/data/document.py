@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Union
 
+import numpy as np
 import torch
 
 
@@ -64,3 +65,15 @@ class Document:
     @property
     def caption(self) -> str:
         return " ".join(s.text for s in self.segments if isinstance(s, Text))
+
+
+def split_rows(n: int, split: str, test_fraction: float, seed: int) -> np.ndarray:
+    """The rows of an n-item source in a fixed ``split``: a permutation seeded by ``seed``, its
+    last ``test_fraction`` (at least one row) "test", the rest "train"."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    order = np.random.default_rng(seed).permutation(n)
+    n_test = max(1, round(n * test_fraction))
+    return order[n - n_test :] if split == "test" else order[: n - n_test]

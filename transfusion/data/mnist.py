@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from transfusion.data.document import Document
+from transfusion.data.document import Document, split_rows
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 SPLIT_SEED = 0  # fixes the train/test permutation forever: changing it leaks test images
@@ -65,18 +65,12 @@ class MnistDataset:
     """
 
     def __init__(self, split: str = "train", size: int = 32, test_fraction: float = 0.1):
-        if split not in ("train", "test"):
-            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-        if not 0 < test_fraction < 1:
-            raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
         if size < 1:
             raise ValueError(f"size must be positive, got {size}")
         self.split = split
         self.size = size
         pixels, labels = load_mnist()
-        order = np.random.default_rng(SPLIT_SEED).permutation(len(labels))
-        n_test = round(len(labels) * test_fraction)
-        self.indices = order[len(order) - n_test :] if split == "test" else order[: len(order) - n_test]
+        self.indices = split_rows(len(labels), split, test_fraction, SPLIT_SEED)
         self.pixels = pixels[self.indices]  # (N, 28, 28) uint8
         self.labels = labels[self.indices]  # (N,) int64
 

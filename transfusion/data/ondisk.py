@@ -12,7 +12,7 @@ Image folder (searched recursively), each image next to a caption file with its 
     photos/cat.png   photos/cat.txt   photos/dogs/dog.jpg   photos/dogs/dog.txt
 
 Images are converted to RGB, center-cropped to a square and resized to
-``image_size`` x ``image_size``. A bad record raises ``BadRecordError`` naming the file
+``image_size`` x ``image_size`` (``fileio.fit_image``: the rule for every image read from disk). A bad record raises ``BadRecordError`` naming the file
 (and the manifest line); with ``on_error="skip"`` it is counted in ``.skipped`` and the
 next good record is returned instead, so one broken file does not end a long run.
 """
@@ -23,11 +23,11 @@ import json
 import warnings
 from pathlib import Path
 
-import numpy as np
 import PIL.Image
 import torch
 
 from transfusion.data.document import Document, Image, Segment, Text
+from transfusion.fileio import fit_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -46,15 +46,9 @@ def load_image(path: Path, image_size: int) -> torch.Tensor:
         raise FileNotFoundError(f"image file not found: {path}")
     try:
         with PIL.Image.open(path) as opened:
-            image = opened.convert("RGB")  # decodes the whole file, so corruption shows here
+            return fit_image(opened, image_size)  # decodes the whole file, so corruption shows here
     except Exception as err:  # PIL reports corrupt files as OSError, SyntaxError, ValueError...
         raise BadRecordError(f"cannot read image {path}: {err}") from err
-    side = min(image.size)
-    left, top = (image.width - side) // 2, (image.height - side) // 2
-    image = image.crop((left, top, left + side, top + side))
-    image = image.resize((image_size, image_size), PIL.Image.Resampling.BICUBIC)
-    pixels = torch.from_numpy(np.asarray(image, dtype=np.float32))  # (H, W, 3) in [0, 255]
-    return pixels.permute(2, 0, 1) / 127.5 - 1  # (3, H, W) in [-1, 1]
 
 
 def document_kind(segments: list[Segment]) -> str:

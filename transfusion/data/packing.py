@@ -5,7 +5,7 @@ image is ``<boi> p_1 ... p_n <eoi>`` (n patch positions in raster order). Severa
 share a row; ``doc_ids`` keep attention and loss from crossing their boundaries, and
 positions restart at 0 in every document.
 
-Next-token targets follow SPEC section 3: a position has an LM target when neither it nor
+Next-token targets follow the paper's section 3.4 (L_LM on text tokens only): a position has an LM target when neither it nor
 the next position is a patch and both are in the same document. So BOI is a target (the
 model learns when to start an image) while the position whose input is BOI has none.
 """
@@ -18,13 +18,13 @@ from typing import Callable, Iterable
 
 import torch
 
+from transfusion.batch import IGNORE, ImageGroup
 from transfusion.config import DiffusionConfig
 from transfusion.data.document import Document, Image, Text, Tokens
-from transfusion.model.transfusion import ImageGroup
+from transfusion.diffusion import CONTEXT_T
 from transfusion.tokenizer import Tokenizer
 
 PATCH = -1  # placeholder id for a patch position in a layout
-IGNORE = -100  # no LM loss
 
 
 @dataclass
@@ -111,9 +111,9 @@ class PackedBatch:
         return ImageGroup(latents, t, torch.stack([self.index[i] for i in ids]))
 
     def clean_image_groups(self) -> list[ImageGroup]:
-        """Every image as clean context (t = 0), one group per latent shape (prompts, scoring)."""
+        """Every image as clean context (at ``CONTEXT_T``), one group per latent shape (prompts, scoring)."""
         return [self.image_group(ids, torch.stack([self.latents[i] for i in ids]),
-                                 torch.zeros(len(ids), dtype=torch.long, device=self.tokens.device))
+                                 torch.full((len(ids),), CONTEXT_T, dtype=torch.long, device=self.tokens.device))
                 for ids in self.shape_groups()]
 
     def images_as_tokens(self, codes: list[torch.Tensor], offset: int) -> "PackedBatch":
@@ -137,7 +137,7 @@ def arrange(doc: Document, rng: random.Random, cfg: DiffusionConfig) -> tuple[li
 
     Captioned pairs lose their caption with probability ``caption_dropout`` (so the model
     learns unconditional images for guidance), else become image-first with probability
-    ``image_first_prob``, with noise capped at ``image_first_max_t`` (SPEC section 3).
+    ``image_first_prob``, with noise capped at ``image_first_max_t`` (the paper's section 4.3.4).
     """
     if doc.kind == "pair":
         text, image = doc.segments

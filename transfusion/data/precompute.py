@@ -4,14 +4,15 @@
     transfusion data precompute corpus/ --autoencoder runs/tiny/autoencoder --out latents/ --workers 4
 
 Each worker process takes every ``workers``-th shard and writes a shard of the same name
-whose image segments are ``{"latent": NAME.npy}`` float arrays; ``latents.json`` records
-the autoencoder, so training on ``data.dataset=latents/`` skips encoding altogether.
-Corrupt records are counted, reported and left out.
+whose image segments are ``{"latent": NAME.npy}`` float arrays. The corpus names its
+autoencoder: a copy of it in ``autoencoder/`` and its fingerprint in ``latents.json``, so
+training on ``data.dataset=latents/`` skips encoding altogether and uses that autoencoder
+(a run given another one stops with an error). Corrupt records are counted, reported and
+left out.
 """
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import multiprocessing as mp
@@ -23,19 +24,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from transfusion.autoencoders import autoencoder_fingerprint, load_autoencoder, save_autoencoder
 from transfusion.data.ondisk import BadRecordError
 from transfusion.data.shards import ShardedCorpus, add_record, decode_record, read_records
+from transfusion.fileio import atomic_text, atomic_write
+
+CORPUS_AUTOENCODER = "autoencoder"  # the folder, inside a latent corpus, holding its autoencoder
 
 
 def _encode_shard(job: tuple[str, str, str, int, int]) -> tuple[str, int, int, list[str]]:
     """Worker: one shard in, one latent shard out; returns (name, written, skipped, errors)."""
     src, folder, out, image_size, batch = job
-    from transfusion.autoencoder import load_autoencoder
-
     torch.set_num_threads(1)
     ae = load_autoencoder(folder).eval()
     src, target = Path(src), Path(out) / Path(src).name
-    tmp = target.with_name(target.name + ".partial")
     written, errors, pending = 0, [], []
 
     def npy(latent: torch.Tensor) -> bytes:
@@ -52,19 +54,21 @@ def _encode_shard(job: tuple[str, str, str, int, int]) -> tuple[str, int, int, l
             written += 1
         pending.clear()
 
-    with tarfile.open(tmp, "w") as tar, torch.no_grad():
-        for _, key, members in read_records(src):
-            if isinstance(members, Exception):
-                errors.append(f"{src.name}: unreadable from here on ({members})")
-                break
-            try:
-                pending.append((key, decode_record(key, members, image_size, latents=False)))
-            except BadRecordError as err:
-                errors.append(f"{src.name}: {err}")
-            if len(pending) >= batch:
-                flush(tar)
-        flush(tar)
-    tmp.replace(target)
+    def write(tmp: Path) -> None:
+        with tarfile.open(tmp, "w") as tar, torch.no_grad():
+            for _, key, members in read_records(src):
+                if isinstance(members, Exception):
+                    errors.append(f"{src.name}: unreadable from here on ({members})")
+                    break
+                try:
+                    pending.append((key, decode_record(key, members, image_size, latents=False)))
+                except BadRecordError as err:
+                    errors.append(f"{src.name}: {err}")
+                if len(pending) >= batch:
+                    flush(tar)
+            flush(tar)
+
+    atomic_write(target, write)
     return src.name, written, len(errors), errors
 
 
@@ -85,13 +89,28 @@ def precompute_latents(shards: str, autoencoder: str | Path, out: str | Path, wo
             for e in errors:
                 print(f"skipped a corrupt record: {e}", file=sys.stderr)
             print(f"{name}: {n} documents", flush=True)
-    from transfusion.autoencoder import load_autoencoder
-
-    channels = load_autoencoder(autoencoder).latent_channels
-    info = {"autoencoder": str(Path(autoencoder).resolve()), "latent_channels": channels, "image_size": image_size,
-            "documents": written, "skipped": skipped}
-    (out / "latents.json").write_text(json.dumps(info, indent=2) + "\n")
+    ae = load_autoencoder(autoencoder)
+    save_autoencoder(ae, out / CORPUS_AUTOENCODER)
+    info = {"autoencoder": str(Path(autoencoder).resolve()), "fingerprint": autoencoder_fingerprint(ae),
+            "latent_channels": ae.latent_channels, "image_size": image_size, "documents": written, "skipped": skipped}
+    atomic_text(out / "latents.json", json.dumps(info, indent=2) + "\n")
     return {**info, "seconds": time.perf_counter() - start}
+
+
+def corpus_autoencoder(corpus: ShardedCorpus, wanted: str):
+    """The autoencoder a latent corpus was encoded with, for a run whose ``image.autoencoder``
+    is ``wanted``: "train" takes the corpus's own; anything else must be that same autoencoder."""
+    info = corpus.latent_info
+    folder = corpus.shards[0].parent / CORPUS_AUTOENCODER
+    if "fingerprint" not in info or not folder.is_dir():
+        raise ValueError(f"{corpus.shards[0].parent} holds latents of an unnamed autoencoder (no fingerprint in "
+                         f"latents.json, or no {CORPUS_AUTOENCODER}/ folder): rerun `transfusion data precompute`")
+    ae = load_autoencoder(folder if wanted == "train" else wanted)
+    if autoencoder_fingerprint(ae) != info["fingerprint"]:
+        raise ValueError(f"the corpus {corpus.shards[0].parent} holds latents of the autoencoder {info['autoencoder']} "
+                         f"(fingerprint {info['fingerprint'][:12]}), but image.autoencoder={wanted} is another one; "
+                         f"set image.autoencoder=train (the corpus's own) or precompute the corpus with it")
+    return ae
 
 
 def write_corpus(data: str, out: str | Path, docs: int, per_shard: int, image_size: int = 32, seed: int = 0) -> int:
@@ -111,29 +130,3 @@ def write_corpus(data: str, out: str | Path, docs: int, per_shard: int, image_si
         n = min(per_shard, docs - start)
         write_shard(out / f"shard-{i:06d}.tar", (mixture.draw(rng) for _ in range(n)), start=start)
     return -(-docs // per_shard)
-
-
-def main(argv: list[str]) -> None:
-    if not argv or argv[0] not in ("shards", "precompute"):
-        raise SystemExit("usage: transfusion data shards --data shapes --out DIR | "
-                         "transfusion data precompute SHARDS --autoencoder DIR --out DIR")
-    p = argparse.ArgumentParser(prog=f"transfusion data {argv[0]}", description=__doc__.split("\n\n")[0])
-    if argv[0] == "shards":
-        p.add_argument("--data", default="shapes", help="a data.dataset name or path")
-        p.add_argument("--out", required=True)
-        p.add_argument("--docs", type=int, default=10_000)
-        p.add_argument("--per-shard", type=int, default=1_000)
-        p.add_argument("--image-size", type=int, default=32)
-        args = p.parse_args(argv[1:])
-        n = write_corpus(args.data, args.out, args.docs, args.per_shard, args.image_size)
-        print(f"wrote {args.docs} documents in {n} shards to {args.out}")
-        return
-    p.add_argument("shards", help="a folder of .tar shards or a glob")
-    p.add_argument("--autoencoder", required=True, help="an autoencoder folder (e.g. RUN/autoencoder)")
-    p.add_argument("--out", required=True)
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--image-size", type=int, default=32)
-    args = p.parse_args(argv[1:])
-    info = precompute_latents(args.shards, args.autoencoder, args.out, args.workers, args.image_size)
-    print(f"encoded {info['documents']} documents ({info['skipped']} corrupt records skipped) into {args.out} "
-          f"in {info['seconds']:.0f}s on {args.workers} processes")

@@ -39,6 +39,7 @@ import torch
 
 from transfusion.data.document import Document, Image, Text
 from transfusion.data.ondisk import BadRecordError, document_kind
+from transfusion.fileio import atomic_write, fit_image, to_pil
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -47,23 +48,24 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
 def write_shard(path: str | Path, documents: Iterable[Document], start: int = 0) -> int:
-    """Write documents (images as PNG) into a tar shard; returns how many were written."""
-    from PIL import Image as PILImage
+    """Write documents (images as PNG) into a tar shard, atomically; returns how many were written."""
 
     def png(pixels: torch.Tensor) -> bytes:
-        array = ((pixels.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
         buf = io.BytesIO()
-        PILImage.fromarray(array.squeeze(-1) if array.shape[-1] == 1 else array).save(buf, "PNG")
+        to_pil(pixels).save(buf, "PNG")
         return buf.getvalue()
 
-    path = Path(path)
-    tmp = path.with_name(path.name + ".partial")
-    n = 0
-    with tarfile.open(tmp, "w") as tar:
-        for n, doc in enumerate(documents, 1):
-            add_record(tar, f"{start + n - 1:09d}", doc, (png(image.pixels) for image in doc.images), "image", "png")
-    tmp.replace(path)
-    return n
+    count = 0
+
+    def write(tmp: Path) -> None:
+        nonlocal count
+        with tarfile.open(tmp, "w") as tar:
+            for count, doc in enumerate(documents, 1):
+                add_record(tar, f"{start + count - 1:09d}", doc, (png(image.pixels) for image in doc.images),
+                           "image", "png")
+
+    atomic_write(path, write)
+    return count
 
 
 def add_record(tar: tarfile.TarFile, key: str, doc: Document, images: Iterable[bytes], kind: str, ext: str) -> None:
@@ -93,6 +95,14 @@ def is_sharded(spec: str) -> bool:
     """Does a dataset spec name tar shards (a glob of .tar files or a folder of them)?"""
     path = Path(spec).expanduser()
     return spec.endswith(".tar") or (path.is_dir() and any(path.glob("*.tar")))
+
+
+def is_latent_corpus(spec: str) -> bool:
+    """Does a dataset spec name shards of precomputed latents (``transfusion data precompute``)?"""
+    if not is_sharded(spec):
+        return False
+    path = Path(spec).expanduser()
+    return ((path if path.is_dir() else path.parent) / "latents.json").is_file()
 
 
 # ---- reading
@@ -150,9 +160,8 @@ def decode_record(key: str, members: dict[str, bytes], image_size: int, latents:
                 array = np.load(io.BytesIO(members[value]), allow_pickle=False)
                 tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
             else:
-                pil = PILImage.open(io.BytesIO(members[value])).convert("RGB")
-                pil = pil.resize((image_size, image_size), PILImage.BICUBIC)
-                tensor = torch.from_numpy(np.asarray(pil, dtype=np.float32)).permute(2, 0, 1) / 127.5 - 1
+                with PILImage.open(io.BytesIO(members[value])) as opened:
+                    tensor = fit_image(opened, image_size)
             segments.append(Image(tensor))
         except Exception as err:  # an undecodable image or array
             raise BadRecordError(f"record {key}: cannot decode {value} ({type(err).__name__}: {err})") from None

@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import random
 import zlib
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import torch
 
-from transfusion.autoencoder import Autoencoder
 from transfusion.config import Config
 from transfusion.data.document import Document, Image
 from transfusion.data.packing import Layout, PackedBatch, arrange, layout, pack, truncate
 from transfusion.diffusion import Diffusion
 from transfusion.tokenizer import Tokenizer
+
+if TYPE_CHECKING:
+    from transfusion.autoencoders import Autoencoder
 
 
 class Mixture:
@@ -44,7 +46,6 @@ def build_mixture(cfg: Config, split: str = "train"):
     """The run's sources: the image dataset, real text, and interleaved shapes documents; or
     a sharded corpus (``data.dataset`` naming .tar shards), which is its own mixture."""
     from transfusion.data.registry import load_dataset
-
     from transfusion.data.shards import ShardedCorpus, is_sharded
 
     d = cfg.data
@@ -66,7 +67,7 @@ def build_mixture(cfg: Config, split: str = "train"):
 class BatchBuilder:
     """Documents -> packed, latent-encoded training batches."""
 
-    def __init__(self, cfg: Config, mixture, tokenizer: Tokenizer, autoencoder: Autoencoder, num_patches):
+    def __init__(self, cfg: Config, mixture, tokenizer: Tokenizer, autoencoder: "Autoencoder", num_patches):
         """``mixture``: a ``Mixture`` (documents drawn at random) or a ``ShardedCorpus`` (streamed)."""
         self.cfg = cfg
         self.mixture = mixture
@@ -75,11 +76,6 @@ class BatchBuilder:
         self.num_patches = num_patches  # latent (h, w) -> patches per image
         self.diffusion = Diffusion(cfg.diffusion.timesteps, cfg.diffusion.schedule)
         self.feed = None  # a streamed corpus's reader (open_streams)
-        info = getattr(mixture, "latent_info", None)
-        if info and info.get("latent_channels") != autoencoder.latent_channels:
-            raise ValueError(f"the corpus holds latents of {info.get('autoencoder')} ({info.get('latent_channels')} "
-                             f"channels); set image.autoencoder to that folder (this run's has "
-                             f"{autoencoder.latent_channels} channels)")
 
     def _pixel_patches(self, hw: tuple[int, int]) -> int:
         _, h, w = self.autoencoder.latent_shape(*hw)

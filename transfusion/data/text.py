@@ -15,9 +15,7 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
-import numpy as np
-
-from transfusion.data.document import Document, Text
+from transfusion.data.document import Document, Text, split_rows
 
 SPLIT_SEED = 0  # fixes the train/test permutation of chunks
 PROSE_CHARACTERS = set(
@@ -90,16 +88,10 @@ class EnglishText:
     """
 
     def __init__(self, split: str = "train", chunk_chars: int = 200, test_fraction: float = 0.05):
-        if split not in ("train", "test"):
-            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-        if not 0 < test_fraction < 1:
-            raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
         if chunk_chars < 1:
             raise ValueError(f"chunk_chars must be positive, got {chunk_chars}")
         chunks = split_into_chunks(corpus_text(), chunk_chars)
-        order = np.random.default_rng(SPLIT_SEED).permutation(len(chunks))
-        n_test = max(1, round(len(chunks) * test_fraction))
-        picked = order[len(order) - n_test :] if split == "test" else order[: len(order) - n_test]
+        picked = split_rows(len(chunks), split, test_fraction, SPLIT_SEED)
         self.split = split
         self.chunks = [chunks[i] for i in picked]
 

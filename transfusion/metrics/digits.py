@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from transfusion.data.mnist import DIGIT_WORDS
+from transfusion.fileio import atomic_write
 
 
 class DigitNet(nn.Module):
@@ -80,9 +81,7 @@ def digit_classifier(size: int) -> tuple[DigitNet, float]:
         return net.eval(), saved["test_accuracy"]
     net, test_accuracy = train_digit_classifier(size)
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save({"weights": net.state_dict(), "test_accuracy": test_accuracy}, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save({"weights": net.state_dict(), "test_accuracy": test_accuracy}, tmp))
     return net.eval(), test_accuracy
 
 

@@ -1,6 +1,6 @@
 """Modality-specific image layers: noisy latents in, transformer tokens; tokens out, noise.
 
-Two adapters (SPEC section 2), chosen by ``image.adapter``:
+Two adapters (the paper's section 3.2 and Table 6), chosen by ``image.adapter``:
 - ``linear``: patchify k x k, one linear layer to d_model, plus the timestep embedding;
   one linear layer back to k*k*C.
 - ``unet``: U-Net down blocks (timestep-conditioned residual blocks, LayerNorm-style

@@ -8,29 +8,20 @@ from __future__ import annotations
 
 import math
 import zlib
-
-from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn as nn
 
-from transfusion.config import Config
+from transfusion.batch import ImageGroup
+from transfusion.config import ImageConfig, ModelConfig
 from transfusion.model.attention import flex_block_mask, transfusion_mask
 from transfusion.model.image import build_image_adapter
 from transfusion.model.transformer import Transformer
 
 
-@dataclass
-class ImageGroup:
-    """Images of one latent shape, placed in the packed rows.
-
-    latents: (N, C, h, w) noisy (or clean, t = 0) latents;
-    t: (N,) long timesteps; index: (N, P) long flat positions (row * L + col) of the patches.
-    """
-
-    latents: torch.Tensor
-    t: torch.Tensor
-    index: torch.Tensor
+def _copy(param: torch.Tensor, value: torch.Tensor) -> None:
+    param.copy_(value)
 
 
 class Transfusion(nn.Module):
@@ -43,46 +34,46 @@ class Transfusion(nn.Module):
       everything (the Chameleon baseline).
     """
 
-    def __init__(self, cfg: Config, vocab_size: int, latent_channels: int, image_codes: int = 0):
+    def __init__(self, model: ModelConfig, image: ImageConfig, vocab_size: int, latent_channels: int,
+                 image_codes: int = 0, seed: int = 0):
         super().__init__()
-        self.cfg = cfg
-        dim = cfg.model.dim
-        tokens_objective = cfg.image.objective == "tokens"
+        self.model_cfg, self.image_cfg = model, image
+        dim = model.dim
+        tokens_objective = image.objective == "tokens"
         if tokens_objective and image_codes < 2:
             raise ValueError("image.objective=tokens needs a VQ autoencoder's codebook (image_codes >= 2)")
         self.vocab_size = vocab_size  # text vocabulary; image codes follow it
         self.image_codes = image_codes if tokens_objective else 0
         self.latent_channels = latent_channels
         self.token_embed = nn.Embedding(vocab_size + self.image_codes, dim)
-        self.trunk = Transformer(cfg.model)
+        self.trunk = Transformer(model)
         self.lm_head = nn.Linear(dim, vocab_size + self.image_codes, bias=False)
-        self.image = None if tokens_objective else build_image_adapter(cfg.image, latent_channels, dim)
+        self.image = None if tokens_objective else build_image_adapter(image, latent_channels, dim)
         if not self.token_embed.weight.is_meta:  # on the meta device: init_weights() after sharding
-            self.init_weights(cfg.train.seed)
+            self.init_weights(seed)
 
     @classmethod
-    def build(cls, cfg: Config, tokenizer, autoencoder) -> "Transfusion":
+    def build(cls, model: ModelConfig, image: ImageConfig, tokenizer, autoencoder, seed: int = 0) -> "Transfusion":
         """The model for a tokenizer and an autoencoder (a VQ one for ``image.objective=tokens``)."""
         codes = 0
-        if cfg.image.objective == "tokens":
+        if image.objective == "tokens":
             codes = getattr(autoencoder, "codebook_size", 0)
             if not codes:
                 raise ValueError(f"image.objective=tokens needs a VQ autoencoder (image.autoencoder=train or a folder "
                                  f"from `transfusion autoencoder train --vq`), got a {type(autoencoder).__name__}")
-        return cls(cfg, tokenizer.vocab_size, autoencoder.latent_channels, codes)
+        return cls(model, image, tokenizer.vocab_size, autoencoder.latent_channels, codes, seed)
 
-    def init_weights(self, seed: int = 0) -> None:
+    def init_weights(self, seed: int = 0, assign: Callable[[torch.Tensor, torch.Tensor], None] = _copy) -> None:
         """Initialise every weight from a generator seeded by ``seed`` and the weight's name.
 
         A weight's values depend on nothing else, so a model built on the meta device and
-        sharded over any number of processes (each writing its own shard of the full draw)
-        starts exactly where a single-process one does.
+        sharded over any number of processes starts exactly where a single-process one
+        does: ``assign(param, whole_value)`` writes each value (``distributed.py`` passes
+        one that keeps this process's shard).
         """
-        from torch.distributed.tensor import DTensor, distribute_tensor
-
         residual = {f"trunk.blocks.{i}.{name}.weight" for i in range(len(self.trunk.blocks))
                     for name in ("attn.out", "mlp.down")}
-        std = 0.02 / (2 * self.cfg.model.n_layers) ** 0.5  # residual projections shrink with depth (GPT-2)
+        std = 0.02 / (2 * self.model_cfg.n_layers) ** 0.5  # residual projections shrink with depth (GPT-2)
         for module_name, module in self.named_modules():
             for name, param in module.named_parameters(recurse=False):
                 full_name = f"{module_name}.{name}" if module_name else name
@@ -103,11 +94,7 @@ class Transfusion(nn.Module):
                 else:
                     raise TypeError(f"no initialisation rule for {full_name} of a {type(module).__name__}")
                 with torch.no_grad():
-                    if isinstance(param, DTensor):
-                        local = distribute_tensor(full, param.device_mesh, param.placements, src_data_rank=None)
-                        param.to_local().copy_(local.to_local())
-                    else:
-                        param.copy_(full)
+                    assign(param, full)
         self.trunk.reset_buffers()
 
     def no_images(self, device) -> ImageGroup:
@@ -126,7 +113,7 @@ class Transfusion(nn.Module):
         r = self.patch_reduction
         if h % r or w % r:
             raise ValueError(f"latent size {h}x{w} is not divisible by the patch reduction {r}")
-        grid = self.cfg.image.max_grid
+        grid = self.image_cfg.max_grid
         if h // r > grid or w // r > grid:
             raise ValueError(f"latent size {h}x{w} makes a {h // r}x{w // r} patch grid; the model takes at most "
                              f"image.max_grid={grid} patches a side")
@@ -134,7 +121,7 @@ class Transfusion(nn.Module):
 
     def _mask_ids(self, image_ids: torch.Tensor | None) -> torch.Tensor | None:
         """Image ids as the mask sees them: none at all with ``image.attention=causal``."""
-        if image_ids is None or self.cfg.image.attention == "bidirectional":
+        if image_ids is None or self.image_cfg.attention == "bidirectional":
             return image_ids
         return torch.full_like(image_ids, -1)
 
@@ -144,7 +131,7 @@ class Transfusion(nn.Module):
                                 self._mask_ids(past_image_ids)).unsqueeze(1)
 
     def attention_mask(self, doc_ids: torch.Tensor, image_ids: torch.Tensor):
-        if self.cfg.model.attention == "flex":
+        if self.model_cfg.attention == "flex":
             return flex_block_mask(doc_ids, self._mask_ids(image_ids))
         return self.mask(doc_ids, image_ids)  # (B, 1, L, L)
 

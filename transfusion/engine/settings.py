@@ -1,0 +1,59 @@
+"""Generation settings: one ``Request`` per ``generate`` call, resolved against the run once."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from transfusion.config import SAMPLER_STEPS, Config, check_sampler
+
+
+def resolve_clip(clip_sample: float, autoencoder) -> float:
+    """The x0 clamp a sampler uses: ``image.clip_sample`` when set (>= 0), else (-1, auto) the
+    autoencoder's ``sample_clip``: 1 for pixels, 0 (off) for latents."""
+    return float(autoencoder.sample_clip) if clip_sample < 0 else float(clip_sample)
+
+
+@dataclass
+class Request:
+    """Sampling settings for one ``generate`` call; ``None`` means the run's configured default."""
+
+    max_new_tokens: int = 64
+    min_new_tokens: int = 0  # text tokens before EOS or BOI may end the text (captions that say something)
+    max_images: int = 1
+    temperature: float = 0.0  # 0: greedy (the paper's default)
+    top_k: int = 0
+    top_p: float = 1.0
+    image_size: int | tuple[int, int] | None = None  # pixels, side or (H, W); default: image.size
+    sampler: str | None = None  # ddpm | ddim | dpm++; default: diffusion.sampler
+    steps: int | None = None  # default: diffusion.sample_steps for the run's sampler, else SAMPLER_STEPS
+    guidance: float | None = None  # CFG scale on the whole context (text scale when image_guidance is set)
+    image_guidance: float | None = None  # separate scale for images in the context; None: one scale
+    clip: float | None = None  # x0 clamp while denoising; default: image.clip_sample (resolve_clip)
+    stop: list[str] = field(default_factory=list)  # stop strings in the generated text
+    image_temperature: float = 1.0  # sampling of image tokens (image.objective=tokens only)
+    seed: int = 0  # row b of a batch samples with seed + b, as it would alone with that seed
+
+    def resolve(self, cfg: Config, autoencoder) -> "Request":
+        """A copy with every default filled in from the run's ``cfg`` and ``autoencoder``, and
+        every setting checked: the one place where sampling defaults are decided."""
+        d = cfg.diffusion
+        sampler = self.sampler or d.sampler
+        steps = self.steps
+        if steps is None:
+            steps = d.sample_steps if sampler == d.sampler else SAMPLER_STEPS.get(sampler)
+        check_sampler(sampler, steps, d.timesteps)
+        if self.temperature < 0 or self.image_temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
+            raise ValueError(f"temperature and image_temperature must be >= 0, top_p in (0, 1] and top_k >= 0; got "
+                             f"{self.temperature}, {self.image_temperature}, {self.top_p}, {self.top_k}")
+        if self.max_new_tokens < 1 or self.max_images < 0 or not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            raise ValueError("max_new_tokens must be >= 1, min_new_tokens in [0, max_new_tokens] and max_images >= 0")
+        size = self.image_size or cfg.image.size
+        clip = resolve_clip(cfg.image.clip_sample if self.clip is None else self.clip, autoencoder)
+        return dataclasses.replace(
+            self, sampler=sampler, steps=steps, image_size=(size, size) if isinstance(size, int) else tuple(size),
+            guidance=d.guidance if self.guidance is None else self.guidance, clip=clip)
+
+    def settings(self) -> dict:
+        """Every setting, for the JSON written next to an output."""
+        return dataclasses.asdict(self)

@@ -15,8 +15,6 @@ from transfusion.autoencoders import (
 )
 from transfusion.data.document import Document
 
-torch.set_num_threads(1)
-
 
 def random_shapes(n: int, size: int = 16, seed: int = 0) -> torch.Tensor:
     """(n, 3, size, size) in [-1, 1]: 1-3 flat-coloured disks or squares on black."""

@@ -58,6 +58,7 @@ def test_ddp_on_two_processes_trains_what_one_process_does(single, tmp_path):
     assert_same_run(single, ddp)
 
 
+@pytest.mark.slow
 def test_fsdp_checkpoint_from_two_processes_resumes_on_one(single, tmp_path):
     """FSDP2 with 2 micro-batches per process; its sharded step-3 checkpoint then finishes on 1 process."""
     fsdp = train(tmp_path / "fsdp", "train.parallel=fsdp", "train.grad_accum=2", "train.ema_decay=0.5", processes=2)
@@ -82,6 +83,7 @@ def test_fsdp_checkpoint_from_two_processes_resumes_on_one(single, tmp_path):
         load_checkpoint(single, ema=True)
 
 
+@pytest.mark.slow
 def test_fsdp_streaming_a_sharded_corpus_trains_what_one_process_does(tmp_path):
     """Each process streams its own rows' shards with worker processes; same run as one process."""
     from transfusion.data.precompute import write_corpus

@@ -5,9 +5,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_claim_script_trains_at_equal_flops_and_writes_table_and_plot(tmp_path):
     env = {**os.environ, "CLAIMS_SMOKE": "1", "CLAIMS_RUNS": str(tmp_path)}
     script = ROOT / "experiments" / "paper_claims" / "d_noise_capping.py"

@@ -61,6 +61,7 @@ def inception():
     return InceptionFeatures()
 
 
+@pytest.mark.slow
 def test_fid_orders_real_blurred_and_noise_images(inception):
     """Real held-out shapes against real training shapes score far below blurred or noise images."""
     from transfusion.data.shapes import ShapesDataset
@@ -79,6 +80,7 @@ def test_fid_orders_real_blurred_and_noise_images(inception):
     assert scores["real"] * 2 < scores["blurred"] < scores["noise"], scores
 
 
+@pytest.mark.slow
 def test_digit_judge_reads_real_digits_and_captions():
     from transfusion.data.mnist import MnistDataset
     from transfusion.metrics.digits import accuracy, digit_classifier, digit_in

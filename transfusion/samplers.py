@@ -57,8 +57,8 @@ def sample(
     predict_noise: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     shape: tuple[int, ...],
     diffusion: Diffusion,
-    sampler: str = "ddpm",
-    steps: int | None = None,
+    sampler: str,
+    steps: int,
     generator: torch.Generator | list[torch.Generator] | None = None,
     clip: float = 0.0,
     device: str | torch.device = "cpu",
@@ -70,7 +70,8 @@ def sample(
         predict_noise: (x_t (N, C, h, w), t (N,) long in 1..T) -> eps (N, C, h, w).
         sampler: "ddpm" (ancestral; the paper uses 250 steps), "ddim" or "dpm++" (deterministic,
             20-50 steps).
-        steps: denoising steps (model evaluations); default ``config.SAMPLER_STEPS[sampler]``.
+        steps: denoising steps (model evaluations); a request's default is resolved by
+            ``engine.Request.resolve`` (``config.SAMPLER_STEPS``).
         generator: one for the batch, or one per row: row i then draws exactly what it would
             draw alone with generator i (the initial noise and DDPM's per-step noise).
         clip: clamp the predicted x0 to [-clip, clip]; 0 (the default) turns it off. For pixels
@@ -79,7 +80,6 @@ def sample(
             clipping them biases every sample (``resolve_clip``).
         progress: show a progress bar over the steps.
     """
-    steps = SAMPLER_STEPS.get(sampler) if steps is None else steps
     check_sampler(sampler, steps, diffusion.T)
     scheduler = make_scheduler(sampler, diffusion)
     scheduler.set_timesteps(steps)

@@ -8,7 +8,7 @@ Flat-coloured circles, squares and triangles on black, drawn from a seed:
     interleaved  "first a red circle, then a green triangle:" + one image per object
 
 The deterministic reader that scores images and captions against scenes lives in
-``shapes_reader.py``. Geometry is in fractions of the image side (one scene renders at
+``metrics/shapes_reader.py``. Geometry is in fractions of the image side (one scene renders at
 any size); an object's ``center`` is its area centroid, as the reader sees it.
 """
 

@@ -1,1 +1,2 @@
-"""Metrics on inputs already made: captions against references, image sets against image sets."""
+"""Metrics on inputs already made: captions against references, image sets against image sets,
+and the judges (``judges.py``) that read generated images and captions for a dataset."""

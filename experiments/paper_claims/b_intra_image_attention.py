@@ -11,12 +11,8 @@ from common import T2I_METRICS, main, run_claim
 
 
 def claim():
-    run_claim(
-        "b_intra_image_attention", "(b) Intra-image attention: bidirectional vs causal (linear 2x2 patches)",
-        {"linear": "bidirectional", "linear_causal": "causal"},
-        ["t2i"],
-        T2I_METRICS,
-    )
+    run_claim("b_intra_image_attention", "(b) Intra-image attention: bidirectional vs causal (linear 2x2 patches)",
+              {"linear": "bidirectional", "linear_causal": "causal"}, ["t2i"], T2I_METRICS)
 
 
 if __name__ == "__main__":

@@ -12,12 +12,8 @@ from common import T2I_METRICS, main, run_claim
 
 
 def claim():
-    run_claim(
-        "c_linear_vs_unet", "(c) Image layers at 16 patches per image: linear vs U-Net",
-        {"linear": "linear 2x2", "transfusion": "U-Net"},
-        ["t2i"],
-        T2I_METRICS,
-    )
+    run_claim("c_linear_vs_unet", "(c) Image layers at 16 patches per image: linear vs U-Net",
+              {"linear": "linear 2x2", "transfusion": "U-Net"}, ["t2i"], T2I_METRICS)
 
 
 if __name__ == "__main__":

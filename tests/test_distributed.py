@@ -32,7 +32,8 @@ def train(out, *extra, processes=1):
 
 
 def losses(out):
-    return [(r["step"], r["lm"], r["ddpm"]) for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())]
+    rows = map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+    return [(r["step"], r["lm"], r.get("ddpm", r.get("flow"))) for r in rows]
 
 
 def weights(out, step, name="model"):
@@ -95,6 +96,13 @@ def test_fsdp_streaming_a_sharded_corpus_trains_what_one_process_does(tmp_path):
     assert_same_run(one, two)
     state = json.loads((two / "checkpoints" / "step_000006" / "state.json").read_text())
     assert set(state["data"]["streams"]) == {"0", "1", "2", "3"}  # every process's streams, merged
+
+
+@pytest.mark.slow
+def test_fsdp_flow_matching_trains_what_one_process_does(tmp_path):
+    flow = "diffusion.objective=flow"
+    assert_same_run(train(tmp_path / "one", flow), train(tmp_path / "two", flow, "train.parallel=fsdp", processes=2))
+    assert "flow" in json.loads((tmp_path / "two" / "metrics.jsonl").read_text().splitlines()[-1])
 
 
 def test_rows_split_the_global_batch_over_processes_and_micro_batches():

@@ -166,7 +166,9 @@ def test_engine_errors(engine):
         engine.prefill([[Text("x" * 400)]])
     with pytest.raises(ValueError, match="not divisible"):
         engine.generate([[Text("a")]], Request(image_size=17), force_image=True)
-    with pytest.raises(ValueError, match="unknown sampler 'euler'; choose one of ddpm, ddim, dpm\\+\\+"):
+    with pytest.raises(ValueError, match="unknown sampler 'lms'; choose one of ddpm, ddim, dpm\\+\\+"):
+        engine.generate([[Text("a")]], Request(sampler="lms"), force_image=True)
+    with pytest.raises(ValueError, match="sampler 'euler' does not sample diffusion.objective=ddpm"):
         engine.generate([[Text("a")]], Request(sampler="euler"), force_image=True)
     with pytest.raises(ValueError, match="sampling steps must be in 1..1000"):
         engine.generate([[Text("a")]], Request(steps=5000), force_image=True)

@@ -72,7 +72,9 @@ def test_schedulers_use_this_librarys_schedule():
         scheduler = make_scheduler(name, diffusion)
         assert torch.allclose(scheduler.alphas_cumprod.double()[unclipped], closed_form[unclipped], rtol=1e-4)
         assert float(scheduler.alphas_cumprod[-1]) < 1e-4 and float(scheduler.alphas_cumprod[0]) > 0.9999
-    with pytest.raises(ValueError, match="unknown sampler 'heun'"):
+    with pytest.raises(ValueError, match="unknown sampler 'lms'"):
+        make_scheduler("lms", diffusion)
+    with pytest.raises(ValueError, match="sampler 'heun' does not sample diffusion.objective=ddpm"):
         make_scheduler("heun", diffusion)
 
 

@@ -15,18 +15,27 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
-# each sampler's step count when neither a request nor the run's config names one
-SAMPLER_STEPS = {"ddpm": 250, "ddim": 50, "dpm++": 25}
+# each sampler's step count when neither a request nor the run's config names one, per objective
+SAMPLER_STEPS = {"ddpm": 250, "ddim": 50, "dpm++": 25, "euler": 25, "heun": 25}
+OBJECTIVE_SAMPLERS = {"ddpm": ("ddpm", "ddim", "dpm++"), "flow": ("euler", "heun")}
 
 
-def check_sampler(name: str, steps: int | None = None, timesteps: int = 1000) -> None:
-    """A clear error for an unknown sampler name or a step count it cannot take.
+def default_sampler(objective: str) -> str:
+    """What ``diffusion.sampler=auto`` means: the first sampler of the objective."""
+    return OBJECTIVE_SAMPLERS[objective][0]
+
+
+def check_sampler(name: str, steps: int | None = None, timesteps: int = 1000, objective: str | None = None) -> None:
+    """A clear error for an unknown sampler name, one of the other objective, or a step count it cannot take.
 
     DDIM (diffusers' ``DDIMScheduler``) steps from t to t - T // steps whatever the grid:
     with a count that does not divide T, some steps would land on the wrong noise level.
     """
     if name not in SAMPLER_STEPS:
         raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLER_STEPS)}")
+    if objective is not None and name not in OBJECTIVE_SAMPLERS[objective]:
+        raise ValueError(f"sampler {name!r} does not sample diffusion.objective={objective}; use one of "
+                         f"{', '.join(OBJECTIVE_SAMPLERS[objective])}")
     if steps is None:
         return
     if not 1 <= steps <= timesteps:
@@ -74,13 +83,18 @@ class ImageConfig:
 
 @dataclass
 class DiffusionConfig:
-    timesteps: int = 1000  # T
+    objective: str = "ddpm"  # ddpm (the paper: epsilon, cosine schedule) | flow (rectified flow, velocity)
+    timesteps: int = 1000  # T; flow times t in [0, 1] reach the model as T t
     schedule: str = "cosine"
-    loss_weight: float = 5.0  # lambda in L = L_LM + lambda * L_DDPM
+    loss_weight: float = 5.0  # lambda in L = L_LM + lambda * L_image (the paper's 5 is for ddpm)
+    flow_logit_mean: float = 0.0  # flow: t = sigmoid(mean + std z) (SD3's logit-normal)
+    flow_logit_std: float = 1.0
+    flow_shift: float = 1.0  # flow: timestep shift s, t' = s t / (1 + (s - 1) t); 1: none
+    flow_shift_reference: int = 0  # > 0: s = sqrt(latent elements / this), SD3's resolution rule
     image_first_prob: float = 0.2
     image_first_max_t: int = 500  # noise cap for image-first (captioning) examples
     caption_dropout: float = 0.1
-    sampler: str = "ddpm"  # for sample grids and evaluation: ddpm | ddim | dpm++ (samplers.py)
+    sampler: str = "auto"  # for sample grids and evaluation: auto (ddpm; euler for flow) | ddpm | ddim | dpm++ | euler | heun
     sample_steps: int = 250  # denoising steps of that sampler (paper: DDPM with 250); other samplers: SAMPLER_STEPS
     guidance: float = 3.0  # classifier-free guidance scale
 
@@ -280,7 +294,14 @@ def validate(cfg: Config) -> None:
         raise ValueError(f"image.adapter must be 'linear' or 'unet', got {cfg.image.adapter!r}")
     if cfg.image.clip_sample < 0 and cfg.image.clip_sample != -1:
         raise ValueError(f"image.clip_sample must be -1 (auto), 0 (off) or positive, got {cfg.image.clip_sample}")
-    check_sampler(cfg.diffusion.sampler, cfg.diffusion.sample_steps, cfg.diffusion.timesteps)
+    d = cfg.diffusion
+    if d.objective not in OBJECTIVE_SAMPLERS:
+        raise ValueError(f"diffusion.objective must be 'ddpm' or 'flow', got {d.objective!r}")
+    if d.objective == "flow" and not (d.flow_logit_std > 0 and d.flow_shift > 0 and d.flow_shift_reference >= 0):
+        raise ValueError("diffusion.flow_logit_std and diffusion.flow_shift must be positive, "
+                         "diffusion.flow_shift_reference >= 0")
+    sampler = default_sampler(d.objective) if d.sampler == "auto" else d.sampler
+    check_sampler(sampler, d.sample_steps, d.timesteps, d.objective)
     o = cfg.optim
     if not (0 < o.lr < float("inf") and 0 <= o.min_lr <= o.lr):
         raise ValueError(f"optim.lr={o.lr} must be positive and finite, and optim.min_lr={o.min_lr} in [0, lr]")

@@ -13,16 +13,17 @@ import torch.nn.functional as F
 
 from transfusion.batch import IGNORE
 from transfusion.data.packing import PackedBatch
-from transfusion.diffusion import Diffusion
+from transfusion.diffusion import Diffusion, Flow
 from transfusion.model.transfusion import Transfusion
 
 Sums = dict[str, tuple[torch.Tensor, int]]  # term -> (sum, count)
+IMAGE_TERMS = ("ddpm", "flow")  # the image loss of each diffusion objective
 
 
 def compute_losses(
     model: Transfusion,
     batch: PackedBatch,
-    diffusion: Diffusion,
+    diffusion: Diffusion | Flow,
     loss_weight: float,
     generator: torch.Generator | None = None,
     core: Transfusion | None = None,
@@ -30,7 +31,8 @@ def compute_losses(
     """Noise every image at its own t, run the model once, and score both modalities.
 
     Returns ``lm`` (mean cross-entropy per text target), ``ddpm`` (mean over images of the
-    per-image epsilon MSE) and ``total``; a modality absent from the batch contributes 0.
+    per-image epsilon MSE; ``flow`` and the velocity MSE for a ``Flow``) and ``total``; a
+    modality absent from the batch contributes 0.
     With ``image.objective=tokens`` (images as VQ codes, see ``PackedBatch.images_as_tokens``)
     it returns ``lm``, ``image_ce`` (cross-entropy per image-code target) and ``total``,
     the cross-entropy over all targets: plain next-token prediction.
@@ -42,32 +44,40 @@ def combine(sums: Sums, loss_weight: float, counts: dict[str, int] | None = None
     """Means of the terms (over ``counts``, default their own) and the ``total`` loss."""
     counts = counts or {k: n for k, (_, n) in sums.items()}
     out = {k: s / max(counts[k], 1) for k, (s, _) in sums.items()}
-    if "ddpm" in sums:
-        out["total"] = out["lm"] + loss_weight * out["ddpm"]
+    image_term = next((k for k in IMAGE_TERMS if k in sums), None)
+    if image_term:
+        out["total"] = out["lm"] + loss_weight * out[image_term]
     else:  # tokens objective: one cross-entropy over every target
         out["total"] = sum(s for s, _ in sums.values()) / max(sum(counts.values()), 1)
     return out
 
 
-def loss_counts(batch: PackedBatch, core: Transfusion) -> dict[str, int]:
-    """What each term of ``loss_sums`` is a mean over, read from the batch alone."""
+def image_term(diffusion) -> str:
+    """The name of the image loss term: ``ddpm`` or ``flow``."""
+    return "flow" if isinstance(diffusion, Flow) else "ddpm"
+
+
+def loss_counts(batch: PackedBatch, core: Transfusion, term: str = "ddpm") -> dict[str, int]:
+    """What each term of ``loss_sums`` is a mean over, read from the batch alone (``term``:
+    the image term's name, ``image_term(diffusion)``)."""
     has_target = batch.targets != IGNORE
     if core.image_codes:
         is_code = batch.targets[has_target] >= core.vocab_size
         return {"lm": int((~is_code).sum()), "image_ce": int(is_code.sum())}
-    return {"lm": int(has_target.sum()), "ddpm": len(batch.latents)}
+    return {"lm": int(has_target.sum()), term: len(batch.latents)}
 
 
 def loss_sums(model, batch: PackedBatch, diffusion: Diffusion | None, generator: torch.Generator | None = None,
               core: Transfusion | None = None) -> Sums:
-    """Per term (``lm``, ``ddpm``; or ``lm``, ``image_ce``) the summed loss and its count.
+    """Per term (``lm``, ``ddpm`` or ``flow``; or ``lm``, ``image_ce``) the summed loss and its count.
 
     ``model`` is what runs the forward (a DDP or FSDP wrapper, or the model itself); ``core``
     the plain model inside a wrapper (default: ``model``). Timesteps and noise come from the
     batch (drawn by ``BatchBuilder``), else from ``generator``.
     """
     core = model if core is None else core
-    counts = loss_counts(batch, core)
+    term = image_term(diffusion)
+    counts = loss_counts(batch, core, term)
     has_target = batch.targets != IGNORE
     if core.image_codes:
         logits, _ = model(batch.tokens, batch.positions, batch.doc_ids, batch.image_ids, head_at=has_target)
@@ -90,13 +100,13 @@ def loss_sums(model, batch: PackedBatch, diffusion: Diffusion | None, generator:
             noise = torch.stack([batch.noise[i] for i in ids]).to(device)
         t = t_all[ids]
         groups.append(batch.image_group(ids, diffusion.q_sample(x0, t, noise), t))
-        targets.append(noise)
+        targets.append(diffusion.target(x0, noise))
     if not groups:  # no image here: run the image layers on none, so every weight takes part (DDP, FSDP)
         empty = core.no_images(device)
         groups, targets = [empty], [empty.latents]
 
-    logits, noise_pred = model(batch.tokens, batch.positions, batch.doc_ids, batch.image_ids, groups,
-                               head_at=has_target)
+    logits, predictions = model(batch.tokens, batch.positions, batch.doc_ids, batch.image_ids, groups,
+                                head_at=has_target)
     lm = F.cross_entropy(logits.float(), batch.targets[has_target], reduction="sum")
-    ddpm = torch.cat([diffusion.loss(p, n) for p, n in zip(noise_pred, targets)]).sum()
-    return {"lm": (lm, counts["lm"]), "ddpm": (ddpm, counts["ddpm"])}
+    image = torch.cat([diffusion.loss(p, y) for p, y in zip(predictions, targets)]).sum()
+    return {"lm": (lm, counts["lm"]), term: (image, counts[term])}

@@ -1,4 +1,5 @@
-"""Samplers that turn noise into latents, given a noise predictor: DDPM, DDIM, DPM-Solver++.
+"""Samplers that turn noise into latents, given a predictor: DDPM, DDIM, DPM-Solver++ for the
+``ddpm`` objective (a noise predictor), Euler and Heun for ``flow`` (a velocity predictor).
 
 The step rules are diffusers' schedulers, fed this library's schedule (the cosine betas of
 ``diffusion.py``) so that training and sampling see the same alpha_bar. Two conventions
@@ -14,25 +15,31 @@ meet here:
 x0 clipping works for every sampler the same way: the predicted noise is replaced by the
 noise that is consistent with the clamped x0 prediction, so DDPM's posterior mean, DDIM's
 direction and DPM-Solver++'s data prediction all see the clamped x0.
+
+Flow sampling uses diffusers' ``FlowMatchEulerDiscreteScheduler`` / ``FlowMatchHeunDiscreteScheduler``,
+whose sigma is our t (x_t = (1 - t) x0 + t eps) and whose timestep, sigma * T, is the model-unit
+time the network was trained on; the run's timestep shift is the schedulers' ``shift``.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
 
-from transfusion.config import SAMPLER_STEPS, check_sampler
-from transfusion.diffusion import Diffusion, randn
+from transfusion.config import OBJECTIVE_SAMPLERS, check_sampler
+from transfusion.diffusion import Diffusion, Flow, randn
 
-SAMPLERS = tuple(SAMPLER_STEPS)
+SAMPLERS = OBJECTIVE_SAMPLERS["ddpm"]  # noise predictors
+FLOW_SAMPLERS = OBJECTIVE_SAMPLERS["flow"]  # velocity predictors
 
 
 def make_scheduler(name: str, diffusion: Diffusion):
     """A diffusers scheduler for ``name`` on this library's noise schedule."""
     from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
-    check_sampler(name)
+    check_sampler(name, objective="ddpm")
     alpha_bar = diffusion.alpha_bar
     betas = (1 - alpha_bar[1:] / alpha_bar[:-1]).float().numpy()
     common = dict(num_train_timesteps=diffusion.T, trained_betas=betas, prediction_type="epsilon",
@@ -43,6 +50,21 @@ def make_scheduler(name: str, diffusion: Diffusion):
         return DDIMScheduler(**common, clip_sample=False, set_alpha_to_one=True)
     return DPMSolverMultistepScheduler(**common, algorithm_type="dpmsolver++", solver_order=2,
                                        final_sigmas_type="zero", lower_order_final=True)
+
+
+def make_flow_scheduler(name: str, flow: Flow, shift: float):
+    """A diffusers flow-matching scheduler for ``name`` (euler | heun) with timestep ``shift``."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler
+
+    check_sampler(name, objective="flow")
+    cls = FlowMatchEulerDiscreteScheduler if name == "euler" else FlowMatchHeunDiscreteScheduler
+    return cls(num_train_timesteps=flow.T, shift=shift)
+
+
+def clip_velocity(v: torch.Tensor, x: torch.Tensor, t: float, clip: float) -> torch.Tensor:
+    """The velocity that makes the x0 prediction x - t v of (x_t, v) land in [-clip, clip]."""
+    x0 = (x - t * v).clamp(-clip, clip)
+    return (x - x0) / t
 
 
 def clip_noise(eps: torch.Tensor, x: torch.Tensor, alpha_bar: float, clip: float) -> torch.Tensor:
@@ -56,7 +78,7 @@ def clip_noise(eps: torch.Tensor, x: torch.Tensor, alpha_bar: float, clip: float
 def sample(
     predict_noise: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     shape: tuple[int, ...],
-    diffusion: Diffusion,
+    diffusion: Diffusion | Flow,
     sampler: str,
     steps: int,
     generator: torch.Generator | list[torch.Generator] | None = None,
@@ -67,9 +89,10 @@ def sample(
     """Latents x_0 of ``shape`` (N, C, h, w), denoised from pure noise.
 
     Args:
-        predict_noise: (x_t (N, C, h, w), t (N,) long in 1..T) -> eps (N, C, h, w).
+        predict_noise: (x_t (N, C, h, w), t (N,) long in 1..T) -> eps (N, C, h, w); for a
+            ``Flow``, (x_t, t (N,) float model-unit time T sigma) -> velocity (N, C, h, w).
         sampler: "ddpm" (ancestral; the paper uses 250 steps), "ddim" or "dpm++" (deterministic,
-            20-50 steps).
+            20-50 steps); for a ``Flow``, "euler" or "heun" (two evaluations a step).
         steps: denoising steps (model evaluations); a request's default is resolved by
             ``engine.Request.resolve`` (``config.SAMPLER_STEPS``).
         generator: one for the batch, or one per row: row i then draws exactly what it would
@@ -80,7 +103,9 @@ def sample(
             clipping them biases every sample (``resolve_clip``).
         progress: show a progress bar over the steps.
     """
-    check_sampler(sampler, steps, diffusion.T)
+    if isinstance(diffusion, Flow):
+        return _sample_flow(predict_noise, shape, diffusion, sampler, steps, generator, clip, device, progress)
+    check_sampler(sampler, steps, diffusion.T, objective="ddpm")
     scheduler = make_scheduler(sampler, diffusion)
     scheduler.set_timesteps(steps)
     x = randn(shape, generator).to(device)
@@ -96,4 +121,24 @@ def sample(
         if clip > 0:
             eps = clip_noise(eps, x, diffusion.alpha_bar[t].item(), clip)
         x = scheduler.step(eps, k, x, **extra).prev_sample
+    return x
+
+
+def _sample_flow(predict_velocity, shape, flow: Flow, sampler: str, steps: int, generator, clip: float, device,
+                 progress: bool) -> torch.Tensor:
+    """Integrate the flow ODE from t = 1 (noise) to 0 with diffusers' flow-matching schedulers."""
+    check_sampler(sampler, steps, flow.T, objective="flow")
+    scheduler = make_flow_scheduler(sampler, flow, flow.shift(math.prod(shape[1:])))
+    scheduler.set_timesteps(steps)
+    x = randn(shape, generator).to(device)
+    timesteps = list(scheduler.timesteps)
+    if progress:
+        from tqdm import tqdm
+
+        timesteps = tqdm(timesteps, desc=f"{sampler} {steps} steps", leave=False)
+    for k in timesteps:
+        v = predict_velocity(x, torch.full((shape[0],), float(k), device=device)).float()
+        if clip > 0:
+            v = clip_velocity(v, x, float(k) / flow.T, clip)
+        x = scheduler.step(v, k, x).prev_sample
     return x

@@ -46,11 +46,11 @@ from transfusion.autoencoders import (Autoencoder, KLAutoencoder, VQAutoencoder,
 from transfusion.checkpoint import Loaded, list_checkpoints, load_training_state, save_checkpoint
 from transfusion.config import Config, config_yaml, from_dict, to_dict
 from transfusion.data.stream import BatchBuilder, build_mixture
-from transfusion.diffusion import Diffusion
+from transfusion.diffusion import noise_process
 from transfusion.distributed import (EMA, World, build_model, close_world, full, init_world, rows_of, sampling_model,
                                      sync_gradients, unwrap)
 from transfusion.fileio import RunLock, atomic_text
-from transfusion.objective import combine, compute_losses, loss_counts, loss_sums
+from transfusion.objective import combine, compute_losses, image_term, loss_counts, loss_sums
 from transfusion.tokenizer import BPETokenizer, ByteTokenizer, Tokenizer, load_tokenizer, save_tokenizer
 
 
@@ -245,7 +245,7 @@ def train_step(model, micro_batches, diffusion, cfg: Config, world: World, autoc
     Returns the global mean of each loss term and ``total``, and the global batch's tokens.
     """
     core = unwrap(model)
-    local_counts = [loss_counts(b, core) for b in micro_batches]
+    local_counts = [loss_counts(b, core, image_term(diffusion)) for b in micro_batches]
     names = list(local_counts[0])
     counts = dict(zip(names, world.sum([sum(c[k] for c in local_counts) for k in names])))
     logged = []
@@ -305,7 +305,7 @@ def _train(cfg: Config, out: Path, world: World, device: torch.device) -> Path:
     model, core = build_model(cfg, tokenizer, autoencoder, world, device)
     optimizer = build_optimizer(model, cfg)
     ema = EMA(core, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
-    diffusion = Diffusion(cfg.diffusion.timesteps, cfg.diffusion.schedule)
+    diffusion = noise_process(cfg.diffusion)
     builder = BatchBuilder(cfg, mixture, tokenizer, autoencoder, core.num_patches)
     autocast = lambda: torch.autocast(device.type, torch.bfloat16, enabled=cfg.train.precision == "bf16")  # noqa: E731
 

@@ -55,8 +55,10 @@ def plot_losses(metrics_path: str | Path, out_path: str | Path) -> None:
     if not rows:
         return
     steps = [r["step"] for r in rows]
-    image_key, image_title = ("image_ce", "image: VQ-code cross-entropy") if "image_ce" in rows[0] else (
-        "ddpm", "image: diffusion MSE")
+    titles = {"image_ce": "image: VQ-code cross-entropy", "ddpm": "image: diffusion (epsilon) MSE",
+              "flow": "image: flow (velocity) MSE"}
+    image_key = next(k for k in titles if k in rows[0])
+    image_title = titles[image_key]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
     for ax, key, title in zip(axes, ("lm", image_key), ("text: next-token cross-entropy", image_title)):
         ax.plot(steps, [r[key] for r in rows])

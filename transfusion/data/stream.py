@@ -18,7 +18,7 @@ import torch
 from transfusion.config import Config
 from transfusion.data.document import Document, Image
 from transfusion.data.packing import Layout, PackedBatch, arrange, layout, pack, truncate
-from transfusion.diffusion import Diffusion
+from transfusion.diffusion import noise_process
 from transfusion.tokenizer import Tokenizer
 
 if TYPE_CHECKING:
@@ -74,7 +74,7 @@ class BatchBuilder:
         self.tokenizer = tokenizer
         self.autoencoder = autoencoder
         self.num_patches = num_patches  # latent (h, w) -> patches per image
-        self.diffusion = Diffusion(cfg.diffusion.timesteps, cfg.diffusion.schedule)
+        self.diffusion = noise_process(cfg.diffusion)
         self.feed = None  # a streamed corpus's reader (open_streams)
 
     def _pixel_patches(self, hw: tuple[int, int]) -> int:
@@ -146,7 +146,8 @@ class BatchBuilder:
             batch.latents = self.encode(batch.latents)
         generators = {r: torch.Generator().manual_seed(zlib.crc32(f"{seed}/{step}/{r}/noise".encode())) for r in rows}
         image_rows = [rows[i] for i in batch.image_rows()]
-        t = [self.diffusion.sample_t(batch.max_t[i : i + 1], generators[r]) for i, r in enumerate(image_rows)]
+        t = [self.diffusion.sample_t(batch.max_t[i : i + 1], generators[r], batch.latents[i].numel())
+             for i, r in enumerate(image_rows)]
         batch.t = torch.cat(t) if t else torch.zeros(0, dtype=torch.long)
         batch.noise = [torch.randn(lat.shape, generator=generators[r]) for lat, r in zip(batch.latents, image_rows)]
         return batch

@@ -20,7 +20,7 @@ import torch
 
 from transfusion.batch import ImageGroup
 from transfusion.data.document import Image, Tokens
-from transfusion.diffusion import CONTEXT_T, Diffusion
+from transfusion.diffusion import CONTEXT_T, noise_process
 from transfusion.engine.cache import PAD_DOC, KVCache
 from transfusion.engine.decoding import (CONDITIONAL, IMAGE_ONLY, UNCONDITIONAL, choose_token, combine_guidance,
                                          guidance_branches)
@@ -47,12 +47,12 @@ def _check_fits(engine, positions: torch.Tensor, n: int, what: str) -> None:
 
 
 class DiffusionImages:
-    """Continuous latents, denoised by a diffusion sampler (Transfusion)."""
+    """Continuous latents, denoised by a diffusion sampler (Transfusion; DDPM or flow: the model's
+    prediction, noise or velocity, is guided and handed to the sampler alike)."""
 
     def __init__(self, engine):
         self.engine = engine
-        d = engine.config.diffusion
-        self.diffusion = Diffusion(d.timesteps, d.schedule)
+        self.diffusion = noise_process(engine.config.diffusion)
 
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.engine.ae.encode(pixels)[0]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from transfusion.config import SAMPLER_STEPS, Config, check_sampler
+from transfusion.config import SAMPLER_STEPS, Config, check_sampler, default_sampler
 
 
 def resolve_clip(clip_sample: float, autoencoder) -> float:
@@ -25,7 +25,7 @@ class Request:
     top_k: int = 0
     top_p: float = 1.0
     image_size: int | tuple[int, int] | None = None  # pixels, side or (H, W); default: image.size
-    sampler: str | None = None  # ddpm | ddim | dpm++; default: diffusion.sampler
+    sampler: str | None = None  # ddpm | ddim | dpm++ (ddpm objective), euler | heun (flow); default: the run's
     steps: int | None = None  # default: diffusion.sample_steps for the run's sampler, else SAMPLER_STEPS
     guidance: float | None = None  # CFG scale on the whole context (text scale when image_guidance is set)
     image_guidance: float | None = None  # separate scale for images in the context; None: one scale
@@ -38,11 +38,13 @@ class Request:
         """A copy with every default filled in from the run's ``cfg`` and ``autoencoder``, and
         every setting checked: the one place where sampling defaults are decided."""
         d = cfg.diffusion
-        sampler = self.sampler or d.sampler
+        run_sampler = default_sampler(d.objective) if d.sampler == "auto" else d.sampler
+        sampler = self.sampler or run_sampler
         steps = self.steps
         if steps is None:
-            steps = d.sample_steps if sampler == d.sampler else SAMPLER_STEPS.get(sampler)
-        check_sampler(sampler, steps, d.timesteps)
+            steps = d.sample_steps if sampler == run_sampler else SAMPLER_STEPS.get(sampler)
+        if cfg.image.objective == "diffusion":
+            check_sampler(sampler, steps, d.timesteps, d.objective)
         if self.temperature < 0 or self.image_temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
             raise ValueError(f"temperature and image_temperature must be >= 0, top_p in (0, 1] and top_k >= 0; got "
                              f"{self.temperature}, {self.image_temperature}, {self.top_p}, {self.top_k}")

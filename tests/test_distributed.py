@@ -99,10 +99,9 @@ def test_fsdp_streaming_a_sharded_corpus_trains_what_one_process_does(tmp_path):
 
 
 @pytest.mark.slow
-def test_fsdp_flow_matching_trains_what_one_process_does(tmp_path):
-    flow = "diffusion.objective=flow"
-    assert_same_run(train(tmp_path / "one", flow), train(tmp_path / "two", flow, "train.parallel=fsdp", processes=2))
-    assert "flow" in json.loads((tmp_path / "two" / "metrics.jsonl").read_text().splitlines()[-1])
+@pytest.mark.parametrize("option", ["diffusion.objective=flow", "model.mot=true"])
+def test_fsdp_with_flow_matching_or_mot_trains_what_one_process_does(option, tmp_path):
+    assert_same_run(train(tmp_path / "one", option), train(tmp_path / "two", option, "train.parallel=fsdp", processes=2))
 
 
 def test_rows_split_the_global_batch_over_processes_and_micro_batches():

@@ -57,6 +57,7 @@ class ModelConfig:
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
     attention: str = "sdpa"  # sdpa (dense boolean mask) | flex (FlexAttention block mask, CUDA)
+    mot: bool = False  # Mixture-of-Transformers: a text and an image copy of every trunk norm and projection
 
 
 @dataclass

@@ -318,7 +318,8 @@ def _train(cfg: Config, out: Path, world: World, device: torch.device) -> Path:
     builder.open_streams(range(mine[0].start, mine[-1].stop), state.get("data"))  # a streamed corpus resumes in place
     if world.main:
         truncate_metrics(out / "metrics.jsonl", start)
-    say(f"model: {core.num_params() / 1e6:.2f}M parameters ({core.num_params(True) / 1e6:.2f}M in the trunk), "
+    say(f"model: {core.num_params() / 1e6:.2f}M parameters ({core.num_params(True) / 1e6:.2f}M in the trunk, "
+        f"{core.num_params(active=True) / 1e6:.2f}M active per token), "
         f"vocab {tokenizer.vocab_size}, {core.patch_reduction}x patch reduction; {world.size} process(es)"
         + (f" ({cfg.train.parallel})" if world.size > 1 else ""))
 
@@ -346,7 +347,9 @@ def _train(cfg: Config, out: Path, world: World, device: torch.device) -> Path:
     first = micro_batches(start)  # (also the first step's: a streamed corpus is read once)
     with autocast():
         flops_per_token = count_step_flops(model, first[0], diffusion, cfg) / max(first[0].num_tokens, 1)
-    n_params = core.num_params()  # train_flops = 6 N D, N all parameters, D real tokens seen (as the paper counts)
+    # train_flops = 6 N D: N the parameters a token uses (all of them, but one copy of each Mixture-of-Transformers
+    # layer), D real tokens seen (as the paper counts)
+    n_params = core.num_params(active=True)
     metrics = open(out / "metrics.jsonl", "a") if world.main else None
     model.train()
     bar = tqdm(range(start, cfg.train.steps), initial=start, total=cfg.train.steps, desc="train",
@@ -414,7 +417,8 @@ def _train(cfg: Config, out: Path, world: World, device: torch.device) -> Path:
         from transfusion.visualize import plot_losses
 
         plot_losses(out / "metrics.jsonl", out / "losses.png")
-        report["model_parameters"] = n_params
+        report["model_parameters"] = core.num_params()
+        report["active_parameters"] = n_params
         report["matmul_peak_gflops"] = peak / 1e9
         (out / "report.json").write_text(json.dumps(report, indent=2))
         print(json.dumps({k: report[k] for k in ("t2i", "i2t")}, indent=1))

@@ -25,7 +25,8 @@ RUNS = Path(os.environ.get("CLAIMS_RUNS", ROOT / "runs" / ("claims_smoke" if SMO
 DOCS = RUNS / "docs" if SMOKE else ROOT / "docs" / "results"
 BUDGETS = (2e11, 4e11) if SMOKE else (1.5e13, 3.0e13)  # training FLOPs; each arm is evaluated at every budget
 EVAL_N = 8 if SMOKE else 256  # held-out captions / images per suite
-SAMPLER = ("dpm++", 25)  # for every diffusion arm (docs/sampling.md: ~DDPM-250 quality, 9x faster)
+SAMPLER = ("dpm++", 25)  # for every DDPM arm (docs/sampling.md: ~DDPM-250 quality, 9x faster)
+FLOW_SAMPLER = ("euler", 25)  # for every flow-matching arm
 AE_KL, AE_VQ = RUNS / "ae_kl", RUNS / "ae_vq"
 
 # arm name -> overrides of the tiny preset (the U-Net, bidirectional, capped arm is the baseline)
@@ -35,6 +36,9 @@ ARMS = {
     "linear": ["image.adapter=linear", "image.patch_size=2"],
     "linear_causal": ["image.adapter=linear", "image.patch_size=2", "image.attention=causal"],
     "no_noise_cap": ["diffusion.image_first_max_t=1000"],
+    "flow": ["diffusion.objective=flow"],  # the paper's lambda = 5
+    "flow_w1": ["diffusion.objective=flow", "diffusion.loss_weight=1"],
+    "mot": ["model.mot=true"],
 }
 
 
@@ -73,7 +77,7 @@ def flops_per_step(arm: str) -> float:
     model = Transfusion.build(cfg.model, cfg.image, tokenizer, ae, cfg.train.seed)
     builder = BatchBuilder(cfg, mixture, tokenizer, ae, model.num_patches)
     tokens = sum(builder.batch_at(s, cfg.train.seed).num_tokens for s in range(64)) / 64
-    return 6 * model.num_params() * tokens
+    return 6 * model.num_params(active=True) * tokens
 
 
 def train(arm: str, budgets: tuple[float, ...] = BUDGETS) -> tuple[Path, dict[float, int]]:
@@ -98,19 +102,24 @@ def train(arm: str, budgets: tuple[float, ...] = BUDGETS) -> tuple[Path, dict[fl
     return out, plan
 
 
-def evaluate(run: Path, step: int, suites: list[str], guidance: float = 3.0) -> dict:
+def sampler_of(arm: str) -> tuple[str, int]:
+    return FLOW_SAMPLER if "diffusion.objective=flow" in ARMS[arm] else SAMPLER
+
+
+def evaluate(run: Path, step: int, suites: list[str], guidance: float = 3.0, how: tuple[str, int] = SAMPLER) -> dict:
     """`transfusion eval` of ``run`` at ``step``, one cached report per suite, merged; adds the
     run's training FLOPs at that step (6 N x tokens seen, from the checkpoint)."""
     report: dict = {}
     for suite in suites:
         out = run / "eval" / f"step{step}_{suite}_cfg{guidance:g}.json"
         if not out.is_file():
-            sampler, steps = SAMPLER
+            sampler, steps = how
             sh(["transfusion", "eval", run / "checkpoints" / f"step_{step:06d}", "--suite", suite, "--n", str(EVAL_N),
                 "--sampler", sampler, "--steps", str(steps), "--cfg", str(guidance), "--out", out])
         report.update(json.loads(out.read_text()))
     state = json.loads((run / "checkpoints" / f"step_{step:06d}" / "state.json").read_text())
-    n_params = json.loads((run / "report.json").read_text())["model_parameters"]
+    saved = json.loads((run / "report.json").read_text())
+    n_params = saved.get("active_parameters", saved["model_parameters"])  # MoT: one copy of each layer per token
     report["train_flops"] = 6 * n_params * state["tokens_seen"]
     return report
 
@@ -127,10 +136,10 @@ def run_claim(name: str, title: str, arms: dict[str, str], suites: list[str], me
     budgets = BUDGETS + tuple(longer)
     for arm in arms:
         run, plan = train(arm)
-        results[arm] = [evaluate(run, plan[b], suites, guidance) for b in BUDGETS]
+        results[arm] = [evaluate(run, plan[b], suites, guidance, sampler_of(arm)) for b in BUDGETS]
         for budget in longer:
             run, plan = train(arm, (budget,))
-            results[arm].append(evaluate(run, plan[budget], suites, guidance))
+            results[arm].append(evaluate(run, plan[budget], suites, guidance, sampler_of(arm)))
 
     DOCS.mkdir(parents=True, exist_ok=True)
     header = ["budget (FLOPs)", "arm", "step", "train FLOPs"] + list(metrics)

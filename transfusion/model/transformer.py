@@ -1,4 +1,12 @@
-"""A Llama-style decoder: pre-norm RMSNorm, SwiGLU MLP, rotary positions, no biases."""
+"""A Llama-style decoder: pre-norm RMSNorm, SwiGLU MLP, rotary positions, no biases.
+
+With ``model.mot`` (Mixture-of-Transformers, Liang et al. 2024) every norm and projection of
+the trunk has one copy for text positions and one for image positions (``ByModality``);
+attention stays global over the whole sequence. Routing is the modality of each position
+(``Routing``, from the image ids), not learned, and each position runs through its own
+copy only: the text rows and the image rows are gathered, projected, and scattered back,
+so a token costs what it costs in the dense model.
+"""
 
 from __future__ import annotations
 
@@ -25,28 +33,65 @@ def apply_rope(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
     return torch.view_as_real(pairs * rope).flatten(-2).type_as(x)
 
 
+class Routing:
+    """Which flat positions of a (B, L) batch are image patches: ``image`` (n_img,) and ``text``
+    (n_txt,) long indices into the B * L rows."""
+
+    def __init__(self, is_image: torch.Tensor):
+        flat = is_image.reshape(-1)
+        self.image, self.text = flat.nonzero()[:, 0], (~flat).nonzero()[:, 0]
+
+
+class ByModality(nn.Module):
+    """Two copies of a layer, ``text`` and ``image``; each position runs through its own."""
+
+    def __init__(self, make):
+        super().__init__()
+        self.text, self.image = make(), make()
+
+    def forward(self, x: torch.Tensor, route: Routing) -> torch.Tensor:
+        """(B, L, D_in) -> (B, L, D_out): text rows through ``text``, image rows through ``image``."""
+        flat = x.reshape(-1, x.shape[-1])  # (B*L, D_in)
+        text, image = self.text(flat[route.text]), self.image(flat[route.image])  # (n_txt, D_out), (n_img, D_out)
+        out = text.new_empty(flat.shape[0], text.shape[-1])
+        out = out.index_copy(0, route.text, text).index_copy(0, route.image, image)
+        return out.view(*x.shape[:-1], -1)
+
+
+def layer(cfg: ModelConfig, make):
+    """``make()`` as is, or with ``model.mot`` one copy per modality."""
+    return ByModality(make) if cfg.mot else make()
+
+
+def run(module: nn.Module, x: torch.Tensor, route: Routing | None) -> torch.Tensor:
+    return module(x, route) if isinstance(module, ByModality) else module(x)
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.n_heads = cfg.n_heads
-        self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim, bias=False)
-        self.out = nn.Linear(cfg.dim, cfg.dim, bias=False)
+        self.qkv = layer(cfg, lambda: nn.Linear(cfg.dim, 3 * cfg.dim, bias=False))
+        self.out = layer(cfg, lambda: nn.Linear(cfg.dim, cfg.dim, bias=False))
 
-    def forward(self, x: torch.Tensor, rope: torch.Tensor, mask, past=None, present=None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: torch.Tensor, mask, past=None, present=None,
+                route: Routing | None = None) -> torch.Tensor:
         """x: (B, L, D) -> (B, L, D).
 
         past: cached (k, v), each (B, H, S, hd), that the L new positions also attend to
         (the mask is then (B, 1, L, S + L)); present: a list that receives this call's own
-        (k, v), each (B, H, L, hd), for the caller to cache.
+        (k, v), each (B, H, L, hd), for the caller to cache; route: the modality of each
+        position (``model.mot``).
         """
-        q, k, v = self.qkv(x).unflatten(-1, (3, self.n_heads, -1)).permute(2, 0, 3, 1, 4)  # 3 x (B, H, L, hd)
+        qkv = run(self.qkv, x, route)
+        q, k, v = qkv.unflatten(-1, (3, self.n_heads, -1)).permute(2, 0, 3, 1, 4)  # 3 x (B, H, L, hd)
         q, k = apply_rope(q, rope), apply_rope(k, rope)
         if present is not None:
             present.append((k, v))
         if past is not None:
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
-        y = attend(q, k, v, mask)
-        return self.out(y.transpose(1, 2).flatten(2))
+        y = attend(q, k, v, mask)  # global: every position attends across modalities
+        return run(self.out, y.transpose(1, 2).flatten(2), route)
 
 
 class SwiGLU(nn.Module):
@@ -64,14 +109,15 @@ class Block(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         hidden = cfg.mlp_hidden or 64 * -(-int(8 * cfg.dim / 3) // 64)
-        self.attn_norm = nn.RMSNorm(cfg.dim, eps=cfg.norm_eps)
+        self.attn_norm = layer(cfg, lambda: nn.RMSNorm(cfg.dim, eps=cfg.norm_eps))
         self.attn = Attention(cfg)
-        self.mlp_norm = nn.RMSNorm(cfg.dim, eps=cfg.norm_eps)
-        self.mlp = SwiGLU(cfg.dim, hidden)
+        self.mlp_norm = layer(cfg, lambda: nn.RMSNorm(cfg.dim, eps=cfg.norm_eps))
+        self.mlp = layer(cfg, lambda: SwiGLU(cfg.dim, hidden))
 
-    def forward(self, x: torch.Tensor, rope: torch.Tensor, mask, past=None, present=None) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), rope, mask, past, present)
-        return x + self.mlp(self.mlp_norm(x))
+    def forward(self, x: torch.Tensor, rope: torch.Tensor, mask, past=None, present=None,
+                route: Routing | None = None) -> torch.Tensor:
+        x = x + self.attn(run(self.attn_norm, x, route), rope, mask, past, present, route)
+        return x + run(self.mlp, run(self.mlp_norm, x, route), route)
 
 
 class Transformer(nn.Module):
@@ -81,23 +127,25 @@ class Transformer(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
-        self.norm = nn.RMSNorm(cfg.dim, eps=cfg.norm_eps)
+        self.norm = layer(cfg, lambda: nn.RMSNorm(cfg.dim, eps=cfg.norm_eps))
         self.register_buffer("rope", torch.empty(0), persistent=False)
         self.checkpointing = False  # activation checkpointing: recompute each block in backward
-        if not self.norm.weight.is_meta:
+        if not next(self.norm.parameters()).is_meta:
             self.reset_buffers()
 
     def reset_buffers(self) -> None:
         """Compute the rotary table (after a build on the meta device and ``to_empty``)."""
         cfg = self.cfg
-        device = self.norm.weight.device
+        device = next(self.norm.parameters()).device
         self.rope = rope_table(cfg.dim // cfg.n_heads, cfg.max_seq_len, cfg.rope_theta).to(device)
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, mask, past=None, present=None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, mask, past=None, present=None,
+                is_image: torch.Tensor | None = None) -> torch.Tensor:
         """x: (B, L, D), positions: (B, L) long (position within its document) -> (B, L, D).
 
         past: per layer cached (k, v) (see ``Attention``); present: a list that receives
-        each layer's (k, v) of the new positions.
+        each layer's (k, v) of the new positions; is_image: (B, L) bool, the image patches
+        (routes ``model.mot``'s copies; ignored by the dense trunk).
         """
         if int(positions.max()) >= self.cfg.max_seq_len:
             raise ValueError(
@@ -105,12 +153,14 @@ class Transformer(nn.Module):
                 f"{self.cfg.max_seq_len}"
             )
         rope = self.rope[positions].unsqueeze(1)  # (B, 1, L, hd/2) complex
+        route = Routing(is_image if is_image is not None else torch.zeros_like(positions, dtype=torch.bool)) \
+            if self.cfg.mot else None
         for i, block in enumerate(self.blocks):
             layer_present = [] if present is not None else None
             if self.checkpointing and self.training and torch.is_grad_enabled() and past is None and present is None:
-                x = checkpoint(block, x, rope, mask, use_reentrant=False)
+                x = checkpoint(block, x, rope, mask, None, None, route, use_reentrant=False)
             else:
-                x = block(x, rope, mask, None if past is None else past[i], layer_present)
+                x = block(x, rope, mask, None if past is None else past[i], layer_present, route)
             if present is not None:
                 present.extend(layer_present)
-        return self.norm(x)
+        return run(self.norm, x, route)

@@ -17,7 +17,7 @@ from transfusion.batch import ImageGroup
 from transfusion.config import ImageConfig, ModelConfig
 from transfusion.model.attention import flex_block_mask, transfusion_mask
 from transfusion.model.image import build_image_adapter
-from transfusion.model.transformer import Transformer
+from transfusion.model.transformer import ByModality, Transformer
 
 
 def _copy(param: torch.Tensor, value: torch.Tensor) -> None:
@@ -80,7 +80,8 @@ class Transfusion(nn.Module):
                 g = torch.Generator().manual_seed(zlib.crc32(f"{seed}/{full_name}".encode()))
                 full = torch.empty(param.shape, dtype=torch.float32)
                 if isinstance(module, (nn.Linear, nn.Embedding)) and name == "weight":
-                    nn.init.normal_(full, std=std if full_name in residual else 0.02, generator=g)
+                    plain = full_name.replace(".text.", ".").replace(".image.", ".")  # either copy of a MoT layer
+                    nn.init.normal_(full, std=std if plain in residual else 0.02, generator=g)
                 elif name == "bias" and isinstance(module, (nn.Linear, nn.GroupNorm)):
                     nn.init.zeros_(full)
                 elif isinstance(module, (nn.RMSNorm, nn.GroupNorm)):
@@ -175,7 +176,8 @@ class Transfusion(nn.Module):
             x = flat.reshape(B, L, -1)
         if mask is None:
             mask = self.attention_mask(doc_ids, image_ids)
-        hidden = self.trunk(x, positions, mask, past, present)
+        is_image = (image_ids >= 0) | (tokens >= self.vocab_size)  # patches, or VQ codes (tokens objective)
+        hidden = self.trunk(x, positions, mask, past, present, is_image=is_image)
         flat_hidden = hidden.reshape(B * L, -1)
         noise = [
             self.image.decode(flat_hidden[group.index], context)  # (N, P, D) -> (N, C, h, w)
@@ -189,6 +191,11 @@ class Transfusion(nn.Module):
         """(..., D) -> (..., V): the text vocabulary, then the image codes (tokens objective)."""
         return self.lm_head(hidden)
 
-    def num_params(self, trunk_only: bool = False) -> int:
+    def num_params(self, trunk_only: bool = False, active: bool = False) -> int:
+        """Parameters of the model (or its trunk); with ``active``, those one token uses: one
+        copy of each Mixture-of-Transformers layer (what 6 N D counts for equal-FLOPs runs)."""
         module = self.trunk if trunk_only else self
-        return sum(p.numel() for p in module.parameters())
+        total = sum(p.numel() for p in module.parameters())
+        if active:
+            total -= sum(p.numel() for m in module.modules() if isinstance(m, ByModality) for p in m.image.parameters())
+        return total

@@ -75,10 +75,13 @@ def test_generate_errors_are_clear(run, tmp_path, capsys, argv, message):
 
 
 def test_generate_usage_errors(run, tmp_path, capsys):
-    for argv in (["a", "--sampler", "euler"], ["a", "--interleaved", "b"], []):
+    for argv in (["a", "--sampler", "lms"], ["a", "--interleaved", "b"], []):
         with pytest.raises(SystemExit) as exit_info:
             cli(["generate", str(run), *argv, "--out", str(tmp_path / "e")])
         assert exit_info.value.code == 2
+    with pytest.raises(SystemExit) as exit_info:  # a flow sampler for a DDPM run: a clear error, not a usage one
+        cli(["generate", str(run), "a", "--sampler", "euler", "--out", str(tmp_path / "e")])
+    assert exit_info.value.code == 1 and "does not sample diffusion.objective=ddpm" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli(["caption", str(run), str(tmp_path / "missing.png")])
     assert "image file not found" in capsys.readouterr().err

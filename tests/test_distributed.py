@@ -99,9 +99,11 @@ def test_fsdp_streaming_a_sharded_corpus_trains_what_one_process_does(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("option", ["diffusion.objective=flow", "model.mot=true"])
-def test_fsdp_with_flow_matching_or_mot_trains_what_one_process_does(option, tmp_path):
-    assert_same_run(train(tmp_path / "one", option), train(tmp_path / "two", option, "train.parallel=fsdp", processes=2))
+def test_fsdp_with_flow_matching_and_mot_trains_what_one_process_does(tmp_path):
+    options = ["diffusion.objective=flow", "model.mot=true"]  # both switches in one run: each shards and matches
+    one, two = train(tmp_path / "one", *options), train(tmp_path / "two", *options, "train.parallel=fsdp", processes=2)
+    assert_same_run(one, two)
+    assert any(".image." in k for k in weights(two, 6)) and "flow" in (two / "metrics.jsonl").read_text()
 
 
 def test_rows_split_the_global_batch_over_processes_and_micro_batches():

@@ -4,8 +4,9 @@ With ``model.mot`` (Mixture-of-Transformers, Liang et al. 2024) every norm and p
 the trunk has one copy for text positions and one for image positions (``ByModality``);
 attention stays global over the whole sequence. Routing is the modality of each position
 (``Routing``, from the image ids), not learned, and each position runs through its own
-copy only: the text rows and the image rows are gathered, projected, and scattered back,
-so a token costs what it costs in the dense model.
+copy only: the hidden states are kept grouped by modality between attentions (one
+reorder before and one after each attention), so a token costs what it costs in the dense
+model.
 """
 
 from __future__ import annotations
@@ -34,12 +35,23 @@ def apply_rope(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
 
 
 class Routing:
-    """Which flat positions of a (B, L) batch are image patches: ``image`` (n_img,) and ``text``
-    (n_txt,) long indices into the B * L rows."""
+    """The positions of a (B, L) batch grouped by modality: the B * L rows reordered text first,
+    then image (``order``), the first ``n_text`` of them text. Between attentions a MoT trunk
+    keeps its hidden states in this grouped order, so each copy reads one contiguous slice."""
 
     def __init__(self, is_image: torch.Tensor):
         flat = is_image.reshape(-1)
-        self.image, self.text = flat.nonzero()[:, 0], (~flat).nonzero()[:, 0]
+        self.order = torch.argsort(flat.to(torch.int8), stable=True)  # (B*L,): text rows, then image rows
+        self.inverse = torch.empty_like(self.order).index_copy_(0, self.order, torch.arange(len(flat), device=flat.device))
+        self.n_text, self.shape = int((~flat).sum()), tuple(is_image.shape)
+
+    def group(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, L, D) -> (B*L, D) in grouped order."""
+        return x.reshape(-1, x.shape[-1])[self.order]
+
+    def ungroup(self, x: torch.Tensor) -> torch.Tensor:
+        """(B*L, D) in grouped order -> (B, L, D)."""
+        return x[self.inverse].view(*self.shape, -1)
 
 
 class ByModality(nn.Module):
@@ -50,12 +62,9 @@ class ByModality(nn.Module):
         self.text, self.image = make(), make()
 
     def forward(self, x: torch.Tensor, route: Routing) -> torch.Tensor:
-        """(B, L, D_in) -> (B, L, D_out): text rows through ``text``, image rows through ``image``."""
-        flat = x.reshape(-1, x.shape[-1])  # (B*L, D_in)
-        text, image = self.text(flat[route.text]), self.image(flat[route.image])  # (n_txt, D_out), (n_img, D_out)
-        out = text.new_empty(flat.shape[0], text.shape[-1])
-        out = out.index_copy(0, route.text, text).index_copy(0, route.image, image)
-        return out.view(*x.shape[:-1], -1)
+        """Grouped rows (B*L, D_in) -> (B*L, D_out): the text slice through ``text``, the image
+        slice through ``image``."""
+        return torch.cat([self.text(x[: route.n_text]), self.image(x[route.n_text :])])
 
 
 def layer(cfg: ModelConfig, make):
@@ -64,6 +73,7 @@ def layer(cfg: ModelConfig, make):
 
 
 def run(module: nn.Module, x: torch.Tensor, route: Routing | None) -> torch.Tensor:
+    """A layer on hidden states: (B, L, D) for the dense trunk, grouped (B*L, D) rows for MoT."""
     return module(x, route) if isinstance(module, ByModality) else module(x)
 
 
@@ -83,15 +93,15 @@ class Attention(nn.Module):
         (k, v), each (B, H, L, hd), for the caller to cache; route: the modality of each
         position (``model.mot``).
         """
-        qkv = run(self.qkv, x, route)
+        qkv = run(self.qkv, x, route) if route is None else route.ungroup(self.qkv(x, route))  # (B, L, 3D)
         q, k, v = qkv.unflatten(-1, (3, self.n_heads, -1)).permute(2, 0, 3, 1, 4)  # 3 x (B, H, L, hd)
         q, k = apply_rope(q, rope), apply_rope(k, rope)
         if present is not None:
             present.append((k, v))
         if past is not None:
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
-        y = attend(q, k, v, mask)  # global: every position attends across modalities
-        return run(self.out, y.transpose(1, 2).flatten(2), route)
+        y = attend(q, k, v, mask).transpose(1, 2).flatten(2)  # (B, L, D); global: across modalities
+        return self.out(y) if route is None else self.out(route.group(y), route)
 
 
 class SwiGLU(nn.Module):
@@ -153,8 +163,10 @@ class Transformer(nn.Module):
                 f"{self.cfg.max_seq_len}"
             )
         rope = self.rope[positions].unsqueeze(1)  # (B, 1, L, hd/2) complex
-        route = Routing(is_image if is_image is not None else torch.zeros_like(positions, dtype=torch.bool)) \
-            if self.cfg.mot else None
+        route = None
+        if self.cfg.mot:  # hidden states in grouped order between attentions (``Routing``)
+            route = Routing(is_image if is_image is not None else torch.zeros_like(positions, dtype=torch.bool))
+            x = route.group(x)
         for i, block in enumerate(self.blocks):
             layer_present = [] if present is not None else None
             if self.checkpointing and self.training and torch.is_grad_enabled() and past is None and present is None:
@@ -163,4 +175,4 @@ class Transformer(nn.Module):
                 x = block(x, rope, mask, None if past is None else past[i], layer_present, route)
             if present is not None:
                 present.extend(layer_present)
-        return run(self.norm, x, route)
+        return self.norm(x) if route is None else route.ungroup(self.norm(x, route))

@@ -5,7 +5,7 @@ import random
 import pytest
 import torch
 
-from transfusion.batch import IGNORE, ImageGroup
+from transfusion.batch import IGNORE
 from transfusion.config import load_config
 from transfusion.data.document import Document, Image, Text
 from transfusion.data.packing import PATCH, Layout, arrange, layout, pack

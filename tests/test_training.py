@@ -14,7 +14,7 @@ from transfusion.autoencoders import IdentityAutoencoder
 from transfusion.checkpoint import list_checkpoints, load_checkpoint, resolve_checkpoint, save_checkpoint
 from transfusion.config import load_config
 from transfusion.data.stream import BatchBuilder, build_mixture
-from transfusion.diffusion import Diffusion
+from transfusion.diffusion import Diffusion, noise_process
 from transfusion.model.transfusion import Transfusion
 from transfusion.objective import compute_losses
 from transfusion.tokenizer import ByteTokenizer
@@ -34,11 +34,12 @@ def debug_setup(*overrides):
     return cfg, tok, model, builder
 
 
-def test_overfitting_one_batch_lowers_both_losses():
-    cfg, _, model, builder = debug_setup()
+@pytest.mark.parametrize("objective", ["ddpm", "flow"])
+def test_overfitting_one_batch_lowers_both_losses(objective):
+    cfg, _, model, builder = debug_setup(f"diffusion.objective={objective}")
     batch = builder.batch_at(0, seed=0)
     assert batch.latents and batch.num_text_targets > 0
-    diffusion = Diffusion()
+    diffusion = noise_process(cfg.diffusion)
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
 
     def losses():
@@ -54,8 +55,9 @@ def test_overfitting_one_batch_lowers_both_losses():
         opt.step()
     with torch.no_grad():
         after = {k: v.item() for k, v in losses().items()}
+    assert set(before) == {"lm", objective, "total"}
     assert after["lm"] < 0.5 * before["lm"], (before, after)
-    assert after["ddpm"] < 0.7 * before["ddpm"], (before, after)
+    assert after[objective] < 0.7 * before[objective], (before, after)
 
 
 def test_lr_schedule_warms_up_then_decays_to_min():

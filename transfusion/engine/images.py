@@ -22,7 +22,7 @@ from transfusion.batch import ImageGroup
 from transfusion.data.document import Image, Tokens
 from transfusion.diffusion import CONTEXT_T, noise_process
 from transfusion.engine.cache import PAD_DOC, KVCache
-from transfusion.engine.decoding import (CONDITIONAL, IMAGE_ONLY, UNCONDITIONAL, choose_token, combine_guidance,
+from transfusion.engine.decoding import (CONDITIONAL, UNCONDITIONAL, choose_token, combine_guidance,
                                          guidance_branches)
 from transfusion.samplers import sample
 

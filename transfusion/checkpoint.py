@@ -94,7 +94,7 @@ def save_checkpoint(
             weights = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
             ema_weights = ema.full_state() if ema is not None else None
             if main:
-                save_file({k: v.detach().contiguous() for k, v in weights.items()}, tmp / "model.safetensors")
+                save_file(_untied(weights, config), tmp / "model.safetensors")
                 if ema_weights is not None:
                     save_file({k: v.contiguous() for k, v in ema_weights.items()}, tmp / "ema.safetensors")
                 (tmp / "config.yaml").write_text(config_yaml(config))
@@ -112,6 +112,14 @@ def save_checkpoint(
         for old in list_checkpoints(folder)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _untied(weights: dict[str, torch.Tensor], config: Config) -> dict[str, torch.Tensor]:
+    """The weights to write: a tied LM head (``model.tie_embeddings``) is the embedding, saved once."""
+    out = {k: v.detach().contiguous() for k, v in weights.items()}
+    if config.model.tie_embeddings:
+        out.pop("lm_head.weight", None)
+    return out
 
 
 @contextmanager
@@ -203,6 +211,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", ema: b
         weights = load_file(ckpt / "model.safetensors", device=str(device))
         if ema:
             weights.update(load_file(ckpt / "ema.safetensors", device=str(device)))
+        if cfg.model.tie_embeddings:  # saved once, as the embedding
+            weights["lm_head.weight"] = weights["token_embed.weight"]
         model.load_state_dict(weights)
     except Exception as err:
         raise ValueError(f"checkpoint {ckpt}: weights do not match its config.yaml ({err})") from err

@@ -11,6 +11,7 @@
     transfusion autoencoder train --data shapes --out ae/ [--steps 1000] [--vq --codebook-size 512]
     transfusion data shards --data shapes --out corpus/ [--docs 10000] [--per-shard 1000]
     transfusion data precompute corpus/ --autoencoder ae/ --out latents/ [--workers 4]
+    transfusion export-hf RUN_OR_CHECKPOINT OUT/     (the text part as a transformers Llama / Qwen folder)
     torchrun --nproc_per_node=8 -m transfusion.cli train ...      (multi-process: see transfusion/distributed.py)
 
 Every command that loads a checkpoint takes ``--device`` (default ``auto``: CUDA when present)
@@ -313,6 +314,19 @@ def _data(argv: list[str]) -> None:
           f"in {info['seconds']:.0f}s on {args.workers} processes")
 
 
+def _export_hf(argv: list[str]) -> None:
+    from transfusion.hf import export_text_model
+
+    p = _parser("export-hf", "Write the text part of a checkpoint (embedding, trunk, LM head) as a Hugging Face "
+                "transformers folder (Llama, Qwen2 or Qwen3) that AutoModelForCausalLM.from_pretrained loads; "
+                "images stay this library's own.")
+    _checkpoint_flags(p)
+    p.add_argument("out", help="folder to write (config.json, model.safetensors, tokenizer.json for BPE runs)")
+    args = p.parse_args(argv)
+    loaded = _load(args)
+    print(f"wrote {export_text_model(loaded.model, loaded.tokenizer, args.out)}")
+
+
 COMMANDS = {
     "train": _train,
     "generate": _generate,
@@ -322,6 +336,7 @@ COMMANDS = {
     "tokenizer": _tokenizer,
     "autoencoder": _autoencoder,
     "data": _data,
+    "export-hf": _export_hf,
 }
 
 

@@ -58,6 +58,16 @@ class ModelConfig:
     norm_eps: float = 1e-5
     attention: str = "sdpa"  # sdpa (dense boolean mask) | flex (FlexAttention block mask, CUDA)
     mot: bool = False  # Mixture-of-Transformers: a text and an image copy of every trunk norm and projection
+    n_kv_heads: int = 0  # key/value heads (grouped-query attention); 0: n_heads
+    qkv_bias: bool = False  # biases on the q/k/v projections (Qwen2)
+    qk_norm: bool = False  # RMSNorm of each query and key head before the rotation (Qwen3)
+    tie_embeddings: bool = False  # the LM head is the token embedding
+    # a Hugging Face causal-LM folder (Llama, SmolLM, Qwen2/2.5, Qwen3) whose trunk, embedding, LM head and
+    # tokenizer start the run; its architecture fields replace the preset's (transfusion/hf.py)
+    init_from: str = ""
+    # LMFusion: with mot and init_from, the text copies, embedding and LM head stay the pretrained ones, frozen;
+    # the image copies (which start as copies of them) and the image layers train
+    freeze_text: bool = False
 
 
 @dataclass
@@ -213,6 +223,11 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         return value
     if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str):  # YAML reads 1e-6 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if hint is int and isinstance(value, int) and not isinstance(value, bool):
         return value
     if hint is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
@@ -285,6 +300,11 @@ def validate(cfg: Config) -> None:
     m = cfg.model
     if m.dim % m.n_heads != 0 or (m.dim // m.n_heads) % 2 != 0:
         raise ValueError(f"model.dim={m.dim} must split into model.n_heads={m.n_heads} heads of even size")
+    if m.n_kv_heads and m.n_heads % m.n_kv_heads:
+        raise ValueError(f"model.n_heads={m.n_heads} must be a multiple of model.n_kv_heads={m.n_kv_heads}")
+    if m.freeze_text and not (m.mot and m.init_from):
+        raise ValueError("model.freeze_text=true needs model.mot=true and model.init_from (the LMFusion recipe: "
+                         "frozen pretrained text weights, trainable image copies)")
     if m.attention not in ("sdpa", "flex"):
         raise ValueError(f"model.attention must be 'sdpa' or 'flex', got {m.attention!r}")
     if cfg.image.objective not in ("diffusion", "tokens"):

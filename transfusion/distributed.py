@@ -141,6 +141,8 @@ def build_model(cfg: Config, tokenizer, autoencoder, world: World, device: torch
         fully_shard(core, mesh=mesh)
     core.to_empty(device=device)
     core.init_weights(t.seed, assign=assign_shard)
+    if cfg.model.freeze_text:  # before any wrapper registers its gradient hooks
+        core.freeze_text()
     model = core
     if world.size > 1 and t.parallel == "ddp":
         from torch.nn.parallel import DistributedDataParallel

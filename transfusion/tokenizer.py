@@ -67,6 +67,17 @@ class BPETokenizer(Tokenizer):
         self.vocab_size = self.hf.get_vocab_size()
 
     @classmethod
+    def extended(cls, hf_tokenizer) -> "BPETokenizer":
+        """A pretrained model's HF tokenizer with the special tokens it lacks added at the end of
+        its vocabulary (its own ids, and so its text, are unchanged)."""
+        missing = [t for t in SPECIAL_TOKENS if hf_tokenizer.token_to_id(t) is None]
+        if missing:
+            from tokenizers import AddedToken
+
+            hf_tokenizer.add_special_tokens([AddedToken(t, special=True) for t in missing])
+        return cls(hf_tokenizer)
+
+    @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int = 1024) -> "BPETokenizer":
         from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, trainers
 

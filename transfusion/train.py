@@ -50,6 +50,7 @@ from transfusion.diffusion import noise_process
 from transfusion.distributed import (EMA, World, build_model, close_world, full, init_world, rows_of, sampling_model,
                                      sync_gradients, unwrap)
 from transfusion.fileio import RunLock, atomic_text
+from transfusion.hf import load_text_weights, pretrained_tokenizer, with_pretrained_fields
 from transfusion.objective import combine, compute_losses, image_term, loss_counts, loss_sums
 from transfusion.tokenizer import BPETokenizer, ByteTokenizer, Tokenizer, load_tokenizer, save_tokenizer
 
@@ -65,6 +66,8 @@ def lr_at(step: int, cfg: Config) -> float:
 
 def build_tokenizer(cfg: Config, mixture) -> Tokenizer:
     spec = cfg.data.tokenizer
+    if cfg.model.init_from:  # a pretrained model reads with its own tokenizer
+        return pretrained_tokenizer(cfg.model.init_from)
     if spec == "bytes":
         return ByteTokenizer()
     if spec == "bpe":
@@ -268,7 +271,7 @@ def train(cfg: Config, out: str | Path) -> Path:
     run folder's lock, so a second run started on the same folder stops with an error.
     """
     out = Path(out)
-    cfg = resolve_run_config(out, cfg)
+    cfg = resolve_run_config(out, with_pretrained_fields(cfg))
     world, device = init_world(cfg)
     if cfg.model.attention == "flex" and device.type == "cpu":
         raise ValueError("model.attention=flex trains on CUDA only (FlexAttention has no CPU backward); use sdpa")
@@ -303,6 +306,8 @@ def _train(cfg: Config, out: Path, world: World, device: torch.device) -> Path:
 
     # ---- model and optimizer
     model, core = build_model(cfg, tokenizer, autoencoder, world, device)
+    if cfg.model.init_from:  # the pretrained text weights (a resumed run then loads its own over them)
+        load_text_weights(core, cfg.model.init_from)
     optimizer = build_optimizer(model, cfg)
     ema = EMA(core, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
     diffusion = noise_process(cfg.diffusion)

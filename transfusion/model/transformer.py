@@ -78,28 +78,42 @@ def run(module: nn.Module, x: torch.Tensor, route: Routing | None) -> torch.Tens
 
 
 class Attention(nn.Module):
+    """Multi-head attention with grouped key/value heads (``model.n_kv_heads``), optional q/k/v
+    biases (Qwen2) and per-head q/k RMSNorm before the rotation (Qwen3)."""
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.n_heads = cfg.n_heads
-        self.qkv = layer(cfg, lambda: nn.Linear(cfg.dim, 3 * cfg.dim, bias=False))
+        self.n_heads, self.n_kv = cfg.n_heads, cfg.n_kv_heads or cfg.n_heads
+        head_dim = cfg.dim // cfg.n_heads
+        width = (self.n_heads + 2 * self.n_kv) * head_dim
+        self.qkv = layer(cfg, lambda: nn.Linear(cfg.dim, width, bias=cfg.qkv_bias))
         self.out = layer(cfg, lambda: nn.Linear(cfg.dim, cfg.dim, bias=False))
+        self.q_norm = layer(cfg, lambda: nn.RMSNorm(head_dim, eps=cfg.norm_eps)) if cfg.qk_norm else None
+        self.k_norm = layer(cfg, lambda: nn.RMSNorm(head_dim, eps=cfg.norm_eps)) if cfg.qk_norm else None
 
     def forward(self, x: torch.Tensor, rope: torch.Tensor, mask, past=None, present=None,
                 route: Routing | None = None) -> torch.Tensor:
-        """x: (B, L, D) -> (B, L, D).
+        """x: (B, L, D) -> (B, L, D) (grouped (B*L, D) rows under ``model.mot``).
 
-        past: cached (k, v), each (B, H, S, hd), that the L new positions also attend to
+        past: cached (k, v), each (B, H_kv, S, hd), that the L new positions also attend to
         (the mask is then (B, 1, L, S + L)); present: a list that receives this call's own
-        (k, v), each (B, H, L, hd), for the caller to cache; route: the modality of each
+        (k, v), each (B, H_kv, L, hd), for the caller to cache; route: the modality of each
         position (``model.mot``).
         """
-        qkv = run(self.qkv, x, route) if route is None else route.ungroup(self.qkv(x, route))  # (B, L, 3D)
-        q, k, v = qkv.unflatten(-1, (3, self.n_heads, -1)).permute(2, 0, 3, 1, 4)  # 3 x (B, H, L, hd)
+        qkv = run(self.qkv, x, route)
+        q, k, v = qkv.unflatten(-1, (self.n_heads + 2 * self.n_kv, -1)).split([self.n_heads, self.n_kv, self.n_kv], -2)
+        if self.q_norm is not None:
+            q, k = run(self.q_norm, q, route), run(self.k_norm, k, route)
+        if route is not None:  # back to (B, L, ...) for the rotation and the global attention
+            q, k, v = (route.ungroup(t.flatten(-2)).unflatten(-1, t.shape[-2:]) for t in (q, k, v))
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, L, hd), (B, H_kv, L, hd) x 2
         q, k = apply_rope(q, rope), apply_rope(k, rope)
         if present is not None:
             present.append((k, v))
         if past is not None:
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+        if self.n_kv != self.n_heads:  # grouped-query attention: each key/value head serves a group
+            k, v = (t.repeat_interleave(self.n_heads // self.n_kv, dim=1) for t in (k, v))
         y = attend(q, k, v, mask).transpose(1, 2).flatten(2)  # (B, L, D); global: across modalities
         return self.out(y) if route is None else self.out(route.group(y), route)
 

@@ -48,6 +48,8 @@ class Transfusion(nn.Module):
         self.token_embed = nn.Embedding(vocab_size + self.image_codes, dim)
         self.trunk = Transformer(model)
         self.lm_head = nn.Linear(dim, vocab_size + self.image_codes, bias=False)
+        if model.tie_embeddings:  # one matrix reads and writes tokens (SmolLM, small Qwen models)
+            self.lm_head.weight = self.token_embed.weight
         self.image = None if tokens_objective else build_image_adapter(image, latent_channels, dim)
         if not self.token_embed.weight.is_meta:  # on the meta device: init_weights() after sharding
             self.init_weights(seed)
@@ -97,6 +99,15 @@ class Transfusion(nn.Module):
                 with torch.no_grad():
                     assign(param, full)
         self.trunk.reset_buffers()
+
+    def freeze_text(self) -> None:
+        """LMFusion: the text copies of a MoT trunk, the embedding and the LM head stop training, so
+        a text-only document is computed exactly as the pretrained model computed it."""
+        for module in self.trunk.modules():
+            if isinstance(module, ByModality):
+                module.text.requires_grad_(False)
+        self.token_embed.requires_grad_(False)
+        self.lm_head.requires_grad_(False)
 
     def no_images(self, device) -> ImageGroup:
         """An image group of zero images: the image layers run, on nothing."""

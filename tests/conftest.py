@@ -34,3 +34,30 @@ def debug_run(tmp_path_factory):
     COMMANDS["train"](["--preset", "debug", "--out", str(out), "train.steps=2", "train.eval_samples=2",
                        "diffusion.sample_steps=2"])
     return out
+
+
+@pytest.fixture(scope="session")
+def pretrained_lm(tmp_path_factory):
+    """A tiny random transformers Llama (GQA, tied embeddings) saved with a 320-token BPE
+    tokenizer.json, as a pretrained model folder is laid out: (hf model, tokenizer, folder)."""
+    transformers = pytest.importorskip("transformers")
+    import torch
+    from tokenizers import Tokenizer as HFTokenizer, models, pre_tokenizers, trainers
+
+    from transfusion.data.text import EnglishText
+
+    hf_tok = HFTokenizer(models.BPE())
+    hf_tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    text = EnglishText("train")
+    hf_tok.train_from_iterator((text[i].caption for i in range(300)), trainers.BpeTrainer(
+        vocab_size=320, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    assert hf_tok.get_vocab_size() == 320  # the byte-level alphabet (256) and some merges
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=320, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                                      rms_norm_eps=1e-6, tie_word_embeddings=True, rope_theta=5e4)
+    hf = transformers.LlamaForCausalLM(config).eval()
+    folder = tmp_path_factory.mktemp("pretrained") / "llama"
+    hf.save_pretrained(folder)
+    hf_tok.save(str(folder / "tokenizer.json"))
+    return hf, hf_tok, folder

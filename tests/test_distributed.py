@@ -106,6 +106,12 @@ def test_fsdp_with_flow_matching_and_mot_trains_what_one_process_does(tmp_path):
     assert any(".image." in k for k in weights(two, 6)) and "flow" in (two / "metrics.jsonl").read_text()
 
 
+@pytest.mark.slow
+def test_ddp_from_a_pretrained_language_model_trains_what_one_process_does(pretrained_lm, tmp_path):
+    start = [f"model.init_from={pretrained_lm[2]}", "model.mot=true", "model.freeze_text=true"]
+    assert_same_run(train(tmp_path / "one", *start), train(tmp_path / "two", *start, "train.parallel=ddp", processes=2))
+
+
 def test_rows_split_the_global_batch_over_processes_and_micro_batches():
     cfg = load_config("debug", overrides=["data.batch_size=8", "train.grad_accum=2"])
     rows = [list(rows_of(World(rank, 2), cfg, micro)) for rank in range(2) for micro in range(2)]

@@ -100,21 +100,8 @@ def test_a_tied_model_checkpoints_and_reloads(tmp_path):
 
 
 @pytest.fixture
-def pretrained(tmp_path):
-    """A tiny random Llama folder with a BPE tokenizer.json of its 320 tokens: (hf model, tokenizer, folder)."""
-    from tokenizers import Tokenizer as HFTokenizer, models, pre_tokenizers, trainers
-
-    from transfusion.data.text import EnglishText
-
-    hf_tok = HFTokenizer(models.BPE())
-    hf_tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    text = EnglishText("train")
-    hf_tok.train_from_iterator((text[i].caption for i in range(300)), trainers.BpeTrainer(
-        vocab_size=320, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
-    assert hf_tok.get_vocab_size() == 320  # the byte-level alphabet (256) and some merges
-    hf, folder = saved(tmp_path, "llama-gqa-tied", 320)
-    hf_tok.save(str(folder / "tokenizer.json"))
-    return hf, hf_tok, folder
+def pretrained(pretrained_lm):
+    return pretrained_lm
 
 
 def test_a_run_starts_from_a_pretrained_folder_with_its_tokenizer(tmp_path, pretrained):

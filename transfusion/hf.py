@@ -136,29 +136,23 @@ def text_state_dict(folder: str | Path, n_heads: int, n_kv_heads: int) -> dict[s
 def load_text_weights(model, folder: str | Path) -> None:
     """Copy a folder's embedding, trunk and LM head into ``model`` (a ``Transfusion`` built with
     ``model_fields(folder)``). Rows beyond the folder's vocabulary (tokens added here, image
-    codes) start at the mean of its rows; with ``model.mot`` both copies get the weights."""
-    from torch.distributed.tensor import DTensor
-
+    codes) start at the mean of its rows; with ``model.mot`` both copies get the weights. The
+    model is whole (one process or DDP; FSDP-sharded models are refused by ``train``)."""
     cfg = model.model_cfg
     weights = text_state_dict(folder, cfg.n_heads, cfg.n_kv_heads or cfg.n_heads)
     params = dict(model.named_parameters(remove_duplicate=False))
-    if any(isinstance(p, DTensor) for p in params.values()):
-        raise ValueError("model.init_from with train.parallel=fsdp is not supported yet; use ddp or one process")
     for name, value in weights.items():
-        targets = [n for n in (name, name.replace(".weight", ".text.weight").replace(".bias", ".text.bias"))
-                   if n in params] if not name.startswith("trunk.") else [
-            n for n in params if n.replace(".text.", ".").replace(".image.", ".") == name]
+        targets = [n for n in params if n.replace(".text.", ".").replace(".image.", ".") == name]
         if not targets:
             raise ValueError(f"{folder}: weight {name} has no place in this model (is it built with model_fields?)")
         for target in targets:
             param = params[target]
+            whole = value
             if param.shape[0] > value.shape[0] and name in ("token_embed.weight", "lm_head.weight"):
-                param[: value.shape[0]] = value
-                param[value.shape[0] :] = value.mean(0)
-            elif param.shape != value.shape:
+                whole = torch.cat([value, value.mean(0, keepdim=True).expand(param.shape[0] - value.shape[0], -1)])
+            if param.shape != whole.shape:
                 raise ValueError(f"{folder}: {name} is {tuple(value.shape)} there, {tuple(param.shape)} here")
-            else:
-                param.copy_(value)
+            param.copy_(whole.to(param.dtype))
 
 
 def export_text_model(model, tokenizer, out: str | Path) -> Path:

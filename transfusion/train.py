@@ -307,6 +307,8 @@ def _train(cfg: Config, out: Path, world: World, device: torch.device) -> Path:
     # ---- model and optimizer
     model, core = build_model(cfg, tokenizer, autoencoder, world, device)
     if cfg.model.init_from:  # the pretrained text weights (a resumed run then loads its own over them)
+        if world.size > 1 and cfg.train.parallel == "fsdp":
+            raise ValueError("model.init_from with train.parallel=fsdp is not supported yet; use train.parallel=ddp")
         load_text_weights(core, cfg.model.init_from)
     optimizer = build_optimizer(model, cfg)
     ema = EMA(core, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None

@@ -39,6 +39,8 @@ ARMS = {
     "flow": ["diffusion.objective=flow"],  # the paper's lambda = 5
     "flow_w1": ["diffusion.objective=flow", "diffusion.loss_weight=1"],
     "mot": ["model.mot=true"],
+    # (g): the tiny trunk pretrained as a text-only LM (exported, then read back as a transformers folder)
+    "lmfusion": [f"model.init_from={RUNS / 'text_lm_hf'}", "model.mot=true", "model.freeze_text=true"],
 }
 
 

@@ -1,0 +1,49 @@
+"""Comparison (g): starting from a pretrained language model with its text weights frozen
+(LMFusion) against a model trained from scratch, at equal image-training FLOPs.
+
+    python experiments/paper_claims/g_lmfusion.py
+
+A stand-in for a pretrained LLM: the tiny trunk trained as a text-only LM on the built-in
+English text (`data.text_fraction=1`), written as a transformers Llama folder by
+`transfusion export-hf` and read back by `model.init_from`. The LMFusion arm (MoT, text copies
+frozen, image copies starting as copies of them) then trains on the usual mixture, as do
+the from-scratch arms (dense and MoT). The point: the pretrained model's text perplexity is
+kept exactly, and image quality at equal FLOPs.
+"""
+
+import json
+
+from common import AE_KL, RUNS, autoencoders, i2t, main, run_claim, sh, t2i
+
+TEXT_STEPS = 1200  # the text-only pretraining (not counted in the image-training budget)
+
+
+def pretrain_text_lm() -> None:
+    out, folder = RUNS / "text_lm", RUNS / "text_lm_hf"
+    if not (out / "report.json").is_file():
+        sh(["transfusion", "train", "--preset", "tiny", "--out", out, "data.text_fraction=1.0",
+            "data.interleaved_fraction=0", f"image.autoencoder={AE_KL}", f"train.steps={TEXT_STEPS}",
+            "train.eval_samples=2", "train.sample_every=0"])
+    if not (folder / "config.json").is_file():
+        sh(["transfusion", "export-hf", out, folder])
+    report = out / "eval" / "text.json"
+    if not report.is_file():
+        sh(["transfusion", "eval", out, "--suite", "text", "--n", "256", "--out", report])
+    english = json.loads(report.read_text())["text"]["english"]["perplexity"]
+    print(f"the pretrained text LM: English perplexity {english:.2f} (text/test, 256 documents)")
+
+
+def claim():
+    autoencoders()
+    pretrain_text_lm()
+    run_claim("g_lmfusion", "(g) LMFusion start (pretrained text LM, frozen) vs from scratch at equal image-training FLOPs",
+              {"transfusion": "dense, from scratch", "mot": "MoT, from scratch", "lmfusion": "LMFusion (frozen text)"},
+              ["text", "t2i", "i2t"],
+              {"FID": (lambda r: r["t2i"]["fid"], True), "t2i colour": (t2i("colour"), False),
+               "t2i position": (t2i("position"), False), "caption colour": (i2t("colour"), False),
+               "caption CIDEr-D": (lambda r: r["i2t"]["cider_d"], False),
+               "text ppl": (lambda r: r["text"]["english"]["perplexity"], True)})
+
+
+if __name__ == "__main__":
+    main(claim)

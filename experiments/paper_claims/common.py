@@ -204,6 +204,13 @@ def i2t(key: str):
     return lambda r: r["i2t"]["accuracy"][key]
 
 
+# images, captions and text at once: the table of (f) and (g)
+ALL_METRICS = {"FID": (lambda r: r["t2i"]["fid"], True), "t2i colour": (t2i("colour"), False),
+               "t2i position": (t2i("position"), False), "caption colour": (i2t("colour"), False),
+               "caption CIDEr-D": (lambda r: r["i2t"]["cider_d"], False),
+               "text ppl": (lambda r: r["text"]["english"]["perplexity"], True)}
+
+
 def main(claim) -> None:
     """Entry point of each claim script: ``python experiments/paper_claims/X.py``."""
     sys.stdout.reconfigure(line_buffering=True)

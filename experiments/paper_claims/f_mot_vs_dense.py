@@ -8,16 +8,13 @@ equal FLOPs it takes the same number of steps. Same data, autoencoder, budgets a
 evaluation as the four claims; DPM-Solver++ 25 steps, guidance 3.
 """
 
-from common import i2t, main, run_claim, t2i
+from common import ALL_METRICS, main, run_claim
 
 
 def claim():
     run_claim("f_mot_vs_dense", "(f) Mixture-of-Transformers vs the dense trunk at equal training FLOPs",
               {"transfusion": "dense", "mot": "MoT"}, ["text", "t2i", "i2t"],
-              {"FID": (lambda r: r["t2i"]["fid"], True), "t2i colour": (t2i("colour"), False),
-               "t2i position": (t2i("position"), False), "caption colour": (i2t("colour"), False),
-               "caption CIDEr-D": (lambda r: r["i2t"]["cider_d"], False),
-               "text ppl": (lambda r: r["text"]["english"]["perplexity"], True)})
+              ALL_METRICS)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ kept exactly, and image quality at equal FLOPs.
 
 import json
 
-from common import AE_KL, RUNS, autoencoders, i2t, main, run_claim, sh, t2i
+from common import AE_KL, ALL_METRICS, RUNS, autoencoders, main, run_claim, sh
 
 TEXT_STEPS = 1200  # the text-only pretraining (not counted in the image-training budget)
 
@@ -39,10 +39,7 @@ def claim():
     run_claim("g_lmfusion", "(g) LMFusion start (pretrained text LM, frozen) vs from scratch at equal image-training FLOPs",
               {"transfusion": "dense, from scratch", "mot": "MoT, from scratch", "lmfusion": "LMFusion (frozen text)"},
               ["text", "t2i", "i2t"],
-              {"FID": (lambda r: r["t2i"]["fid"], True), "t2i colour": (t2i("colour"), False),
-               "t2i position": (t2i("position"), False), "caption colour": (i2t("colour"), False),
-               "caption CIDEr-D": (lambda r: r["i2t"]["cider_d"], False),
-               "text ppl": (lambda r: r["text"]["english"]["perplexity"], True)})
+              ALL_METRICS)
 
 
 if __name__ == "__main__":

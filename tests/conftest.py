@@ -36,9 +36,8 @@ def debug_run(tmp_path_factory):
     return out
 
 
-@pytest.fixture(scope="session")
-def pretrained_lm(tmp_path_factory):
-    """A tiny random transformers Llama (GQA, tied embeddings) saved with a 320-token BPE
+def pretrained_folder(root, tie: bool):
+    """A tiny random transformers Llama (GQA; tied embeddings or not) saved with a 320-token BPE
     tokenizer.json, as a pretrained model folder is laid out: (hf model, tokenizer, folder)."""
     transformers = pytest.importorskip("transformers")
     import torch
@@ -55,9 +54,20 @@ def pretrained_lm(tmp_path_factory):
     torch.manual_seed(0)
     config = transformers.LlamaConfig(vocab_size=320, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
                                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                                      rms_norm_eps=1e-6, tie_word_embeddings=True, rope_theta=5e4)
+                                      rms_norm_eps=1e-6, tie_word_embeddings=tie, rope_theta=5e4)
     hf = transformers.LlamaForCausalLM(config).eval()
-    folder = tmp_path_factory.mktemp("pretrained") / "llama"
+    folder = root / "llama"
     hf.save_pretrained(folder)
     hf_tok.save(str(folder / "tokenizer.json"))
     return hf, hf_tok, folder
+
+
+@pytest.fixture(scope="session")
+def pretrained_lm(tmp_path_factory):
+    """A tiny pretrained-model folder with tied embeddings (as SmolLM has)."""
+    return pretrained_folder(tmp_path_factory.mktemp("tied"), tie=True)
+
+
+@pytest.fixture(scope="session")
+def pretrained_lm_untied(tmp_path_factory):
+    return pretrained_folder(tmp_path_factory.mktemp("untied"), tie=False)

@@ -128,6 +128,8 @@ def build_model(cfg: Config, tokenizer, autoencoder, world: World, device: torch
         for block in core.trunk.blocks:
             block.compile()
     if world.size > 1 and t.parallel == "fsdp":
+        if cfg.model.tie_embeddings:  # sharding splits the tied matrix: the head would drift from the embedding
+            raise ValueError("model.tie_embeddings with train.parallel=fsdp is not supported yet; use train.parallel=ddp")
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 

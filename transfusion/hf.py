@@ -132,12 +132,17 @@ def text_state_dict(folder: str | Path, n_heads: int, n_kv_heads: int) -> dict[s
     return out
 
 
+def _copy(param: torch.Tensor, value: torch.Tensor) -> None:
+    param.copy_(value)
+
+
 @torch.no_grad()
-def load_text_weights(model, folder: str | Path) -> None:
+def load_text_weights(model, folder: str | Path, assign=_copy) -> None:
     """Copy a folder's embedding, trunk and LM head into ``model`` (a ``Transfusion`` built with
     ``model_fields(folder)``). Rows beyond the folder's vocabulary (tokens added here, image
-    codes) start at the mean of its rows; with ``model.mot`` both copies get the weights. The
-    model is whole (one process or DDP; FSDP-sharded models are refused by ``train``)."""
+    codes) start at the mean of its rows; with ``model.mot`` both copies get the weights.
+    ``assign(param, whole_value)`` writes each one (``distributed.assign_shard`` keeps a
+    sharded weight's own shard)."""
     cfg = model.model_cfg
     weights = text_state_dict(folder, cfg.n_heads, cfg.n_kv_heads or cfg.n_heads)
     params = dict(model.named_parameters(remove_duplicate=False))
@@ -152,7 +157,7 @@ def load_text_weights(model, folder: str | Path) -> None:
                 whole = torch.cat([value, value.mean(0, keepdim=True).expand(param.shape[0] - value.shape[0], -1)])
             if param.shape != whole.shape:
                 raise ValueError(f"{folder}: {name} is {tuple(value.shape)} there, {tuple(param.shape)} here")
-            param.copy_(whole.to(param.dtype))
+            assign(param, whole.to(param.dtype))
 
 
 def export_text_model(model, tokenizer, out: str | Path) -> Path:

@@ -47,8 +47,8 @@ from transfusion.checkpoint import Loaded, list_checkpoints, load_training_state
 from transfusion.config import Config, config_yaml, from_dict, to_dict
 from transfusion.data.stream import BatchBuilder, build_mixture
 from transfusion.diffusion import noise_process
-from transfusion.distributed import (EMA, World, build_model, close_world, full, init_world, rows_of, sampling_model,
-                                     sync_gradients, unwrap)
+from transfusion.distributed import (EMA, World, assign_shard, build_model, close_world, full, init_world, rows_of,
+                                     sampling_model, sync_gradients, unwrap)
 from transfusion.fileio import RunLock, atomic_text
 from transfusion.hf import load_text_weights, pretrained_tokenizer, with_pretrained_fields
 from transfusion.objective import combine, compute_losses, image_term, loss_counts, loss_sums
@@ -307,9 +307,7 @@ def _train(cfg: Config, out: Path, world: World, device: torch.device) -> Path:
     # ---- model and optimizer
     model, core = build_model(cfg, tokenizer, autoencoder, world, device)
     if cfg.model.init_from:  # the pretrained text weights (a resumed run then loads its own over them)
-        if world.size > 1 and cfg.train.parallel == "fsdp":
-            raise ValueError("model.init_from with train.parallel=fsdp is not supported yet; use train.parallel=ddp")
-        load_text_weights(core, cfg.model.init_from)
+        load_text_weights(core, cfg.model.init_from, assign=assign_shard)
     optimizer = build_optimizer(model, cfg)
     ema = EMA(core, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
     diffusion = noise_process(cfg.diffusion)

@@ -89,10 +89,14 @@ def test_a_tied_model_checkpoints_and_reloads(tmp_path):
     from transfusion.checkpoint import load_checkpoint, save_checkpoint
     from transfusion.tokenizer import ByteTokenizer
 
+    from transfusion.distributed import World, build_model
+
     cfg = load_config("debug", overrides=["model.tie_embeddings=true", "model.n_kv_heads=1"])
     tok = ByteTokenizer()
     model = Transfusion(cfg.model, cfg.image, tok.vocab_size, 3, seed=0)
     assert model.lm_head.weight is model.token_embed.weight
+    _, core = build_model(cfg, tok, IdentityAutoencoder(), World(), torch.device("cpu"))  # meta, then to_empty
+    assert core.lm_head.weight is core.token_embed.weight  # the training model stays tied
     save_checkpoint(tmp_path / "c", 1, model, cfg, tok, IdentityAutoencoder())
     loaded = load_checkpoint(tmp_path / "c").model
     assert loaded.lm_head.weight is loaded.token_embed.weight

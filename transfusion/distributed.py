@@ -142,6 +142,7 @@ def build_model(cfg: Config, tokenizer, autoencoder, world: World, device: torch
             register_fsdp_forward_method(core.image, "decode")
         fully_shard(core, mesh=mesh)
     core.to_empty(device=device)
+    core.tie_weights()  # to_empty gave the head a weight of its own
     core.init_weights(t.seed, assign=assign_shard)
     if cfg.model.freeze_text:  # before any wrapper registers its gradient hooks
         core.freeze_text()

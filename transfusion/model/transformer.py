@@ -77,6 +77,15 @@ def run(module: nn.Module, x: torch.Tensor, route: Routing | None) -> torch.Tens
     return module(x, route) if isinstance(module, ByModality) else module(x)
 
 
+def norm_then(norm: nn.Module, module: nn.Module, x: torch.Tensor, route: Routing | None) -> torch.Tensor:
+    """``module(norm(x))``; for MoT each modality's slice runs through both of its copies before
+    the two slices are joined (one join, not two)."""
+    if route is None:
+        return module(norm(x))
+    n = route.n_text
+    return torch.cat([module.text(norm.text(x[:n])), module.image(norm.image(x[n:]))])
+
+
 class Attention(nn.Module):
     """Multi-head attention with grouped key/value heads (``model.n_kv_heads``), optional q/k/v
     biases (Qwen2) and per-head q/k RMSNorm before the rotation (Qwen3)."""
@@ -92,15 +101,16 @@ class Attention(nn.Module):
         self.k_norm = layer(cfg, lambda: nn.RMSNorm(head_dim, eps=cfg.norm_eps)) if cfg.qk_norm else None
 
     def forward(self, x: torch.Tensor, rope: torch.Tensor, mask, past=None, present=None,
-                route: Routing | None = None) -> torch.Tensor:
-        """x: (B, L, D) -> (B, L, D) (grouped (B*L, D) rows under ``model.mot``).
+                route: Routing | None = None, norm: nn.Module | None = None) -> torch.Tensor:
+        """x: (B, L, D) -> (B, L, D) (grouped (B*L, D) rows under ``model.mot``); ``norm``, the
+        block's pre-attention norm, is applied to x first.
 
         past: cached (k, v), each (B, H_kv, S, hd), that the L new positions also attend to
         (the mask is then (B, 1, L, S + L)); present: a list that receives this call's own
         (k, v), each (B, H_kv, L, hd), for the caller to cache; route: the modality of each
         position (``model.mot``).
         """
-        qkv = run(self.qkv, x, route)
+        qkv = norm_then(norm, self.qkv, x, route) if norm is not None else run(self.qkv, x, route)
         q, k, v = qkv.unflatten(-1, (self.n_heads + 2 * self.n_kv, -1)).split([self.n_heads, self.n_kv, self.n_kv], -2)
         if self.q_norm is not None:
             q, k = run(self.q_norm, q, route), run(self.k_norm, k, route)
@@ -140,8 +150,8 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, rope: torch.Tensor, mask, past=None, present=None,
                 route: Routing | None = None) -> torch.Tensor:
-        x = x + self.attn(run(self.attn_norm, x, route), rope, mask, past, present, route)
-        return x + run(self.mlp, run(self.mlp_norm, x, route), route)
+        x = x + self.attn(x, rope, mask, past, present, route, norm=self.attn_norm)
+        return x + norm_then(self.mlp_norm, self.mlp, x, route)
 
 
 class Transformer(nn.Module):

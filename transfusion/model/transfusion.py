@@ -48,8 +48,7 @@ class Transfusion(nn.Module):
         self.token_embed = nn.Embedding(vocab_size + self.image_codes, dim)
         self.trunk = Transformer(model)
         self.lm_head = nn.Linear(dim, vocab_size + self.image_codes, bias=False)
-        if model.tie_embeddings:  # one matrix reads and writes tokens (SmolLM, small Qwen models)
-            self.lm_head.weight = self.token_embed.weight
+        self.tie_weights()
         self.image = None if tokens_objective else build_image_adapter(image, latent_channels, dim)
         if not self.token_embed.weight.is_meta:  # on the meta device: init_weights() after sharding
             self.init_weights(seed)
@@ -99,6 +98,12 @@ class Transfusion(nn.Module):
                 with torch.no_grad():
                     assign(param, full)
         self.trunk.reset_buffers()
+
+    def tie_weights(self) -> None:
+        """With ``model.tie_embeddings`` one matrix reads and writes tokens (SmolLM, small Qwen
+        models); called again after ``to_empty``, which allocates each module's weight anew."""
+        if self.model_cfg.tie_embeddings:
+            self.lm_head.weight = self.token_embed.weight
 
     def freeze_text(self) -> None:
         """LMFusion: the text copies of a MoT trunk, the embedding and the LM head stop training, so

@@ -1,7 +1,7 @@
 import pytest
 
 from transfusion.tokenizer import (
-    SPECIAL_TOKENS,
+    CONTROL_TOKENS,
     BPETokenizer,
     ByteTokenizer,
     load_tokenizer,
@@ -16,7 +16,7 @@ def test_byte_tokenizer_round_trip_and_specials():
     tok = ByteTokenizer()
     ids = tok.encode("héllo, world")
     assert max(ids) < 256 and tok.decode(ids) == "héllo, world"
-    assert len(tok.special_ids) == len(SPECIAL_TOKENS) and min(tok.special_ids) >= 256
+    assert len(tok.special_ids) == len(CONTROL_TOKENS) and min(tok.special_ids) >= 256
     assert tok.decode(ids + [tok.eos_id, tok.boi_id]) == "héllo, world"  # specials are dropped
     assert isinstance(tokenizer_from_json(tok.to_json()), ByteTokenizer)
 

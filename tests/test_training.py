@@ -198,6 +198,9 @@ def test_config_errors_name_the_key(tmp_path):
         load_config("debug", overrides=["model.width=3"])
     with pytest.raises(ValueError, match="expects int"):
         load_config("debug", overrides=["model.dim=big"])
+    assert load_config("debug", overrides=["model.norm_eps=1e-6"]).model.norm_eps == 1e-6  # YAML reads it as text
+    with pytest.raises(ValueError, match="expects float"):
+        load_config("debug", overrides=["model.norm_eps=tiny"])
     with pytest.raises(ValueError, match="unknown preset"):
         load_config("huge")
     bad = tmp_path / "bad.yaml"

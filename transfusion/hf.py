@@ -19,11 +19,14 @@ of the q and k projections (and their biases and norms) are permuted per head; a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
+
+from transfusion.config import validate
 
 FAMILIES = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3"}
 
@@ -58,10 +61,6 @@ def model_fields(folder: str | Path) -> dict:
 
 def with_pretrained_fields(cfg):
     """``cfg`` (a ``Config``) with the ``model.*`` fields of ``model.init_from``'s architecture."""
-    import dataclasses
-
-    from transfusion.config import validate
-
     if not cfg.model.init_from:
         return cfg
     out = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **model_fields(cfg.model.init_from)))

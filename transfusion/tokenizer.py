@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Iterable
 
-SPECIAL_TOKENS = ("<bos>", "<eos>", "<boi>", "<eoi>", "<pad>")
+CONTROL_TOKENS = ("<bos>", "<eos>", "<boi>", "<eoi>", "<pad>")
 
 
 class Tokenizer:
@@ -60,9 +60,9 @@ class BPETokenizer(Tokenizer):
 
     def __init__(self, hf_tokenizer):
         self.hf = hf_tokenizer
-        ids = [self.hf.token_to_id(t) for t in SPECIAL_TOKENS]
+        ids = [self.hf.token_to_id(t) for t in CONTROL_TOKENS]
         if any(i is None for i in ids):
-            raise ValueError(f"BPE tokenizer lacks special tokens {SPECIAL_TOKENS}")
+            raise ValueError(f"BPE tokenizer lacks special tokens {CONTROL_TOKENS}")
         self.bos_id, self.eos_id, self.boi_id, self.eoi_id, self.pad_id = ids
         self.vocab_size = self.hf.get_vocab_size()
 
@@ -70,7 +70,7 @@ class BPETokenizer(Tokenizer):
     def extended(cls, hf_tokenizer) -> "BPETokenizer":
         """A pretrained model's HF tokenizer with the special tokens it lacks added at the end of
         its vocabulary (its own ids, and so its text, are unchanged)."""
-        missing = [t for t in SPECIAL_TOKENS if hf_tokenizer.token_to_id(t) is None]
+        missing = [t for t in CONTROL_TOKENS if hf_tokenizer.token_to_id(t) is None]
         if missing:
             from tokenizers import AddedToken
 
@@ -86,7 +86,7 @@ class BPETokenizer(Tokenizer):
         hf.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(
             vocab_size=vocab_size,
-            special_tokens=list(SPECIAL_TOKENS),
+            special_tokens=list(CONTROL_TOKENS),
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
             show_progress=False,
         )

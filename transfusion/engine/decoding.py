@@ -60,8 +60,7 @@ def choose_token(logits: torch.Tensor, generators: list[torch.Generator], temper
 
 
 def forbid(logits: torch.Tensor, ids: list[int], rows: torch.Tensor) -> torch.Tensor:
-    """Logits (B, V) with tokens ``ids`` made impossible in the rows where ``rows`` (B,) is set."""
+    """Logits (B, V), in place, with tokens ``ids`` made impossible in the rows where ``rows`` (B,) is set."""
     ids = torch.tensor(ids, device=logits.device)
-    logits = logits.clone()
     logits[:, ids] = logits[:, ids].masked_fill(rows[:, None].to(logits.device), float("-inf"))
     return logits

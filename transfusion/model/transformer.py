@@ -100,8 +100,8 @@ class Attention(nn.Module):
         self.q_norm = layer(cfg, lambda: nn.RMSNorm(head_dim, eps=cfg.norm_eps)) if cfg.qk_norm else None
         self.k_norm = layer(cfg, lambda: nn.RMSNorm(head_dim, eps=cfg.norm_eps)) if cfg.qk_norm else None
 
-    def forward(self, x: torch.Tensor, rope: torch.Tensor, mask, past=None, present=None,
-                route: Routing | None = None, norm: nn.Module | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, norm: nn.Module, rope: torch.Tensor, mask, past=None, present=None,
+                route: Routing | None = None) -> torch.Tensor:
         """x: (B, L, D) -> (B, L, D) (grouped (B*L, D) rows under ``model.mot``); ``norm``, the
         block's pre-attention norm, is applied to x first.
 
@@ -110,7 +110,7 @@ class Attention(nn.Module):
         (k, v), each (B, H_kv, L, hd), for the caller to cache; route: the modality of each
         position (``model.mot``).
         """
-        qkv = norm_then(norm, self.qkv, x, route) if norm is not None else run(self.qkv, x, route)
+        qkv = norm_then(norm, self.qkv, x, route)
         q, k, v = qkv.unflatten(-1, (self.n_heads + 2 * self.n_kv, -1)).split([self.n_heads, self.n_kv, self.n_kv], -2)
         if self.q_norm is not None:
             q, k = run(self.q_norm, q, route), run(self.k_norm, k, route)
@@ -150,7 +150,7 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, rope: torch.Tensor, mask, past=None, present=None,
                 route: Routing | None = None) -> torch.Tensor:
-        x = x + self.attn(x, rope, mask, past, present, route, norm=self.attn_norm)
+        x = x + self.attn(x, self.attn_norm, rope, mask, past, present, route)
         return x + norm_then(self.mlp_norm, self.mlp, x, route)
 
 

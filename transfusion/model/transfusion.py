@@ -192,7 +192,9 @@ class Transfusion(nn.Module):
             x = flat.reshape(B, L, -1)
         if mask is None:
             mask = self.attention_mask(doc_ids, image_ids)
-        is_image = (image_ids >= 0) | (tokens >= self.vocab_size)  # patches, or VQ codes (tokens objective)
+        is_image = None
+        if self.model_cfg.mot:  # MoT routing: patches, or VQ codes (tokens objective)
+            is_image = (image_ids >= 0) | (tokens >= self.vocab_size)
         hidden = self.trunk(x, positions, mask, past, present, is_image=is_image)
         flat_hidden = hidden.reshape(B * L, -1)
         noise = [

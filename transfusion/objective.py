@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from transfusion.batch import IGNORE
-from transfusion.data.packing import PackedBatch
-from transfusion.diffusion import Diffusion, Flow
+from transfusion.data.packing import CONTEXT_IMAGE, PackedBatch
+from transfusion.diffusion import CONTEXT_T, Diffusion, Flow
 from transfusion.model.transfusion import Transfusion
 
 Sums = dict[str, tuple[torch.Tensor, int]]  # term -> (sum, count)
@@ -30,8 +30,9 @@ def compute_losses(
 ) -> dict[str, torch.Tensor]:
     """Noise every image at its own t, run the model once, and score both modalities.
 
-    Returns ``lm`` (mean cross-entropy per text target), ``ddpm`` (mean over images of the
-    per-image epsilon MSE; ``flow`` and the velocity MSE for a ``Flow``) and ``total``; a
+    Returns ``lm`` (mean cross-entropy per text target), ``ddpm`` (mean over noised images of
+    the per-image epsilon MSE; images given as clean context (``max_t`` 0, editing sources) are
+    fed at ``CONTEXT_T`` and not scored; ``flow`` and the velocity MSE for a ``Flow``) and ``total``; a
     modality absent from the batch contributes 0.
     With ``image.objective=tokens`` (images as VQ codes, see ``PackedBatch.images_as_tokens``)
     it returns ``lm``, ``image_ce`` (cross-entropy per image-code target) and ``total``,
@@ -64,7 +65,7 @@ def loss_counts(batch: PackedBatch, core: Transfusion, term: str = "ddpm") -> di
     if core.image_codes:
         is_code = batch.targets[has_target] >= core.vocab_size
         return {"lm": int((~is_code).sum()), "image_ce": int(is_code.sum())}
-    return {"lm": int(has_target.sum()), term: len(batch.latents)}
+    return {"lm": int(has_target.sum()), term: int((batch.max_t != CONTEXT_IMAGE).sum())}
 
 
 def loss_sums(model, batch: PackedBatch, diffusion: Diffusion | None, generator: torch.Generator | None = None,
@@ -87,7 +88,7 @@ def loss_sums(model, batch: PackedBatch, diffusion: Diffusion | None, generator:
         return {"lm": (ce[~is_code].sum(), counts["lm"]), "image_ce": (ce[is_code].sum(), counts["image_ce"])}
 
     device = batch.tokens.device
-    groups, targets = [], []
+    groups, targets, scored = [], [], []
     if batch.t is None:
         t_all = diffusion.sample_t(batch.max_t.cpu(), generator).to(device)  # (N,): drawn on the CPU generator
     else:
@@ -99,14 +100,19 @@ def loss_sums(model, batch: PackedBatch, diffusion: Diffusion | None, generator:
         else:
             noise = torch.stack([batch.noise[i] for i in ids]).to(device)
         t = t_all[ids]
-        groups.append(batch.image_group(ids, diffusion.q_sample(x0, t, noise), t))
+        context = (batch.max_t[ids] == CONTEXT_IMAGE).to(device)  # (n,): given clean, as at inference
+        x_t = torch.where(context.view(-1, 1, 1, 1), x0, diffusion.q_sample(x0, t, noise))
+        t = torch.where(context, torch.full_like(t, CONTEXT_T), t)
+        groups.append(batch.image_group(ids, x_t, t))
         targets.append(diffusion.target(x0, noise))
+        scored.append(~context)
     if not groups:  # no image here: run the image layers on none, so every weight takes part (DDP, FSDP)
         empty = core.no_images(device)
-        groups, targets = [empty], [empty.latents]
+        groups, targets, scored = [empty], [empty.latents], [torch.ones(0, dtype=torch.bool, device=device)]
 
     logits, predictions = model(batch.tokens, batch.positions, batch.doc_ids, batch.image_ids, groups,
                                 head_at=has_target)
     lm = F.cross_entropy(logits.float(), batch.targets[has_target], reduction="sum")
-    image = torch.cat([diffusion.loss(p, y) for p, y in zip(predictions, targets)]).sum()
+    per_image = torch.cat([diffusion.loss(p, y) for p, y in zip(predictions, targets)])
+    image = (per_image * torch.cat(scored)).sum()  # context images carry no loss (their prediction is unused)
     return {"lm": (lm, counts["lm"]), term: (image, counts[term])}

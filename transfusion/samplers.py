@@ -75,6 +75,22 @@ def clip_noise(eps: torch.Tensor, x: torch.Tensor, alpha_bar: float, clip: float
 
 
 @torch.no_grad()
+def _reporting(timesteps: list, label: str, progress):
+    """The timesteps as they are (``progress`` False), under a tqdm bar (True), or calling
+    ``progress(done, total)`` after each model evaluation (a callable: e.g. a web page's bar)."""
+    if not progress:
+        return timesteps
+    if callable(progress):
+        def report():
+            for i, k in enumerate(timesteps):
+                yield k
+                progress(i + 1, len(timesteps))
+        return report()
+    from tqdm import tqdm
+
+    return tqdm(timesteps, desc=label, leave=False)
+
+
 def sample(
     predict_noise: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     shape: tuple[int, ...],
@@ -84,7 +100,7 @@ def sample(
     generator: torch.Generator | list[torch.Generator] | None = None,
     clip: float = 0.0,
     device: str | torch.device = "cpu",
-    progress: bool = False,
+    progress=False,
 ) -> torch.Tensor:
     """Latents x_0 of ``shape`` (N, C, h, w), denoised from pure noise.
 
@@ -101,7 +117,8 @@ def sample(
             (range [-1, 1]) clip 1 helps: the cosine schedule's alpha_bar(T) is ~0, so unclamped
             first steps amplify the eps error by 1/sqrt(alpha_bar). Latents have no such range:
             clipping them biases every sample (``resolve_clip``).
-        progress: show a progress bar over the steps.
+        progress: True: a progress bar over the steps; a callable: called as ``progress(done, total)``
+            after every step.
     """
     if isinstance(diffusion, Flow):
         return _sample_flow(predict_noise, shape, diffusion, sampler, steps, generator, clip, device, progress)
@@ -110,10 +127,7 @@ def sample(
     scheduler.set_timesteps(steps)
     x = randn(shape, generator).to(device)
     timesteps = scheduler.timesteps.tolist()
-    if progress:
-        from tqdm import tqdm
-
-        timesteps = tqdm(timesteps, desc=f"{sampler} {steps} steps", leave=False)
+    timesteps = _reporting(timesteps, f"{sampler} {steps} steps", progress)
     extra = {"generator": generator} if sampler == "ddpm" else {}
     for k in timesteps:
         t = k + 1
@@ -125,17 +139,14 @@ def sample(
 
 
 def _sample_flow(predict_velocity, shape, flow: Flow, sampler: str, steps: int, generator, clip: float, device,
-                 progress: bool) -> torch.Tensor:
+                 progress) -> torch.Tensor:
     """Integrate the flow ODE from t = 1 (noise) to 0 with diffusers' flow-matching schedulers."""
     check_sampler(sampler, steps, flow.T, objective="flow")
     scheduler = make_flow_scheduler(sampler, flow, flow.shift(math.prod(shape[1:])))
     scheduler.set_timesteps(steps)
     x = randn(shape, generator).to(device)
     timesteps = list(scheduler.timesteps)
-    if progress:
-        from tqdm import tqdm
-
-        timesteps = tqdm(timesteps, desc=f"{sampler} {steps} steps", leave=False)
+    timesteps = _reporting(timesteps, f"{sampler} {steps} steps", progress)
     for k in timesteps:
         v = predict_velocity(x, torch.full((shape[0],), float(k), device=device)).float()
         if clip > 0:

@@ -5,6 +5,8 @@
     transfusion train --preset small --out runs/small my.yaml model.dim=512
     transfusion train --preset tiny --out runs/chameleon image.objective=tokens image.autoencoder=train
                                                                      # the Chameleon baseline (VQ image tokens)
+    transfusion train --preset small --out runs/edit train.init_from=runs/small data.edit_fraction=0.5
+                                                                     # fine-tune a run for editing
 
 On many processes (transfusion/distributed.py): the same arguments under torchrun.
 
@@ -43,7 +45,8 @@ from tqdm import tqdm
 
 from transfusion.autoencoders import (Autoencoder, KLAutoencoder, VQAutoencoder, load_autoencoder, save_autoencoder,
                                       train_autoencoder)
-from transfusion.checkpoint import Loaded, list_checkpoints, load_training_state, save_checkpoint
+from transfusion.checkpoint import (Loaded, list_checkpoints, load_start_weights, load_training_state,
+                                   save_checkpoint, with_start_fields)
 from transfusion.config import Config, config_yaml, from_dict, to_dict
 from transfusion.data.stream import BatchBuilder, build_mixture
 from transfusion.diffusion import noise_process
@@ -271,7 +274,7 @@ def train(cfg: Config, out: str | Path) -> Path:
     run folder's lock, so a second run started on the same folder stops with an error.
     """
     out = Path(out)
-    cfg = resolve_run_config(out, with_pretrained_fields(cfg))
+    cfg = resolve_run_config(out, with_start_fields(with_pretrained_fields(cfg)))
     world, device = init_world(cfg)
     if cfg.model.attention == "flex" and device.type == "cpu":
         raise ValueError("model.attention=flex trains on CUDA only (FlexAttention has no CPU backward); use sdpa")
@@ -308,6 +311,8 @@ def _train(cfg: Config, out: Path, world: World, device: torch.device) -> Path:
     model, core = build_model(cfg, tokenizer, autoencoder, world, device)
     if cfg.model.init_from:  # the pretrained text weights (a resumed run then loads its own over them)
         load_text_weights(core, cfg.model.init_from, assign=assign_shard)
+    if cfg.train.init_from:  # fine-tuning: a trained run's weights, a fresh optimizer and schedule
+        load_start_weights(core, cfg.train.init_from, assign=assign_shard)
     optimizer = build_optimizer(model, cfg)
     ema = EMA(core, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
     diffusion = noise_process(cfg.diffusion)

@@ -71,6 +71,16 @@ def plot_losses(metrics_path: str | Path, out_path: str | Path) -> None:
     plt.close(fig)
 
 
+def edit_grid(sources: torch.Tensor, instructions: list[str], outputs: torch.Tensor, truths: torch.Tensor | None = None,
+              rows: int = 16) -> PILImage.Image:
+    """Edits as rows of tiles: the source (labelled with its instruction), the output, the truth."""
+    n = min(rows, len(sources))
+    columns = [sources[:n], outputs[:n]] + ([truths[:n]] if truths is not None else [])
+    tiles = torch.stack([c[i] for i in range(n) for c in columns])
+    labels = [label for i in range(n) for label in [instructions[i], "output", "truth"][: len(columns)]]
+    return image_grid(tiles, labels, columns=len(columns) * 2)
+
+
 def save_generations(folder: str | Path, prompts: list[str], outputs: list[list], seeds: list[int],
                      info: dict) -> list[Path]:
     """Write what ``Engine.generate`` returned, one sample at a time, and say how it was made.

@@ -7,6 +7,7 @@ A document is what a dataset yields and what the packer turns into a batch row:
 Images are float tensors of shape (C, H, W) with values in [-1, 1] (pixels), before any
 autoencoder. ``kind`` tells the batch builder how it may reorder a document:
 ``"pair"`` (one caption + one image: may be flipped to image-first or lose its caption),
+``"edit"`` (source image, instruction, edited image: the source is clean context),
 ``"interleaved"`` and ``"text"`` (kept as they are).
 """
 
@@ -45,7 +46,7 @@ class Image:
 
 
 Segment = Union[Text, Tokens, Image]
-DocumentKind = Literal["pair", "interleaved", "text"]
+DocumentKind = Literal["pair", "edit", "interleaved", "text"]
 
 
 @dataclass

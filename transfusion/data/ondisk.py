@@ -6,6 +6,11 @@ JSONL manifest, one document per line; image paths are relative to the manifest'
 
     {"segments": [{"text": "a cat"}, {"image": "images/cat.png"}]}
     {"segments": [{"text": "before:"}, {"image": "a.jpg"}, {"text": "after:"}, {"image": "b.jpg"}]}
+    {"segments": [{"image": "a.png"}, {"text": "make it blue"}, {"image": "b.png"}]}      # an edit
+
+A record of exactly [image, text, image] is an editing triple (kind "edit": the first image is
+clean context and carries no loss); ``"kind": "interleaved"`` in the record keeps all its images
+noised instead.
 
 Image folder (searched recursively), each image next to a caption file with its name:
 
@@ -52,10 +57,13 @@ def load_image(path: Path, image_size: int) -> torch.Tensor:
 
 
 def document_kind(segments: list[Segment]) -> str:
-    """"pair" for exactly [text, image], "text" for text only, else "interleaved"."""
+    """"pair" for exactly [text, image], "edit" for exactly [image, text, image] (an editing
+    triple: source, instruction, output), "text" for text only, else "interleaved"."""
     types = [type(s) for s in segments]
     if types == [Text, Image]:
         return "pair"
+    if types == [Image, Text, Image]:
+        return "edit"
     if all(t is Text for t in types):
         return "text"
     return "interleaved"
@@ -137,7 +145,12 @@ class JsonlDocuments(_SkippingDataset):
         if not record["segments"]:
             raise BadRecordError(f'{where}: "segments" is empty')
         segments = [self._segment(s, where) for s in record["segments"]]
-        return Document(segments, kind=document_kind(segments))
+        kind = record.get("kind") or document_kind(segments)
+        if kind not in ("pair", "edit", "interleaved", "text") or (kind != document_kind(segments)
+                                                                    and kind != "interleaved"):
+            raise BadRecordError(f'{where}: "kind" {kind!r} does not fit its segments (expected '
+                                 f'{document_kind(segments)!r} or "interleaved")')
+        return Document(segments, kind=kind)
 
     def _segment(self, segment, where: str) -> Segment:
         if isinstance(segment, dict) and len(segment) == 1:

@@ -25,6 +25,7 @@ from transfusion.diffusion import CONTEXT_T
 from transfusion.tokenizer import Tokenizer
 
 PATCH = -1  # placeholder id for a patch position in a layout
+CONTEXT_IMAGE = 0  # the noise cap of an image given as clean context: fed at CONTEXT_T, no loss on it
 
 
 @dataclass
@@ -43,7 +44,7 @@ class PackedBatch:
     image_ids: torch.Tensor  # (B, L) long, image index for patches, -1 elsewhere
     targets: torch.Tensor  # (B, L) long, next token or IGNORE
     latents: list[torch.Tensor]  # per image, clean (C, h, w)
-    max_t: torch.Tensor  # (N,) long, the largest timestep each image may be noised to
+    max_t: torch.Tensor  # (N,) long, the largest timestep each image may be noised to; 0: clean context
     index: list[torch.Tensor]  # per image, (P,) flat positions row * L + col of its patches
     # the diffusion draw of a training batch (``BatchBuilder``): per image its timestep (N,)
     # and its noise (C, h, w); None lets the loss draw them itself
@@ -127,6 +128,9 @@ class PackedBatch:
         same_doc = (self.doc_ids[:, 1:] == self.doc_ids[:, :-1]) & (self.doc_ids[:, :-1] >= 0)
         targets = torch.full_like(tokens, IGNORE)
         targets[:, :-1] = torch.where(same_doc, tokens[:, 1:], IGNORE)
+        for index, cap in zip(self.index, self.max_t.tolist()):
+            if cap == CONTEXT_IMAGE:  # a context image's codes are given, not predicted
+                targets.view(-1)[index - 1] = IGNORE
         empty = torch.zeros(0, dtype=torch.long, device=tokens.device)
         return PackedBatch(tokens, self.positions, self.doc_ids, torch.full_like(self.image_ids, -1), targets,
                            [], empty, [])
@@ -138,6 +142,10 @@ def arrange(doc: Document, rng: random.Random, cfg: DiffusionConfig) -> tuple[li
     Captioned pairs lose their caption with probability ``caption_dropout`` (so the model
     learns unconditional images for guidance), else become image-first with probability
     ``image_first_prob``, with noise capped at ``image_first_max_t`` (the paper's section 4.3.4).
+    Edits ``[source, instruction, target]`` keep the source clean (cap ``CONTEXT_IMAGE``: no
+    noise, no loss) and lose the instruction, or everything but the target, each with
+    probability ``caption_dropout``: the image-only and unconditional branches of
+    InstructPix2Pix-style guidance (Brooks et al. 2023), learnt as the paper learns CFG's.
     """
     if doc.kind == "pair":
         text, image = doc.segments
@@ -146,6 +154,14 @@ def arrange(doc: Document, rng: random.Random, cfg: DiffusionConfig) -> tuple[li
             return [image], [cfg.timesteps]
         if u < cfg.caption_dropout + (1 - cfg.caption_dropout) * cfg.image_first_prob:
             return [image, text], [cfg.image_first_max_t]
+    if doc.kind == "edit":
+        source, instruction, target = doc.segments
+        u = rng.random()
+        if u < cfg.caption_dropout:  # nothing given: the unconditional branch of guidance
+            return [target], [cfg.timesteps]
+        if u < 2 * cfg.caption_dropout:  # the source without the instruction: the image-only branch
+            return [source, target], [CONTEXT_IMAGE, cfg.timesteps]
+        return [source, instruction, target], [CONTEXT_IMAGE, cfg.timesteps]
     segments = list(doc.segments)
     return segments, [cfg.timesteps] * sum(isinstance(s, Image) for s in segments)
 

@@ -3,6 +3,7 @@
     load_dataset("shapes", "train", image_size=32)     # synthetic shapes with scene captions
     load_dataset("mnist", "test", image_size=32)       # real handwritten digits
     load_dataset("text", "train", image_size=32)       # English prose, text-only documents
+    load_dataset("edits", "train", image_size=32)      # shapes editing triples (source, instruction, output)
     load_dataset("data/{split}.jsonl", "train", 64)    # a JSONL manifest of documents
     load_dataset("photos/{split}", "test", 64)         # a folder of images + NAME.txt captions
     load_dataset("corpus/{split}", "test", 64)         # .tar shards (its first documents; training streams them)
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-BUILTIN_NAMES = ("shapes", "mnist", "text")
+BUILTIN_NAMES = ("shapes", "mnist", "text", "edits")
 EVAL_DOCUMENTS = 4096  # documents a sharded corpus lends to evaluation and autoencoder training
 
 
@@ -38,6 +39,10 @@ def load_dataset(spec: str, split: str, image_size: int, on_error: str = "raise"
         from transfusion.data.mnist import MnistDataset
 
         return MnistDataset(split, size=image_size)
+    if spec == "edits":
+        from transfusion.data.edits import EditsDataset
+
+        return EditsDataset(split, size=image_size)
     if spec == "text":
         from transfusion.data.text import EnglishText
 

@@ -43,7 +43,8 @@ class Mixture:
 
 
 def build_mixture(cfg: Config, split: str = "train"):
-    """The run's sources: the image dataset, real text, and interleaved shapes documents; or
+    """The run's sources: the image dataset, real text, interleaved shapes documents and editing
+    triples (``data.edit_fraction``); or
     a sharded corpus (``data.dataset`` naming .tar shards), which is its own mixture."""
     from transfusion.data.registry import load_dataset
     from transfusion.data.shards import ShardedCorpus, is_sharded
@@ -58,6 +59,9 @@ def build_mixture(cfg: Config, split: str = "train"):
 
         sources.append((ShapesDataset(split, size=cfg.image.size, kinds=["interleaved"]), d.interleaved_fraction))
         image_share -= d.interleaved_fraction
+    if d.edit_fraction > 0:
+        sources.append((load_dataset(d.edit_dataset, split, cfg.image.size), d.edit_fraction))
+        image_share -= d.edit_fraction
     sources.append((load_dataset(d.dataset, split, cfg.image.size), image_share))
     if d.text_dataset and d.text_fraction > 0:
         sources.append((load_dataset(d.text_dataset, split, cfg.image.size), d.text_fraction))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -52,10 +53,10 @@ class Engine:
     """Batched generation for one model, its tokenizer, autoencoder and run config."""
 
     def __init__(self, model: Transfusion, tokenizer: Tokenizer, autoencoder: Autoencoder, config: Config,
-                 cache_prefix: bool = True, progress: bool = False):
+                 cache_prefix: bool = True, progress=False):
         self.model, self.tok, self.ae, self.config = model.eval(), tokenizer, autoencoder, config
         self.cache_prefix = cache_prefix  # False: recompute every prefix at every denoising step (the reference)
-        self.progress = progress  # a progress bar over each image's denoising steps
+        self.progress = progress  # a progress bar over each image's denoising steps, or a callable (done, total)
         self.device = next(model.parameters()).device
         self.images = TokenImages(self) if model.image_codes else DiffusionImages(self)
 
@@ -117,6 +118,14 @@ class Engine:
         logits = self.model.logits(hidden).float()[:, : self.model.vocab_size]  # (B, V): never an image code
         logits = forbid(logits, [self.tok.eos_id, self.tok.boi_id], too_short)
         return choose_token(logits, generators, req.temperature, req.top_k, req.top_p)
+
+    def edit(self, sources: list[torch.Tensor], instructions: list[str], req: Request = Request()) -> list[torch.Tensor]:
+        """One edited image (C, H, W) per source image (C, H, W) in [-1, 1] and instruction: the
+        prompt ``[source, instruction]`` then an image. With ``req.image_guidance`` set, guidance
+        combines unconditional, image-only and image + instruction branches (InstructPix2Pix)."""
+        prompts = [[Image(pixels), Text(text)] for pixels, text in zip(sources, instructions, strict=True)]
+        outputs = self.generate(prompts, dataclasses.replace(req, max_new_tokens=1, max_images=1), force_image=True)
+        return [next(s.pixels for s in out if isinstance(s, Image)) for out in outputs]
 
     @torch.no_grad()
     def generate(self, prompts: list[list], req: Request = Request(), force_image: bool = False) -> list[list]:

@@ -34,7 +34,8 @@ def run_job(loaded: Loaded, job: Job, limits: Limits) -> dict:
     from transfusion.engine import Engine, Request
 
     cfg = loaded.config
-    total_images = job.n if job.task in ("t2i", "edit") else (limits.max_images if job.task == "interleaved" else 0)
+    # denoising passes: a request's n images are one batch; an interleaved row makes up to max_images in turn
+    total_images = limits.max_images if job.task == "interleaved" else 1
     done_images = [0]
 
     def progress(done: int, total: int) -> None:

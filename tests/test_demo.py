@@ -107,6 +107,15 @@ def test_a_full_queue_says_busy():
     release.set()
 
 
+def test_the_page_fetches_nothing_from_elsewhere():
+    import re
+    from importlib.resources import files
+
+    page = files("transfusion.demo").joinpath("page.html").read_text()
+    assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}", page, re.I)  # no CDN, font or script URL
+    assert "<script src" not in page and "<link" not in page
+
+
 # ---------------------------------------------------------------- a live server
 def free_port() -> int:
     with socket.socket() as s:

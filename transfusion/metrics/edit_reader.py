@@ -32,8 +32,8 @@ NAMED = {"recolour": "colour", "swap": "shape", "move": "place", "resize": "size
 def _same(d: DetectedObject, o: ShapeObject, skip: str | None = None) -> bool:
     checks = {"colour": d.colour == o.colour, "shape": d.shape == o.shape, "size": d.size == o.size,
               "place": float(np.hypot(*np.subtract(d.centroid, o.center))) <= PLACE_TOLERANCE}
-    if skip == "size":  # a resized object is re-centred on its box: its place follows the new size
-        checks["place"] = True
+    if skip == "size":  # a resized object grows about its box: its region, not its centroid, must stay
+        checks["place"] = d.position == o.position
     return all(ok for name, ok in checks.items() if name != skip)
 
 

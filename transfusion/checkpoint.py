@@ -35,8 +35,10 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from transfusion.autoencoders import Autoencoder, IdentityAutoencoder, load_autoencoder, save_autoencoder
+from transfusion.card import model_card
 from transfusion.config import Config, config_yaml, from_dict, validate
 from transfusion.fileio import DiskFullError, atomic_folder
+from transfusion.hub import local_folder
 from transfusion.model.transfusion import Transfusion
 from transfusion.tokenizer import Tokenizer, tokenizer_from_json
 
@@ -103,6 +105,8 @@ def save_checkpoint(
                 if not isinstance(autoencoder, IdentityAutoencoder):
                     save_autoencoder(autoencoder, tmp / "autoencoder")
                 (tmp / "state.json").write_text(json.dumps({"step": step, **(extra_state or {})}))
+                core = model.module if hasattr(model, "module") else model
+                (tmp / "README.md").write_text(model_card(config, step, core.num_params(), core.num_params(active=True)))
     except DiskFullError:
         good = list_checkpoints(folder)
         last = f"the last good checkpoint is {good[-1]}" if good else "no earlier checkpoint exists"
@@ -182,8 +186,9 @@ def list_checkpoints(folder: str | Path) -> list[Path]:
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint folder, or a run folder (its latest checkpoint), -> the checkpoint folder."""
-    path = Path(path)
+    """A checkpoint folder, or a run folder (its latest checkpoint), or the Hub repo id of a folder
+    written by ``save_pretrained``, -> the checkpoint folder."""
+    path = local_folder(path)
     if (path / "model.safetensors").is_file():
         return path
     for folder in (path / "checkpoints", path):

@@ -14,6 +14,9 @@
     transfusion data precompute corpus/ --autoencoder ae/ --out latents/ [--workers 4]
     transfusion export-hf RUN_OR_CHECKPOINT OUT/     (the text part as a transformers Llama / Qwen folder)
     transfusion serve RUN_OR_CHECKPOINT [--host 127.0.0.1] [--port 7860]   (the web demo; the [demo] extra)
+    transfusion save-pretrained RUN_OR_CHECKPOINT OUT/ | --push-to-hub REPO_ID   (share: folder + model card)
+
+RUN_OR_CHECKPOINT may also be a Hugging Face Hub repo id (owner/name) of a saved folder.
     torchrun --nproc_per_node=8 -m transfusion.cli train ...      (multi-process: see transfusion/distributed.py)
 
 Every command that loads a checkpoint takes ``--device`` (default ``auto``: CUDA when present)
@@ -366,6 +369,24 @@ def _data(argv: list[str]) -> None:
           f"in {info['seconds']:.0f}s on {args.workers} processes")
 
 
+def _save_pretrained(argv: list[str]) -> None:
+    from transfusion.sharing import push_to_hub, save_pretrained
+
+    p = _parser("save-pretrained", "Write a checkpoint as a folder to share (weights, config, tokenizer, "
+                "autoencoder, model card README.md), or with --push-to-hub upload it to the Hugging Face Hub.")
+    p.add_argument("checkpoint", help="a run folder (its latest checkpoint), a checkpoint folder or a Hub repo id")
+    p.add_argument("out", nargs="?", help="folder to write")
+    p.add_argument("--push-to-hub", metavar="REPO_ID", help="upload to this Hub repo instead (needs a login)")
+    p.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo private")
+    args = p.parse_args(argv)
+    if bool(args.out) == bool(args.push_to_hub):
+        p.error("give an output folder or --push-to-hub REPO_ID")
+    if args.push_to_hub:
+        print(f"uploaded: {push_to_hub(args.checkpoint, args.push_to_hub, private=args.private)}")
+    else:
+        print(f"wrote {save_pretrained(args.checkpoint, args.out)}")
+
+
 def _serve(argv: list[str]) -> None:
     from transfusion.demo.jobs import Limits
 
@@ -417,6 +438,7 @@ COMMANDS = {
     "data": _data,
     "export-hf": _export_hf,
     "serve": _serve,
+    "save-pretrained": _save_pretrained,
 }
 
 

@@ -27,12 +27,13 @@ import torch
 from safetensors import safe_open
 
 from transfusion.config import validate
+from transfusion.hub import local_folder
 
 FAMILIES = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3"}
 
 
 def read_config(folder: str | Path) -> dict:
-    path = Path(folder) / "config.json"
+    path = local_folder(folder) / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"{folder} holds no config.json: give a Hugging Face transformers model folder")
     config = json.loads(path.read_text())
@@ -74,7 +75,7 @@ def pretrained_tokenizer(folder: str | Path):
 
     from transfusion.tokenizer import BPETokenizer
 
-    path = Path(folder) / "tokenizer.json"
+    path = local_folder(folder) / "tokenizer.json"
     if not path.is_file():
         raise FileNotFoundError(f"{folder} holds no tokenizer.json")
     return BPETokenizer.extended(HFTokenizer.from_file(str(path)))
@@ -104,7 +105,7 @@ def _tensors(folder: Path) -> dict[str, torch.Tensor]:
 
 def text_state_dict(folder: str | Path, n_heads: int, n_kv_heads: int) -> dict[str, torch.Tensor]:
     """The folder's weights under this library's names (text copies only, vocabulary as saved)."""
-    folder = Path(folder)
+    folder = local_folder(folder)
     hf = _tensors(folder)
     hf = {k.removeprefix("model."): v for k, v in hf.items()}
     order = _half_to_pairs(hf["layers.0.self_attn.q_proj.weight"].shape[0] // n_heads)

@@ -10,6 +10,8 @@ import json
 from pathlib import Path
 from typing import Iterable
 
+from transfusion.hub import is_repo_id, local_folder
+
 CONTROL_TOKENS = ("<bos>", "<eos>", "<boi>", "<eoi>", "<pad>")
 
 
@@ -113,6 +115,9 @@ def tokenizer_from_json(text: str) -> Tokenizer:
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:
+    """A tokenizer file written by ``save_tokenizer``, or a Hub repo id holding one as tokenizer.json."""
+    if is_repo_id(path):
+        path = local_folder(path, allow_patterns=["tokenizer.json"]) / "tokenizer.json"
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"tokenizer file not found: {path}")

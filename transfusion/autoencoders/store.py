@@ -16,6 +16,7 @@ from transfusion.autoencoders.kl import KLAutoencoder
 from transfusion.autoencoders.pretrained import DIFFUSERS_CLASSES, DiffusersAutoencoder, diffusers_class
 from transfusion.autoencoders.vq import VQAutoencoder
 from transfusion.fileio import atomic_text, atomic_write
+from transfusion.hub import local_folder
 
 WEIGHTS_FILE = "autoencoder.safetensors"
 CONFIG_FILE = "autoencoder.json"
@@ -32,10 +33,11 @@ def save_autoencoder(ae: Autoencoder, folder: str | os.PathLike) -> None:
 
 
 def load_autoencoder(spec: str | os.PathLike) -> Autoencoder:
-    """"identity", a folder written by save_autoencoder, or a diffusers folder (config.json or vae/config.json)."""
+    """"identity", a folder written by save_autoencoder, or a diffusers folder (config.json or vae/config.json),
+    or the Hugging Face Hub repo id of one of those (``transfusion.hub``)."""
     if str(spec) == "identity":
         return IdentityAutoencoder()
-    folder = Path(spec)
+    folder = local_folder(spec)  # a Hub repo id (a diffusers AutoencoderKL / AutoencoderTiny) is read from its snapshot
     if not folder.is_dir():
         raise FileNotFoundError(
             f"autoencoder {str(spec)!r} not found: give 'identity', a folder written by save_autoencoder, "

@@ -1,0 +1,139 @@
+"""Hugging Face conventions with no network: save_pretrained / from_pretrained / push_to_hub, a
+local Hub cache read with HF_HUB_OFFLINE=1, repo ids wherever a path goes, and the Pipeline."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from importlib.metadata import version
+
+import pytest
+import torch
+from PIL import Image as PILImage
+from safetensors.torch import load_file
+
+
+def as_hub_cache(folder, cache, repo_id, commit="0123456789abcdef0123456789abcdef01234567"):
+    """Lay ``folder`` out in ``cache`` the way huggingface_hub caches a downloaded repo."""
+    root = cache / f"models--{repo_id.replace('/', '--')}"
+    (root / "refs").mkdir(parents=True)
+    (root / "refs" / "main").write_text(commit)
+    shutil.copytree(folder, root / "snapshots" / commit)
+
+
+def test_save_pretrained_writes_the_inference_files_and_a_model_card(debug_run, tmp_path):
+    from transfusion.sharing import from_pretrained, save_pretrained
+
+    out = save_pretrained(debug_run, tmp_path / "saved")
+    assert {p.name for p in out.iterdir()} >= {"model.safetensors", "config.yaml", "tokenizer.json", "state.json",
+                                                  "README.md"}
+    assert not (out / "train_state").exists()
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: transfusion\nlicense: mit\npipeline_tag: text-to-image\n")
+    assert "2 layers, width 64" in card and "step 2" in card and "## Evaluation" in card  # the run's report
+    again = from_pretrained(out)
+    original = load_file(next((debug_run / "checkpoints").iterdir()) / "model.safetensors")
+    assert all(torch.equal(again.model.state_dict()[k], v) for k, v in original.items())
+    checkpoint_card = next((debug_run / "checkpoints").iterdir()) / "README.md"
+    assert checkpoint_card.read_text().startswith("---\nlibrary_name: transfusion")  # every checkpoint has one
+
+
+def test_push_to_hub_uploads_the_saved_folder(debug_run, monkeypatch):
+    from huggingface_hub import HfApi
+
+    from transfusion.sharing import push_to_hub
+
+    calls = {}
+
+    def create_repo(self, repo_id, private=False, exist_ok=False, **kw):
+        calls["create"] = (repo_id, private, exist_ok)
+
+    def upload_folder(self, repo_id, folder_path, commit_message=None, **kw):  # the network boundary
+        calls["upload"] = (repo_id, sorted(p.name for p in folder_path.iterdir()), commit_message,
+                           (folder_path / "README.md").read_text())
+        return type("CommitInfo", (), {"commit_url": f"https://huggingface.co/{repo_id}/commit/abc"})()
+
+    monkeypatch.setattr(HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    url = push_to_hub(debug_run, "me/tiny-transfusion", private=True)
+    assert url.endswith("/commit/abc") and calls["create"] == ("me/tiny-transfusion", True, True)
+    repo, files, message, card = calls["upload"]
+    assert repo == "me/tiny-transfusion" and "model.safetensors" in files and message.endswith("step 2")
+    assert 'Pipeline.from_pretrained("me/tiny-transfusion")' in card
+
+
+def test_repo_ids_load_from_a_local_hub_cache_offline(debug_run, pretrained_lm, tmp_path):
+    from transfusion.sharing import save_pretrained
+    from test_autoencoder import tiny_diffusers_kl
+
+    cache = tmp_path / "hub"
+    as_hub_cache(save_pretrained(debug_run, tmp_path / "saved"), cache, "me/tiny")
+    tiny_diffusers_kl().save_pretrained(tmp_path / "vae")
+    as_hub_cache(tmp_path / "vae", cache, "me/vae")
+    as_hub_cache(pretrained_lm[2], cache, "me/llama")
+    script = f"""
+import json
+from transfusion.autoencoders import load_autoencoder
+from transfusion.checkpoint import load_checkpoint
+from transfusion.hf import model_fields, pretrained_tokenizer
+from transfusion.pipeline import Pipeline
+from transfusion.tokenizer import load_tokenizer
+
+run = load_checkpoint("me/tiny")
+ae = load_autoencoder("me/vae")
+pipe = Pipeline.from_pretrained("me/tiny")
+image = pipe("a red circle", num_inference_steps=2).images[0]
+print(json.dumps({{"step": run.step, "ae": type(ae).__name__, "latent": list(ae.latent_shape(16, 16)),
+                  "vocab": load_tokenizer("me/tiny").vocab_size, "size": list(image.size),
+                  "llama": model_fields("me/llama")["n_layers"], "llama_vocab": pretrained_tokenizer("me/llama").vocab_size}}))
+try:
+    load_checkpoint("me/missing")
+except FileNotFoundError as err:
+    print("missing:", err)
+"""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "PYTHONPATH": os.path.dirname(__file__)}
+    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300,
+                         cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    first, missing = run.stdout.strip().splitlines()[-2:]
+    got = json.loads(first)
+    assert got["step"] == 2 and got["ae"] == "DiffusersAutoencoder" and got["latent"] == [4, 8, 8]
+    assert got["size"] == [16, 16] and got["llama"] == pretrained_lm[0].config.num_hidden_layers
+    assert got["vocab"] > 256 and got["llama_vocab"] > pretrained_lm[0].config.vocab_size
+    assert "me/missing" in missing and "HF_HUB_OFFLINE is set" in missing
+
+
+def test_the_pipeline_in_the_diffusers_manner(debug_run):
+    import transfusion
+
+    assert transfusion.__version__ == version("transfusion-mm")
+    pipe = transfusion.Pipeline.from_pretrained(debug_run)
+    g = torch.Generator().manual_seed(0)
+    out = pipe("a red circle", num_inference_steps=2, guidance_scale=3.0, generator=g, num_images_per_prompt=2)
+    assert len(out.images) == 2 and all(isinstance(x, PILImage.Image) and x.size == (16, 16) for x in out.images)
+    assert out.settings["steps"] == 2 and out.settings["guidance"] == 3.0
+    same = pipe("a red circle", num_inference_steps=2, generator=torch.Generator().manual_seed(0),
+                num_images_per_prompt=2).images
+    assert [x.tobytes() for x in same] == [x.tobytes() for x in out.images]  # a generator's seed reproduces
+    text = pipe.caption(out.images[0])
+    assert isinstance(text, str) and text
+    assert pipe.caption(out.images) == [text, pipe.caption(out.images[1])]
+    parts = pipe.generate("first a red circle", max_new_tokens=8, num_inference_steps=2)
+    assert parts and all(isinstance(p, (str, PILImage.Image)) for p in parts)
+
+
+def test_the_readme_python_section_runs_as_written(debug_run, tmp_path):
+    """Every ```python block of the README, with runs/tiny standing for the shared debug run."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
+    assert blocks
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "tiny").symlink_to(debug_run)
+    for block in blocks:
+        code = block.replace("num_inference_steps=25", "num_inference_steps=2").replace("steps=25", "steps=2")
+        run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, f"{block}\n{run.stderr[-2000:]}"

@@ -1,0 +1,79 @@
+"""Sharing checkpoints the Hugging Face way: ``save_pretrained``, ``from_pretrained``, ``push_to_hub``.
+
+    save_pretrained("runs/tiny", "out/tiny")              # the inference files + a model card
+    push_to_hub("runs/tiny", "me/transfusion-tiny")       # the same folder, uploaded with huggingface_hub
+    run = from_pretrained("me/transfusion-tiny")          # a Loaded (model, tokenizer, autoencoder, config)
+
+A saved folder is a checkpoint without its training state: model.safetensors (and
+ema.safetensors), config.yaml, tokenizer.json, autoencoder/, state.json and README.md, the
+model card the Hub shows. Anything that takes a checkpoint takes its repo id too.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from transfusion.card import model_card
+from transfusion.checkpoint import Loaded, load_checkpoint, resolve_checkpoint
+from transfusion.fileio import atomic_folder
+
+INFERENCE_FILES = ("model.safetensors", "ema.safetensors", "config.yaml", "tokenizer.json", "state.json")
+
+
+def latest_report(ckpt: Path) -> dict | None:
+    """The checkpoint's own evaluation (``eval/report.json``), else its run's end-of-training report
+    when that was made at this checkpoint's step."""
+    own = ckpt / "eval" / "report.json"
+    if own.is_file():
+        return json.loads(own.read_text())
+    run = ckpt.parent.parent / "report.json"
+    step = json.loads((ckpt / "state.json").read_text())["step"]
+    if run.is_file() and json.loads(run.read_text()).get("step") == step:
+        return json.loads(run.read_text())
+    return None
+
+
+def save_pretrained(source: str | Path, folder: str | Path, repo_id: str | None = None) -> Path:
+    """Write the checkpoint ``source`` (a run, a checkpoint folder or a repo id) into ``folder``,
+    with a model card; atomic (a crash leaves no half-written folder)."""
+    ckpt = resolve_checkpoint(source)
+    folder = Path(folder)
+    with atomic_folder(folder) as tmp:
+        for name in INFERENCE_FILES:
+            if (ckpt / name).is_file():
+                shutil.copy2(ckpt / name, tmp / name)
+        if (ckpt / "autoencoder").is_dir():
+            shutil.copytree(ckpt / "autoencoder", tmp / "autoencoder")
+        if (ckpt / "eval" / "report.json").is_file():
+            (tmp / "eval").mkdir()
+            shutil.copy2(ckpt / "eval" / "report.json", tmp / "eval" / "report.json")
+        loaded = load_checkpoint(ckpt)
+        (tmp / "README.md").write_text(model_card(loaded.config, loaded.step, loaded.model.num_params(),
+                                                  loaded.model.num_params(active=True), latest_report(ckpt), repo_id))
+    return folder
+
+
+def from_pretrained(spec: str | Path, device: str = "cpu", ema: bool = False) -> Loaded:
+    """A saved folder, a run, a checkpoint or a Hub repo id -> model, tokenizer, autoencoder, config."""
+    return load_checkpoint(spec, device=device, ema=ema)
+
+
+def push_to_hub(source: str | Path, repo_id: str, private: bool = False, token: str | None = None,
+                commit_message: str | None = None) -> str:
+    """``save_pretrained`` into a temporary folder, then create the Hub repo (if needed) and upload
+    it with ``huggingface_hub.HfApi``; returns the commit URL. Needs a login (``hf auth login``
+    or ``HF_TOKEN``) and the network."""
+    import tempfile
+
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = save_pretrained(source, Path(tmp) / "model", repo_id=repo_id)
+        api.create_repo(repo_id=repo_id, private=private, exist_ok=True)
+        step = json.loads((folder / "state.json").read_text())["step"]
+        info = api.upload_folder(repo_id=repo_id, folder_path=folder,
+                                 commit_message=commit_message or f"transfusion checkpoint, step {step}")
+    return str(getattr(info, "commit_url", info))

@@ -144,6 +144,7 @@ class TrainConfig:
     device: str = "auto"  # auto (CUDA when present, else CPU) | cpu | cuda | cuda:N
     threads: int = 0  # torch CPU threads; 0: leave torch's default
     log_every: int = 10
+    log: str = "jsonl"  # jsonl (metrics.jsonl, always written) | tensorboard | wandb (offline without a login)
     sample_every: int = 0  # 0: only at the end
     checkpoint_every: int = 200
     keep_checkpoints: int = 2
@@ -334,6 +335,8 @@ def validate(cfg: Config) -> None:
     t = cfg.train
     if t.parallel not in ("ddp", "fsdp"):
         raise ValueError(f"train.parallel must be 'ddp' or 'fsdp', got {t.parallel!r}")
+    if t.log not in ("jsonl", "tensorboard", "wandb"):
+        raise ValueError(f"train.log must be 'jsonl', 'tensorboard' or 'wandb', got {t.log!r}")
     if t.precision not in ("fp32", "bf16"):
         raise ValueError(f"train.precision must be 'fp32' or 'bf16', got {t.precision!r}")
     if t.grad_accum < 1 or not 0 <= t.ema_decay < 1:

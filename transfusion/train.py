@@ -56,6 +56,7 @@ from transfusion.fileio import RunLock, atomic_text
 from transfusion.hf import load_text_weights, pretrained_tokenizer, with_pretrained_fields
 from transfusion.objective import combine, compute_losses, image_term, loss_counts, loss_sums
 from transfusion.tokenizer import BPETokenizer, ByteTokenizer, Tokenizer, load_tokenizer, save_tokenizer
+from transfusion.tracking import Tracker
 
 
 def lr_at(step: int, cfg: Config) -> float:
@@ -185,7 +186,7 @@ def count_step_flops(model, batch, diffusion, cfg) -> float:
 
 # settings that change how a run is executed, not what it computes: a resumed run may change them
 EXECUTION = {"train": ("steps", "device", "threads", "parallel", "grad_accum", "compile", "precision",
-                       "activation_checkpointing", "log_every", "checkpoint_every", "sample_every",
+                       "activation_checkpointing", "log_every", "log", "checkpoint_every", "sample_every",
                        "keep_checkpoints", "eval_samples"),
              "model": ("attention",)}
 
@@ -342,13 +343,19 @@ def _train(cfg: Config, out: Path, world: World, device: torch.device) -> Path:
                         extra_state=extra, keep=cfg.train.keep_checkpoints, ema=ema)
 
     def sample(step: int, n: int) -> dict | None:
-        """Sample grids from the whole model, on the first process."""
+        """Sample grids from the whole model, on the first process (and to the experiment log)."""
         whole = sampling_model(model, core, cfg, tokenizer, autoencoder, world, device)
         result = None
         if world.main:
             whole.eval()
             result = write_samples(Loaded(whole, tokenizer, autoencoder, cfg, step, out), out, step, n)
             whole.train()
+            if metrics is not None:
+                from PIL import Image as PILImage
+
+                for name, suffix in (("samples/text_to_image", ""), ("samples/captions", "_captions")):
+                    with PILImage.open(out / "samples" / f"step_{step:06d}{suffix}.png") as grid:
+                        metrics.image(name, grid, step)
         world.barrier()
         return result
 
@@ -360,7 +367,7 @@ def _train(cfg: Config, out: Path, world: World, device: torch.device) -> Path:
     # train_flops = 6 N D: N the parameters a token uses (all of them, but one copy of each Mixture-of-Transformers
     # layer), D real tokens seen (as the paper counts)
     n_params = core.num_params(active=True)
-    metrics = open(out / "metrics.jsonl", "a") if world.main else None
+    metrics = Tracker(out, cfg.train.log, to_dict(cfg), start) if world.main else None
     model.train()
     bar = tqdm(range(start, cfg.train.steps), initial=start, total=cfg.train.steps, desc="train",
                disable=not world.main)
@@ -398,8 +405,7 @@ def _train(cfg: Config, out: Path, world: World, device: torch.device) -> Path:
                 if builder.feed is not None:
                     row["skipped_records"] = int(world.sum([builder.skipped])[0])
                 if metrics is not None:
-                    metrics.write(json.dumps(row) + "\n")
-                    metrics.flush()
+                    metrics.log(row)
                 bar.set_postfix({k: f"{row[k]:.4f}" for k in losses if k != "total"} | {"tok_s": f"{tokens_per_s:.0f}"})
                 window_tokens, window_start = 0, time.perf_counter()
             pause = time.perf_counter()
@@ -415,14 +421,17 @@ def _train(cfg: Config, out: Path, world: World, device: torch.device) -> Path:
         checkpoint(completed)
         print(f"\ninterrupted: saved step {completed}; rerun the same command to resume")
         raise SystemExit(130)
-    finally:
+    except BaseException:
         if metrics is not None:
             metrics.close()
+        raise
 
     # ---- end of run: checkpoint, samples, report, plot
     final = cfg.train.steps
     checkpoint(final)
     report = sample(final, cfg.train.eval_samples)
+    if metrics is not None:
+        metrics.close()
     if world.main:
         from transfusion.visualize import plot_losses
 

@@ -7,6 +7,8 @@
     load_dataset("data/{split}.jsonl", "train", 64)    # a JSONL manifest of documents
     load_dataset("photos/{split}", "test", 64)         # a folder of images + NAME.txt captions
     load_dataset("corpus/{split}", "test", 64)         # .tar shards (its first documents; training streams them)
+    load_dataset("laion/{split}", "train", 64)         # .tar shards of img2dataset pairs (KEY.jpg + KEY.txt)
+    load_dataset("hf/{split}", "train", 64)            # Parquet files of image bytes + captions (HF datasets)
 
 Every dataset has ``__len__`` and ``__getitem__(i) -> Document``. Built-in datasets carry
 a fixed train/test split. User data has none: a ``{split}`` in the path is replaced by the
@@ -52,6 +54,10 @@ def load_dataset(spec: str, split: str, image_size: int, on_error: str = "raise"
     path = Path(spec.replace("{split}", split)).expanduser()
     if is_sharded(str(path)):
         return ShardedCorpus(str(path), image_size, streams=1).head(EVAL_DOCUMENTS)
+    from transfusion.data.parquet import ParquetDocuments, is_parquet
+
+    if is_parquet(str(path)):
+        return ParquetDocuments(str(path), image_size=image_size, on_error=on_error)
     if path.suffix == ".jsonl":
         from transfusion.data.ondisk import JsonlDocuments
 
@@ -62,5 +68,6 @@ def load_dataset(spec: str, split: str, image_size: int, on_error: str = "raise"
         return ImageFolderDocuments(path, image_size=image_size, on_error=on_error)
     raise ValueError(
         f"unknown dataset {spec!r}: expected one of {', '.join(BUILTIN_NAMES)}, "
-        f"a path to a .jsonl manifest or an existing folder of images with NAME.txt captions"
+        f"a path to a .jsonl manifest, .tar shards, .parquet files or an existing folder of images with NAME.txt "
+        f"captions"
     )

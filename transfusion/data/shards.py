@@ -1,9 +1,16 @@
-"""Large corpora: sharded tar files of interleaved documents (WebDataset style), streamed.
+"""Large corpora: sharded tar files (WebDataset), streamed.
 
-A shard is a tar file; a document is the run of members that share a key:
+A shard is a tar file; a document is the run of members that share a key (WebDataset's rule:
+the folder and the base name up to its first dot, ``split_key``). Interleaved documents:
 
     000042.json     {"segments": [{"text": "a cat"}, {"image": "0.png"}, {"text": "on a mat"}]}
     000042.0.png    the image the document calls "0.png"
+
+and caption + image pairs the way img2dataset distributes CC3M, LAION or DataComp:
+
+    000042.jpg      (or .png / .webp)
+    000042.txt      the caption
+    000042.json     metadata (url, size, ...), optional
 
 A corpus whose images were encoded ahead of time (``transfusion data precompute``) holds
 ``{"latent": "0.npy"}`` segments (float (C, h, w) arrays) and a ``latents.json`` that names
@@ -108,6 +115,14 @@ def is_latent_corpus(spec: str) -> bool:
 # ---- reading
 
 
+def split_key(name: str) -> tuple[str, str]:
+    """A member name -> (key, suffix) by WebDataset's rule: the key is the folder and the base
+    name up to its first dot, the suffix the rest ("./a.b/x01.jpg" -> ("./a.b/x01", "jpg"))."""
+    folder, slash, base = name.rpartition("/")
+    stem, _, suffix = base.partition(".")
+    return folder + slash + stem, suffix
+
+
 def read_records(path: Path, start: int = 0) -> Iterator[tuple[int, str, dict[str, bytes] | Exception]]:
     """(index, key, members) of each record of a shard from record ``start`` on; a shard that
     breaks off yields the error in place of members and ends."""
@@ -117,7 +132,7 @@ def read_records(path: Path, start: int = 0) -> Iterator[tuple[int, str, dict[st
             for info in tar:
                 if not info.isfile():
                     continue
-                k, _, suffix = info.name.partition(".")
+                k, suffix = split_key(info.name)
                 if k != key:
                     if key is not None and index >= start:
                         yield index, key, members
@@ -131,13 +146,23 @@ def read_records(path: Path, start: int = 0) -> Iterator[tuple[int, str, dict[st
 
 
 def decode_record(key: str, members: dict[str, bytes], image_size: int, latents: bool) -> Document:
-    """One record -> a Document; ``BadRecordError`` if it is malformed."""
+    """One record -> a Document; ``BadRecordError`` if it is malformed.
+
+    Two layouts: this library's interleaved documents (``KEY.json`` with "segments" naming the
+    record's other members), and caption + image pairs as img2dataset writes them for CC3M,
+    LAION or DataComp (``KEY.jpg|png|webp`` + ``KEY.txt``, any ``KEY.json`` being metadata).
+    """
     from PIL import Image as PILImage
 
-    if "json" not in members:
-        raise BadRecordError(f"record {key} has no {key}.json")
+    meta = None
+    if "json" in members:
+        try:
+            meta = json.loads(members["json"])
+        except ValueError as err:
+            raise BadRecordError(f"record {key}: bad json ({err})") from None
+    if not (isinstance(meta, dict) and "segments" in meta):
+        return _pair_record(key, members, image_size, latents)
     try:
-        meta = json.loads(members["json"])
         raw = meta["segments"]
         if not isinstance(raw, list) or not raw:
             raise ValueError("'segments' must be a non-empty list")
@@ -166,6 +191,37 @@ def decode_record(key: str, members: dict[str, bytes], image_size: int, latents:
         except Exception as err:  # an undecodable image or array
             raise BadRecordError(f"record {key}: cannot decode {value} ({type(err).__name__}: {err})") from None
     return Document(segments, kind=meta.get("kind") or document_kind(segments))
+
+
+PAIR_IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp")
+
+
+def _pair_record(key: str, members: dict[str, bytes], image_size: int, latents: bool) -> Document:
+    """An img2dataset record: one image member and its caption (``KEY.txt``, else a "caption" in KEY.json)."""
+    from PIL import Image as PILImage
+
+    if latents:
+        raise BadRecordError(f"record {key}: an image + caption record in a corpus of latents")
+    image = next((members[s] for s in PAIR_IMAGE_SUFFIXES if s in members), None)
+    if image is None:
+        raise BadRecordError(f"record {key} has neither {key}.json segments nor an image "
+                             f"({', '.join(PAIR_IMAGE_SUFFIXES)}) with a caption")
+    if "txt" in members:
+        try:
+            caption = members["txt"].decode("utf-8").strip()
+        except UnicodeDecodeError:
+            raise BadRecordError(f"record {key}: {key}.txt is not UTF-8 text") from None
+    else:
+        meta = json.loads(members["json"]) if "json" in members else {}
+        caption = meta.get("caption") if isinstance(meta, dict) else None
+        if not isinstance(caption, str):
+            raise BadRecordError(f"record {key} has an image but no caption ({key}.txt or a json 'caption')")
+    try:
+        with PILImage.open(io.BytesIO(image)) as opened:
+            pixels = fit_image(opened, image_size)
+    except Exception as err:  # an undecodable image
+        raise BadRecordError(f"record {key}: cannot decode its image ({type(err).__name__}: {err})") from None
+    return Document.pair(caption, pixels, key=key)
 
 
 @dataclass(frozen=True)

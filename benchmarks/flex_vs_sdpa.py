@@ -31,7 +31,9 @@ def main() -> None:
     args = p.parse_args()
     device = torch.device(args.device)
     backward = device.type == "cuda"
-    overrides = [f"data.batch_size={args.rows}", "image.autoencoder=identity"]
+    # pixels through the earlier U-Net (8x: 1,024 positions per 256 px image), so no pretrained autoencoder is needed
+    overrides = [f"data.batch_size={args.rows}", "image.autoencoder=identity", "image.unet_channels=[128,256]",
+                 "image.patch_size=2"]
     if args.seq_len:
         overrides += [f"data.seq_len={args.seq_len}", f"model.max_seq_len={args.seq_len}"]
     tok = ByteTokenizer()

@@ -32,7 +32,9 @@ from transfusion.train import build_optimizer, count_step_flops, matmul_peak_flo
 SHAPES = {  # preset -> overrides that make it a short run here
     "debug": [],
     "tiny": [],
-    "0.16B": ["data.seq_len=512", "data.batch_size=2", "image.size=64", "model.max_seq_len=512"],
+    # the 0.16B trunk on 64 px pixels through the earlier U-Net (64 positions an image): the figure docs/speed.md tracks
+    "0.16B": ["data.seq_len=512", "data.batch_size=2", "image.size=64", "model.max_seq_len=512",
+              "image.autoencoder=identity", "image.unet_channels=[128,256]", "image.patch_size=2"],
 }
 
 
@@ -42,8 +44,10 @@ def measure(preset: str, steps: int, device: torch.device, precision: str, extra
     i = cfg.image
     if i.autoencoder == "train":  # an untrained one of the preset's shape: the same latent sizes
         ae = KLAutoencoder(latent_channels=i.ae_latent_channels, downsample=i.ae_downsample, width=i.ae_width)
-    else:
+    elif i.autoencoder == "identity":
         ae = IdentityAutoencoder()
+    else:  # a pretrained one (the paper presets' 8x, 4-channel KL-VAE): an untrained stand-in of its latent sizes
+        ae = KLAutoencoder(latent_channels=4, downsample=8, width=16)
     ae.eval()
     model = Transfusion.build(cfg.model, cfg.image, tok, ae, cfg.train.seed).to(device)
     if cfg.train.compile:

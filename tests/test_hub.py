@@ -137,3 +137,34 @@ def test_the_readme_python_section_runs_as_written(debug_run, tmp_path):
         code = block.replace("num_inference_steps=25", "num_inference_steps=2").replace("steps=25", "steps=2")
         run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
         assert run.returncode == 0, f"{block}\n{run.stderr[-2000:]}"
+
+
+PAPER_SIZES = {"0.16B": 0.16e9, "0.37B": 0.37e9, "0.76B": 0.76e9, "1.4B": 1.4e9, "7B": 7e9}
+
+
+@pytest.mark.parametrize("preset", list(PAPER_SIZES))
+def test_paper_presets_have_the_papers_sizes_and_256_latent_patches(preset):
+    """Built on the meta device with a stand-in of the named autoencoder's geometry (Stable
+    Diffusion's KL-VAE: 8x, 4 channels) and the paper's 32k text vocabulary."""
+    from diffusers import AutoencoderKL
+
+    from transfusion.autoencoders import DiffusersAutoencoder
+    from transfusion.config import PAPER_AUTOENCODER, load_config
+    from transfusion.engine import resolve_clip
+    from transfusion.model.transfusion import Transfusion
+
+    cfg = load_config(preset)
+    assert cfg.image.autoencoder == PAPER_AUTOENCODER and cfg.image.size == 256
+    with torch.device("meta"):
+        vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+                            up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, layers_per_block=2,
+                            scaling_factor=0.18215)
+        ae = DiffusersAutoencoder(model=vae)
+        vocab = type("Tokenizer", (), {"vocab_size": 32000 + 5})()
+        model = Transfusion.build(cfg.model, cfg.image, vocab, ae)
+    latent = ae.latent_shape(256, 256)
+    assert latent == (4, 32, 32) and model.num_patches(latent[1:]) == 256
+    assert resolve_clip(cfg.image.clip_sample, ae) == 0.0  # latents are never clipped
+    # the paper counts the transformer with its embeddings; the U-Net layers come on top (its 0.27B at 7B)
+    transformer = model.num_params() - sum(p.numel() for p in model.image.parameters())
+    assert abs(transformer / PAPER_SIZES[preset] - 1) < 0.1, transformer

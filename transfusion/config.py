@@ -171,10 +171,18 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
+# the paper's frozen 8x autoencoder (its own 86M KL-VAE, 8 latent channels) is not public: Stable Diffusion's
+# KL-VAE (8x, 4 channels) stands in; a 16-channel AutoencoderKL (e.g. FLUX.1's vae/) by image.autoencoder=REPO_OR_DIR
+PAPER_AUTOENCODER = "stabilityai/sd-vae-ft-mse"
+
+
 def _paper(layers: int, dim: int, heads: int) -> dict:
+    """The paper's sizes (Table 1) on its image recipe: 256 px -> 32x32 latents of a frozen 8x
+    autoencoder, one U-Net down block then 1x1 patches (the paper's 2x2 patch): 256 positions per image."""
     return {
         "model": {"dim": dim, "n_layers": layers, "n_heads": heads, "max_seq_len": 4096},
-        "image": {"size": 256, "patch_size": 2, "adapter": "unet", "unet_channels": [128, 256]},
+        "image": {"size": 256, "autoencoder": PAPER_AUTOENCODER, "patch_size": 1, "adapter": "unet",
+                  "unet_channels": [min(dim, 512)], "clip_sample": -1.0},
         "data": {"tokenizer": "bpe", "bpe_vocab_size": 32000, "seq_len": 4096, "batch_size": 1},
         "diffusion": {"sample_steps": 250},
     }

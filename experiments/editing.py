@@ -25,11 +25,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = Path(os.environ.get("EDIT_RUNS", ROOT / "runs"))
 BASE, TUNED = RUNS / "small", RUNS / "small_edit"
-FINE_TUNE = ["data.edit_fraction=0.6", "train.steps=3000", "optim.lr=5e-4", "optim.warmup_steps=100",
-             "optim.min_lr=5e-5", "train.checkpoint_every=500", "train.sample_every=0", "train.eval_samples=32"]
+FINE_TUNE = ["data.edit_fraction=0.6", "train.steps=3000", "optim.lr=1e-3", "optim.warmup_steps=100",
+             "optim.min_lr=1e-4", "train.checkpoint_every=500", "train.sample_every=0", "train.eval_samples=32"]
 SAMPLER = ["--sampler", "dpm++", "--steps", "25"]
 GUIDANCE = {"cfg 3": ["--cfg", "3"], "cfg 3, image cfg 1.5": ["--cfg", "3", "--image-cfg", "1.5"],
-            "cfg 5, image cfg 1.5": ["--cfg", "5", "--image-cfg", "1.5"]}
+            "cfg 1.5, image cfg 3": ["--cfg", "1.5", "--image-cfg", "3"]}
 DOCS = ROOT / "docs"
 
 

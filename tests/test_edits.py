@@ -198,3 +198,23 @@ def test_image_guidance_changes_an_edit_and_equal_scales_are_one_scale(edit_run)
     other = engine.edit([source], [text], Request(steps=2, guidance=3.0, image_guidance=1.0))[0]
     assert torch.equal(one, same) and not torch.equal(one, other)
     assert one.shape == source.shape
+
+
+def test_an_instruction_is_given_not_predicted_but_the_image_after_it_is_started():
+    from transfusion.batch import IGNORE
+    from transfusion.tokenizer import ByteTokenizer
+
+    cfg = load_config("debug").diffusion
+    cfg.caption_dropout = 0.0
+    tok = ByteTokenizer()
+    doc = EditsDataset("train", size=16)[0]
+    segments, caps = arrange(doc, random.Random(0), cfg)
+    pixels = [s.pixels for s in segments if isinstance(s, Image)]
+    lay = layout(segments, pixels, caps, tok, lambda hw: 4)
+    batch, _ = pack([lay], 1, 128, tok.pad_id)
+    targets = [t for t in batch.targets[0].tolist() if t != IGNORE]
+    assert targets == [tok.boi_id, tok.boi_id, tok.eos_id]  # BOI of the source, BOI after the instruction, EOS
+    codes = [torch.zeros(2, 2, dtype=torch.long), torch.ones(2, 2, dtype=torch.long)]
+    as_tokens = batch.images_as_tokens(codes, offset=1000).targets[0]
+    text_targets = [t for t in as_tokens.tolist() if t != IGNORE and t < 1000]
+    assert text_targets == [tok.boi_id, tok.eoi_id, tok.boi_id, tok.eoi_id, tok.eos_id]  # still no instruction

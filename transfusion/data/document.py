@@ -23,6 +23,7 @@ import torch
 @dataclass(frozen=True)
 class Text:
     text: str
+    loss: bool = True  # False: given, not predicted (an editing instruction): its tokens are no LM targets
 
 
 @dataclass(frozen=True)

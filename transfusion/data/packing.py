@@ -34,6 +34,7 @@ class Layout:
 
     ids: list[int]
     images: list[tuple[int, torch.Tensor, int]] = field(default_factory=list)  # (start, latent, max_t)
+    given: list[tuple[int, int]] = field(default_factory=list)  # [start, end) of text that is no LM target
 
 
 @dataclass
@@ -128,6 +129,9 @@ class PackedBatch:
         same_doc = (self.doc_ids[:, 1:] == self.doc_ids[:, :-1]) & (self.doc_ids[:, :-1] >= 0)
         targets = torch.full_like(tokens, IGNORE)
         targets[:, :-1] = torch.where(same_doc, tokens[:, 1:], IGNORE)
+        text_to_text = (self.image_ids[:, :-1] < 0) & (self.image_ids[:, 1:] < 0)
+        given = same_doc & text_to_text & (self.targets[:, :-1] == IGNORE)  # given text stays no target
+        targets[:, :-1] = targets[:, :-1].masked_fill(given, IGNORE)
         for index, cap in zip(self.index, self.max_t.tolist()):
             if cap == CONTEXT_IMAGE:  # a context image's codes are given, not predicted
                 targets.view(-1)[index - 1] = IGNORE
@@ -143,7 +147,8 @@ def arrange(doc: Document, rng: random.Random, cfg: DiffusionConfig) -> tuple[li
     learns unconditional images for guidance), else become image-first with probability
     ``image_first_prob``, with noise capped at ``image_first_max_t`` (the paper's section 4.3.4).
     Edits ``[source, instruction, target]`` keep the source clean (cap ``CONTEXT_IMAGE``: no
-    noise, no loss) and lose the instruction, or everything but the target, each with
+    noise, no loss) and the instruction given (no LM targets: after an image the model keeps
+    writing captions, not instructions), and lose the instruction, or everything but the target, each with
     probability ``caption_dropout``: the image-only and unconditional branches of
     InstructPix2Pix-style guidance (Brooks et al. 2023), learnt as the paper learns CFG's.
     """
@@ -161,7 +166,7 @@ def arrange(doc: Document, rng: random.Random, cfg: DiffusionConfig) -> tuple[li
             return [target], [cfg.timesteps]
         if u < 2 * cfg.caption_dropout:  # the source without the instruction: the image-only branch
             return [source, target], [CONTEXT_IMAGE, cfg.timesteps]
-        return [source, instruction, target], [CONTEXT_IMAGE, cfg.timesteps]
+        return [source, Text(instruction.text, loss=False), target], [CONTEXT_IMAGE, cfg.timesteps]
     segments = list(doc.segments)
     return segments, [cfg.timesteps] * sum(isinstance(s, Image) for s in segments)
 
@@ -179,7 +184,10 @@ def layout(
     images = iter(zip(latents, max_t))
     for seg in segments:
         if isinstance(seg, Text):
+            start = len(out.ids)
             out.ids.extend(tokenizer.encode(seg.text))
+            if not seg.loss:
+                out.given.append((start, len(out.ids)))
         elif isinstance(seg, Tokens):
             out.ids.extend(seg.ids)
         elif isinstance(seg, Image):
@@ -254,6 +262,8 @@ def pack(
         doc_ids[row, span] = doc_index
         has_target = ~is_patch[:-1] & ~is_patch[1:]
         targets[row, start : start + n - 1] = torch.where(has_target, ids[1:], IGNORE)
+        for a, b in lay.given:  # the positions that would predict given text; the one after it still predicts
+            targets[row, start + a - 1 : start + b - 1] = IGNORE
         for img_start, latent, cap in lay.images:
             P = int(is_patch[img_start:].long().cumprod(0).sum())
             image_ids[row, start + img_start : start + img_start + P] = len(latents)

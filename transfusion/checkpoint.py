@@ -37,6 +37,7 @@ from safetensors.torch import load_file, save_file
 from transfusion.autoencoders import Autoencoder, IdentityAutoencoder, load_autoencoder, save_autoencoder
 from transfusion.card import model_card
 from transfusion.config import Config, config_yaml, from_dict, validate
+from transfusion.distributed import unwrap
 from transfusion.fileio import DiskFullError, atomic_folder
 from transfusion.hub import local_folder
 from transfusion.model.transfusion import Transfusion
@@ -105,7 +106,7 @@ def save_checkpoint(
                 if not isinstance(autoencoder, IdentityAutoencoder):
                     save_autoencoder(autoencoder, tmp / "autoencoder")
                 (tmp / "state.json").write_text(json.dumps({"step": step, **(extra_state or {})}))
-                core = model.module if hasattr(model, "module") else model
+                core = unwrap(model)
                 (tmp / "README.md").write_text(model_card(config, step, core.num_params(), core.num_params(active=True)))
     except DiskFullError:
         good = list_checkpoints(folder)
@@ -200,6 +201,16 @@ def resolve_checkpoint(path: str | Path) -> Path:
     raise FileNotFoundError(f"{path} holds no checkpoint (expected model.safetensors or checkpoints/step_*)")
 
 
+def read_weights(ckpt: Path, cfg: Config, device: str | torch.device = "cpu", ema: bool = False) -> dict:
+    """A checkpoint's weights by name (the EMA's over them with ``ema``), a tied LM head restored."""
+    weights = load_file(ckpt / "model.safetensors", device=str(device))
+    if ema:
+        weights.update(load_file(ckpt / "ema.safetensors", device=str(device)))
+    if cfg.model.tie_embeddings:  # saved once, as the embedding
+        weights["lm_head.weight"] = weights["token_embed.weight"]
+    return weights
+
+
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", ema: bool = False) -> Loaded:
     """Rebuild model, tokenizer and autoencoder from a checkpoint (or a run's latest one);
     with ``ema`` the model holds the moving average of the weights."""
@@ -214,12 +225,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", ema: b
     if ema and not (ckpt / "ema.safetensors").is_file():
         raise FileNotFoundError(f"checkpoint {ckpt} holds no EMA weights (trained with train.ema_decay=0)")
     try:
-        weights = load_file(ckpt / "model.safetensors", device=str(device))
-        if ema:
-            weights.update(load_file(ckpt / "ema.safetensors", device=str(device)))
-        if cfg.model.tie_embeddings:  # saved once, as the embedding
-            weights["lm_head.weight"] = weights["token_embed.weight"]
-        model.load_state_dict(weights)
+        model.load_state_dict(read_weights(ckpt, cfg, device, ema))
     except Exception as err:
         raise ValueError(f"checkpoint {ckpt}: weights do not match its config.yaml ({err})") from err
     model.to(device).eval()
@@ -255,9 +261,8 @@ def load_start_weights(model: Transfusion, path: str | Path, assign=None) -> Non
     """Write a checkpoint's weights into ``model`` (built with ``with_start_fields``);
     ``assign(param, whole_value)`` writes each (``distributed.assign_shard`` for sharded weights)."""
     ckpt = resolve_checkpoint(path)
-    weights = load_file(ckpt / "model.safetensors")
-    if model.model_cfg.tie_embeddings:
-        weights["lm_head.weight"] = weights["token_embed.weight"]
+    weights = read_weights(ckpt, from_dict(yaml.safe_load((ckpt / "config.yaml").read_text())))
+    assign = assign or (lambda param, value: param.copy_(value))
     own = model.state_dict(keep_vars=True)
     if own.keys() != weights.keys():
         missing, extra = sorted(own.keys() - weights.keys()), sorted(weights.keys() - own.keys())
@@ -267,7 +272,4 @@ def load_start_weights(model: Transfusion, path: str | Path, assign=None) -> Non
             if tensor.shape != weights[name].shape:
                 raise ValueError(f"checkpoint {ckpt}: {name} is {tuple(weights[name].shape)} there, "
                                  f"{tuple(tensor.shape)} here")
-            if assign is None:
-                tensor.copy_(weights[name])
-            else:
-                assign(tensor, weights[name].to(tensor.dtype))
+            assign(tensor, weights[name].to(tensor.dtype))

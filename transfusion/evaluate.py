@@ -170,7 +170,7 @@ def editing(loaded: Loaded, docs: list[Document], req: Request = Request()) -> d
     (``metrics/edit_reader.py``: success, preservation, pixel error), and the same for two
     baselines: the source returned unchanged, and text to image from the true output's caption
     (no source image; shapes edits only). Triple i is sampled with seed ``req.seed + i``."""
-    from transfusion.metrics.edit_reader import score_edit, summarise_edits
+    from transfusion.metrics.edit_reader import pixel_error, score_edit, summarise_edits
 
     req = dataclasses.replace(req.resolve(loaded.config, loaded.autoencoder), max_new_tokens=1, max_images=1)
     engine, outputs, drawn = _engine(loaded), [], []
@@ -189,8 +189,8 @@ def editing(loaded: Loaded, docs: list[Document], req: Request = Request()) -> d
 
     def scores(images: list[torch.Tensor]) -> dict:
         if not captioned:
-            return {"all": {"n": len(images), "pixel_error": float(torch.stack(
-                [(a - b).pow(2).mean() for a, b in zip(images, truths)]).mean())}}
+            errors = [pixel_error(x, t) for x, t in zip(images, truths)]
+            return {"all": {"n": len(images), "pixel_error": sum(errors) / len(errors)}}
         return summarise_edits([score_edit(x, e, t) for x, e, t in zip(images, edits, truths)])
 
     report = {"model": scores(outputs), "source_unchanged": scores(sources)}

@@ -74,7 +74,6 @@ def clip_noise(eps: torch.Tensor, x: torch.Tensor, alpha_bar: float, clip: float
     return (x - a * x0) / s
 
 
-@torch.no_grad()
 def _reporting(timesteps: list, label: str, progress):
     """The timesteps as they are (``progress`` False), under a tqdm bar (True), or calling
     ``progress(done, total)`` after each model evaluation (a callable: e.g. a web page's bar)."""
@@ -91,6 +90,7 @@ def _reporting(timesteps: list, label: str, progress):
     return tqdm(timesteps, desc=label, leave=False)
 
 
+@torch.no_grad()
 def sample(
     predict_noise: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     shape: tuple[int, ...],

@@ -421,17 +421,18 @@ def _train(cfg: Config, out: Path, world: World, device: torch.device) -> Path:
         checkpoint(completed)
         print(f"\ninterrupted: saved step {completed}; rerun the same command to resume")
         raise SystemExit(130)
-    except BaseException:
-        if metrics is not None:
+    finally:
+        if metrics is not None and completed < cfg.train.steps:  # stopped early: the end below never comes
             metrics.close()
-        raise
 
     # ---- end of run: checkpoint, samples, report, plot
     final = cfg.train.steps
-    checkpoint(final)
-    report = sample(final, cfg.train.eval_samples)
-    if metrics is not None:
-        metrics.close()
+    try:
+        checkpoint(final)
+        report = sample(final, cfg.train.eval_samples)
+    finally:
+        if metrics is not None:
+            metrics.close()
     if world.main:
         from transfusion.visualize import plot_losses
 

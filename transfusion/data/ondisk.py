@@ -145,11 +145,11 @@ class JsonlDocuments(_SkippingDataset):
         if not record["segments"]:
             raise BadRecordError(f'{where}: "segments" is empty')
         segments = [self._segment(s, where) for s in record["segments"]]
-        kind = record.get("kind") or document_kind(segments)
-        if kind not in ("pair", "edit", "interleaved", "text") or (kind != document_kind(segments)
-                                                                    and kind != "interleaved"):
-            raise BadRecordError(f'{where}: "kind" {kind!r} does not fit its segments (expected '
-                                 f'{document_kind(segments)!r} or "interleaved")')
+        inferred = document_kind(segments)
+        kind = record.get("kind") or inferred
+        if kind not in (inferred, "interleaved"):
+            raise BadRecordError(f'{where}: "kind" {kind!r} does not fit its segments (expected {inferred!r} or '
+                                 f'"interleaved")')
         return Document(segments, kind=kind)
 
     def _segment(self, segment, where: str) -> Segment:

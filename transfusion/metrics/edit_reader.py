@@ -78,12 +78,17 @@ def _preserved(edit: Edit, objects: list[DetectedObject]) -> bool:
     return not unused
 
 
+def pixel_error(output: torch.Tensor, truth: torch.Tensor) -> float:
+    """Mean squared error of an output (3, H, W) to the true edited image, in [-1, 1] units."""
+    return float((output.float().cpu() - truth.float().cpu()).pow(2).mean())
+
+
 def score_edit(pixels: torch.Tensor, edit: Edit, truth: torch.Tensor | None = None) -> dict:
     """Success, preservation (and with ``truth`` (3, H, W), pixel error) of an output (3, H, W) in [-1, 1]."""
     objects = read_image(pixels)
     out = {"kind": edit.kind, "success": _success(edit, objects), "preservation": _preserved(edit, objects)}
     if truth is not None:
-        out["pixel_error"] = float((pixels.float().cpu() - truth.float().cpu()).pow(2).mean())
+        out["pixel_error"] = pixel_error(pixels, truth)
     return out
 
 

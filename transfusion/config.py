@@ -87,8 +87,8 @@ class ImageConfig:
     patch_size: int = 2  # k: a k x k patch of the (U-Net-downsampled) latent is one token
     unet_channels: list[int] = field(default_factory=lambda: [64, 128])  # one down block each
     max_grid: int = 64  # largest patch grid side for the 2-D position embedding
-    # clamp predicted x0 to [-c, c] while sampling; 0: off; -1 (auto): 1 for pixels (the identity
-    # autoencoder), off for latents, whose spread is ~1 but whose range is not [-1, 1]
+    # clamp predicted x0 to [-c, c] while sampling; 0: off; -1 (auto): the autoencoder's sample_clip,
+    # 1 for pixels (the identity autoencoder), 3 for unit-spread latents (a guard: see autoencoders/base.py)
     clip_sample: float = -1.0
 
 

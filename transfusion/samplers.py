@@ -113,10 +113,11 @@ def sample(
             ``engine.Request.resolve`` (``config.SAMPLER_STEPS``).
         generator: one for the batch, or one per row: row i then draws exactly what it would
             draw alone with generator i (the initial noise and DDPM's per-step noise).
-        clip: clamp the predicted x0 to [-clip, clip]; 0 (the default) turns it off. For pixels
-            (range [-1, 1]) clip 1 helps: the cosine schedule's alpha_bar(T) is ~0, so unclamped
-            first steps amplify the eps error by 1/sqrt(alpha_bar). Latents have no such range:
-            clipping them biases every sample (``resolve_clip``).
+        clip: clamp the predicted x0 to [-clip, clip]; 0 (the default) turns it off. The cosine
+            schedule's alpha_bar(T) is 2.4e-9, so unclamped first steps amplify the eps error
+            by 1 / sqrt(alpha_bar) = 20,000: clip 1 for pixels (their range), and for unit-spread
+            latents a guard at 3 (``resolve_clip``), which costs an exact model little (a few
+            latents lie beyond 3) and keeps an inexact one's samples from diverging.
         progress: True: a progress bar over the steps; a callable: called as ``progress(done, total)``
             after every step.
     """

@@ -11,14 +11,17 @@ import torch.nn as nn
 class Autoencoder(nn.Module, abc.ABC):
     """``channels`` image channels <-> ``latent_channels`` at 1/``downsample`` size, frozen in use.
 
-    ``sample_clip`` is the range predicted latents can be clamped to while sampling: 1 for
-    pixels, 0 (no clamp) for latents, which have ~unit spread but no fixed range.
+    ``sample_clip`` is the range predicted x0 is clamped to while sampling: 1 for pixels, 3
+    for latents, which have ~unit spread (scaled so) but no fixed range. For latents the clamp
+    is a guard, not a range: the cosine schedule's last step (beta clipped at 0.999) leaves
+    alpha_bar(T) = 2.4e-9, so a first-step eps error reaches x0 magnified 1 / sqrt(alpha_bar(T))
+    = 20,000 times; unclamped, a small model's samples diverge (``samplers.sample``).
     """
 
     channels: int
     latent_channels: int
     downsample: int
-    sample_clip: float = 0.0
+    sample_clip: float = 3.0
 
     @abc.abstractmethod
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:

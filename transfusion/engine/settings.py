@@ -10,7 +10,7 @@ from transfusion.config import SAMPLER_STEPS, Config, check_sampler, default_sam
 
 def resolve_clip(clip_sample: float, autoencoder) -> float:
     """The x0 clamp a sampler uses: ``image.clip_sample`` when set (>= 0), else (-1, auto) the
-    autoencoder's ``sample_clip``: 1 for pixels, 0 (off) for latents."""
+    autoencoder's ``sample_clip``: 1 for pixels, 3 for latents."""
     return float(autoencoder.sample_clip) if clip_sample < 0 else float(clip_sample)
 
 

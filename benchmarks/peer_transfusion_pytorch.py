@@ -2,6 +2,7 @@
 
     python benchmarks/peer_transfusion_pytorch.py --install     # once: the peer in its own venv
     python benchmarks/peer_transfusion_pytorch.py --rounds 5    # prints medians and ratios
+    python benchmarks/peer_transfusion_pytorch.py --equal-flops # our width raised to the peer's FLOPs per token
 
 The workload (the same for both): text vocabulary 256, model dim 256, depth 4, 4 heads of
 64; one 8x8 latent image of 16 channels per sample; AdamW; 2 CPU threads.
@@ -11,6 +12,11 @@ The workload (the same for both): text vocabulary 256, model dim 256, depth 4, 4
     prompt16  one image from a 16-token prompt, 30 denoising evaluations, guidance 3
     prompt256 the same from a 256-token prompt
     batch8    8 images from 8 16-token prompts at once
+
+``--equal-flops`` is the equal-work race: the peer's blocks do about 3x our FLOPs per token at
+the same settings (time-conditioned norms on every layer, a 4x GEGLU), so our model width is
+raised (heads of 64) until a training step's FLOPs per token, counted by ``FlopCounterMode``
+on the real batch on each side, match the peer's; the tokens per step stay the same.
 
 Each measurement runs in a fresh process (so peak memory is its own); the two programs'
 processes alternate, round after round, and the report gives per-task medians, the
@@ -35,6 +41,7 @@ from pathlib import Path
 VENV = Path(__file__).resolve().parent / ".peer-venv"
 PEER = "transfusion-pytorch==0.20.0"
 TASKS = ("train", "prompt16", "prompt256", "batch8")
+WIDTHS = range(256, 1025, 64)  # our candidate widths for --equal-flops (heads of 64)
 DIM, DEPTH, HEADS, VOCAB, CHANNELS, SIDE, TEXT, BATCH, EVALS, GUIDANCE = 256, 4, 4, 256, 16, 8, 64, 8, 30, 3.0
 
 
@@ -57,7 +64,16 @@ def peak_rss_mb() -> float:
 # ---- the two programs, each measured in its own process
 
 
-def ours(task: str, repeats: int) -> dict:
+def step_flops(step) -> float:
+    """FLOPs of one call of ``step`` (forward + backward), counted by torch."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return float(counter.get_total_flops())
+
+
+def ours(task: str, repeats: int, dim: int = DIM) -> dict:
     import torch
 
     from transfusion.autoencoders import IdentityAutoencoder
@@ -71,14 +87,14 @@ def ours(task: str, repeats: int) -> dict:
     from transfusion.tokenizer import ByteTokenizer
 
     cfg = load_config(None, overrides=[
-        f"model.dim={DIM}", f"model.n_layers={DEPTH}", f"model.n_heads={HEADS}", "model.max_seq_len=512",
+        f"model.dim={dim}", f"model.n_layers={DEPTH}", f"model.n_heads={dim // (DIM // HEADS)}", "model.max_seq_len=512",
         "image.adapter=linear", "image.patch_size=1", "data.seq_len=512"])
     tok = ByteTokenizer()  # 256 bytes + 5 special tokens
     model = Transfusion(cfg.model, cfg.image, tok.vocab_size, CHANNELS, seed=cfg.train.seed)
     g = torch.Generator().manual_seed(0)
     text = lambda n: Tokens(tuple(torch.randint(0, 256, (n,), generator=g).tolist()))  # noqa: E731
 
-    if task == "train":
+    if task in ("train", "flops"):
         docs = [[text(TEXT), Image(torch.randn(CHANNELS, SIDE, SIDE, generator=g))] for _ in range(BATCH)]
         lays = [layout(d, [s.pixels for s in d if isinstance(s, Image)], [cfg.diffusion.timesteps], tok,
                        model.num_patches) for d in docs]
@@ -91,6 +107,10 @@ def ours(task: str, repeats: int) -> dict:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+
+        if task == "flops":
+            return {"flops_per_token": step_flops(lambda: compute_losses(model, batch, diffusion, 5.0, g)["total"]
+                                                  .backward()) / (BATCH * (TEXT + SIDE * SIDE)), "dim": dim}
     else:
         engine = Engine(model.eval(), tok, IdentityAutoencoder(CHANNELS), cfg)  # the latents are the images
         n, length = (BATCH, 16) if task == "batch8" else (1, 16 if task == "prompt16" else 256)
@@ -113,7 +133,7 @@ def peer(task: str, repeats: int) -> dict:
     text = lambda n: torch.randint(0, VOCAB, (n,), generator=g)  # noqa: E731
     steps = EVALS // 2 + 1  # midpoint: 2 evaluations per interval
 
-    if task == "train":
+    if task in ("train", "flops"):
         batch = [[text(TEXT), torch.randn(CHANNELS, SIDE, SIDE, generator=g)] for _ in range(BATCH)]
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
@@ -122,6 +142,9 @@ def peer(task: str, repeats: int) -> dict:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+
+        if task == "flops":
+            return {"flops_per_token": step_flops(lambda: model(batch).backward()) / (BATCH * (TEXT + SIDE * SIDE))}
     else:
         model.eval()
         n, length = (BATCH, 16) if task == "batch8" else (1, 16 if task == "prompt16" else 256)
@@ -152,16 +175,17 @@ def measure(run, repeats: int, params: str) -> dict:
 # ---- the driver
 
 
-def worker_cmd(program: str, task: str, repeats: int, peer_python: str) -> list[str]:
+def worker_cmd(program: str, task: str, repeats: int, peer_python: str, dim: int) -> list[str]:
     python = sys.executable if program == "ours" else peer_python
-    return [python, __file__, "--worker", program, "--task", task, "--repeats", str(repeats)]
+    return [python, __file__, "--worker", program, "--task", task, "--repeats", str(repeats), "--dim", str(dim)]
 
 
-def run_worker(program: str, task: str, repeats: int, peer_python: str) -> dict:
+def run_worker(program: str, task: str, repeats: int, peer_python: str, dim: int = DIM) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="2", LOGURU_LEVEL="WARNING", TQDM_DISABLE="1")
     if program == "ours":  # the peer's venv must not see this checkout's package, and ours must
         env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
-    done = subprocess.run(worker_cmd(program, task, repeats, peer_python), capture_output=True, text=True, env=env)
+    done = subprocess.run(worker_cmd(program, task, repeats, peer_python, dim), capture_output=True, text=True,
+                          env=env)
     if done.returncode:
         raise RuntimeError(f"{program} {task} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -176,7 +200,10 @@ def main() -> None:
     p.add_argument("--peer-python", default=str(VENV / "bin" / "python"))
     p.add_argument("--out", help="also write the results as JSON here")
     p.add_argument("--worker", choices=("ours", "peer"), help=argparse.SUPPRESS)
-    p.add_argument("--task", choices=TASKS, help=argparse.SUPPRESS)
+    p.add_argument("--equal-flops", action="store_true",
+                   help="raise our width until a training step's FLOPs per token match the peer's")
+    p.add_argument("--task", choices=(*TASKS, "flops"), help=argparse.SUPPRESS)
+    p.add_argument("--dim", type=int, default=DIM, help=argparse.SUPPRESS)
     args = p.parse_args()
 
     if args.install:
@@ -185,18 +212,27 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(2)
-        result = (ours if args.worker == "ours" else peer)(args.task, args.repeats)
+        result = ours(args.task, args.repeats, args.dim) if args.worker == "ours" else peer(args.task, args.repeats)
         print(json.dumps(result))
         return
     if not Path(args.peer_python).is_file():
         raise SystemExit(f"no peer environment at {args.peer_python}: run with --install first")
+
+    peer_flops = run_worker("peer", "flops", 1, args.peer_python)["flops_per_token"]
+    dim = DIM
+    if args.equal_flops:  # the width whose training FLOPs per token are nearest the peer's
+        counted = {w: run_worker("ours", "flops", 1, args.peer_python, w)["flops_per_token"] for w in WIDTHS}
+        dim = min(counted, key=lambda w: abs(counted[w] / peer_flops - 1))
+        print("our FLOPs per token by width: " + ", ".join(f"{w}: {f / 1e6:.1f}M" for w, f in counted.items())
+              + f"; the peer's: {peer_flops / 1e6:.1f}M -> width {dim}", flush=True)
+    flops = {"ours": run_worker("ours", "flops", 1, args.peer_python, dim)["flops_per_token"], "peer": peer_flops}
 
     results = {t: {"ours": [], "peer": []} for t in args.tasks}
     for r in range(args.rounds):
         for task in args.tasks:
             order = ("ours", "peer") if r % 2 == 0 else ("peer", "ours")  # alternate who goes first
             for program in order:
-                results[task][program].append(run_worker(program, task, args.repeats, args.peer_python))
+                results[task][program].append(run_worker(program, task, args.repeats, args.peer_python, dim))
             print(f"round {r + 1}/{args.rounds} {task}: ours {results[task]['ours'][-1]['seconds']:.3f}s, "
                   f"peer {results[task]['peer'][-1]['seconds']:.3f}s", flush=True)
 
@@ -207,12 +243,20 @@ def main() -> None:
         m = {k: statistics.median(x["peak_rss_mb"] for x in v) for k, v in runs.items()}
         summary[task] = {"ours_s": s["ours"], "peer_s": s["peer"], "speedup": s["peer"] / s["ours"],
                          "ours_peak_mb": m["ours"], "peer_peak_mb": m["peer"]}
+        if task == "train":  # achieved FLOP/s of the training step
+            tokens = BATCH * (TEXT + SIDE * SIDE)
+            summary[task] |= {f"{k}_gflops": flops[k] * tokens / s[k] / 1e9 for k in ("ours", "peer")}
         print(f"{task:<10} {s['ours']:9.3f} {s['peer']:9.3f} {s['peer'] / s['ours']:8.2f}x {m['ours']:9.0f} {m['peer']:9.0f}")
     params = {k: results[args.tasks[0]][k][0]["params"] for k in ("ours", "peer")}
-    print(f"parameters: ours {params['ours']}, peer {params['peer']}; medians of {args.rounds} interleaved "
-          f"processes x {args.repeats} repeats")
+    print(f"parameters: ours {params['ours']} (width {dim}), peer {params['peer']}; training FLOPs per token: ours "
+          f"{flops['ours'] / 1e6:.2f}M, peer {flops['peer'] / 1e6:.2f}M (ratio {flops['ours'] / flops['peer']:.3f}); "
+          f"medians of {args.rounds} interleaved processes x {args.repeats} repeats")
+    if "train" in summary:
+        print(f"achieved training GFLOP/s: ours {summary['train']['ours_gflops']:.1f}, "
+              f"peer {summary['train']['peer_gflops']:.1f}")
     if args.out:
-        Path(args.out).write_text(json.dumps({"summary": summary, "params": params, "runs": results}, indent=2))
+        Path(args.out).write_text(json.dumps({"summary": summary, "params": params, "width": dim, "flops_per_token": flops,
+                                              "runs": results}, indent=2))
 
 
 if __name__ == "__main__":

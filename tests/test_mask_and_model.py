@@ -9,7 +9,7 @@ from transfusion.batch import IGNORE
 from transfusion.config import load_config
 from transfusion.data.document import Document, Image, Text
 from transfusion.data.packing import PATCH, Layout, arrange, layout, pack
-from transfusion.model.attention import transfusion_mask
+from transfusion.model.attention import ChunkedMask, transfusion_mask
 from transfusion.model.transfusion import Transfusion
 from transfusion.tokenizer import ByteTokenizer
 
@@ -178,6 +178,36 @@ def test_flex_forward_matches_sdpa():
         out_sdpa, noise_sdpa = run(sdpa, batch)
     assert torch.allclose(out_flex, out_sdpa, atol=1e-4)
     assert torch.allclose(noise_flex[0], noise_sdpa[0], atol=1e-4)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64, 512])
+def test_chunked_attention_equals_the_dense_mask_in_loss_and_gradients(chunk):
+    """Query blocks cut through images and documents (chunk 7), one query at a time, or the whole row:
+    the same outputs and gradients as sdpa with the dense mask; its blocks build no (L, L) mask."""
+    tok = ByteTokenizer()
+    dense, _ = make_model(attention="sdpa")
+    chunked, cfg = make_model(attention="chunked")
+    chunked.model_cfg.attention_chunk = chunk
+    chunked.load_state_dict(dense.state_dict())
+    torch.manual_seed(2)
+    images = [torch.rand(3, 16, 16) * 2 - 1 for _ in range(2)]
+    batch = two_document_batch(dense, tok, images)
+    results = []
+    for model in (dense, chunked):
+        model.zero_grad()
+        hidden, noise = run(model, batch)
+        (hidden.square().mean() + sum(n.square().mean() for n in noise)).backward()
+        results.append((hidden, noise, {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}))
+    (h0, n0, g0), (h1, n1, g1) = results
+    assert torch.allclose(h0, h1, atol=1e-5) and all(torch.allclose(a, b, atol=1e-5) for a, b in zip(n0, n1))
+    assert g0.keys() == g1.keys() and all(torch.allclose(g0[k], g1[k], atol=1e-5) for k in g0)
+    mask = ChunkedMask(batch.doc_ids, batch.image_ids, chunk)
+    L = batch.doc_ids.shape[1]
+    dense_mask = transfusion_mask(batch.doc_ids, batch.image_ids)
+    for a, b, lo, hi, block in mask.blocks():  # each block is the dense mask's, and nothing outside it is allowed
+        assert torch.equal(block[:, 0], dense_mask[:, a:b, lo:hi])
+        assert not dense_mask[:, a:b, :lo].any() and not dense_mask[:, a:b, hi:].any()
+        assert b - a <= chunk and (chunk >= L or hi - lo < L)
 
 
 def test_unknown_attention_and_adapter_are_rejected():

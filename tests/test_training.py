@@ -135,6 +135,17 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path):
     assert rows[-1]["tokens_seen"] == straight_rows[-1]["tokens_seen"] > straight_rows[0]["tokens_seen"] > 0
     n_params = sum(t.numel() for t in a.values())
     assert rows[-1]["train_flops"] == 6 * n_params * rows[-1]["tokens_seen"]
+    assert all(r["rss_mb"] > 50 for r in rows)  # resident memory, logged with every row
+
+
+def test_resident_memory_follows_what_the_process_holds():
+    from transfusion.train import resident_mb
+
+    before = resident_mb()
+    held = torch.ones(64, 2**20)  # 256 MiB, touched
+    during = resident_mb()
+    del held
+    assert 230 < during - before < 290, (before, during)
 
 
 def test_kill_9_then_rerun_resumes(tmp_path):

@@ -56,7 +56,8 @@ class ModelConfig:
     max_seq_len: int = 512  # longest document the model takes (RoPE positions)
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
-    attention: str = "sdpa"  # sdpa (dense boolean mask) | flex (FlexAttention block mask, CUDA)
+    attention: str = "sdpa"  # sdpa (dense boolean mask) | chunked (query blocks, no L x L mask) | flex (CUDA)
+    attention_chunk: int = 512  # chunked: queries per block
     mot: bool = False  # Mixture-of-Transformers: a text and an image copy of every trunk norm and projection
     n_kv_heads: int = 0  # key/value heads (grouped-query attention); 0: n_heads
     qkv_bias: bool = False  # biases on the q/k/v projections (Qwen2)
@@ -319,8 +320,10 @@ def validate(cfg: Config) -> None:
     if m.freeze_text and not (m.mot and m.init_from):
         raise ValueError("model.freeze_text=true needs model.mot=true and model.init_from (the LMFusion recipe: "
                          "frozen pretrained text weights, trainable image copies)")
-    if m.attention not in ("sdpa", "flex"):
-        raise ValueError(f"model.attention must be 'sdpa' or 'flex', got {m.attention!r}")
+    if m.attention not in ("sdpa", "chunked", "flex"):
+        raise ValueError(f"model.attention must be 'sdpa', 'chunked' or 'flex', got {m.attention!r}")
+    if m.attention_chunk < 1:
+        raise ValueError(f"model.attention_chunk must be at least 1, got {m.attention_chunk}")
     if cfg.image.objective not in ("diffusion", "tokens"):
         raise ValueError(f"image.objective must be 'diffusion' or 'tokens', got {cfg.image.objective!r}")
     if cfg.image.attention not in ("bidirectional", "causal"):

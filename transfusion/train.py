@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -128,6 +129,17 @@ def prepare_autoencoder(cfg: Config, out: Path, mixture=None) -> Autoencoder:
     pixels = torch.stack([test[j].images[0].pixels for j in range(8)])
     reconstruction_grid(pixels, ae.decode(ae.encode(pixels))).save(folder / "reconstructions.png")
     return ae
+
+
+def resident_mb() -> float:
+    """This process's resident memory now, in MiB (Linux: /proc/self/statm); elsewhere its peak so far."""
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        import resource  # Unix only
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+        return peak / 2**20 if os.uname().sysname == "Darwin" else peak / 1024
 
 
 def build_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.AdamW:
@@ -401,7 +413,7 @@ def _train(cfg: Config, out: Path, world: World, device: torch.device) -> Path:
                 tokens_per_s = window_tokens / elapsed
                 row = {"step": done, **losses, "lr": lr, "grad_norm": float(full(grad_norm)),
                        "tokens_per_s": tokens_per_s, "mfu": tokens_per_s * flops_per_token / (peak * world.size),
-                       "tokens_seen": tokens_seen, "train_flops": 6 * n_params * tokens_seen}
+                       "tokens_seen": tokens_seen, "train_flops": 6 * n_params * tokens_seen, "rss_mb": resident_mb()}
                 if builder.feed is not None:
                     row["skipped_records"] = int(world.sum([builder.skipped])[0])
                 if metrics is not None:

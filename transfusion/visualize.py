@@ -44,7 +44,8 @@ def image_grid(images: torch.Tensor, labels: list[str] | None = None, columns: i
 
 
 def plot_losses(metrics_path: str | Path, out_path: str | Path) -> None:
-    """Plot text and diffusion losses from ``metrics.jsonl`` into a PNG."""
+    """Plot text and diffusion losses from ``metrics.jsonl`` into a PNG, and the process's
+    resident memory where the rows carry it (``rss_mb``)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -59,12 +60,15 @@ def plot_losses(metrics_path: str | Path, out_path: str | Path) -> None:
               "flow": "image: flow (velocity) MSE"}
     image_key = next(k for k in titles if k in rows[0])
     image_title = titles[image_key]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-    for ax, key, title in zip(axes, ("lm", image_key), ("text: next-token cross-entropy", image_title)):
+    panels = [("lm", "text: next-token cross-entropy", "log"), (image_key, image_title, "log")]
+    if all("rss_mb" in r for r in rows):
+        panels.append(("rss_mb", "resident memory (MiB)", "linear"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.5))
+    for ax, (key, title, scale) in zip(axes, panels):
         ax.plot(steps, [r[key] for r in rows])
         ax.set_title(title)
         ax.set_xlabel("step")
-        ax.set_yscale("log")
+        ax.set_yscale(scale)
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(out_path, dpi=100)

@@ -1,8 +1,12 @@
 """The Transfusion attention mask and the one attention entry point.
 
-Two paths, chosen by ``model.attention``:
+Three paths, chosen by ``model.attention``:
 - ``sdpa``: ``scaled_dot_product_attention`` with a dense boolean mask (B, 1, L, S). Runs
-  everywhere; the default and the only path with a backward pass on CPU.
+  everywhere; the default.
+- ``chunked``: the same kernel a block of queries at a time, each block over only the keys
+  the rule lets it see (its documents, up to the end of its images), with that block's
+  mask built from the ids (``ChunkedMask``): no (L, L) mask, and packed rows skip the keys
+  of other documents. Exact: the same rule, the same kernel.
 - ``flex``: FlexAttention with a block mask built from the same rule, for CUDA, where it
   skips the fully masked blocks of packed rows.
 """
@@ -57,6 +61,50 @@ def transfusion_mask(
     return same_doc & (causal | same_image)
 
 
+class ChunkedMask:
+    """The rule of ``transfusion_mask`` over one (B, L) batch, applied ``chunk`` queries at a time.
+
+    For queries [a, b) the keys that can be seen lie in [lo, hi): lo is the first position
+    of the earliest document among them, hi the end of the latest image they belong to (a
+    patch sees its whole image), at least b. Only that (B, b - a, hi - lo) block of the mask
+    is ever built.
+    """
+
+    def __init__(self, doc_ids: torch.Tensor, image_ids: torch.Tensor, chunk: int = 512):
+        B, L = doc_ids.shape
+        self.doc_ids, self.image_ids, self.chunk = doc_ids, image_ids, chunk
+        index = torch.arange(L, device=doc_ids.device).expand(B, L)
+        new_doc = torch.ones_like(doc_ids, dtype=torch.bool)
+        new_doc[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
+        # (B, L): where each position's document starts; where its image ends (itself if no patch)
+        self.doc_start = torch.where(new_doc, index, 0).cummax(dim=1).values
+        patch = image_ids >= 0
+        last = torch.where(patch, index, -1)
+        image_end = torch.full_like(image_ids, -1)
+        for b in range(B):  # per row: the last index of each image id
+            ids = image_ids[b][patch[b]]
+            if len(ids):
+                ends = torch.full((int(ids.max()) + 1,), -1, dtype=torch.long, device=ids.device)
+                ends.scatter_reduce_(0, ids, last[b][patch[b]], reduce="amax")
+                image_end[b] = torch.where(patch[b], ends[image_ids[b].clamp(min=0)], index[b])
+            else:
+                image_end[b] = index[b]
+        self.image_end = image_end
+
+    def blocks(self):
+        """Yield (a, b, lo, hi, mask): queries [a, b), keys [lo, hi), mask (B, 1, b - a, hi - lo) bool."""
+        L = self.doc_ids.shape[1]
+        for a in range(0, L, self.chunk):
+            b = min(L, a + self.chunk)
+            lo = int(self.doc_start[:, a].min())
+            hi = max(b, int(self.image_end[:, a:b].max()) + 1)
+            q_doc, k_doc = self.doc_ids[:, a:b], self.doc_ids[:, lo:hi]
+            q_img, k_img = self.image_ids[:, a:b], self.image_ids[:, lo:hi]
+            causal = torch.arange(a, b, device=q_doc.device)[:, None] >= torch.arange(lo, hi, device=q_doc.device)
+            same_image = (q_img[:, :, None] == k_img[:, None, :]) & (q_img[:, :, None] >= 0)
+            yield a, b, lo, hi, ((q_doc[:, :, None] == k_doc[:, None, :]) & (causal | same_image)).unsqueeze(1)
+
+
 def flex_block_mask(doc_ids: torch.Tensor, image_ids: torch.Tensor):
     """The same rule as ``transfusion_mask``, as a FlexAttention BlockMask."""
     from torch.nn.attention.flex_attention import create_block_mask
@@ -73,10 +121,14 @@ def flex_block_mask(doc_ids: torch.Tensor, image_ids: torch.Tensor):
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask) -> torch.Tensor:
     """Attention over (B, H, L, hd) queries and (B, H, S, hd) keys/values -> (B, H, L, hd).
 
-    ``mask`` is a dense bool tensor broadcastable to (B, H, L, S), or a FlexAttention BlockMask.
+    ``mask`` is a dense bool tensor broadcastable to (B, H, L, S), a ``ChunkedMask`` (L = S, no
+    cache), or a FlexAttention BlockMask.
     """
     if isinstance(mask, torch.Tensor):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    if isinstance(mask, ChunkedMask):
+        return torch.cat([F.scaled_dot_product_attention(q[:, :, a:b], k[:, :, lo:hi], v[:, :, lo:hi], attn_mask=m)
+                          for a, b, lo, hi, m in mask.blocks()], dim=2)
     return _flex_attention(q.is_cuda)(q, k, v, block_mask=mask)
 
 

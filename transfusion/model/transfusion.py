@@ -15,7 +15,7 @@ import torch.nn as nn
 
 from transfusion.batch import ImageGroup
 from transfusion.config import ImageConfig, ModelConfig
-from transfusion.model.attention import flex_block_mask, transfusion_mask
+from transfusion.model.attention import ChunkedMask, flex_block_mask, transfusion_mask
 from transfusion.model.image import build_image_adapter
 from transfusion.model.transformer import ByModality, Transformer
 
@@ -150,6 +150,8 @@ class Transfusion(nn.Module):
     def attention_mask(self, doc_ids: torch.Tensor, image_ids: torch.Tensor):
         if self.model_cfg.attention == "flex":
             return flex_block_mask(doc_ids, self._mask_ids(image_ids))
+        if self.model_cfg.attention == "chunked":
+            return ChunkedMask(doc_ids, self._mask_ids(image_ids), self.model_cfg.attention_chunk)
         return self.mask(doc_ids, image_ids)  # (B, 1, L, L)
 
     def forward(

@@ -22,7 +22,7 @@ Each measurement runs in a fresh process (so peak memory is its own); the two pr
 processes alternate, round after round, and the report gives per-task medians, the
 speed ratio peer / ours, and peak resident memory. Equal model evaluations: the peer
 integrates its flow with the midpoint method (2 evaluations per step), so 16 time points
-are 30 evaluations, each a conditional and an unconditional forward; ours runs DDIM with
+are 30 evaluations, each a conditional and an unconditional forward; ours runs DPM-Solver++ with
 30 steps, each one forward of the conditional and unconditional rows together.
 """
 
@@ -115,7 +115,7 @@ def ours(task: str, repeats: int, dim: int = DIM) -> dict:
         engine = Engine(model.eval(), tok, IdentityAutoencoder(CHANNELS), cfg)  # the latents are the images
         n, length = (BATCH, 16) if task == "batch8" else (1, 16 if task == "prompt16" else 256)
         prompts = [[text(length)] for _ in range(n)]
-        request = Request(max_new_tokens=1, sampler="ddim", steps=EVALS, guidance=GUIDANCE, image_size=SIDE)
+        request = Request(max_new_tokens=1, sampler="dpm++", steps=EVALS, guidance=GUIDANCE, image_size=SIDE)
 
         def run():
             engine.generate(prompts, request, force_image=True)

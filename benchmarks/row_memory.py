@@ -28,6 +28,8 @@ import sys
 import time
 
 LAYOUTS = ("packed", "one_document")
+TEXT, PATCHES = 32, 64  # text tokens before each image; positions of a 64 px image
+PAIR = TEXT + 1 + PATCHES + 1  # text, BOI, patches, EOI
 SHAPE = ["model.dim=768", "model.n_layers=16", "model.n_heads=12", "image.size=64", "image.autoencoder=identity",
          "image.unet_channels=[128,256]", "image.patch_size=2", "image.adapter=unet"]
 
@@ -38,13 +40,11 @@ def documents(layout: str, length: int, generator):
 
     from transfusion.data.document import Image, Tokens
 
-    text = lambda n: Tokens(tuple(torch.randint(0, 256, (n,), generator=generator).tolist()))  # noqa: E731
-    image = lambda: Image(torch.rand(3, 64, 64, generator=generator) * 2 - 1)  # noqa: E731
-    per_doc = 32 + 66 + 2  # text, BOI + 64 patches + EOI, BOS + EOS
-    if layout == "packed":
-        return [[text(32), image()] for _ in range(max(1, length // per_doc))]
-    pairs = max(1, (length - 2) // 98)
-    return [[seg for _ in range(pairs) for seg in (text(32), image())]]
+    pair = lambda: [Tokens(tuple(torch.randint(0, 256, (TEXT,), generator=generator).tolist())),  # noqa: E731
+                    Image(torch.rand(3, 64, 64, generator=generator) * 2 - 1)]
+    if layout == "packed":  # each document: BOS, one pair, EOS
+        return [pair() for _ in range(max(1, length // (PAIR + 2)))]
+    return [[seg for _ in range(max(1, (length - 2) // PAIR)) for seg in pair()]]
 
 
 def worker(layout: str, length: int, overrides: list[str]) -> dict:
@@ -66,8 +66,10 @@ def worker(layout: str, length: int, overrides: list[str]) -> dict:
     model = Transfusion.build(cfg.model, cfg.image, tok, ae, cfg.train.seed)
     model.trunk.checkpointing = cfg.train.activation_checkpointing
     g = torch.Generator().manual_seed(0)
-    lays = [lay_out(d, [s.pixels for s in d if isinstance(s, Image)], [cfg.diffusion.timesteps] * len(d), tok,
-                    model.num_patches) for d in documents(layout, length, g)]
+    lays = []
+    for doc in documents(layout, length, g):
+        images = [s.pixels for s in doc if isinstance(s, Image)]
+        lays.append(lay_out(doc, images, [cfg.diffusion.timesteps] * len(images), tok, model.num_patches))
     batch, placed = pack(lays, 1, length, tok.pad_id)
     optimizer, diffusion = build_optimizer(model, cfg), Diffusion(cfg.diffusion.timesteps)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

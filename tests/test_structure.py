@@ -95,8 +95,9 @@ def test_no_import_cycles():
 
 
 def test_files_stay_small_and_the_engine_class_smaller():
-    long = {str(p.relative_to(ROOT)): n for p in ROOT.glob("[!.]*/**/*.py")
-            if (n := len(p.read_text().splitlines())) > 500}
+    ours = [p for p in ROOT.glob("[!.]*/**/*.py")  # not inside hidden folders (benchmarks/.peer-venv)
+            if not any(part.startswith(".") for part in p.relative_to(ROOT).parts)]
+    long = {str(p.relative_to(ROOT)): n for p in ours if (n := len(p.read_text().splitlines())) > 500}
     assert not long, long
     tree = ast.parse((PACKAGE / "engine" / "engine.py").read_text())
     (engine,) = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Engine"]

@@ -183,7 +183,7 @@ def _paper(layers: int, dim: int, heads: int) -> dict:
     return {
         "model": {"dim": dim, "n_layers": layers, "n_heads": heads, "max_seq_len": 4096},
         "image": {"size": 256, "autoencoder": PAPER_AUTOENCODER, "patch_size": 1, "adapter": "unet",
-                  "unet_channels": [min(dim, 512)], "clip_sample": -1.0},
+                  "unet_channels": [min(dim, 512)]},
         "data": {"tokenizer": "bpe", "bpe_vocab_size": 32000, "seq_len": 4096, "batch_size": 1},
         "diffusion": {"sample_steps": 250},
     }

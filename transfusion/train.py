@@ -131,15 +131,12 @@ def prepare_autoencoder(cfg: Config, out: Path, mixture=None) -> Autoencoder:
     return ae
 
 
-def resident_mb() -> float:
-    """This process's resident memory now, in MiB (Linux: /proc/self/statm); elsewhere its peak so far."""
+def resident_mb() -> float | None:
+    """This process's resident memory now, in MiB (Linux: /proc/self/statm); None where that is not there."""
     try:
         return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except (OSError, ValueError, IndexError):
-        import resource  # Unix only
-
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-        return peak / 2**20 if os.uname().sysname == "Darwin" else peak / 1024
+    except (OSError, ValueError, IndexError, AttributeError):  # no /proc (macOS), no sysconf (Windows)
+        return None
 
 
 def build_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.AdamW:
@@ -413,7 +410,9 @@ def _train(cfg: Config, out: Path, world: World, device: torch.device) -> Path:
                 tokens_per_s = window_tokens / elapsed
                 row = {"step": done, **losses, "lr": lr, "grad_norm": float(full(grad_norm)),
                        "tokens_per_s": tokens_per_s, "mfu": tokens_per_s * flops_per_token / (peak * world.size),
-                       "tokens_seen": tokens_seen, "train_flops": 6 * n_params * tokens_seen, "rss_mb": resident_mb()}
+                       "tokens_seen": tokens_seen, "train_flops": 6 * n_params * tokens_seen}
+                if (rss := resident_mb()) is not None:
+                    row["rss_mb"] = rss
                 if builder.feed is not None:
                     row["skipped_records"] = int(world.sum([builder.skipped])[0])
                 if metrics is not None:

@@ -24,6 +24,7 @@ next good record is returned instead, so one broken file does not end a long run
 
 from __future__ import annotations
 
+import io
 import json
 import warnings
 from pathlib import Path
@@ -54,6 +55,16 @@ def load_image(path: Path, image_size: int) -> torch.Tensor:
             return fit_image(opened, image_size)  # decodes the whole file, so corruption shows here
     except Exception as err:  # PIL reports corrupt files as OSError, SyntaxError, ValueError...
         raise BadRecordError(f"cannot read image {path}: {err}") from err
+
+
+def image_from_bytes(data: bytes, image_size: int, where: str) -> torch.Tensor:
+    """Encoded image bytes (a tar member, a Parquet cell) -> (3, image_size, image_size) in [-1, 1],
+    by the one crop rule; ``BadRecordError`` ("WHERE: cannot decode its image ...") if they do not decode."""
+    try:
+        with PIL.Image.open(io.BytesIO(data)) as opened:
+            return fit_image(opened, image_size)
+    except Exception as err:  # PIL reports corrupt data as OSError, SyntaxError, ValueError...
+        raise BadRecordError(f"{where}: cannot decode its image ({type(err).__name__}: {err})") from None
 
 
 def document_kind(segments: list[Segment]) -> str:

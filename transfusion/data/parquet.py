@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import bisect
 import glob
-import io
 from pathlib import Path
 
 from transfusion.data.document import Document
-from transfusion.data.ondisk import BadRecordError, _check_on_error, _SkippingDataset
-from transfusion.fileio import fit_image
+from transfusion.data.ondisk import BadRecordError, _check_on_error, _SkippingDataset, image_from_bytes
 
 IMAGE_COLUMNS = ("image", "jpg", "png", "webp", "img")
 CAPTION_COLUMNS = ("text", "caption", "txt", "sentence", "prompt")
@@ -80,8 +78,6 @@ class ParquetDocuments(_SkippingDataset):
         return self._cached[1]
 
     def _load(self, i: int) -> Document:
-        from PIL import Image as PILImage
-
         group = bisect.bisect_right(self.starts, i) - 1
         rows = self._group(group)
         row = i - self.starts[group]
@@ -90,9 +86,4 @@ class ParquetDocuments(_SkippingDataset):
         data = image.get("bytes") if isinstance(image, dict) else image
         if not isinstance(data, (bytes, bytearray)) or not isinstance(caption, str):
             raise BadRecordError(f"{where}: expected image bytes and a caption string")
-        try:
-            with PILImage.open(io.BytesIO(data)) as opened:
-                pixels = fit_image(opened, self.image_size)
-        except Exception as err:  # an undecodable image
-            raise BadRecordError(f"{where}: cannot decode its image ({type(err).__name__}: {err})") from None
-        return Document.pair(caption.strip(), pixels, row=i)
+        return Document.pair(caption.strip(), image_from_bytes(data, self.image_size, where), row=i)

@@ -45,7 +45,7 @@ import numpy as np
 import torch
 
 from transfusion.data.document import Document, Image, Text
-from transfusion.data.ondisk import BadRecordError, document_kind
+from transfusion.data.ondisk import BadRecordError, document_kind, image_from_bytes
 from transfusion.fileio import atomic_write, fit_image, to_pil
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -198,8 +198,6 @@ PAIR_IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp")
 
 def _pair_record(key: str, members: dict[str, bytes], image_size: int, latents: bool) -> Document:
     """An img2dataset record: one image member and its caption (``KEY.txt``, else a "caption" in KEY.json)."""
-    from PIL import Image as PILImage
-
     if latents:
         raise BadRecordError(f"record {key}: an image + caption record in a corpus of latents")
     image = next((members[s] for s in PAIR_IMAGE_SUFFIXES if s in members), None)
@@ -216,12 +214,7 @@ def _pair_record(key: str, members: dict[str, bytes], image_size: int, latents: 
         caption = meta.get("caption") if isinstance(meta, dict) else None
         if not isinstance(caption, str):
             raise BadRecordError(f"record {key} has an image but no caption ({key}.txt or a json 'caption')")
-    try:
-        with PILImage.open(io.BytesIO(image)) as opened:
-            pixels = fit_image(opened, image_size)
-    except Exception as err:  # an undecodable image
-        raise BadRecordError(f"record {key}: cannot decode its image ({type(err).__name__}: {err})") from None
-    return Document.pair(caption, pixels, key=key)
+    return Document.pair(caption, image_from_bytes(image, image_size, f"record {key}"), key=key)
 
 
 @dataclass(frozen=True)

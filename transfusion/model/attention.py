@@ -54,10 +54,20 @@ def transfusion_mask(
         key_docs, key_images = torch.cat([past_doc_ids, doc_ids], 1), torch.cat([past_image_ids, image_ids], 1)
     else:
         key_docs, key_images = doc_ids, image_ids
-    L, S = doc_ids.shape[1], key_docs.shape[1] - doc_ids.shape[1]
-    causal = torch.ones(L, S + L, dtype=torch.bool, device=doc_ids.device).tril(diagonal=S)
-    same_doc = doc_ids[:, :, None] == key_docs[:, None, :]
-    same_image = (image_ids[:, :, None] == key_images[:, None, :]) & (image_ids[:, :, None] >= 0)
+    S = key_docs.shape[1] - doc_ids.shape[1]
+    return _allowed(doc_ids, image_ids, S, key_docs, key_images, 0)
+
+
+def _allowed(q_docs: torch.Tensor, q_images: torch.Tensor, q_start: int,
+             k_docs: torch.Tensor, k_images: torch.Tensor, k_start: int) -> torch.Tensor:
+    """The rule of ``transfusion_mask`` for queries (B, Lq) at row positions q_start.. over keys
+    (B, Lk) at k_start..: (B, Lq, Lk) bool."""
+    device = q_docs.device
+    q_at = torch.arange(q_start, q_start + q_docs.shape[1], device=device)
+    k_at = torch.arange(k_start, k_start + k_docs.shape[1], device=device)
+    causal = q_at[:, None] >= k_at[None, :]
+    same_doc = q_docs[:, :, None] == k_docs[:, None, :]
+    same_image = (q_images[:, :, None] == k_images[:, None, :]) & (q_images[:, :, None] >= 0)
     return same_doc & (causal | same_image)
 
 
@@ -79,17 +89,11 @@ class ChunkedMask:
         # (B, L): where each position's document starts; where its image ends (itself if no patch)
         self.doc_start = torch.where(new_doc, index, 0).cummax(dim=1).values
         patch = image_ids >= 0
-        last = torch.where(patch, index, -1)
-        image_end = torch.full_like(image_ids, -1)
-        for b in range(B):  # per row: the last index of each image id
-            ids = image_ids[b][patch[b]]
-            if len(ids):
-                ends = torch.full((int(ids.max()) + 1,), -1, dtype=torch.long, device=ids.device)
-                ends.scatter_reduce_(0, ids, last[b][patch[b]], reduce="amax")
-                image_end[b] = torch.where(patch[b], ends[image_ids[b].clamp(min=0)], index[b])
-            else:
-                image_end[b] = index[b]
-        self.image_end = image_end
+        n = int(image_ids.max()) + 1 if patch.any() else 1
+        image_key = torch.arange(B, device=doc_ids.device)[:, None] * n + image_ids.clamp(min=0)  # (row, image)
+        ends = torch.full((B * n,), -1, dtype=torch.long, device=doc_ids.device)
+        ends.scatter_reduce_(0, image_key[patch], index[patch], reduce="amax")  # each image's last position
+        self.image_end = torch.where(patch, ends[image_key], index)
 
     def blocks(self):
         """Yield (a, b, lo, hi, mask): queries [a, b), keys [lo, hi), mask (B, 1, b - a, hi - lo) bool."""
@@ -98,11 +102,9 @@ class ChunkedMask:
             b = min(L, a + self.chunk)
             lo = int(self.doc_start[:, a].min())
             hi = max(b, int(self.image_end[:, a:b].max()) + 1)
-            q_doc, k_doc = self.doc_ids[:, a:b], self.doc_ids[:, lo:hi]
-            q_img, k_img = self.image_ids[:, a:b], self.image_ids[:, lo:hi]
-            causal = torch.arange(a, b, device=q_doc.device)[:, None] >= torch.arange(lo, hi, device=q_doc.device)
-            same_image = (q_img[:, :, None] == k_img[:, None, :]) & (q_img[:, :, None] >= 0)
-            yield a, b, lo, hi, ((q_doc[:, :, None] == k_doc[:, None, :]) & (causal | same_image)).unsqueeze(1)
+            mask = _allowed(self.doc_ids[:, a:b], self.image_ids[:, a:b], a,
+                            self.doc_ids[:, lo:hi], self.image_ids[:, lo:hi], lo)
+            yield a, b, lo, hi, mask.unsqueeze(1)
 
 
 def flex_block_mask(doc_ids: torch.Tensor, image_ids: torch.Tensor):

@@ -58,6 +58,21 @@ def test_an_oracle_velocity_gives_back_the_image(sampler, shift):
     assert clipped.abs().max() <= 1 + 1e-5  # clipping sees the clamped x0
 
 
+@pytest.mark.parametrize("sampler", FLOW_SAMPLERS)
+def test_strength_runs_a_share_of_the_steps_from_the_noised_init(sampler):
+    init, x0 = torch.rand(2, 4, 8, 8) * 2 - 1, torch.rand(2, 4, 8, 8) * 2 - 1
+    times = []
+
+    def oracle(x, t):
+        times.append(float(t[0]))
+        return velocity_oracle(x0)(x, t)
+
+    out = sample(oracle, x0.shape, Flow(), sampler, 10, torch.Generator().manual_seed(0), init=init, strength=0.5)
+    assert torch.allclose(out, x0, atol=1e-5)
+    per_step = 2 if sampler == "heun" else 1  # Heun's last step is one evaluation (to t = 0)
+    assert len(times) == 5 * per_step - (per_step - 1) and max(times) < 560  # started near t = 0.5, not 1
+
+
 def debug(*overrides):
     cfg = load_config("debug", overrides=[*FLOW, *overrides])
     tok = ByteTokenizer()

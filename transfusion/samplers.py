@@ -101,8 +101,11 @@ def sample(
     clip: float = 0.0,
     device: str | torch.device = "cpu",
     progress=False,
+    init: torch.Tensor | None = None,
+    strength: float = 1.0,
 ) -> torch.Tensor:
-    """Latents x_0 of ``shape`` (N, C, h, w), denoised from pure noise.
+    """Latents x_0 of ``shape`` (N, C, h, w), denoised from pure noise, or from ``init`` noised
+    part of the way (SDEdit, Meng et al. 2022; diffusers' image-to-image ``strength``).
 
     Args:
         predict_noise: (x_t (N, C, h, w), t (N,) long in 1..T) -> eps (N, C, h, w); for a
@@ -120,14 +123,23 @@ def sample(
             latents lie beyond 3) and keeps an inexact one's samples from diverging.
         progress: True: a progress bar over the steps; a callable: called as ``progress(done, total)``
             after every step.
+        init, strength: latents (N, C, h, w) to start from, and the share of the steps to run
+            (0, 1]: sampling starts at the last ``round(strength * steps)`` timesteps, from ``init``
+            noised to the first of them. 1 (the default) or no ``init``: pure noise.
     """
+    if not 0 < strength <= 1:
+        raise ValueError(f"strength must be in (0, 1], got {strength}")
     if isinstance(diffusion, Flow):
-        return _sample_flow(predict_noise, shape, diffusion, sampler, steps, generator, clip, device, progress)
+        return _sample_flow(predict_noise, shape, diffusion, sampler, steps, generator, clip, device, progress,
+                            init, strength)
     check_sampler(sampler, steps, diffusion.T, objective="ddpm")
     scheduler = make_scheduler(sampler, diffusion)
     scheduler.set_timesteps(steps)
     x = randn(shape, generator).to(device)
-    timesteps = scheduler.timesteps.tolist()
+    timesteps = _tail(scheduler, init, strength)
+    if init is not None and strength < 1:  # noised init at the first kept timestep (k + 1 in this library's numbering)
+        a = diffusion.alpha_bar[timesteps[0] + 1].item()
+        x = a ** 0.5 * init.to(device, x.dtype) + (1 - a) ** 0.5 * x
     timesteps = _reporting(timesteps, f"{sampler} {steps} steps", progress)
     extra = {"generator": generator} if sampler == "ddpm" else {}
     for k in timesteps:
@@ -139,14 +151,31 @@ def sample(
     return x
 
 
+def _tail(scheduler, init: torch.Tensor | None, strength: float) -> list:
+    """The scheduler's timesteps from where an ``init`` of ``strength`` starts (all of them
+    without one), with the scheduler told where it begins (its multistep state counts steps)."""
+    timesteps = scheduler.timesteps.tolist()
+    order = getattr(scheduler, "order", 1)  # Heun: t0, t1, t1, t2, t2, ...: step i starts at entry 2i
+    if init is None or strength >= 1:
+        return timesteps
+    n = (len(timesteps) + order - 1) // order
+    start = order * (n - max(1, round(strength * n)))
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(start)
+    return timesteps[start:]
+
+
 def _sample_flow(predict_velocity, shape, flow: Flow, sampler: str, steps: int, generator, clip: float, device,
-                 progress) -> torch.Tensor:
+                 progress, init=None, strength: float = 1.0) -> torch.Tensor:
     """Integrate the flow ODE from t = 1 (noise) to 0 with diffusers' flow-matching schedulers."""
     check_sampler(sampler, steps, flow.T, objective="flow")
     scheduler = make_flow_scheduler(sampler, flow, flow.shift(math.prod(shape[1:])))
     scheduler.set_timesteps(steps)
     x = randn(shape, generator).to(device)
-    timesteps = list(scheduler.timesteps)
+    timesteps = _tail(scheduler, init, strength)
+    if init is not None and strength < 1:  # x_t = (1 - t) x0 + t eps at the first kept time
+        t = float(timesteps[0]) / flow.T
+        x = (1 - t) * init.to(device, x.dtype) + t * x
     timesteps = _reporting(timesteps, f"{sampler} {steps} steps", progress)
     for k in timesteps:
         v = predict_velocity(x, torch.full((shape[0],), float(k), device=device)).float()

@@ -35,6 +35,7 @@ class Layout:
     ids: list[int]
     images: list[tuple[int, torch.Tensor, int]] = field(default_factory=list)  # (start, latent, max_t)
     given: list[tuple[int, int]] = field(default_factory=list)  # [start, end) of text that is no LM target
+    references: list[int] = field(default_factory=list)  # per image, the image (of this layout) it edits, or -1
 
 
 @dataclass
@@ -51,6 +52,8 @@ class PackedBatch:
     # and its noise (C, h, w); None lets the loss draw them itself
     t: torch.Tensor | None = None
     noise: list[torch.Tensor] | None = None
+    # per image (N,) long, the image of this batch it edits (its source, in the same document), or -1
+    reference: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> "PackedBatch":
         """The same batch with every tensor on ``device``."""
@@ -86,10 +89,16 @@ class PackedBatch:
             rows += b.rows
         cat = lambda name: torch.cat([getattr(b, name) for b in batches])  # noqa: E731
         drawn = all(b.t is not None for b in batches)
+        reference, base = [], 0
+        for b in batches:
+            own = b.reference if b.reference is not None else torch.full((len(b.latents),), -1, dtype=torch.long)
+            reference.append(torch.where(own >= 0, own + base, -1))
+            base += len(b.latents)
         return PackedBatch(
             cat("tokens"), cat("positions"), torch.cat(doc_ids), torch.cat(image_ids), cat("targets"),
             [lat for b in batches for lat in b.latents], cat("max_t"), index,
             cat("t") if drawn else None, [n for b in batches for n in b.noise] if drawn else None,
+            torch.cat(reference),
         )
 
     @property
@@ -109,8 +118,14 @@ class PackedBatch:
         return list(by_shape.values())
 
     def image_group(self, ids: list[int], latents: torch.Tensor, t: torch.Tensor) -> ImageGroup:
-        """The model input for images ``ids``: their (noisy) latents (N, C, h, w) and t (N,)."""
-        return ImageGroup(latents, t, torch.stack([self.index[i] for i in ids]))
+        """The model input for images ``ids``: their (noisy) latents (N, C, h, w) and t (N,), and
+        the clean latents of the images they edit (zeros for none; None when none edits)."""
+        refs = [] if self.reference is None else [int(self.reference[i]) for i in ids]
+        reference = None
+        if any(r >= 0 for r in refs):
+            reference = torch.stack([self.latents[r].to(latents) if r >= 0 else torch.zeros_like(latents[0])
+                                     for r in refs])
+        return ImageGroup(latents, t, torch.stack([self.index[i] for i in ids]), reference)
 
     def clean_image_groups(self) -> list[ImageGroup]:
         """Every image as clean context (at ``CONTEXT_T``), one group per latent shape (prompts, scoring)."""
@@ -179,9 +194,13 @@ def layout(
     num_patches: Callable[[tuple[int, int]], int],
     close: bool = True,
 ) -> Layout:
-    """Token sequence of a document whose images are already latents (one per Image segment)."""
+    """Token sequence of a document whose images are already latents (one per Image segment).
+
+    An image to be denoised (cap > 0) after a clean context image (cap ``CONTEXT_IMAGE``: in
+    training only an edit's source) edits the last such image: its ``references`` entry."""
     out = Layout([tokenizer.bos_id])
     images = iter(zip(latents, max_t))
+    last_context = -1
     for seg in segments:
         if isinstance(seg, Text):
             start = len(out.ids)
@@ -193,6 +212,9 @@ def layout(
         elif isinstance(seg, Image):
             latent, cap = next(images)
             out.ids.append(tokenizer.boi_id)
+            out.references.append(-1 if cap == CONTEXT_IMAGE else last_context)
+            if cap == CONTEXT_IMAGE:
+                last_context = len(out.images)
             out.images.append((len(out.ids), latent, cap))
             out.ids.extend([PATCH] * num_patches(tuple(latent.shape[1:])))
             out.ids.append(tokenizer.eoi_id)
@@ -251,7 +273,7 @@ def pack(
     doc_ids = torch.full((rows, seq_len), -1, dtype=torch.long)
     image_ids = torch.full((rows, seq_len), -1, dtype=torch.long)
     targets = torch.full((rows, seq_len), IGNORE, dtype=torch.long)
-    latents, max_t, index = [], [], []
+    latents, max_t, index, reference = [], [], [], []
     for doc_index, (row, start, lay) in enumerate(placed):
         ids = torch.tensor(lay.ids, dtype=torch.long)
         n = len(ids)
@@ -264,6 +286,9 @@ def pack(
         targets[row, start : start + n - 1] = torch.where(has_target, ids[1:], IGNORE)
         for a, b in lay.given:  # the positions that would predict given text; the one after it still predicts
             targets[row, start + a - 1 : start + b - 1] = IGNORE
+        first = len(latents)
+        refs = lay.references + [-1] * (len(lay.images) - len(lay.references))  # images appended by hand edit nothing
+        reference += [first + r if r >= 0 else -1 for r in refs]
         for img_start, latent, cap in lay.images:
             P = int(is_patch[img_start:].long().cumprod(0).sum())
             image_ids[row, start + img_start : start + img_start + P] = len(latents)
@@ -271,6 +296,7 @@ def pack(
             latents.append(latent)
             max_t.append(cap)
     batch = PackedBatch(
-        tokens, positions, doc_ids, image_ids, targets, latents, torch.tensor(max_t, dtype=torch.long), index
+        tokens, positions, doc_ids, image_ids, targets, latents, torch.tensor(max_t, dtype=torch.long), index,
+        reference=torch.tensor(reference, dtype=torch.long),
     )
     return batch, len(placed)

@@ -51,7 +51,7 @@ def run_job(loaded: Loaded, job: Job, limits: Limits) -> dict:
     elif job.task == "interleaved":
         req = dataclasses.replace(req, max_images=limits.max_images)
     else:
-        req = dataclasses.replace(req, max_new_tokens=1, max_images=1)
+        req = dataclasses.replace(req, max_new_tokens=1, max_images=1, edit=job.task == "edit")
     req = req.resolve(cfg, loaded.autoencoder)
     if job.task == "i2t":
         prompts = [[Image(job.image)] + ([Text(job.prompt)] if job.prompt else [])]

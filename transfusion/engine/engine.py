@@ -124,7 +124,8 @@ class Engine:
         prompt ``[source, instruction]`` then an image. With ``req.image_guidance`` set, guidance
         combines unconditional, image-only and image + instruction branches (InstructPix2Pix)."""
         prompts = [[Image(pixels), Text(text)] for pixels, text in zip(sources, instructions, strict=True)]
-        outputs = self.generate(prompts, dataclasses.replace(req, max_new_tokens=1, max_images=1), force_image=True)
+        outputs = self.generate(prompts, dataclasses.replace(req, max_new_tokens=1, max_images=1, edit=True),
+                                force_image=True)
         return [next(s.pixels for s in out if isinstance(s, Image)) for out in outputs]
 
     @torch.no_grad()

@@ -46,6 +46,15 @@ def _check_fits(engine, positions: torch.Tensor, n: int, what: str) -> None:
         raise ValueError(f"an image of {n} {what} does not fit in the context (model.max_seq_len={limit})")
 
 
+def _last_images(contexts, req, shape: tuple[int, int, int], why: str) -> torch.Tensor:
+    """Each row's last context image (G, C, h, w): what an edit or image-to-image request starts from."""
+    last = [row.images_only()[1][-1:] for row in contexts]
+    if not all(last) or any(tuple(x[0].shape) != shape for x in last):
+        raise ValueError(f"{why} the context's last image: every row needs one of the size asked for "
+                         f"({req.image_size[0]}x{req.image_size[1]} pixels)")
+    return torch.stack([x[0] for x in last])
+
+
 class DiffusionImages:
     """Continuous latents, denoised by a diffusion sampler (Transfusion; DDPM or flow: the model's
     prediction, noise or velocity, is guided and handed to the sampler alike)."""
@@ -83,6 +92,12 @@ class DiffusionImages:
         G = len(rows)
         has_images = any(row.images_only()[0] for row in contexts)
         branches = guidance_branches(req.guidance, req.image_guidance, has_images)
+        init = _last_images(contexts, req, (C, h, w), f"strength {req.strength} < 1 starts from") \
+            if req.strength < 1 else None
+        reference = None
+        if req.edit and e.model.image_cfg.edit_reference:  # the source, except in the unconditional branch
+            source = _last_images(contexts, req, (C, h, w), "an edit changes")
+            reference = torch.cat([torch.zeros_like(source) if b == UNCONDITIONAL else source for b in branches])
 
         def inputs():
             """The n image columns of every branch row after its prefix, and their mask."""
@@ -101,12 +116,12 @@ class DiffusionImages:
         def predict_noise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             prefix, columns, index, mask = fixed or inputs()
             k = len(branches)
-            group = ImageGroup(x.repeat(k, 1, 1, 1), t.repeat(k), index)
+            group = ImageGroup(x.repeat(k, 1, 1, 1), t.repeat(k), index, reference)
             _, (eps,) = e.run(prefix, *columns, [group], write=False, mask=mask)
             return combine_guidance(dict(zip(branches, eps.split(G))), req.guidance, req.image_guidance)
 
         return sample(predict_noise, (G, C, h, w), self.diffusion, req.sampler, req.steps, generators,
-                      clip=req.clip, device=e.device, progress=e.progress)
+                      clip=req.clip, device=e.device, progress=e.progress, init=init, strength=req.strength)
 
     def to_pixels(self, made: torch.Tensor) -> torch.Tensor:
         return self.engine.ae.decode(made).clamp(-1, 1)

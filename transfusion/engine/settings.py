@@ -29,6 +29,8 @@ class Request:
     steps: int | None = None  # default: diffusion.sample_steps for the run's sampler, else SAMPLER_STEPS
     guidance: float | None = None  # CFG scale on the whole context (text scale when image_guidance is set)
     image_guidance: float | None = None  # separate scale for images in the context; None: one scale
+    strength: float = 1.0  # < 1: a new image starts from its context's last image, noised (image to image)
+    edit: bool = False  # a new image edits its context's last image (fed to the adapter: image.edit_reference)
     clip: float | None = None  # x0 clamp while denoising; default: image.clip_sample (resolve_clip)
     stop: list[str] = field(default_factory=list)  # stop strings in the generated text
     image_temperature: float = 1.0  # sampling of image tokens (image.objective=tokens only)
@@ -48,6 +50,8 @@ class Request:
         if self.temperature < 0 or self.image_temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
             raise ValueError(f"temperature and image_temperature must be >= 0, top_p in (0, 1] and top_k >= 0; got "
                              f"{self.temperature}, {self.image_temperature}, {self.top_p}, {self.top_k}")
+        if not 0 < self.strength <= 1 or (self.strength < 1 and cfg.image.objective != "diffusion"):
+            raise ValueError(f"strength must be in (0, 1], and 1 unless images are diffused; got {self.strength}")
         if self.max_new_tokens < 1 or self.max_images < 0 or not 0 <= self.min_new_tokens <= self.max_new_tokens:
             raise ValueError("max_new_tokens must be >= 1, min_new_tokens in [0, max_new_tokens] and max_images >= 0")
         size = self.image_size or cfg.image.size

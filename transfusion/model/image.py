@@ -12,6 +12,12 @@ embedding (factorised, so any grid up to ``image.max_grid`` per side works and i
 different sizes share them). The trunk's 1-D RoPE still orders the sequence; the 2-D
 embedding tells a patch where it sits in its image, which raster order alone leaves
 ambiguous across image widths.
+
+With ``image.edit_reference`` each adapter has a ``reference_in`` layer, zero at the start, that
+adds the latents of the image being edited to the noisy input (the same as InstructPix2Pix's
+extra input channels with zero weights): an edit can copy what it keeps straight from the
+source, not only through attention. It runs on zeros for images that edit nothing, so its
+weights take part in every step (DDP, FSDP).
 """
 
 from __future__ import annotations
@@ -60,6 +66,10 @@ def unpatchify(x: torch.Tensor, k: int, grid: tuple[int, int]) -> torch.Tensor:
     return x.reshape(N, C, gh * k, gw * k)
 
 
+def _or_zeros(reference: torch.Tensor | None, latents: torch.Tensor) -> torch.Tensor:
+    return torch.zeros_like(latents) if reference is None else reference.to(latents.dtype)
+
+
 class Position2D(nn.Module):
     def __init__(self, dim: int, max_grid: int):
         super().__init__()
@@ -86,12 +96,16 @@ class LinearImageAdapter(nn.Module):
         self.time = TimestepEmbedding(dim)
         self.position = Position2D(dim, cfg.max_grid)
         self.proj_in = nn.Linear(patch_dim, dim)
+        self.reference_in = nn.Linear(patch_dim, dim) if cfg.edit_reference else None
         self.proj_out = nn.Linear(dim, patch_dim)
 
-    def encode(self, latents: torch.Tensor, t: torch.Tensor):
-        """latents (N, C, h, w), t (N,) -> tokens (N, P, D) and what ``decode`` needs."""
+    def encode(self, latents: torch.Tensor, t: torch.Tensor, reference: torch.Tensor | None = None):
+        """latents (N, C, h, w), t (N,), reference (N, C, h, w) or None -> tokens (N, P, D) and
+        what ``decode`` needs."""
         grid = (latents.shape[2] // self.k, latents.shape[3] // self.k)
         tokens = self.proj_in(patchify(latents, self.k)) + self.time(t)[:, None] + self.position(grid)
+        if self.reference_in is not None:
+            tokens = tokens + self.reference_in(patchify(_or_zeros(reference, latents), self.k))
         return tokens, grid
 
     def decode(self, hidden: torch.Tensor, grid) -> torch.Tensor:
@@ -125,6 +139,7 @@ class UNetImageAdapter(nn.Module):
         time_dim = 4 * chans[0]
         self.time = TimestepEmbedding(time_dim)
         self.conv_in = nn.Conv2d(latent_channels, chans[0], 3, padding=1)
+        self.reference_in = nn.Conv2d(latent_channels, chans[0], 3, padding=1) if cfg.edit_reference else None
         ins = [chans[0]] + chans[:-1]
         self.down = nn.ModuleList(ResBlock(i, o, time_dim) for i, o in zip(ins, chans))
         self.downsample = nn.ModuleList(nn.Conv2d(o, o, 3, stride=2, padding=1) for o in chans)
@@ -139,10 +154,13 @@ class UNetImageAdapter(nn.Module):
         self.norm_out = nn.GroupNorm(1, chans[0])
         self.conv_out = nn.Conv2d(chans[0], latent_channels, 3, padding=1)
 
-    def encode(self, latents: torch.Tensor, t: torch.Tensor):
-        """latents (N, C, h, w), t (N,) -> tokens (N, P, D) and what ``decode`` needs."""
+    def encode(self, latents: torch.Tensor, t: torch.Tensor, reference: torch.Tensor | None = None):
+        """latents (N, C, h, w), t (N,), reference (N, C, h, w) or None -> tokens (N, P, D) and
+        what ``decode`` needs."""
         temb = self.time(t)
         x = self.conv_in(latents)
+        if self.reference_in is not None:
+            x = x + self.reference_in(_or_zeros(reference, latents))
         skips = []
         for block, down in zip(self.down, self.downsample):
             x = block(x, temb)

@@ -80,7 +80,9 @@ class Transfusion(nn.Module):
                 full_name = f"{module_name}.{name}" if module_name else name
                 g = torch.Generator().manual_seed(zlib.crc32(f"{seed}/{full_name}".encode()))
                 full = torch.empty(param.shape, dtype=torch.float32)
-                if isinstance(module, (nn.Linear, nn.Embedding)) and name == "weight":
+                if ".reference_in." in f".{full_name}":  # an edit's source enters at zero (InstructPix2Pix)
+                    nn.init.zeros_(full)
+                elif isinstance(module, (nn.Linear, nn.Embedding)) and name == "weight":
                     plain = full_name.replace(".text.", ".").replace(".image.", ".")  # either copy of a MoT layer
                     nn.init.normal_(full, std=std if plain in residual else 0.02, generator=g)
                 elif name == "bias" and isinstance(module, (nn.Linear, nn.GroupNorm)):
@@ -188,7 +190,7 @@ class Transfusion(nn.Module):
         if images:
             flat = x.reshape(B * L, -1)
             for group in images:
-                patch_tokens, context = self.image.encode(group.latents, group.t)  # (N, P, D)
+                patch_tokens, context = self.image.encode(group.latents, group.t, group.reference)  # (N, P, D)
                 flat = flat.index_put((group.index.reshape(-1),), patch_tokens.reshape(-1, flat.shape[1]))
                 contexts.append(context)
             x = flat.reshape(B, L, -1)

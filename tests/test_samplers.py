@@ -58,11 +58,25 @@ def test_rows_with_their_own_generators_match_sampling_them_alone():
         assert torch.allclose(batched[i], alone[0], atol=1e-5)
 
 
+@pytest.mark.parametrize("eta", [0.5, 1.0])
+def test_ddim_with_eta_draws_fresh_noise_and_an_oracle_still_lands(eta):
+    diffusion, x0 = Diffusion(), torch.rand(2, 4, 8, 8) * 2 - 1
+    out = sample(oracle_for(diffusion, x0), x0.shape, diffusion, "ddim", 20, torch.Generator().manual_seed(0), clip=0,
+                 eta=eta)
+    assert torch.allclose(out, x0, atol=1e-4)
+    inexact = lambda x, t: oracle_for(diffusion, x0)(x, t) * 0.9  # noqa: E731  (noise only matters when inexact)
+    runs = [sample(inexact, x0.shape, diffusion, "ddim", 20, torch.Generator().manual_seed(0), clip=0, eta=e)
+            for e in (eta, eta, 0.0)]
+    assert torch.equal(runs[0], runs[1]) and not torch.allclose(runs[0], runs[2])  # seeded noise, and it is drawn
+    with pytest.raises(ValueError, match="eta"):
+        sample(inexact, x0.shape, diffusion, "dpm++", 20, eta=0.5)
+
+
 @pytest.mark.parametrize("sampler", SAMPLERS)
 def test_strength_starts_from_the_init_noised_part_of_the_way(sampler):
     """Image to image (SDEdit): a share of the steps, from the init noised to the first kept
     level; an oracle of the init gives it back, an oracle of another image gives that image."""
-    diffusion, steps = Diffusion(), {"ddpm": 250, "ddim": 20, "dpm++": 25}[sampler]
+    diffusion, steps = Diffusion(), {"ddpm": 250, "ddim": 20}.get(sampler, 25)
     init, other = torch.rand(2, 4, 8, 8) * 2 - 1, torch.rand(2, 4, 8, 8) * 2 - 1
     seen = []
 

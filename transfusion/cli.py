@@ -46,6 +46,7 @@ def _sampling_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=None,
                    help="denoising steps (default: the run's diffusion.sample_steps for its sampler, else "
                         + ", ".join(f"{k} {v}" for k, v in SAMPLER_STEPS.items()) + ")")
+    p.add_argument("--eta", type=float, default=0.0, help="ddim: noise share, 0 deterministic .. 1 ancestral")
     p.add_argument("--cfg", "--guidance", dest="cfg", type=float, default=None,
                    help="classifier-free guidance scale (default: the run's diffusion.guidance; 1: off)")
     p.add_argument("--seed", type=int, default=0, help="sample i uses seed + i")
@@ -137,7 +138,7 @@ def _generate(argv: list[str]) -> None:
     texts = [t for t in (args.interleaved or args.captions) for _ in range(args.n)]
     req = Request(max_new_tokens=args.max_new_tokens if interleaved else 1,
                   max_images=args.max_images if interleaved else 1, temperature=args.temperature,
-                  top_k=args.top_k, top_p=args.top_p, image_size=args.size, sampler=args.sampler,
+                  top_k=args.top_k, top_p=args.top_p, image_size=args.size, sampler=args.sampler, eta=args.eta,
                   steps=args.steps, guidance=args.cfg, image_guidance=args.image_cfg, seed=args.seed)
     req = req.resolve(cfg, loaded.autoencoder)
     engine = Engine(loaded.model, loaded.tokenizer, loaded.autoencoder, cfg, progress=True)
@@ -182,8 +183,9 @@ def _edit(argv: list[str]) -> None:
         p.error("--n must be at least 1")
     loaded = _load(args)
     source = load_image(Path(args.image), loaded.config.image.size)
-    req = Request(sampler=args.sampler, steps=args.steps, guidance=args.cfg, image_guidance=args.image_cfg,
-                  seed=args.seed, max_new_tokens=1, strength=args.strength).resolve(loaded.config, loaded.autoencoder)
+    req = Request(sampler=args.sampler, eta=args.eta, steps=args.steps, guidance=args.cfg,
+                  image_guidance=args.image_cfg, seed=args.seed, max_new_tokens=1,
+                  strength=args.strength).resolve(loaded.config, loaded.autoencoder)
     engine = Engine(loaded.model, loaded.tokenizer, loaded.autoencoder, loaded.config, progress=True)
     with torch.inference_mode():
         edited = engine.edit([source] * args.n, [args.instruction] * args.n, req)
@@ -197,7 +199,8 @@ def _edit(argv: list[str]) -> None:
           f"image cfg {req.image_guidance})")
 
 
-IMAGE_SETTINGS = ("image_size", "sampler", "steps", "guidance", "image_guidance", "max_images", "clip")  # not captions'
+IMAGE_SETTINGS = ("image_size", "sampler", "steps", "eta", "guidance", "image_guidance", "max_images", "clip",
+                  "strength")  # not captions'
 
 
 def _caption(argv: list[str]) -> None:
@@ -254,8 +257,8 @@ def _evaluate(argv: list[str]) -> None:
                    "report.md and PNG grids go beside it")
     args = p.parse_args(argv)
     loaded = _load(args)
-    req = Request(sampler=args.sampler, steps=args.steps, guidance=args.cfg, image_guidance=args.image_cfg,
-                  seed=args.seed, strength=args.strength)
+    req = Request(sampler=args.sampler, eta=args.eta, steps=args.steps, guidance=args.cfg,
+                  image_guidance=args.image_cfg, seed=args.seed, strength=args.strength)
     report, samples = evaluate(loaded, args.suite, args.n, req, fid=not args.no_fid)
     out = Path(args.out) if args.out else loaded.path / "eval" / "report.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -16,8 +16,8 @@ from typing import Any, get_args, get_origin, get_type_hints
 import yaml
 
 # each sampler's step count when neither a request nor the run's config names one, per objective
-SAMPLER_STEPS = {"ddpm": 250, "ddim": 50, "dpm++": 25, "euler": 25, "heun": 25}
-OBJECTIVE_SAMPLERS = {"ddpm": ("ddpm", "ddim", "dpm++"), "flow": ("euler", "heun")}
+SAMPLER_STEPS = {"ddpm": 250, "ddim": 50, "dpm++": 25, "dpm++sde": 25, "unipc": 25, "euler": 25, "heun": 25}
+OBJECTIVE_SAMPLERS = {"ddpm": ("ddpm", "ddim", "dpm++", "dpm++sde", "unipc"), "flow": ("euler", "heun")}
 
 
 def default_sampler(objective: str) -> str:

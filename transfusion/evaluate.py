@@ -81,7 +81,7 @@ def prompt_following(loaded: Loaded, docs: list[Document], req: Request = Reques
         "settings": {"data": f"{loaded.config.data.dataset}/test", "samples": len(docs), "step": loaded.step,
                      "objective": loaded.config.image.objective,
                      **{k: getattr(req, k) for k in (("image_temperature",) if loaded.model.image_codes else
-                                                     ("sampler", "steps", "clip")) + ("guidance", "seed", "image_size")},
+                                                     ("sampler", "steps", "eta", "clip")) + ("guidance", "seed", "image_size")},
                      "judge": judge.name if judge else None},
         "accuracy": judge.images(torch.stack(images), docs) if judge else {},
         "captions": captions,

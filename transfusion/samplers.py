@@ -1,5 +1,7 @@
-"""Samplers that turn noise into latents, given a predictor: DDPM, DDIM, DPM-Solver++ for the
-``ddpm`` objective (a noise predictor), Euler and Heun for ``flow`` (a velocity predictor).
+"""Samplers that turn noise into latents, given a predictor: for the ``ddpm`` objective (a noise
+predictor) DDPM (ancestral, the paper's), DDIM (deterministic, or stochastic with ``eta``),
+DPM-Solver++ (2nd-order multistep), its SDE variant (fresh noise each step, Lu et al. 2022) and
+UniPC (predictor-corrector, Zhao et al. 2023); Euler and Heun for ``flow`` (a velocity predictor).
 
 The step rules are diffusers' schedulers, fed this library's schedule (the cosine betas of
 ``diffusion.py``) so that training and sampling see the same alpha_bar. Two conventions
@@ -37,7 +39,7 @@ FLOW_SAMPLERS = OBJECTIVE_SAMPLERS["flow"]  # velocity predictors
 
 def make_scheduler(name: str, diffusion: Diffusion):
     """A diffusers scheduler for ``name`` on this library's noise schedule."""
-    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
 
     check_sampler(name, objective="ddpm")
     alpha_bar = diffusion.alpha_bar
@@ -46,10 +48,13 @@ def make_scheduler(name: str, diffusion: Diffusion):
                   timestep_spacing="trailing")
     if name == "ddpm":  # ancestral, posterior variance beta_tilde (the paper's sampler)
         return DDPMScheduler(**common, variance_type="fixed_small", clip_sample=False)
-    if name == "ddim":  # eta = 0: deterministic
+    if name == "ddim":  # deterministic at eta = 0 (the step's argument)
         return DDIMScheduler(**common, clip_sample=False, set_alpha_to_one=True)
-    return DPMSolverMultistepScheduler(**common, algorithm_type="dpmsolver++", solver_order=2,
-                                       final_sigmas_type="zero", lower_order_final=True)
+    multistep = dict(solver_order=2, final_sigmas_type="zero", lower_order_final=True)
+    if name == "unipc":  # UniPC-bh2 on the data prediction, diffusers' recommended setting
+        return UniPCMultistepScheduler(**common, **multistep, predict_x0=True, solver_type="bh2")
+    algorithm = "sde-dpmsolver++" if name == "dpm++sde" else "dpmsolver++"
+    return DPMSolverMultistepScheduler(**common, **multistep, algorithm_type=algorithm)
 
 
 def make_flow_scheduler(name: str, flow: Flow, shift: float):
@@ -103,6 +108,7 @@ def sample(
     progress=False,
     init: torch.Tensor | None = None,
     strength: float = 1.0,
+    eta: float = 0.0,
 ) -> torch.Tensor:
     """Latents x_0 of ``shape`` (N, C, h, w), denoised from pure noise, or from ``init`` noised
     part of the way (SDEdit, Meng et al. 2022; diffusers' image-to-image ``strength``).
@@ -111,7 +117,8 @@ def sample(
         predict_noise: (x_t (N, C, h, w), t (N,) long in 1..T) -> eps (N, C, h, w); for a
             ``Flow``, (x_t, t (N,) float model-unit time T sigma) -> velocity (N, C, h, w).
         sampler: "ddpm" (ancestral; the paper uses 250 steps), "ddim" or "dpm++" (deterministic,
-            20-50 steps); for a ``Flow``, "euler" or "heun" (two evaluations a step).
+            20-50 steps), "dpm++sde" (stochastic), "unipc"; for a ``Flow``, "euler" or "heun"
+            (two evaluations a step).
         steps: denoising steps (model evaluations); a request's default is resolved by
             ``engine.Request.resolve`` (``config.SAMPLER_STEPS``).
         generator: one for the batch, or one per row: row i then draws exactly what it would
@@ -126,6 +133,7 @@ def sample(
         init, strength: latents (N, C, h, w) to start from, and the share of the steps to run
             (0, 1]: sampling starts at the last ``round(strength * steps)`` timesteps, from ``init``
             noised to the first of them. 1 (the default) or no ``init``: pure noise.
+        eta: DDIM's noise share (Song et al. 2021): 0 deterministic, 1 the ancestral posterior's.
     """
     if not 0 < strength <= 1:
         raise ValueError(f"strength must be in (0, 1], got {strength}")
@@ -133,6 +141,8 @@ def sample(
         return _sample_flow(predict_noise, shape, diffusion, sampler, steps, generator, clip, device, progress,
                             init, strength)
     check_sampler(sampler, steps, diffusion.T, objective="ddpm")
+    if eta and sampler != "ddim" or not 0 <= eta <= 1:
+        raise ValueError(f"eta must be in [0, 1] and is DDIM's; got {eta} for {sampler}")
     scheduler = make_scheduler(sampler, diffusion)
     scheduler.set_timesteps(steps)
     x = randn(shape, generator).to(device)
@@ -141,7 +151,9 @@ def sample(
         a = diffusion.alpha_bar[timesteps[0] + 1].item()
         x = a ** 0.5 * init.to(device, x.dtype) + (1 - a) ** 0.5 * x
     timesteps = _reporting(timesteps, f"{sampler} {steps} steps", progress)
-    extra = {"generator": generator} if sampler == "ddpm" else {}
+    extra = {"generator": generator} if sampler in ("ddpm", "dpm++sde") or eta else {}
+    if eta:
+        extra["eta"] = eta
     for k in timesteps:
         t = k + 1
         eps = predict_noise(x, torch.full((shape[0],), t, dtype=torch.long, device=device)).float()

@@ -26,6 +26,7 @@ class Request:
     top_p: float = 1.0
     image_size: int | tuple[int, int] | None = None  # pixels, side or (H, W); default: image.size
     sampler: str | None = None  # ddpm | ddim | dpm++ (ddpm objective), euler | heun (flow); default: the run's
+    eta: float = 0.0  # ddim only: 0 deterministic, 1 the ancestral posterior's noise
     steps: int | None = None  # default: diffusion.sample_steps for the run's sampler, else SAMPLER_STEPS
     guidance: float | None = None  # CFG scale on the whole context (text scale when image_guidance is set)
     image_guidance: float | None = None  # separate scale for images in the context; None: one scale
@@ -47,6 +48,8 @@ class Request:
             steps = d.sample_steps if sampler == run_sampler else SAMPLER_STEPS.get(sampler)
         if cfg.image.objective == "diffusion":
             check_sampler(sampler, steps, d.timesteps, d.objective)
+        if not 0 <= self.eta <= 1 or (self.eta and sampler != "ddim"):
+            raise ValueError(f"eta must be in [0, 1] and is DDIM's; got {self.eta} for {sampler}")
         if self.temperature < 0 or self.image_temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
             raise ValueError(f"temperature and image_temperature must be >= 0, top_p in (0, 1] and top_k >= 0; got "
                              f"{self.temperature}, {self.image_temperature}, {self.top_p}, {self.top_k}")

@@ -128,30 +128,6 @@ class Attention(nn.Module):
         return self.out(y) if route is None else self.out(route.group(y), route)
 
 
-class SiluGate(torch.autograd.Function):
-    """silu(gate) * up of a fused (..., 2H) projection [gate | up] -> (..., H).
-
-    The same values as ``F.silu(gate) * up`` on the two halves; its backward writes both halves'
-    gradients into one (..., 2H) tensor, where autograd's would concatenate two (an extra pass
-    over the widest activation), and it keeps only the projection for backward."""
-
-    @staticmethod
-    def forward(ctx, gate_up: torch.Tensor) -> torch.Tensor:
-        gate, up = gate_up.chunk(2, dim=-1)
-        ctx.save_for_backward(gate_up)
-        return F.silu(gate) * up
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        (gate_up,) = ctx.saved_tensors
-        gate, up = gate_up.chunk(2, dim=-1)
-        out = torch.empty_like(gate_up)
-        d_gate, d_up = out.chunk(2, dim=-1)
-        torch.mul(grad, F.silu(gate), out=d_up)
-        torch.ops.aten.silu_backward.grad_input(grad * up, gate, grad_input=d_gate)
-        return out
-
-
 class SwiGLU(nn.Module):
     def __init__(self, dim: int, hidden: int):
         super().__init__()
@@ -159,7 +135,8 @@ class SwiGLU(nn.Module):
         self.down = nn.Linear(hidden, dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down(SiluGate.apply(self.gate_up(x)))
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(F.silu(gate) * up)
 
 
 class Block(nn.Module):

@@ -68,8 +68,10 @@ def plot(rows: list[tuple[str, dict]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
-    for ax, attr in zip(axes, ("exact", "count", "relation")):
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    fig, axes = plt.subplots(1, 4, figsize=(17, 4))
+    for ax, attr in zip(axes, ("shape", "count", "relation", "exact")):
         for label, r in rows:
             ax.scatter(r["seconds"], 100 * r["accuracy"][attr], s=25)
             ax.annotate(label, (r["seconds"], 100 * r["accuracy"][attr]), fontsize=7, xytext=(3, 3),
@@ -78,6 +80,8 @@ def plot(rows: list[tuple[str, dict]], path: Path) -> None:
         ax.axhline(100 * ref["accuracy"][attr] - 2, color="grey", lw=0.8, ls="--")
         ax.axvline(ref["seconds"] / 5, color="grey", lw=0.8, ls=":")
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("seconds for all captions (log)")
         ax.set_ylabel(f"{attr} (%)")
         ax.set_title(attr)
@@ -103,7 +107,7 @@ def main() -> None:
     se = {a: 100 * (ref["accuracy"][a] * (1 - ref["accuracy"][a]) / max(scored[a], 1)) ** 0.5 for a in ATTRIBUTES}
     lines = ["# Samplers: quality per second", "",
              f"Made by `python experiments/samplers.py --run {args.run} --n {args.n}`: one image for each of the first "
-             f"{args.n} held-out captions (seed i for caption i, guidance 3), scored by the attribute reader; time is the "
+             f"{ref['samples']} held-out captions (seed i for caption i, guidance 3), scored by the attribute reader; time is the "
              "whole `transfusion eval --suite t2i --no-fid` command on 2 CPU cores.", "",
              "| sampler | " + " | ".join(ATTRIBUTES) + " | seconds | time vs ddpm 250 | worst gap (points) |",
              "|---|" + "---|" * (len(ATTRIBUTES) + 3)]

@@ -85,3 +85,19 @@ def test_generate_usage_errors(run, tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli(["caption", str(run), str(tmp_path / "missing.png")])
     assert "image file not found" in capsys.readouterr().err
+
+
+def test_interactive_commands_default_to_the_measured_fast_sampler_eval_to_the_papers(run, tmp_path):
+    from transfusion.config import load_config
+    from transfusion.engine import interactive_sampler
+
+    out = tmp_path / "fast"
+    cli(["generate", str(run), "a red circle", "--n", "1", "--out", str(out)])
+    record = json.loads((out / "000.json").read_text())
+    assert (record["sampler"], record["steps"]) == ("dpm++sde", 25)
+    assert interactive_sampler(load_config("debug")) == "dpm++sde"
+    assert interactive_sampler(load_config("debug", overrides=["diffusion.sampler=ddim"])) is None  # the run's choice
+    assert interactive_sampler(load_config("debug", overrides=["diffusion.objective=flow"])) is None
+    cli(["eval", str(run), "--suite", "t2i", "--no-fid", "--n", "2", "--out", str(tmp_path / "r.json")])
+    settings = json.loads((tmp_path / "r.json").read_text())["t2i"]["settings"]
+    assert settings["sampler"] == "ddpm"  # evaluation samples as the paper does unless told

@@ -40,9 +40,11 @@ def _checkpoint_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU) | cpu | cuda | cuda:N")
 
 
-def _sampling_flags(p: argparse.ArgumentParser) -> None:
+def _sampling_flags(p: argparse.ArgumentParser, interactive: bool = False) -> None:
     p.add_argument("--sampler", default=None, choices=list(SAMPLER_STEPS),
-                   help="default: the run's diffusion.sampler (ddpm)")
+                   help="default: dpm++sde for a ddpm run whose diffusion.sampler is auto (measured best quality "
+                        "per second), else the run's" if interactive else
+                        "default: the run's diffusion.sampler (ddpm with 250 steps, the paper's)")
     p.add_argument("--steps", type=int, default=None,
                    help="denoising steps (default: the run's diffusion.sample_steps for its sampler, else "
                         + ", ".join(f"{k} {v}" for k, v in SAMPLER_STEPS.items()) + ")")
@@ -106,7 +108,7 @@ def _generate(argv: list[str]) -> None:
 
     from transfusion.data.document import Image, Text
     from transfusion.data.ondisk import load_image
-    from transfusion.engine import Engine, Request
+    from transfusion.engine import Engine, Request, interactive_sampler
     from transfusion.visualize import save_generations
 
     p = _parser("generate", "Images from captions, or interleaved text and images from a prompt; writes PNGs, "
@@ -118,7 +120,7 @@ def _generate(argv: list[str]) -> None:
     p.add_argument("--image", action="append", default=[], metavar="PNG",
                    help="an image placed before each prompt (editing-style prompts; repeatable)")
     p.add_argument("--n", type=int, default=4, help="samples per prompt")
-    _sampling_flags(p)
+    _sampling_flags(p, interactive=True)
     p.add_argument("--image-cfg", type=float, default=None,
                    help="separate guidance scale for --image inputs (then --cfg guides the text)")
     p.add_argument("--size", type=_size, default=None, help="image size N or HxW in pixels (default: the run's)")
@@ -138,8 +140,8 @@ def _generate(argv: list[str]) -> None:
     texts = [t for t in (args.interleaved or args.captions) for _ in range(args.n)]
     req = Request(max_new_tokens=args.max_new_tokens if interleaved else 1,
                   max_images=args.max_images if interleaved else 1, temperature=args.temperature,
-                  top_k=args.top_k, top_p=args.top_p, image_size=args.size, sampler=args.sampler, eta=args.eta,
-                  steps=args.steps, guidance=args.cfg, image_guidance=args.image_cfg, seed=args.seed)
+                  top_k=args.top_k, top_p=args.top_p, image_size=args.size, eta=args.eta,
+                  sampler=args.sampler or interactive_sampler(cfg), steps=args.steps, guidance=args.cfg, image_guidance=args.image_cfg, seed=args.seed)
     req = req.resolve(cfg, loaded.autoencoder)
     engine = Engine(loaded.model, loaded.tokenizer, loaded.autoencoder, cfg, progress=True)
     outputs: list[list] = []
@@ -163,7 +165,7 @@ def _edit(argv: list[str]) -> None:
 
     from transfusion.data.document import Image
     from transfusion.data.ondisk import load_image
-    from transfusion.engine import Engine, Request
+    from transfusion.engine import Engine, Request, interactive_sampler
     from transfusion.visualize import edit_grid, save_generations
 
     p = _parser("edit", "Edit an image by an instruction (a run fine-tuned on editing triples, data.edit_fraction); "
@@ -172,7 +174,7 @@ def _edit(argv: list[str]) -> None:
     p.add_argument("image", help="the image to edit (center-cropped and resized to the run's image.size)")
     p.add_argument("instruction", help='e.g. "make the red circle blue"')
     p.add_argument("--n", type=int, default=1, help="samples (seeds seed .. seed + n - 1)")
-    _sampling_flags(p)
+    _sampling_flags(p, interactive=True)
     p.add_argument("--image-cfg", type=float, default=None,
                    help="guidance scale on the source image (InstructPix2Pix; then --cfg guides the instruction); "
                         "default: one scale on both")
@@ -183,8 +185,8 @@ def _edit(argv: list[str]) -> None:
         p.error("--n must be at least 1")
     loaded = _load(args)
     source = load_image(Path(args.image), loaded.config.image.size)
-    req = Request(sampler=args.sampler, eta=args.eta, steps=args.steps, guidance=args.cfg,
-                  image_guidance=args.image_cfg, seed=args.seed, max_new_tokens=1,
+    req = Request(sampler=args.sampler or interactive_sampler(loaded.config), eta=args.eta, steps=args.steps,
+                  guidance=args.cfg, image_guidance=args.image_cfg, seed=args.seed, max_new_tokens=1,
                   strength=args.strength).resolve(loaded.config, loaded.autoencoder)
     engine = Engine(loaded.model, loaded.tokenizer, loaded.autoencoder, loaded.config, progress=True)
     with torch.inference_mode():

@@ -21,7 +21,7 @@ from PIL import Image as PILImage
 
 from transfusion.checkpoint import Loaded
 from transfusion.data.document import Image, Text
-from transfusion.engine import Engine, Request
+from transfusion.engine import Engine, Request, interactive_sampler
 from transfusion.fileio import fit_image, to_pil
 
 
@@ -68,6 +68,7 @@ class Pipeline:
         """One image per prompt and ``num_images_per_prompt``, as PIL images."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         size = None if height is None and width is None else (height or width, width or height)
+        sampler = sampler or interactive_sampler(self.loaded.config)
         req = Request(max_new_tokens=1, max_images=1, sampler=sampler, steps=num_inference_steps,
                       guidance=guidance_scale, image_size=size, seed=self._seed(generator, seed), **request)
         req = req.resolve(self.loaded.config, self.loaded.autoencoder)
@@ -93,6 +94,7 @@ class Pipeline:
                  generator: torch.Generator | None = None, seed: int | None = None, **request) -> list:
         """Continue ``prompt`` (after ``images``, if any) with text and images: a list of str and PIL images."""
         row = [Image(self._pixels(x)) for x in images] + ([Text(prompt)] if prompt else [])
+        request.setdefault("sampler", interactive_sampler(self.loaded.config))
         req = Request(max_new_tokens=max_new_tokens, max_images=max_images, steps=num_inference_steps,
                       guidance=guidance_scale, seed=self._seed(generator, seed), **request)
         with torch.inference_mode():

@@ -31,7 +31,7 @@ MAX_BODY_BYTES_OVER_UPLOAD = 64 * 1024  # room for the JSON fields around an upl
 def run_job(loaded: Loaded, job: Job, limits: Limits) -> dict:
     """Serve one job with the model: images (PNG data URLs, settings inside) and text."""
     from transfusion.data.document import Image, Text
-    from transfusion.engine import Engine, Request
+    from transfusion.engine import Engine, Request, interactive_sampler
 
     cfg = loaded.config
     # denoising passes: a request's n images are one batch; an interleaved row makes up to max_images in turn
@@ -44,7 +44,8 @@ def run_job(loaded: Loaded, job: Job, limits: Limits) -> dict:
             done_images[0] += 1
 
     engine = Engine(loaded.model, loaded.tokenizer, loaded.autoencoder, cfg, progress=progress)
-    req = Request(sampler=job.sampler, steps=job.steps, guidance=job.guidance, image_guidance=job.image_guidance,
+    req = Request(sampler=job.sampler or interactive_sampler(cfg), steps=job.steps, guidance=job.guidance,
+                  image_guidance=job.image_guidance,
                   seed=job.seed, max_new_tokens=limits.max_new_tokens)
     if job.task == "i2t":
         req = dataclasses.replace(req, max_images=0, min_new_tokens=1, max_new_tokens=min(32, limits.max_new_tokens))
@@ -75,7 +76,7 @@ def run_job(loaded: Loaded, job: Job, limits: Limits) -> dict:
 
 def create_app(loaded: Loaded, limits: Limits = Limits()):
     """The FastAPI app serving ``loaded`` (one model; requests queue for it)."""
-    from transfusion.engine import Request
+    from transfusion.engine import Request, interactive_sampler
 
     app = FastAPI(title="transfusion demo", docs_url=None, redoc_url=None, openapi_url=None)
     jobs = JobQueue(lambda job: run_job(loaded, job, limits), limits)
@@ -94,6 +95,8 @@ def create_app(loaded: Loaded, limits: Limits = Limits()):
     @app.get("/api/info")
     def info() -> dict:
         samplers = [] if loaded.model.image_codes else list(OBJECTIVE_SAMPLERS[objective])
+        first = interactive_sampler(cfg)  # the page's default: listed first
+        samplers = sorted(samplers, key=lambda s: s != first)
         return {"checkpoint": str(loaded.path), "step": loaded.step, "image_size": cfg.image.size,
                 "samplers": samplers,
                 "default_steps": {s: Request(sampler=s).resolve(cfg, loaded.autoencoder).steps for s in samplers},

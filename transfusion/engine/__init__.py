@@ -31,6 +31,6 @@ row with nothing to add that call gets padding columns, which no real position a
 
 from transfusion.engine.cache import PAD_DOC, KVCache
 from transfusion.engine.engine import Engine, Row
-from transfusion.engine.settings import Request, resolve_clip
+from transfusion.engine.settings import Request, interactive_sampler, resolve_clip
 
-__all__ = ["Engine", "Request", "KVCache", "Row", "PAD_DOC", "resolve_clip"]
+__all__ = ["Engine", "Request", "KVCache", "Row", "PAD_DOC", "interactive_sampler", "resolve_clip"]

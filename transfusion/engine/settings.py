@@ -14,6 +14,20 @@ def resolve_clip(clip_sample: float, autoencoder) -> float:
     return float(autoencoder.sample_clip) if clip_sample < 0 else float(clip_sample)
 
 
+# what interactive use (generate, edit, the demo, Pipeline) samples with when no sampler is named,
+# for runs whose diffusion.sampler is auto: the best quality per second measured on `small`
+# (docs/sampling.md: within 2 points of DDPM 250 on every attribute at a ninth of its time)
+INTERACTIVE_SAMPLERS = {"ddpm": "dpm++sde"}
+
+
+def interactive_sampler(cfg: Config) -> str | None:
+    """The sampler interactive commands use by default: ``INTERACTIVE_SAMPLERS`` for the run's
+    objective when its ``diffusion.sampler`` is auto, else None (the run's own)."""
+    if cfg.image.objective != "diffusion" or cfg.diffusion.sampler != "auto":
+        return None
+    return INTERACTIVE_SAMPLERS.get(cfg.diffusion.objective)
+
+
 @dataclass
 class Request:
     """Sampling settings for one ``generate`` call; ``None`` means the run's configured default."""

@@ -113,6 +113,14 @@ def plot(rows: list[dict]) -> None:
                     label=f"batch {batch}" if batch else "16-token prompt")
         ax.set(xscale="log", yscale="log", xlabel=f"{x} (log)", ylabel="seconds per image (log)", title=title)
         ax.legend(fontsize=8)
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    for ax, ticks in zip(axes, (None, ROWS, PROMPTS, BATCHES)):
+        if ticks:
+            ax.set_xticks(ticks)
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_formatter(ScalarFormatter())
+            axis.set_minor_formatter(NullFormatter())
     fig.suptitle("cost curves (2-core CPU, fp32; sampling: small shape, DPM-Solver++ 25, cfg 3, KV cache on)")
     fig.tight_layout()
     PLOT.parent.mkdir(parents=True, exist_ok=True)

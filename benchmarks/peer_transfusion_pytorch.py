@@ -94,7 +94,7 @@ def ours(task: str, repeats: int, dim: int = DIM) -> dict:
     g = torch.Generator().manual_seed(0)
     text = lambda n: Tokens(tuple(torch.randint(0, 256, (n,), generator=g).tolist()))  # noqa: E731
 
-    if task in ("train", "flops"):
+    if task in ("train", "flops", "profile"):
         docs = [[text(TEXT), Image(torch.randn(CHANNELS, SIDE, SIDE, generator=g))] for _ in range(BATCH)]
         lays = [layout(d, [s.pixels for s in d if isinstance(s, Image)], [cfg.diffusion.timesteps], tok,
                        model.num_patches) for d in docs]
@@ -119,7 +119,7 @@ def ours(task: str, repeats: int, dim: int = DIM) -> dict:
 
         def run():
             engine.generate(prompts, request, force_image=True)
-    return measure(run, repeats, f"{model.num_params() / 1e6:.2f}M")
+    return profile(run) if task == "profile" else measure(run, repeats, f"{model.num_params() / 1e6:.2f}M")
 
 
 def peer(task: str, repeats: int) -> dict:
@@ -133,7 +133,7 @@ def peer(task: str, repeats: int) -> dict:
     text = lambda n: torch.randint(0, VOCAB, (n,), generator=g)  # noqa: E731
     steps = EVALS // 2 + 1  # midpoint: 2 evaluations per interval
 
-    if task in ("train", "flops"):
+    if task in ("train", "flops", "profile"):
         batch = [[text(TEXT), torch.randn(CHANNELS, SIDE, SIDE, generator=g)] for _ in range(BATCH)]
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
@@ -159,7 +159,8 @@ def peer(task: str, repeats: int) -> dict:
                 else:
                     model.sample_many(prompts, max_length=stop, force_modality_at_start=0,
                                       modality_steps=steps, cfg_scale=GUIDANCE)
-    return measure(run, repeats, f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M")
+    params = f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M"
+    return profile(run) if task == "profile" else measure(run, repeats, params)
 
 
 def measure(run, repeats: int, params: str) -> dict:
@@ -170,6 +171,34 @@ def measure(run, repeats: int, params: str) -> dict:
         run()
         times.append(time.perf_counter() - start)
     return {"seconds": statistics.median(times), "peak_rss_mb": peak_rss_mb(), "params": params}
+
+
+CATEGORIES = (  # (category, substrings of a torch op's name), first match wins
+    ("matmul", ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")),
+    ("attention kernel", ("scaled_dot_product", "flash_attention", "efficient_attention")),
+    ("convolution", ("convolution",)),
+    ("optimizer", ("adam", "foreach")),
+    ("copies and layout", ("aten::copy_", "aten::cat", "aten::clone", "aten::index", "aten::stack", "aten::_to_copy",
+                           "aten::contiguous", "aten::fill_", "aten::zero_", "aten::empty")),
+)
+
+
+def profile(run, steps: int = 3) -> dict:
+    """Self CPU time of ``steps`` training steps by op category (ms per step; the rest: element-wise,
+    normalisation, reductions), from torch.profiler."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    run()  # warm-up
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            run()
+    out: dict[str, float] = {}
+    for event in prof.key_averages():
+        name = event.key.lower()
+        category = next((c for c, keys in CATEGORIES if any(k in name for k in keys)), "element-wise and other")
+        out[category] = out.get(category, 0.0) + event.self_cpu_time_total / 1e3 / steps
+    return out
 
 
 # ---- the driver
@@ -202,7 +231,9 @@ def main() -> None:
     p.add_argument("--worker", choices=("ours", "peer"), help=argparse.SUPPRESS)
     p.add_argument("--equal-flops", action="store_true",
                    help="raise our width until a training step's FLOPs per token match the peer's")
-    p.add_argument("--task", choices=(*TASKS, "flops"), help=argparse.SUPPRESS)
+    p.add_argument("--profile", action="store_true",
+                   help="print where a training step's time goes on each side (torch.profiler, by op category)")
+    p.add_argument("--task", choices=(*TASKS, "flops", "profile"), help=argparse.SUPPRESS)
     p.add_argument("--dim", type=int, default=DIM, help=argparse.SUPPRESS)
     args = p.parse_args()
 
@@ -226,6 +257,17 @@ def main() -> None:
         print("our FLOPs per token by width: " + ", ".join(f"{w}: {f / 1e6:.1f}M" for w, f in counted.items())
               + f"; the peer's: {peer_flops / 1e6:.1f}M -> width {dim}", flush=True)
     flops = {"ours": run_worker("ours", "flops", 1, args.peer_python, dim)["flops_per_token"], "peer": peer_flops}
+    if args.profile:
+        spent = {k: run_worker(k, "profile", 1, args.peer_python, dim) for k in ("ours", "peer")}
+        names = sorted({c for v in spent.values() for c in v}, key=lambda c: -spent["peer"].get(c, 0))
+        print(f"\nms per training step by op category (width {dim}; self CPU time, torch.profiler, 3 steps)")
+        print("| category | ours | peer |\n|---|---|---|")
+        for c in [*names, "total"]:
+            get = (lambda k: sum(spent[k].values())) if c == "total" else (lambda k: spent[k].get(c, 0.0))
+            print(f"| {c} | {get('ours'):.0f} | {get('peer'):.0f} |")
+        if args.out:
+            Path(args.out).write_text(json.dumps({"width": dim, "flops_per_token": flops, "profile": spent}, indent=2))
+        return
 
     results = {t: {"ours": [], "peer": []} for t in args.tasks}
     for r in range(args.rounds):

@@ -56,8 +56,9 @@ def test_an_edits_output_references_its_source_and_nothing_else_does():
     assert plain.reference is None
 
 
-def test_the_reference_layer_starts_at_zero_learns_and_then_reads_the_source():
-    cfg, plain_cfg = load_config("debug", overrides=REFERENCE), load_config("debug")
+@pytest.mark.parametrize("adapter", [["image.adapter=unet"], ["image.adapter=linear", "image.patch_size=4"]])
+def test_the_reference_layer_starts_at_zero_learns_and_then_reads_the_source(adapter):
+    cfg, plain_cfg = load_config("debug", overrides=[*REFERENCE, *adapter]), load_config("debug", overrides=adapter)
     tok, ae = ByteTokenizer(), IdentityAutoencoder()
     model = Transfusion.build(cfg.model, cfg.image, tok, ae, seed=0)
     plain = Transfusion.build(plain_cfg.model, plain_cfg.image, tok, ae, seed=0)

@@ -141,7 +141,8 @@ def _generate(argv: list[str]) -> None:
     req = Request(max_new_tokens=args.max_new_tokens if interleaved else 1,
                   max_images=args.max_images if interleaved else 1, temperature=args.temperature,
                   top_k=args.top_k, top_p=args.top_p, image_size=args.size, eta=args.eta,
-                  sampler=args.sampler or interactive_sampler(cfg), steps=args.steps, guidance=args.cfg, image_guidance=args.image_cfg, seed=args.seed)
+                  sampler=args.sampler or interactive_sampler(cfg), steps=args.steps, guidance=args.cfg,
+                  image_guidance=args.image_cfg, seed=args.seed)
     req = req.resolve(cfg, loaded.autoencoder)
     engine = Engine(loaded.model, loaded.tokenizer, loaded.autoencoder, cfg, progress=True)
     outputs: list[list] = []

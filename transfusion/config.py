@@ -331,7 +331,8 @@ def validate(cfg: Config) -> None:
     if cfg.image.objective not in ("diffusion", "tokens"):
         raise ValueError(f"image.objective must be 'diffusion' or 'tokens', got {cfg.image.objective!r}")
     if cfg.image.edit_reference and cfg.image.objective != "diffusion":
-        raise ValueError("image.edit_reference feeds an edit's source to the image adapter: it needs image.objective=diffusion")
+        raise ValueError("image.edit_reference feeds an edit's source to the image adapter: it needs "
+                         "image.objective=diffusion")
     if cfg.image.attention not in ("bidirectional", "causal"):
         raise ValueError(f"image.attention must be 'bidirectional' or 'causal', got {cfg.image.attention!r}")
     if cfg.image.adapter not in ("linear", "unet"):

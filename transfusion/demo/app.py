@@ -45,8 +45,7 @@ def run_job(loaded: Loaded, job: Job, limits: Limits) -> dict:
 
     engine = Engine(loaded.model, loaded.tokenizer, loaded.autoencoder, cfg, progress=progress)
     req = Request(sampler=job.sampler or interactive_sampler(cfg), steps=job.steps, guidance=job.guidance,
-                  image_guidance=job.image_guidance,
-                  seed=job.seed, max_new_tokens=limits.max_new_tokens)
+                  image_guidance=job.image_guidance, seed=job.seed, max_new_tokens=limits.max_new_tokens)
     if job.task == "i2t":
         req = dataclasses.replace(req, max_images=0, min_new_tokens=1, max_new_tokens=min(32, limits.max_new_tokens))
     elif job.task == "interleaved":

@@ -121,7 +121,8 @@ class DiffusionImages:
             return combine_guidance(dict(zip(branches, eps.split(G))), req.guidance, req.image_guidance)
 
         return sample(predict_noise, (G, C, h, w), self.diffusion, req.sampler, req.steps, generators,
-                      clip=req.clip, device=e.device, progress=e.progress, init=init, strength=req.strength, eta=req.eta)
+                      clip=req.clip, device=e.device, progress=e.progress, init=init, strength=req.strength,
+                      eta=req.eta)
 
     def to_pixels(self, made: torch.Tensor) -> torch.Tensor:
         return self.engine.ae.decode(made).clamp(-1, 1)

@@ -120,10 +120,13 @@ class DataConfig:
     dataset: str = "shapes"  # shapes | mnist | a .jsonl manifest | an image folder | .tar shards (data/shards.py)
     workers: int = 2  # processes that read and decode .tar shards ahead of training
     text_dataset: str = "text"  # real English text for the text-only share; "" for none
-    text_fraction: float = 0.1  # share of documents that are text only
+    text_fraction: float = 0.1  # share of documents that are text only (of tokens with mix_by=tokens)
     interleaved_fraction: float = 0.05  # share of multi-image documents (shapes only)
     edit_dataset: str = "edits"  # editing triples: edits (shapes edits, data/edits.py) | a .jsonl manifest of them
     edit_fraction: float = 0.0  # share of documents that are editing triples (fine-tuning for `transfusion edit`)
+    # what the fractions count: documents, or tokens (the paper's 1:1 text : image-caption mix is by
+    # tokens; by documents an arm whose images take more positions sees less text per FLOP)
+    mix_by: str = "documents"
     tokenizer: str = "bytes"  # bytes | bpe (trained on the run's own text) | a tokenizer.json
     bpe_vocab_size: int = 1024
     seq_len: int = 256  # tokens per packed row
@@ -363,6 +366,8 @@ def validate(cfg: Config) -> None:
     if not all(0 <= f <= 1 for f in shares) or sum(shares) > 1:
         raise ValueError(f"data.text_fraction, data.interleaved_fraction and data.edit_fraction must be in [0, 1] "
                          f"and sum to at most 1, got {shares}")
+    if cfg.data.mix_by not in ("documents", "tokens"):
+        raise ValueError(f"data.mix_by must be 'documents' or 'tokens', got {cfg.data.mix_by!r}")
     if cfg.data.batch_size < 1:
         raise ValueError(f"data.batch_size={cfg.data.batch_size} must be >= 1 (data.tokens_per_step="
                          f"{cfg.data.tokens_per_step} buys fewer than one row of data.seq_len={cfg.data.seq_len})")

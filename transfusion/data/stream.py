@@ -41,6 +41,19 @@ class Mixture:
         (source, _), = rng.choices(self.sources, weights=self.weights)
         return source[rng.randrange(len(source))]
 
+    def by_tokens(self, length, sample: int = 256) -> "Mixture":
+        """The same sources with their weights read as shares of *tokens*, not documents: each
+        document weight divided by its source's mean ``length(doc)`` over ``sample`` documents
+        drawn with a fixed seed (the paper samples text and image-caption data 1:1 by tokens)."""
+        rng = random.Random(0)
+        means = []
+        for source, _ in self.sources:
+            lengths = [length(source[rng.randrange(len(source))]) for _ in range(sample)]
+            means.append(sum(lengths) / len(lengths))
+        mixed = Mixture([(s, w / m) for (s, w), m in zip(self.sources, means)])
+        mixed.mean_tokens = means  # per source, what the weights were divided by
+        return mixed
+
 
 def build_mixture(cfg: Config, split: str = "train"):
     """The run's sources: the image dataset, real text, interleaved shapes documents and editing
@@ -80,6 +93,41 @@ class BatchBuilder:
         self.num_patches = num_patches  # latent (h, w) -> patches per image
         self.diffusion = noise_process(cfg.diffusion)
         self.feed = None  # a streamed corpus's reader (open_streams)
+        if cfg.data.mix_by == "tokens":
+            if not isinstance(mixture, Mixture):
+                raise ValueError("data.mix_by=tokens reweights drawn sources; a streamed corpus is read in its own order")
+            self.mixture = mixture.by_tokens(self.tokens_of)
+            self._match_text_share(cfg.data.text_fraction)
+
+    def _match_text_share(self, share: float, rows: int = 64, rounds: int = 3) -> None:
+        """Packing drops a document that fits in no row, and long text more often than short image
+        documents, so token weights alone leave text short. The text-only sources' weight is
+        corrected on sample rows (packed, not encoded; their own seeds) until text-only documents
+        fill ``share`` of the positions."""
+        text = [i for i, (s, _) in enumerate(self.mixture.sources)
+                if not any(isinstance(x, Image) for x in s[0].segments)]
+        if not text or not 0 < share < 1:
+            return
+        seq_len, pad_id = self.cfg.data.seq_len, self.tokenizer.pad_id
+        for k in range(rounds):
+            in_text = total = 0
+            for r in range(rows):
+                rng = random.Random(f"mix-by-tokens/{k}/{r}")
+                b = pack(self._layouts(self._drawn(rng), rng), 1, seq_len, pad_id, patience=4)[0]
+                real = b.doc_ids >= 0
+                with_images = torch.isin(b.doc_ids, b.doc_ids[b.image_ids >= 0])
+                in_text, total = in_text + int((real & ~with_images).sum()), total + int(real.sum())
+            realised = min(max(in_text / max(total, 1), 1e-3), 1 - 1e-3)
+            odds = (share / (1 - share)) / (realised / (1 - realised))
+            for i in text:
+                self.mixture.weights[i] *= odds
+
+    def tokens_of(self, doc: Document) -> int:
+        """Positions ``doc`` takes in a row (text, image patches or codes, BOS/BOI/EOI/EOS), as trained."""
+        patches = self.num_patches if self._latent_corpus else self._pixel_patches
+        images = [s.pixels for s in doc.segments if isinstance(s, Image)]
+        lay = layout(doc.segments, images, [self.cfg.diffusion.timesteps] * len(images), self.tokenizer, patches)
+        return min(len(lay.ids), self.cfg.data.seq_len)
 
     def _pixel_patches(self, hw: tuple[int, int]) -> int:
         _, h, w = self.autoencoder.latent_shape(*hw)

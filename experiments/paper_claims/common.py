@@ -82,6 +82,34 @@ def flops_per_step(arm: str) -> float:
     return 6 * model.num_params(active=True) * tokens
 
 
+def text_per_flop(arm: str, extra: list[str] = (), batches: int = 16) -> dict:
+    """English text an arm trains on per FLOP: positions of text-only documents per step, over
+    6 N x tokens per step, on the run's first ``batches`` batches (with ``extra`` overrides)."""
+    import torch
+
+    from transfusion.autoencoders import load_autoencoder
+    from transfusion.config import load_config
+    from transfusion.data.stream import BatchBuilder, build_mixture
+    from transfusion.model.transfusion import Transfusion
+    from transfusion.train import build_tokenizer
+
+    cfg = load_config("tiny", overrides=[*overrides(arm), *extra])
+    mixture = build_mixture(cfg)
+    tokenizer, ae = build_tokenizer(cfg, mixture), load_autoencoder(cfg.image.autoencoder)
+    model = Transfusion.build(cfg.model, cfg.image, tokenizer, ae, cfg.train.seed)
+    builder = BatchBuilder(cfg, mixture, tokenizer, ae, model.num_patches)
+    text = tokens = 0
+    for step in range(batches):
+        b = builder.batch_at(step, cfg.train.seed)
+        images = b.image_ids >= 0 if b.latents else b.tokens >= model.vocab_size  # patches, or VQ codes
+        real = b.doc_ids >= 0
+        text += int((real & ~torch.isin(b.doc_ids, b.doc_ids[images])).sum())
+        tokens += b.num_tokens
+    flops = 6 * model.num_params(active=True) * tokens / batches
+    return {"text_per_step": text / batches, "tokens_per_step": tokens / batches, "flops_per_step": flops,
+            "text_per_gflop": text / batches / flops * 1e9}
+
+
 def train(arm: str, budgets: tuple[float, ...] = BUDGETS) -> tuple[Path, dict[float, int]]:
     """Train ``arm`` to the largest of ``budgets`` (multiples of the first), keeping a
     checkpoint at each; returns the run folder and {budget: step of its checkpoint}."""

@@ -1,0 +1,38 @@
+"""The data mix of the claims, checked: English text per FLOP in the Transfusion and Chameleon arms.
+
+    python experiments/paper_claims/check_mix.py     # about 20 seconds; writes docs/results/mix_check.md
+
+By documents (round 1: ``data.text_fraction=0.1`` of documents) Chameleon's images take 64
+positions to Transfusion's 16, so per FLOP it trains on less text; by tokens (the paper's
+1:1 text : image-caption mix, ``data.mix_by=tokens data.text_fraction=0.5``) both arms should
+see the same English text per FLOP, within 5%.
+"""
+
+from __future__ import annotations
+
+from common import DOCS, autoencoders, text_per_flop
+
+MIXES = {"by documents, text 10% (round 1)": [],
+         "by tokens, text 50% (the paper's 1:1)": ["data.mix_by=tokens", "data.text_fraction=0.5"]}
+
+
+def main() -> None:
+    autoencoders()
+    lines = ["# The data mix: English text per FLOP in the two arms of claim (a)", "",
+             "Made by `python experiments/paper_claims/check_mix.py`: the `tiny` arms' first 16 training batches; "
+             "text = positions of text-only documents, FLOPs = 6 N x tokens.", "",
+             "| mix | arm | text positions / step | tokens / step | text / GFLOP | Chameleon / Transfusion |",
+             "|---|---|---|---|---|---|"]
+    for label, extra in MIXES.items():
+        r = {arm: text_per_flop(arm, extra) for arm in ("transfusion", "chameleon")}
+        ratio = r["chameleon"]["text_per_gflop"] / r["transfusion"]["text_per_gflop"]
+        for arm, m in r.items():
+            lines.append(f"| {label} | {arm} | {m['text_per_step']:.0f} | {m['tokens_per_step']:.0f} | "
+                         f"{m['text_per_gflop']:.2f} | {ratio:.3f} |")
+    DOCS.mkdir(parents=True, exist_ok=True)
+    (DOCS / "mix_check.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

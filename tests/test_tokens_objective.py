@@ -189,6 +189,11 @@ def test_caption_perplexity_counts_the_caption_and_boi_only(vq, objective):
     assert caption["text_bytes"] == len("a red circle") + len("two")
     whole = perplexity(loaded, docs)
     assert whole["targets"] == caption["targets"] + 2 * (1 if objective == "diffusion" else 2)  # EOS (+ EOI)
+    # a softmax over the text vocabulary alone: the same for Transfusion, lower where the head also scores codes
+    if objective == "diffusion":
+        assert caption["perplexity_text_only"] == pytest.approx(caption["perplexity"])
+    else:
+        assert caption["perplexity_text_only"] < caption["perplexity"]
 
 
 def test_min_new_tokens_keeps_a_caption_from_ending_at_once(vq):

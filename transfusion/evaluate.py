@@ -121,12 +121,15 @@ def perplexity(loaded: Loaded, docs: list[Document], batch_size: int = 16, befor
     Documents longer than ``data.seq_len`` are cut to it (text) or refused (with images).
     With ``before_image`` only the targets up to the first image count (the caption of a
     caption + image pair, and the BOI that ends it), as the model sees captions in training.
+    ``perplexity_text_only`` normalises the softmax over the text vocabulary alone: for the
+    Chameleon baseline, whose head also scores its image codes, the text model without the
+    probability it spends on codes where text follows (equal to ``perplexity`` for Transfusion).
     """
     from transfusion.data.packing import layout, pack, truncate
 
     model, tok, cfg = loaded.model, loaded.tokenizer, loaded.config
     device, engine = _device(loaded), _engine(loaded)
-    nll, targets, text_bytes = 0.0, 0, 0
+    nll, nll_text, targets, text_bytes = 0.0, 0.0, 0, 0
     for i in range(0, len(docs), batch_size):
         chunk = docs[i : i + batch_size]
         lays = []
@@ -147,9 +150,12 @@ def perplexity(loaded: Loaded, docs: list[Document], batch_size: int = 16, befor
             has_target &= torch.arange(batch.tokens.shape[1], device=device)[None] < first[:, None]
         logits = model.logits(hidden[has_target]).float()
         nll += torch.nn.functional.cross_entropy(logits, batch.targets[has_target], reduction="sum").item()
+        nll_text += torch.nn.functional.cross_entropy(logits[:, : model.vocab_size], batch.targets[has_target],
+                                                      reduction="sum").item()
         targets += int(has_target.sum())
     mean = nll / max(targets, 1)
     return {"nll_per_token": mean, "perplexity": math.exp(mean), "bits_per_byte": nll / math.log(2) / max(text_bytes, 1),
+            "perplexity_text_only": math.exp(nll_text / max(targets, 1)),
             "targets": targets, "text_bytes": text_bytes, "documents": len(docs)}
 
 
@@ -262,9 +268,11 @@ def report_card(report: dict) -> str:
     pct = lambda v: f"{100 * v:.1f}%"  # noqa: E731
     lines = [f"# Report card: {report['checkpoint']}", "", f"step {report['step']}, data `{report['dataset']}`", ""]
     if "text" in report:
-        lines += ["## Text", "", "| held-out text | perplexity | bits per byte | targets |", "|---|---|---|---|"]
+        lines += ["## Text", "", "| held-out text | perplexity | over text tokens only | bits per byte | targets |",
+                  "|---|---|---|---|---|"]
         for name, r in report["text"].items():
-            lines.append(f"| {r['settings']['data']} | {r['perplexity']:.2f} | {r['bits_per_byte']:.3f} | {r['targets']} |")
+            lines.append(f"| {r['settings']['data']} | {r['perplexity']:.2f} | {r['perplexity_text_only']:.2f} | "
+                         f"{r['bits_per_byte']:.3f} | {r['targets']} |")
         lines.append("")
     for key, title in (("t2i", "Text to image"), ("i2t", "Image to text")):
         if key not in report:

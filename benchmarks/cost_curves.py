@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))  # train_throughput.py and sampling.py, measured as they measure
 OUT = ROOT / "docs" / "measurements" / "cost_curves.jsonl"
 PLOT = ROOT / "docs" / "speed" / "cost_curves.png"
 SIZES = ["debug", "tiny", "small", "0.16B"]
@@ -48,14 +49,14 @@ def key(point: dict) -> str:
 
 
 def measure_training(point: dict, steps: int) -> dict:
-    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import torch
     from train_throughput import measure
 
     extra = []
     if point["curve"] == "row":
         row = point["row"]
         extra = [f"data.seq_len={row}", f"model.max_seq_len={row}", f"data.batch_size={TOKENS_PER_STEP // row}"]
-    r = measure(point["preset"], steps, __import__("torch").device("cpu"), "fp32", extra)
+    r = measure(point["preset"], steps, torch.device("cpu"), "fp32", extra)
     return {k: r[k] for k in ("params_m", "tokens_per_step", "tokens_per_s", "gflop_per_token", "mfu")}
 
 
@@ -63,8 +64,6 @@ def measure_sampling(point: dict, repeats: int) -> dict:
     import statistics
 
     import torch
-
-    sys.path.insert(0, str(ROOT / "benchmarks"))
     from sampling import build, timed
 
     from transfusion.data.document import Tokens

@@ -55,8 +55,11 @@ def evaluate(run: Path, name: str, suites: list[str], extra: list[str]) -> dict:
     return json.loads(out.read_text())
 
 
+def pct(v: float) -> str:
+    return f"{100 * v:.0f}%"
+
+
 def table(r: dict) -> list[str]:
-    pct = lambda v: f"{100 * v:.0f}%"  # noqa: E731
     lines = ["| edit | n | success | preservation | pixel error | unchanged source: pixel error "
              "| text to image: success / pixel error |", "|---|---|---|---|---|---|---|"]
     for kind, m in r["model"].items():
@@ -80,7 +83,6 @@ def main() -> None:
     skills |= {f"after: {name}": evaluate(run, "skills", ["t2i", "i2t"], ["--cfg", "3", "--no-fid"])
                for name, (run, _) in TUNED.items()}
 
-    pct = lambda v: f"{100 * v:.0f}%"  # noqa: E731
     lines = ["# Editing: `small` fine-tuned on shapes edits", "",
              "Made by `python experiments/editing.py`; 500 held-out triples (`edits/test`), DPM-Solver++ 25 steps, "
              "one sample per triple. Two fine-tunes of the same start with the same data and schedule: *sequence "

@@ -118,9 +118,8 @@ def main() -> None:
     lines += ["| captions scored | " + " | ".join(str(scored[a]) for a in ATTRIBUTES) + " | | | |",
               "| standard error of ddpm 250 | " + " | ".join(f"{se[a]:.1f}" for a in ATTRIBUTES) + " | | | |",
               "", "Worst gap: the largest drop below DDPM 250 over the attributes (negative: better on every one). "
-              "Every setting samples the same captions with the same seeds, so differences are paired; the standard "
-              "error is that of one setting's proportion (binomial), an upper bound on what seed noise moves a "
-              "paired difference by only when samplers agree sample by sample."]
+              "Every setting samples the same captions with the same seeds. The standard error is the binomial one "
+              "of DDPM 250's proportion on the captions scored; the paired differences' own spread is not measured."]
     plot(rows, docs / "sampling" / "quality_vs_time.png")
     lines += ["", "![quality against time](sampling/quality_vs_time.png)"]
     (docs / "sampling_sweep.md").write_text("\n".join(lines) + "\n")

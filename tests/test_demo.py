@@ -168,6 +168,7 @@ def finished(server, job_id, timeout=120):
 def test_the_api_serves_every_task_with_its_settings(server):
     status, info = call(f"{server}/api/info")
     assert status == 200 and info["image_size"] == 16 and "dpm++" in info["samplers"]
+    assert info["samplers"][0] == "dpm++sde" and info["default_steps"]["dpm++sde"] == 25  # the page's default
     ids = {}
     for task, extra in (("t2i", {"prompt": "a red circle", "n": 2}), ("i2t", {"image": png_base64()}),
                         ("interleaved", {"prompt": "first a red circle"}),

@@ -174,6 +174,7 @@ def test_edit_command_and_the_edit_suite(edit_run, tmp_path):
                       "--image-cfg", "1.5", "--out", str(tmp_path / "out")])
     record = json.loads((tmp_path / "out" / "001.json").read_text())
     assert record["prompt"] == edit.instruction and record["image_guidance"] == 1.5 and record["seed"] == 1
+    assert record["edit"] is True  # the settings written are the ones the edit ran with
     assert PILImage.open(tmp_path / "out" / "000.png").size == (16, 16) and (tmp_path / "out" / "grid.png").is_file()
 
     COMMANDS["eval"]([str(edit_run), "--suite", "edit", "--n", "6", "--steps", "2", "--out", str(tmp_path / "r.json")])

@@ -113,6 +113,7 @@ def test_the_pipeline_in_the_diffusers_manner(debug_run):
     out = pipe("a red circle", num_inference_steps=2, guidance_scale=3.0, generator=g, num_images_per_prompt=2)
     assert len(out.images) == 2 and all(isinstance(x, PILImage.Image) and x.size == (16, 16) for x in out.images)
     assert out.settings["steps"] == 2 and out.settings["guidance"] == 3.0
+    assert out.settings["sampler"] == "dpm++sde"  # interactive use: the measured fast sampler, unless one is named
     same = pipe("a red circle", num_inference_steps=2, generator=torch.Generator().manual_seed(0),
                 num_images_per_prompt=2).images
     assert [x.tobytes() for x in same] == [x.tobytes() for x in out.images]  # a generator's seed reproduces

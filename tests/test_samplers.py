@@ -47,14 +47,15 @@ def test_clipping_lands_on_the_clamped_image(sampler):
     assert torch.allclose(out, x0.clamp(-1, 1), atol=1e-4)
 
 
-def test_rows_with_their_own_generators_match_sampling_them_alone():
+@pytest.mark.parametrize("sampler", ["ddpm", "dpm++sde"])  # the two that draw noise at every step
+def test_rows_with_their_own_generators_match_sampling_them_alone(sampler):
     diffusion = Diffusion()
     x0 = torch.rand(3, 4, 8, 8) * 2 - 1
     noisy_oracle = lambda x, t: oracle_for(diffusion, x0[: len(x)])(x, t) * 0.9  # noqa: E731  (not exact: DDPM noise matters)
-    batched = sample(noisy_oracle, x0.shape, diffusion, "ddpm", 10, [torch.Generator().manual_seed(i) for i in range(3)])
+    batched = sample(noisy_oracle, x0.shape, diffusion, sampler, 10, [torch.Generator().manual_seed(i) for i in range(3)])
     for i in range(3):
         alone_oracle = lambda x, t, i=i: oracle_for(diffusion, x0[i : i + 1])(x, t) * 0.9  # noqa: E731
-        alone = sample(alone_oracle, (1, 4, 8, 8), diffusion, "ddpm", 10, [torch.Generator().manual_seed(i)])
+        alone = sample(alone_oracle, (1, 4, 8, 8), diffusion, sampler, 10, [torch.Generator().manual_seed(i)])
         assert torch.allclose(batched[i], alone[0], atol=1e-5)
 
 

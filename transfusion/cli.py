@@ -187,7 +187,7 @@ def _edit(argv: list[str]) -> None:
     loaded = _load(args)
     source = load_image(Path(args.image), loaded.config.image.size)
     req = Request(sampler=args.sampler or interactive_sampler(loaded.config), eta=args.eta, steps=args.steps,
-                  guidance=args.cfg, image_guidance=args.image_cfg, seed=args.seed, max_new_tokens=1,
+                  guidance=args.cfg, image_guidance=args.image_cfg, seed=args.seed, max_new_tokens=1, edit=True,
                   strength=args.strength).resolve(loaded.config, loaded.autoencoder)
     engine = Engine(loaded.model, loaded.tokenizer, loaded.autoencoder, loaded.config, progress=True)
     with torch.inference_mode():

@@ -25,8 +25,10 @@ def default_sampler(objective: str) -> str:
     return OBJECTIVE_SAMPLERS[objective][0]
 
 
-def check_sampler(name: str, steps: int | None = None, timesteps: int = 1000, objective: str | None = None) -> None:
-    """A clear error for an unknown sampler name, one of the other objective, or a step count it cannot take.
+def check_sampler(name: str, steps: int | None = None, timesteps: int = 1000, objective: str | None = None,
+                  eta: float = 0.0) -> None:
+    """A clear error for an unknown sampler name, one of the other objective, a step count it cannot
+    take, or an ``eta`` (DDIM's noise share, in [0, 1]) given to another sampler.
 
     DDIM (diffusers' ``DDIMScheduler``) steps from t to t - T // steps whatever the grid:
     with a count that does not divide T, some steps would land on the wrong noise level.
@@ -36,6 +38,8 @@ def check_sampler(name: str, steps: int | None = None, timesteps: int = 1000, ob
     if objective is not None and name not in OBJECTIVE_SAMPLERS[objective]:
         raise ValueError(f"sampler {name!r} does not sample diffusion.objective={objective}; use one of "
                          f"{', '.join(OBJECTIVE_SAMPLERS[objective])}")
+    if not 0 <= eta <= 1 or (eta and name != "ddim"):
+        raise ValueError(f"eta must be in [0, 1] and is DDIM's; got {eta} for {name}")
     if steps is None:
         return
     if not 1 <= steps <= timesteps:

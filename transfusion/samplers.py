@@ -137,17 +137,17 @@ def sample(
     """
     if not 0 < strength <= 1:
         raise ValueError(f"strength must be in (0, 1], got {strength}")
+    if init is None:
+        strength = 1.0
     if isinstance(diffusion, Flow):
         return _sample_flow(predict_noise, shape, diffusion, sampler, steps, generator, clip, device, progress,
                             init, strength)
-    check_sampler(sampler, steps, diffusion.T, objective="ddpm")
-    if eta and sampler != "ddim" or not 0 <= eta <= 1:
-        raise ValueError(f"eta must be in [0, 1] and is DDIM's; got {eta} for {sampler}")
+    check_sampler(sampler, steps, diffusion.T, objective="ddpm", eta=eta)
     scheduler = make_scheduler(sampler, diffusion)
     scheduler.set_timesteps(steps)
     x = randn(shape, generator).to(device)
-    timesteps = _tail(scheduler, init, strength)
-    if init is not None and strength < 1:  # noised init at the first kept timestep (k + 1 in this library's numbering)
+    timesteps = _tail(scheduler, strength)
+    if strength < 1:  # the init noised to the first kept timestep (k + 1 in this library's numbering)
         a = diffusion.alpha_bar[timesteps[0] + 1].item()
         x = a ** 0.5 * init.to(device, x.dtype) + (1 - a) ** 0.5 * x
     timesteps = _reporting(timesteps, f"{sampler} {steps} steps", progress)
@@ -163,12 +163,12 @@ def sample(
     return x
 
 
-def _tail(scheduler, init: torch.Tensor | None, strength: float) -> list:
-    """The scheduler's timesteps from where an ``init`` of ``strength`` starts (all of them
-    without one), with the scheduler told where it begins (its multistep state counts steps)."""
+def _tail(scheduler, strength: float) -> list:
+    """The scheduler's timesteps from where sampling at ``strength`` starts (all of them at 1),
+    with the scheduler told where it begins (its multistep state counts steps)."""
     timesteps = scheduler.timesteps.tolist()
     order = getattr(scheduler, "order", 1)  # Heun: t0, t1, t1, t2, t2, ...: step i starts at entry 2i
-    if init is None or strength >= 1:
+    if strength >= 1:
         return timesteps
     n = (len(timesteps) + order - 1) // order
     start = order * (n - max(1, round(strength * n)))
@@ -184,8 +184,8 @@ def _sample_flow(predict_velocity, shape, flow: Flow, sampler: str, steps: int, 
     scheduler = make_flow_scheduler(sampler, flow, flow.shift(math.prod(shape[1:])))
     scheduler.set_timesteps(steps)
     x = randn(shape, generator).to(device)
-    timesteps = _tail(scheduler, init, strength)
-    if init is not None and strength < 1:  # x_t = (1 - t) x0 + t eps at the first kept time
+    timesteps = _tail(scheduler, strength)
+    if strength < 1:  # x_t = (1 - t) x0 + t eps at the first kept time
         t = float(timesteps[0]) / flow.T
         x = (1 - t) * init.to(device, x.dtype) + t * x
     timesteps = _reporting(timesteps, f"{sampler} {steps} steps", progress)

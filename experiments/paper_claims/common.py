@@ -65,28 +65,8 @@ def overrides(arm: str) -> list[str]:
     return extra
 
 
-def flops_per_step(arm: str) -> float:
-    """6 N x mean real tokens of the run's first 64 batches (the same batches training sees)."""
-    from transfusion.autoencoders import load_autoencoder
-    from transfusion.config import load_config
-    from transfusion.data.stream import BatchBuilder, build_mixture
-    from transfusion.model.transfusion import Transfusion
-    from transfusion.train import build_tokenizer
-
-    cfg = load_config("tiny", overrides=overrides(arm))
-    mixture = build_mixture(cfg)
-    tokenizer, ae = build_tokenizer(cfg, mixture), load_autoencoder(cfg.image.autoencoder)
-    model = Transfusion.build(cfg.model, cfg.image, tokenizer, ae, cfg.train.seed)
-    builder = BatchBuilder(cfg, mixture, tokenizer, ae, model.num_patches)
-    tokens = sum(builder.batch_at(s, cfg.train.seed).num_tokens for s in range(64)) / 64
-    return 6 * model.num_params(active=True) * tokens
-
-
-def text_per_flop(arm: str, extra: list[str] = (), batches: int = 16) -> dict:
-    """English text an arm trains on per FLOP: positions of text-only documents per step, over
-    6 N x tokens per step, on the run's first ``batches`` batches (with ``extra`` overrides)."""
-    import torch
-
+def _batches(arm: str, extra: list[str] = ()):
+    """An arm's config, its model (untrained) and the builder of the batches its training sees."""
     from transfusion.autoencoders import load_autoencoder
     from transfusion.config import load_config
     from transfusion.data.stream import BatchBuilder, build_mixture
@@ -97,13 +77,24 @@ def text_per_flop(arm: str, extra: list[str] = (), batches: int = 16) -> dict:
     mixture = build_mixture(cfg)
     tokenizer, ae = build_tokenizer(cfg, mixture), load_autoencoder(cfg.image.autoencoder)
     model = Transfusion.build(cfg.model, cfg.image, tokenizer, ae, cfg.train.seed)
-    builder = BatchBuilder(cfg, mixture, tokenizer, ae, model.num_patches)
+    return cfg, model, BatchBuilder(cfg, mixture, tokenizer, ae, model.num_patches)
+
+
+def flops_per_step(arm: str) -> float:
+    """6 N x mean real tokens of the run's first 64 batches (the same batches training sees)."""
+    cfg, model, builder = _batches(arm)
+    tokens = sum(builder.batch_at(s, cfg.train.seed).num_tokens for s in range(64)) / 64
+    return 6 * model.num_params(active=True) * tokens
+
+
+def text_per_flop(arm: str, extra: list[str] = (), batches: int = 16) -> dict:
+    """English text an arm trains on per FLOP: positions of text-only documents per step, over
+    6 N x tokens per step, on the run's first ``batches`` batches (with ``extra`` overrides)."""
+    cfg, model, builder = _batches(arm, extra)
     text = tokens = 0
     for step in range(batches):
         b = builder.batch_at(step, cfg.train.seed)
-        images = b.image_ids >= 0 if b.latents else b.tokens >= model.vocab_size  # patches, or VQ codes
-        real = b.doc_ids >= 0
-        text += int((real & ~torch.isin(b.doc_ids, b.doc_ids[images])).sum())
+        text += b.text_document_positions(None if b.latents else b.tokens >= model.vocab_size)  # patches, or VQ codes
         tokens += b.num_tokens
     flops = 6 * model.num_params(active=True) * tokens / batches
     return {"text_per_step": text / batches, "tokens_per_step": tokens / batches, "flops_per_step": flops,

@@ -110,6 +110,13 @@ class PackedBatch:
     def num_text_targets(self) -> int:
         return int((self.targets != IGNORE).sum())
 
+    def text_document_positions(self, is_image: torch.Tensor | None = None) -> int:
+        """Positions of documents without an image (text only). ``is_image`` (B, L) marks image
+        positions where ``image_ids`` no longer do (VQ codes as tokens); default: the patches."""
+        is_image = self.image_ids >= 0 if is_image is None else is_image
+        with_images = torch.isin(self.doc_ids, self.doc_ids[is_image])
+        return int(((self.doc_ids >= 0) & ~with_images).sum())
+
     def shape_groups(self) -> list[list[int]]:
         """Image indices grouped by latent shape, so the image layers run once per shape."""
         by_shape: dict[tuple, list[int]] = {}
@@ -120,7 +127,7 @@ class PackedBatch:
     def image_group(self, ids: list[int], latents: torch.Tensor, t: torch.Tensor) -> ImageGroup:
         """The model input for images ``ids``: their (noisy) latents (N, C, h, w) and t (N,), and
         the clean latents of the images they edit (zeros for none; None when none edits)."""
-        refs = [] if self.reference is None else [int(self.reference[i]) for i in ids]
+        refs = [] if self.reference is None else self.reference[ids].tolist()
         reference = None
         if any(r >= 0 for r in refs):
             reference = torch.stack([self.latents[r].to(latents) if r >= 0 else torch.zeros_like(latents[0])

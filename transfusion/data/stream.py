@@ -50,9 +50,7 @@ class Mixture:
         for source, _ in self.sources:
             lengths = [length(source[rng.randrange(len(source))]) for _ in range(sample)]
             means.append(sum(lengths) / len(lengths))
-        mixed = Mixture([(s, w / m) for (s, w), m in zip(self.sources, means)])
-        mixed.mean_tokens = means  # per source, what the weights were divided by
-        return mixed
+        return Mixture([(s, w / m) for (s, w), m in zip(self.sources, means)])
 
 
 def build_mixture(cfg: Config, split: str = "train"):
@@ -108,15 +106,11 @@ class BatchBuilder:
                 if not any(isinstance(x, Image) for x in s[0].segments)]
         if not text or not 0 < share < 1:
             return
-        seq_len, pad_id = self.cfg.data.seq_len, self.tokenizer.pad_id
         for k in range(rounds):
             in_text = total = 0
             for r in range(rows):
-                rng = random.Random(f"mix-by-tokens/{k}/{r}")
-                b = pack(self._layouts(self._drawn(rng), rng), 1, seq_len, pad_id, patience=4)[0]
-                real = b.doc_ids >= 0
-                with_images = torch.isin(b.doc_ids, b.doc_ids[b.image_ids >= 0])
-                in_text, total = in_text + int((real & ~with_images).sum()), total + int(real.sum())
+                b = self._drawn_row(random.Random(f"mix-by-tokens/{k}/{r}"))
+                in_text, total = in_text + b.text_document_positions(), total + b.num_tokens
             realised = min(max(in_text / max(total, 1), 1e-3), 1 - 1e-3)
             odds = (share / (1 - share)) / (realised / (1 - realised))
             for i in text:
@@ -180,7 +174,12 @@ class BatchBuilder:
             row, used = pack(self._layouts(self.feed.take(r), rng), 1, seq_len, pad_id)  # drops no document
             self.feed.commit(r, used)
             return row
-        return pack(self._layouts(self._drawn(rng), rng), 1, seq_len, pad_id, patience=4)[0]
+        return self._drawn_row(rng)
+
+    def _drawn_row(self, rng: random.Random) -> PackedBatch:
+        """One row of documents drawn from the mixture (a document that fits nowhere is skipped)."""
+        return pack(self._layouts(self._drawn(rng), rng), 1, self.cfg.data.seq_len, self.tokenizer.pad_id,
+                    patience=4)[0]
 
     def batch_at(self, step: int, seed: int, rows: range | None = None) -> PackedBatch:
         """The packed, encoded batch of ``step``, or just its ``rows`` (default: all

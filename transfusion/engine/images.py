@@ -46,12 +46,12 @@ def _check_fits(engine, positions: torch.Tensor, n: int, what: str) -> None:
         raise ValueError(f"an image of {n} {what} does not fit in the context (model.max_seq_len={limit})")
 
 
-def _last_images(contexts, req, shape: tuple[int, int, int], why: str) -> torch.Tensor:
+def _last_images(contexts, req, shape: tuple[int, int, int]) -> torch.Tensor:
     """Each row's last context image (G, C, h, w): what an edit or image-to-image request starts from."""
     last = [row.images_only()[1][-1:] for row in contexts]
     if not all(last) or any(tuple(x[0].shape) != shape for x in last):
-        raise ValueError(f"{why} the context's last image: every row needs one of the size asked for "
-                         f"({req.image_size[0]}x{req.image_size[1]} pixels)")
+        raise ValueError(f"an edit, or strength {req.strength} < 1, starts from the context's last image: every row "
+                         f"needs one of the size asked for ({req.image_size[0]}x{req.image_size[1]} pixels)")
     return torch.stack([x[0] for x in last])
 
 
@@ -92,11 +92,10 @@ class DiffusionImages:
         G = len(rows)
         has_images = any(row.images_only()[0] for row in contexts)
         branches = guidance_branches(req.guidance, req.image_guidance, has_images)
-        init = _last_images(contexts, req, (C, h, w), f"strength {req.strength} < 1 starts from") \
-            if req.strength < 1 else None
+        referenced = req.edit and e.model.image_cfg.edit_reference
+        source = _last_images(contexts, req, (C, h, w)) if referenced or req.strength < 1 else None
         reference = None
-        if req.edit and e.model.image_cfg.edit_reference:  # the source, except in the unconditional branch
-            source = _last_images(contexts, req, (C, h, w), "an edit changes")
+        if referenced:  # the source to the adapter, except in the unconditional branch
             reference = torch.cat([torch.zeros_like(source) if b == UNCONDITIONAL else source for b in branches])
 
         def inputs():
@@ -121,7 +120,7 @@ class DiffusionImages:
             return combine_guidance(dict(zip(branches, eps.split(G))), req.guidance, req.image_guidance)
 
         return sample(predict_noise, (G, C, h, w), self.diffusion, req.sampler, req.steps, generators,
-                      clip=req.clip, device=e.device, progress=e.progress, init=init, strength=req.strength,
+                      clip=req.clip, device=e.device, progress=e.progress, init=source, strength=req.strength,
                       eta=req.eta)
 
     def to_pixels(self, made: torch.Tensor) -> torch.Tensor:

@@ -61,9 +61,7 @@ class Request:
         if steps is None:
             steps = d.sample_steps if sampler == run_sampler else SAMPLER_STEPS.get(sampler)
         if cfg.image.objective == "diffusion":
-            check_sampler(sampler, steps, d.timesteps, d.objective)
-        if not 0 <= self.eta <= 1 or (self.eta and sampler != "ddim"):
-            raise ValueError(f"eta must be in [0, 1] and is DDIM's; got {self.eta} for {sampler}")
+            check_sampler(sampler, steps, d.timesteps, d.objective, self.eta)
         if self.temperature < 0 or self.image_temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
             raise ValueError(f"temperature and image_temperature must be >= 0, top_p in (0, 1] and top_k >= 0; got "
                              f"{self.temperature}, {self.image_temperature}, {self.top_p}, {self.top_k}")

@@ -15,7 +15,14 @@ from transfusion.data.shapes import (
     render,
     sample_scene,
 )
-from transfusion.metrics.shapes_reader import read_image, score, score_caption, summarise
+from transfusion.metrics.shapes_reader import (
+    read_image,
+    score,
+    score_caption,
+    score_interleaved,
+    summarise,
+    summarise_interleaved,
+)
 
 _RED_CIRCLE_LEFT = Scene(
     "single", [ShapeObject("red", "circle", "large", (0.25, 0.5), extent=0.5, position="left")]
@@ -178,6 +185,29 @@ def test_interleaved_documents_match_their_text():
         for description, image in zip(named, document.images):
             (detected,) = read_image(image.pixels)
             assert description == f"a {detected.colour} {detected.shape}"
+
+
+def test_interleaved_scores_each_image_against_its_own_phrase():
+    three = next(d for d in (interleaved_document(i, split="test") for i in range(50)) if len(d.images) == 3
+                 and len({s.objects[0].colour for s in d.meta["scenes"]}) == 3)
+    images, scenes = [im.pixels for im in three.images], three.meta["scenes"]
+    right = score_interleaved(images, scenes)
+    assert right["colour"] == right["shape"] == [True] * 3 and right["count"] and right["sequence"]
+    assert right["later_first_colour"] == [False, False]
+    # every image drawn for the first phrase: colours wrong after it, and they follow the first phrase
+    first = score_interleaved([images[0]] * 3, scenes)
+    assert first["colour"] == [True, False, False] and not first["sequence"] and first["later_first_colour"] == [True, True]
+    # the order swapped, one image missing, one too many, a blank
+    assert score_interleaved(images[::-1], scenes)["colour"] == [False, True, False]
+    short = score_interleaved(images[:2], scenes)
+    assert short["colour"] == [True, True, False] and not short["count"]
+    extra = score_interleaved(images + images[:1], scenes)
+    assert extra["colour"] == [True] * 3 and not extra["count"] and not extra["sequence"]
+    assert score_interleaved([torch.full_like(images[0], -1.0)] + images[1:], scenes)["colour"] == [False, True, True]
+    summary = summarise_interleaved([right, first, short])
+    assert summary["colour"] == pytest.approx(6 / 9) and summary["count"] == pytest.approx(2 / 3)
+    assert summary["colour_image_1"] == 1 and summary["colour_image_3"] == pytest.approx(1 / 3)
+    assert summary["later_first_colour"] == pytest.approx(2 / 5)  # the missing image has no colour to count
 
 
 def test_bad_arguments_raise_clear_errors():

@@ -234,8 +234,12 @@ def test_eval_command_writes_a_report_and_a_card(debug_run, tmp_path, capsys):
     english, captions = report["text"]["english"], report["text"]["captions"]
     assert english["settings"]["documents"] == 3 and 1 < english["perplexity"] < 300  # byte vocabulary: <= 261
     assert captions["targets"] > 0 and captions["bits_per_byte"] > 0
+    interleaved = report["interleaved"]  # every suite that applies to a shapes run, by default
+    assert interleaved["settings"]["samples"] == 3 and 0 <= interleaved["accuracy"]["colour"] <= 1
+    assert "edit" in report and "text" in report
     card = (tmp_path / "report.md").read_text()
     assert "FID" in card and "CIDEr-D" in card and (tmp_path / "report_t2i.png").is_file()
+    assert "Interleaved documents" in card and (tmp_path / "report_interleaved.png").is_file()
     with pytest.raises(SystemExit):
         cli_main(["eval", str(tmp_path / "missing")])
     assert "no such checkpoint" in capsys.readouterr().err
@@ -251,6 +255,13 @@ def test_a_run_on_real_digits_trains_and_samples(tmp_path):
     settings = json.loads((out / "samples" / "step_000002.json").read_text())["t2i"]["settings"]
     assert (settings["sampler"], settings["steps"], settings["seed"]) == ("ddpm", 2, 0)
     assert "handwritten" in (out / "samples" / "step_000002_captions.txt").read_text()
+    from transfusion.checkpoint import load_checkpoint
+    from transfusion.evaluate import default_suites, evaluate
+
+    loaded = load_checkpoint(out)
+    assert "interleaved" not in default_suites(loaded.config)  # the suite reads shapes documents only
+    with pytest.raises(ValueError, match="needs shapes documents"):
+        evaluate(loaded, ["interleaved"], 2)
 
 
 def test_flex_attention_training_on_cpu_is_refused(tmp_path):

@@ -243,12 +243,14 @@ def _caption(argv: list[str]) -> None:
 def _evaluate(argv: list[str]) -> None:
     from transfusion.engine import Request
     from transfusion.evaluate import SUITES, evaluate, report_card
-    from transfusion.visualize import edit_grid, image_grid
+    from transfusion.visualize import edit_grid, image_grid, interleaved_grid
 
     p = _parser("eval", "Score a checkpoint on held-out data: report.json, report.md and sample grids.")
     _checkpoint_flags(p)
-    p.add_argument("--suite", nargs="+", default=list(SUITES), choices=SUITES,
-                   help="text: perplexity; t2i: FID and prompt following; i2t: CIDEr-D and caption accuracy; "
+    p.add_argument("--suite", nargs="+", default=None, choices=SUITES,
+                   help="(default: every suite that applies) text: perplexity; t2i: FID and prompt following; "
+                        "i2t: CIDEr-D and caption accuracy; interleaved: each image of a multi-image shapes document "
+                        "against its own phrase; "
                         "edit: success, preservation and pixel error of edits against two baselines")
     p.add_argument("--n", type=int, default=256, help="held-out documents per suite")
     _sampling_flags(p)
@@ -273,6 +275,10 @@ def _evaluate(argv: list[str]) -> None:
             name = out.with_name(f"{out.stem}_{key}.png")
             image_grid(samples[key]["images"][:32], samples[key][labels][:32]).save(name)
             card += f"\n![{what}]({name.name})\n"
+    if "interleaved" in samples:
+        name = out.with_name(f"{out.stem}_interleaved.png")
+        interleaved_grid(samples["interleaved"]["rows"][:16]).save(name)
+        card += f"\n![held-out interleaved documents continued from their text, one row each]({name.name})\n"
     if "edit" in samples:
         e = samples["edit"]
         name = out.with_name(f"{out.stem}_edit.png")

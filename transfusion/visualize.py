@@ -85,6 +85,16 @@ def edit_grid(sources: torch.Tensor, instructions: list[str], outputs: torch.Ten
     return image_grid(tiles, labels, columns=len(columns) * 2)
 
 
+def interleaved_grid(rows: list[tuple[str, list[torch.Tensor]]]) -> PILImage.Image:
+    """One row per document: its images in order (black tiles where it drew fewer than the
+    longest row), the first labelled with the document's text."""
+    most = max([len(images) for _, images in rows] + [1])
+    blank = next((torch.full_like(images[0], -1.0) for _, images in rows if images), torch.full((3, 32, 32), -1.0))
+    tiles = [images[k] if k < len(images) else blank for _, images in rows for k in range(most)]
+    labels = [text if k == 0 else "" for text, _ in rows for k in range(most)]
+    return image_grid(torch.stack(tiles), labels, columns=most)
+
+
 def save_generations(folder: str | Path, prompts: list[str], outputs: list[list], seeds: list[int],
                      info: dict) -> list[Path]:
     """Write what ``Engine.generate`` returned, one sample at a time, and say how it was made.

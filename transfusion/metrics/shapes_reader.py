@@ -263,3 +263,41 @@ def summarise(scores: list[dict[str, bool | None]]) -> dict[str, float]:
         if judged:
             summary[key] = sum(judged) / len(judged)
     return summary
+
+
+def score_interleaved(images: list, scenes: list[Scene]) -> dict:
+    """Score the images generated after an interleaved prompt ("first a red circle, then a
+    blue square:") against the phrases: image i belongs to phrase i.
+
+    images: what the model drew, in order; scenes: one single-object scene per phrase.
+    Returns per phrase whether its image exists and has the phrase's colour / shape (the
+    largest object read), whether the image count is right, and whether every image has its
+    own phrase's colour and shape in order (``sequence``). ``later_first_colour``: for each
+    image after the first whose phrase's colour differs from the first phrase's, whether it
+    took the first phrase's colour instead (an image conditioned on the wrong phrase).
+    """
+    wanted = [scene.objects[0] for scene in scenes]
+    tops = [(read_image(pixels) or [None])[0] for pixels in images[: len(wanted)]]
+    tops += [None] * (len(wanted) - len(tops))
+    colour = [top is not None and top.colour == w.colour for top, w in zip(tops, wanted)]
+    shape = [top is not None and top.shape == w.shape for top, w in zip(tops, wanted)]
+    later_first = [top.colour == wanted[0].colour for top, w in zip(tops[1:], wanted[1:])
+                   if top is not None and w.colour != wanted[0].colour]
+    return {"colour": colour, "shape": shape, "count": len(images) == len(wanted),
+            "sequence": all(colour) and all(shape) and len(images) == len(wanted), "later_first_colour": later_first}
+
+
+def summarise_interleaved(scores: list[dict]) -> dict[str, float]:
+    """Accuracies of ``score_interleaved`` results: per image (colour, shape; a missing image is
+    wrong), colour by image index (``colour_image_1`` ...), per document (count, sequence), and
+    the share of later images that took the first phrase's colour."""
+    def share(values: list) -> float:
+        return sum(values) / max(len(values), 1)
+
+    def flat(key: str) -> list:
+        return [v for s in scores for v in (s[key] if isinstance(s[key], list) else [s[key]])]
+
+    summary = {key: share(flat(key)) for key in ("colour", "shape", "count", "sequence", "later_first_colour")}
+    for i in range(max(len(s["colour"]) for s in scores)):
+        summary[f"colour_image_{i + 1}"] = share([s["colour"][i] for s in scores if i < len(s["colour"])])
+    return summary

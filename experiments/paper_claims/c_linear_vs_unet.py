@@ -5,15 +5,22 @@
 
 Both arms put an 8x8x4 latent into 16 tokens: linear patchifies 2x2 (one linear layer each
 way); U-Net runs a timestep-conditioned down block to 4x4 first and an up block with skip
-connections after the transformer.
+connections after the transformer. The U-Net's extra parameters count in its FLOPs, so at
+equal FLOPs it takes fewer steps. DPM-Solver++ 25 steps, guidance 3.
 """
 
-from common import T2I_METRICS, main, run_claim
+from common import LONG, T2I_METRICS, Row, main, run_claim, save_verdicts, verdict_row
+
+LINEAR, UNET = Row("linear", "linear 2x2"), Row("transfusion", "U-Net")
 
 
 def claim():
-    run_claim("c_linear_vs_unet", "(c) Image layers at 16 patches per image: linear vs U-Net",
-              {"linear": "linear 2x2", "transfusion": "U-Net"}, ["t2i"], T2I_METRICS)
+    results = run_claim("c_linear_vs_unet", "(c) Image layers at 16 patches per image: linear vs U-Net",
+                        [LINEAR, UNET], ["t2i"], T2I_METRICS, LONG)
+    save_verdicts("c_linear_vs_unet", [verdict_row(
+        "(c) U-Net image layers beat linear at 16 patches", "FID 16.1 vs 43.5 (Table 6)",
+        results.compare(UNET, LINEAR, "FID"), "U-Net", "linear")])
+    return results
 
 
 if __name__ == "__main__":

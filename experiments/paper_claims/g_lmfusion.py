@@ -13,33 +13,45 @@ kept exactly, and image quality at equal FLOPs.
 
 import json
 
-from common import AE_KL, ALL_METRICS, RUNS, autoencoders, main, run_claim, sh
+from common import ALL_METRICS, N, RUNS, SHORT, SMOKE, Row, ae_dir, autoencoders, main, run_claim, save_verdicts, sh, verdict_row
 
-TEXT_STEPS = 1200  # the text-only pretraining (not counted in the image-training budget)
+TEXT_STEPS = 4 if SMOKE else 1200  # the text-only pretraining (not counted in the image-training budget)
 
 
 def pretrain_text_lm() -> None:
     out, folder = RUNS / "text_lm", RUNS / "text_lm_hf"
     if not (out / "report.json").is_file():
         sh(["transfusion", "train", "--preset", "tiny", "--out", out, "data.text_fraction=1.0",
-            "data.interleaved_fraction=0", f"image.autoencoder={AE_KL}", f"train.steps={TEXT_STEPS}",
+            "data.interleaved_fraction=0", f"image.autoencoder={ae_dir('kl')}", f"train.steps={TEXT_STEPS}",
             "train.eval_samples=2", "train.sample_every=0"])
     if not (folder / "config.json").is_file():
         sh(["transfusion", "export-hf", out, folder])
-    report = out / "eval" / "text.json"
+    report = out / "eval" / f"text_n{N}.json"
     if not report.is_file():
-        sh(["transfusion", "eval", out, "--suite", "text", "--n", "256", "--out", report])
+        sh(["transfusion", "eval", out, "--suite", "text", "--n", str(N), "--out", report])
     english = json.loads(report.read_text())["text"]["english"]["perplexity"]
-    print(f"the pretrained text LM: English perplexity {english:.2f} (text/test, 256 documents)")
+    print(f"the pretrained text LM: English perplexity {english:.2f} (text/test, {N} documents)")
+    return english
+
+
+DENSE, MOT, LMFUSION = Row("transfusion", "dense, from scratch"), Row("mot", "MoT, from scratch"), \
+    Row("lmfusion", "LMFusion (frozen text)")
 
 
 def claim():
     autoencoders()
-    pretrain_text_lm()
-    run_claim("g_lmfusion", "(g) LMFusion start (pretrained text LM, frozen) vs from scratch at equal image-training FLOPs",
-              {"transfusion": "dense, from scratch", "mot": "MoT, from scratch", "lmfusion": "LMFusion (frozen text)"},
-              ["text", "t2i", "i2t"],
-              ALL_METRICS)
+    english = pretrain_text_lm()
+    results = run_claim(
+        "g_lmfusion", "(g) LMFusion start (pretrained text LM, frozen) vs from scratch at equal image-training FLOPs",
+        [DENSE, MOT, LMFUSION], ["text", "t2i", "i2t"], ALL_METRICS, SHORT,
+        note=f"The pretrained text LM alone: English perplexity {english:.3g}.")
+    save_verdicts("g_lmfusion", [
+        verdict_row("(g) LMFusion keeps the pretrained text model", f"text unchanged (frozen); here the LM alone: {english:.3g}",
+                    results.compare(LMFUSION, MOT, "text ppl"), "LMFusion", "MoT from scratch"),
+        verdict_row("(g) LMFusion images at least match from scratch", "better images at ~1/2 the FLOPs (LMFusion)",
+                    results.compare(LMFUSION, MOT, "FID"), "LMFusion", "MoT from scratch"),
+    ])
+    return results
 
 
 if __name__ == "__main__":

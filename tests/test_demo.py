@@ -12,7 +12,6 @@ import urllib.error
 import urllib.request
 
 import pytest
-import torch
 from PIL import Image as PILImage
 
 pytest.importorskip("fastapi")

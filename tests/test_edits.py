@@ -10,7 +10,7 @@ from PIL import Image as PILImage
 
 from transfusion.autoencoders import IdentityAutoencoder
 from transfusion.config import load_config
-from transfusion.data.document import Document, Image, Text
+from transfusion.data.document import Image, Text
 from transfusion.data.edits import EDIT_KINDS, EditsDataset, sample_edit
 from transfusion.data.ondisk import BadRecordError, JsonlDocuments
 from transfusion.data.packing import CONTEXT_IMAGE, arrange, layout, pack

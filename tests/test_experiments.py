@@ -1,5 +1,6 @@
-"""The paper-claim harness runs end to end (a minutes-long smoke version of claim (d))."""
+"""The paper-claim harness runs end to end (a minutes-long smoke version of claim (d)), and its rules."""
 
+import json
 import os
 import subprocess
 import sys
@@ -8,6 +9,52 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def claims(monkeypatch):
+    """The claims harness's modules, importable as their scripts import each other."""
+    monkeypatch.syspath_prepend(str(ROOT / "experiments" / "paper_claims"))
+    import a_scaling
+    import common
+
+    return common, a_scaling
+
+
+def test_a_difference_is_a_result_only_beyond_the_spread(claims):
+    common, _ = claims
+    a, b = common.Row("linear", "A"), common.Row("chameleon", "B")
+    fid = {"FID": (lambda r: r["fid"], True), "acc": (lambda r: r["acc"], False)}
+
+    def results(fids_a, fids_b, accs=(0.5, 0.5, 0.5)):
+        reports = {a: {1e13: [{"fid": f, "acc": x} for f, x in zip(fids_a, accs)]},
+                   b: {1e13: [{"fid": f, "acc": 0.4} for f in fids_b]}}
+        return common.Results([a, b], (1e13,), reports, fid)
+
+    clear = results([100, 102, 104], [120, 121, 119])  # sd 2 and 1, difference 18
+    assert clear.stat(a, 1e13, "FID") == (102, 2)
+    assert clear.compare(a, b, "FID")["outcome"] == "better" and clear.compare(b, a, "FID")["outcome"] == "worse"
+    assert results([100, 110, 120], [115, 116, 117]).compare(a, b, "FID")["outcome"] == "inconclusive"  # 5 < 10 + 1
+    assert clear.compare(a, b, "acc")["outcome"] == "better"  # higher is better here; sd 0
+    row = common.verdict_row("claim", "paper", clear.compare(a, b, "FID"), "A", "B")
+    assert row["verdict"] == "reproduced" and "A 102 +/- 2 vs B 120 +/- 1" in row["ours"]
+    assert common.verdict_row("c", "p", clear.compare(b, a, "FID"), "B", "A")["verdict"] == "not reproduced"
+
+
+def test_the_parity_flop_ratio_interpolates_on_log_flops(claims):
+    _, scaling = claims
+    point = lambda flops, value: {"flops": flops, "report": {"v": value}}  # noqa: E731
+    score = lambda r: r["v"]  # noqa: E731
+    chameleon = [point(1e13, 100), point(4e13, 80)]  # its best: 80 at 4e13
+    p = scaling.parity([point(1e12, 120), point(1e13, 60)], chameleon, score, lower=True)
+    assert p["target"] == 80 and p["chameleon_flops"] == 4e13
+    assert p["reached"] == pytest.approx(10 ** (12 + 2 / 3)) and not p["bound"]  # 2/3 of the way from 120 to 60
+    first = scaling.parity([point(1e12, 70), point(1e13, 60)], chameleon, score, lower=True)
+    assert first["reached"] == 1e12 and first["bound"]  # already better at its first point: a bound
+    assert scaling.parity([point(1e12, 90), point(1e13, 95)], chameleon, score, lower=True)["reached"] is None
+    # higher is better; a worse later point does not undo the best so far
+    up = scaling.parity([point(1e12, 0.2), point(1e13, 0.6), point(1e14, 0.1)], [point(1e13, 0.4)], score, lower=False)
+    assert up["reached"] == pytest.approx(10 ** 12.5)
 
 
 @pytest.mark.slow
@@ -21,6 +68,11 @@ def test_claim_script_trains_at_equal_flops_and_writes_table_and_plot(tmp_path):
     assert len(rows) == 4, table  # two arms at two budgets
     cells = [row.split(" | ") for row in rows]
     assert {c[2] for c in cells[:2]} == {"4"} and {c[2] for c in cells[2:]} == {"8"}  # same N: same steps
+    assert all(" +/- " in c for row in cells for c in row[4:]) and "over 2 training seeds" in table
+    assert len(list(tmp_path.glob("transfusion_s[01]_4e+11/report.json"))) == 2  # one run per seed
+    assert "data.mix_by=tokens data.text_fraction=0.5" in result.stdout  # the protocol, for every arm
+    (verdict,) = json.loads((tmp_path / "docs" / "verdicts" / "d_noise_capping.json").read_text())
+    assert verdict["verdict"] in ("reproduced", "not reproduced", "inconclusive") and "CIDEr-D" in verdict["ours"]
     assert (tmp_path / "docs" / "d_noise_capping.png").stat().st_size > 5000
     assert "$ transfusion train --preset tiny" in result.stdout  # the commands are shown as typed
 

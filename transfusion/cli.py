@@ -160,8 +160,6 @@ def _generate(argv: list[str]) -> None:
 
 
 def _edit(argv: list[str]) -> None:
-    import dataclasses
-
     import torch
 
     from transfusion.data.document import Image

@@ -1,22 +1,68 @@
-"""All four claims in one go (about 80 minutes on 2 CPU cores; reruns skip finished work).
+"""Every claim of the second round in one go, then the verdict table at the top of docs/results.md.
 
     python experiments/paper_claims/run_all.py
+
+Runs and scores are cached under runs/claims2/: a rerun skips finished work, an interrupted
+one resumes (a training run from its last checkpoint). The wall clock of every finished
+command is logged in runs/claims2/commands.jsonl; the verdict section states their sum.
 """
 
+import json
 import time
 
+import a_real_images
+import a_scaling
 import a_transfusion_vs_chameleon
 import b_intra_image_attention
 import c_linear_vs_unet
+import check_mix
 import d_noise_capping
-from common import main
+import e_flow_vs_ddpm
+import f_mot_vs_dense
+import g_lmfusion
+import h_interleaved
+from common import DOCS, ROOT, RUNS, SMOKE, main
+
+# in order of importance: the headline comparison first, so an interrupted run has it
+CLAIMS = (a_transfusion_vs_chameleon, b_intra_image_attention, c_linear_vs_unet, a_scaling, d_noise_capping,
+          e_flow_vs_ddpm, f_mot_vs_dense, g_lmfusion, a_real_images, h_interleaved)
+START, END = "<!-- verdict table: written by experiments/paper_claims/run_all.py -->", "<!-- end of the verdict table -->"
+
+
+def verdict_table() -> str:
+    rows = []
+    for module in CLAIMS:
+        path = DOCS / "verdicts" / f"{module.__name__}.json"
+        if path.is_file():
+            rows += json.loads(path.read_text())
+    log = RUNS / "commands.jsonl"
+    seconds = sum(json.loads(line)["seconds"] for line in log.read_text().splitlines()) if log.is_file() else 0
+    lines = [START, "", "| claim | paper | ours (mean +/- sd over seeds, largest budget) | verdict |", "|---|---|---|---|"]
+    lines += [f"| {r['claim']} | {r['paper']} | {r['ours']} | **{r['verdict']}** |" for r in rows]
+    lines += ["", "A difference is called a result only when it exceeds the spread (the sum of the two standard "
+              "deviations over seeds); otherwise *inconclusive*. Wall clock of every command these tables come from: "
+              f"{seconds / 3600:.1f} hours on 2 CPU cores (runs/claims2/commands.jsonl).", "", END]
+    return "\n".join(lines)
+
+
+def write_verdicts() -> None:
+    table = verdict_table()
+    (DOCS / "verdict.md").write_text(table + "\n")
+    results = ROOT / "docs" / "results.md"
+    if not SMOKE and results.is_file() and START in results.read_text():
+        text = results.read_text()
+        head, rest = text.split(START, 1)
+        results.write_text(head + table + rest.split(END, 1)[1])
+    print(table)
 
 
 def claim():
     start = time.time()
-    for module in (a_transfusion_vs_chameleon, b_intra_image_attention, c_linear_vs_unet, d_noise_capping):
+    check_mix.main()
+    for module in CLAIMS:
         module.claim()
         print(f"[{(time.time() - start) / 60:.1f} min] {module.__name__} done", flush=True)
+    write_verdicts()
 
 
 if __name__ == "__main__":

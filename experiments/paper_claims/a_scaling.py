@@ -3,9 +3,9 @@ metric against training FLOPs, and the parity FLOP ratio.
 
     python experiments/paper_claims/a_scaling.py
 
-Sizes S (width 128, 2 layers), M (`tiny`: 256, 4) and L (384, 6), every size trained on the
+Sizes S (width 128, 2 layers), M (`tiny`: 256, 4) and L (320, 6), every size trained on the
 same number of tokens as M's runs of (a) (so FLOPs grow with the parameters, as in the
-paper's figure; L reaches about 3e14), with a checkpoint at a quarter of the run. M's points
+paper's figure; L reaches about 2.2e14), with a checkpoint at a quarter of the run. M's points
 are seed 0 of (a); S and L are one seed each. Transfusion is (a)'s linear 2x2 arm; images of
 every point are sampled with DPM-Solver++ 25 (DDPM 250 at every point would cost hours here),
 guidance 5. The parity FLOP ratio: Chameleon's FLOPs at its best score over the FLOPs at which

@@ -39,7 +39,7 @@ TABLE3 = ("ddpm", 4 if SMOKE else 250)  # the paper's sampler for the Transfusio
 FAST = ("dpm++", 4 if SMOKE else 25)  # every other DDPM row (docs/sampling.md: ~DDPM-250 quality, 9x faster)
 FLOW = ("euler", 4 if SMOKE else 25)  # every flow-matching row
 SIZES = {"S": ["model.dim=128", "model.n_layers=2", "model.n_heads=2"],  # the scaling figure's model sizes
-         "L": ["model.dim=384", "model.n_layers=6", "model.n_heads=6"]}  # ("M" is tiny itself)
+         "L": ["model.dim=320", "model.n_layers=6", "model.n_heads=5"]}  # ("M" is tiny itself)
 
 
 def ae_dir(kind: str, dataset: str = "shapes") -> Path:

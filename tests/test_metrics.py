@@ -1,6 +1,7 @@
 """Metric code on known inputs: CIDEr-D by hand and against the COCO code, FID on known sets."""
 
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -78,6 +79,21 @@ def test_fid_orders_real_blurred_and_noise_images(inception):
     assert abs(fid(ref, ref)) < 1e-3  # eigen-decompositions of 2048-d covariances: float error only
     print(scores)
     assert scores["real"] * 2 < scores["blurred"] < scores["noise"], scores
+
+
+def test_features_of_a_fixed_set_are_computed_once_per_content(inception):
+    import os
+
+    images = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    folder = Path(os.environ["TRANSFUSION_CACHE"]) / "fid_features"
+    before = set(folder.glob("*.npy")) if folder.is_dir() else set()
+    first = inception.cached(images)
+    (written,) = set(folder.glob("*.npy")) - before
+    np.testing.assert_allclose(first, inception(images))  # the same features as computed directly
+    np.save(written, np.zeros_like(first))  # a second call reads the file: it sees what the file holds
+    assert not inception.cached(images).any()
+    inception.cached(-images)  # other images: another file
+    assert len(set(folder.glob("*.npy")) - before) == 2
 
 
 @pytest.mark.slow

@@ -52,6 +52,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> No
         tmp.unlink(missing_ok=True)
 
 
+def cache_dir() -> Path:
+    """Where models and features computed on first use are kept: ``$TRANSFUSION_CACHE``, or
+    ``~/.cache/transfusion``."""
+    return Path(os.environ.get("TRANSFUSION_CACHE", Path.home() / ".cache" / "transfusion"))
+
+
 def atomic_text(path: str | os.PathLike, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text))
 

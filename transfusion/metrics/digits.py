@@ -8,16 +8,14 @@ read against what the judge manages on real ones. Trained once per image size an
 
 from __future__ import annotations
 
-import os
 import re
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from transfusion.data.mnist import DIGIT_WORDS
-from transfusion.fileio import atomic_write
+from transfusion.fileio import atomic_write, cache_dir
 
 
 class DigitNet(nn.Module):
@@ -72,7 +70,7 @@ def train_digit_classifier(size: int, epochs: int = 4, seed: int = 0) -> tuple[D
 
 def digit_classifier(size: int) -> tuple[DigitNet, float]:
     """The cached classifier for ``size`` pixels, trained on first use: (net, test accuracy)."""
-    folder = Path(os.environ.get("TRANSFUSION_CACHE", Path.home() / ".cache" / "transfusion"))
+    folder = cache_dir()
     path = folder / f"digit_classifier_{size}.pt"
     if path.is_file():
         saved = torch.load(path, weights_only=True)

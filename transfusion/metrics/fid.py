@@ -14,6 +14,7 @@ are the 2048-d pool features. FID = |mu_a - mu_b|^2 + Tr(S_a + S_b - 2 (S_a S_b)
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 from pathlib import Path
 
@@ -46,13 +47,37 @@ class InceptionFeatures:
         if images.ndim != 4 or images.shape[1] not in (1, 3):
             raise ValueError(f"expected images (N, 3, H, W), got {tuple(images.shape)}")
         out = []
-        for chunk in images.split(self.batch_size):
-            x = ((chunk.float().clamp(-1, 1) + 1) * 127.5).round() / 255  # 8-bit, then [0, 1]
-            x = x.expand(-1, 3, -1, -1).to(self.device)
+        for chunk in _eight_bit(images).split(self.batch_size):
+            x = (chunk.float() / 255).expand(-1, 3, -1, -1).to(self.device)
             x = F.interpolate(x, size=(SIZE, SIZE), mode="bilinear", align_corners=False)
             x = x * (INPUT_RANGE[1] - INPUT_RANGE[0]) + INPUT_RANGE[0]
             out.append(self.net(x).reshape(len(x), -1).double().cpu())
         return torch.cat(out).numpy()
+
+
+    def cached(self, images: torch.Tensor) -> np.ndarray:
+        """Features of a fixed set (the real held-out images), computed once and kept in the
+        cache folder under the hash of the 8-bit images: every evaluation of a run reuses them."""
+        from transfusion.fileio import atomic_write, cache_dir
+
+        key = hashlib.sha256(_eight_bit(images).numpy().tobytes() + str(tuple(images.shape)).encode()).hexdigest()[:24]
+        path = cache_dir() / "fid_features" / f"{key}.npy"
+        if path.is_file():
+            return np.load(path, allow_pickle=False)
+        features = self(images)
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as f:  # a file object: np.save would add ".npy" to a path
+                np.save(f, features, allow_pickle=False)
+
+        atomic_write(path, write)
+        return features
+
+
+def _eight_bit(images: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] -> uint8, as a saved PNG would hold them."""
+    return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
 def statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

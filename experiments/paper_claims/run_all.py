@@ -1,6 +1,7 @@
 """Every claim of the second round in one go, then the verdict table at the top of docs/results.md.
 
     python experiments/paper_claims/run_all.py
+    python experiments/paper_claims/run_all.py --verdicts   # only the table, from the claims finished so far
 
 Runs and scores are cached under runs/claims2/: a rerun skips finished work, an interrupted
 one resumes (a training run from its last checkpoint). The wall clock of every finished
@@ -67,4 +68,6 @@ def claim():
 
 
 if __name__ == "__main__":
-    main(claim)
+    import sys
+
+    main(write_verdicts if sys.argv[1:] == ["--verdicts"] else claim)

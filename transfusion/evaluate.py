@@ -257,6 +257,8 @@ SUITES = ("text", "t2i", "i2t", "interleaved", "edit")
 def default_suites(cfg) -> tuple[str, ...]:
     """The suites that apply to a run: all of them, less ``interleaved`` when it did not train on shapes."""
     return tuple(s for s in SUITES if s != "interleaved" or cfg.data.dataset == "shapes")
+
+
 EDIT_RESULTS = ("model", "source_unchanged", "text_to_image")
 
 

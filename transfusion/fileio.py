@@ -128,9 +128,14 @@ class RunLock:
         self.release()
 
 
+def quantise(pixels: torch.Tensor) -> torch.Tensor:
+    """Float pixels in [-1, 1] -> uint8 of the same shape, as a saved PNG holds them."""
+    return ((pixels.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte()
+
+
 def to_uint8(pixels: torch.Tensor) -> np.ndarray:
     """(C, H, W) float in [-1, 1] -> (H, W, C) uint8."""
-    return ((pixels.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+    return quantise(pixels).permute(1, 2, 0).cpu().numpy()
 
 
 def from_uint8(array: np.ndarray) -> torch.Tensor:

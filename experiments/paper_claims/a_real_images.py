@@ -11,7 +11,7 @@ on real test digits beside), by whether the caption names the right digit, and C
 Both arms are sampled fast (DPM-Solver++ 25 for Transfusion); guidance 5.
 """
 
-from common import FID, SHORT, Row, i2t, main, run_claim, save_verdicts, t2i, verdict_row
+from common import FID, SHORT, Row, i2t, main, run_claim, save_verdicts, t2i, verdicts
 
 TRANSFUSION = Row("mnist_linear", "Transfusion (linear 2x2, DPM++ 25)")
 CHAMELEON = Row("mnist_chameleon", "Chameleon (VQ tokens)")
@@ -26,14 +26,11 @@ def claim():
     results = run_claim("a_real_images", "(a) on real images: Transfusion vs Chameleon on MNIST digits at equal FLOPs",
                         [TRANSFUSION, CHAMELEON], ["text", "t2i", "i2t"], METRICS, SHORT, guidance=5.0,
                         note="The digit classifier reads 93%+ of real held-out digits right (its accuracy is in each report).")
-    save_verdicts("a_real_images", [
-        verdict_row("(a) on real digits: Transfusion's images beat Chameleon's", "FID 16.8 vs 29.6 (COCO, Table 3)",
-                    results.compare(TRANSFUSION, CHAMELEON, "FID"), "Transfusion", "Chameleon"),
-        verdict_row("(a) on real digits: the right digit drawn", "(no digit figure; CLIP 25.5 vs 24.3)",
-                    results.compare(TRANSFUSION, CHAMELEON, "digit of the image"), "Transfusion", "Chameleon"),
-        verdict_row("(a) on real digits: captioning", "CIDEr 27.2 vs 18.0 (COCO, Table 3)",
-                    results.compare(TRANSFUSION, CHAMELEON, "digit in the caption"), "Transfusion", "Chameleon"),
-    ])
+    save_verdicts("a_real_images", verdicts(results, TRANSFUSION, CHAMELEON, ("Transfusion", "Chameleon"), [
+        ("(a) on real digits: Transfusion's images beat Chameleon's", "FID 16.8 vs 29.6 (COCO, Table 3)", "FID"),
+        ("(a) on real digits: the right digit drawn", "(no digit figure; CLIP 25.5 vs 24.3)", "digit of the image"),
+        ("(a) on real digits: captioning", "CIDEr 27.2 vs 18.0 (COCO, Table 3)", "digit in the caption"),
+    ]))
     return results
 
 

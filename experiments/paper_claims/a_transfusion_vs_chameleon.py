@@ -11,7 +11,7 @@ optimiser; guidance 5 for both, as in the paper's comparison. Extra rows, labell
 linear arm sampled with DPM-Solver++ 25, and the U-Net arm.
 """
 
-from common import ALL_METRICS, FAST, LONG, TABLE3, Row, main, run_claim, save_verdicts, verdict_row
+from common import ALL_METRICS, FAST, LONG, TABLE3, Row, main, run_claim, save_verdicts, verdicts
 
 TRANSFUSION = Row("linear", "Transfusion (Table 3: linear 2x2, DDPM 250)", TABLE3)
 CHAMELEON = Row("chameleon", "Chameleon (VQ tokens)")
@@ -25,16 +25,12 @@ METRICS = {**ALL_METRICS,
 def claim():
     results = run_claim("a_transfusion_vs_chameleon", "(a) Transfusion vs Chameleon at equal training FLOPs",
                         ROWS, ["text", "t2i", "i2t"], METRICS, LONG, guidance=5.0)
-    save_verdicts("a_transfusion_vs_chameleon", [
-        verdict_row("(a) images: Transfusion beats Chameleon", "FID 16.8 vs 29.6 (7B, Table 3); parity at 1/34 of the FLOPs",
-                    results.compare(TRANSFUSION, CHAMELEON, "FID"), "Transfusion", "Chameleon"),
-        verdict_row("(a) prompt following (colour)", "CLIP 25.5 vs 24.3 (Table 3)",
-                    results.compare(TRANSFUSION, CHAMELEON, "t2i colour"), "Transfusion", "Chameleon"),
-        verdict_row("(a) captioning: Transfusion beats Chameleon", "CIDEr 27.2 vs 18.0 (Table 3)",
-                    results.compare(TRANSFUSION, CHAMELEON, "caption CIDEr-D"), "Transfusion", "Chameleon"),
-        verdict_row("(a) text: Transfusion at least matches Chameleon", "C4 ppl 7.72 vs 8.41 (Table 3)",
-                    results.compare(TRANSFUSION, CHAMELEON, "text ppl"), "Transfusion", "Chameleon"),
-    ])
+    save_verdicts("a_transfusion_vs_chameleon", verdicts(results, TRANSFUSION, CHAMELEON, ("Transfusion", "Chameleon"), [
+        ("(a) images: Transfusion beats Chameleon", "FID 16.8 vs 29.6 (7B, Table 3); parity at 1/34 of the FLOPs", "FID"),
+        ("(a) prompt following (colour)", "CLIP 25.5 vs 24.3 (Table 3)", "t2i colour"),
+        ("(a) captioning: Transfusion beats Chameleon", "CIDEr 27.2 vs 18.0 (Table 3)", "caption CIDEr-D"),
+        ("(a) text: Transfusion at least matches Chameleon", "C4 ppl 7.72 vs 8.41 (Table 3)", "text ppl"),
+    ]))
     return results
 
 

@@ -7,7 +7,7 @@ Both arms use the linear image layers with 2x2 latent patches (16 patches per im
 only the mask inside an image differs (`image.attention`). DPM-Solver++ 25 steps, guidance 3.
 """
 
-from common import LONG, T2I_METRICS, Row, main, run_claim, save_verdicts, verdict_row
+from common import LONG, T2I_METRICS, Row, main, run_claim, save_verdicts, verdicts
 
 BIDIRECTIONAL, CAUSAL = Row("linear", "bidirectional"), Row("linear_causal", "causal")
 
@@ -15,9 +15,8 @@ BIDIRECTIONAL, CAUSAL = Row("linear", "bidirectional"), Row("linear_causal", "ca
 def claim():
     results = run_claim("b_intra_image_attention", "(b) Intra-image attention: bidirectional vs causal (linear 2x2 patches)",
                         [BIDIRECTIONAL, CAUSAL], ["t2i"], T2I_METRICS, LONG)
-    save_verdicts("b_intra_image_attention", [verdict_row(
-        "(b) bidirectional attention within an image beats causal", "FID 20.3 vs 61.3 (0.76B, linear 2x2)",
-        results.compare(BIDIRECTIONAL, CAUSAL, "FID"), "bidirectional", "causal")])
+    save_verdicts("b_intra_image_attention", verdicts(results, BIDIRECTIONAL, CAUSAL, ("bidirectional", "causal"), [
+        ("(b) bidirectional attention within an image beats causal", "FID 20.3 vs 61.3 (0.76B, linear 2x2)", "FID")]))
     return results
 
 

@@ -9,7 +9,7 @@ connections after the transformer. The U-Net's extra parameters count in its FLO
 equal FLOPs it takes fewer steps. DPM-Solver++ 25 steps, guidance 3.
 """
 
-from common import LONG, T2I_METRICS, Row, main, run_claim, save_verdicts, verdict_row
+from common import LONG, T2I_METRICS, Row, main, run_claim, save_verdicts, verdicts
 
 LINEAR, UNET = Row("linear", "linear 2x2"), Row("transfusion", "U-Net")
 
@@ -17,9 +17,8 @@ LINEAR, UNET = Row("linear", "linear 2x2"), Row("transfusion", "U-Net")
 def claim():
     results = run_claim("c_linear_vs_unet", "(c) Image layers at 16 patches per image: linear vs U-Net",
                         [LINEAR, UNET], ["t2i"], T2I_METRICS, LONG)
-    save_verdicts("c_linear_vs_unet", [verdict_row(
-        "(c) U-Net image layers beat linear at 16 patches", "FID 16.1 vs 43.5 (Table 6)",
-        results.compare(UNET, LINEAR, "FID"), "U-Net", "linear")])
+    save_verdicts("c_linear_vs_unet", verdicts(results, UNET, LINEAR, ("U-Net", "linear"), [
+        ("(c) U-Net image layers beat linear at 16 patches", "FID 16.1 vs 43.5 (Table 6)", "FID")]))
     return results
 
 

@@ -61,7 +61,7 @@ ARMS = {
     # (g): the tiny trunk pretrained as a text-only LM (exported, then read back as a transformers folder)
     "lmfusion": [f"model.init_from={RUNS / 'text_lm_hf'}", "model.mot=true", "model.freeze_text=true"],
     "mnist_linear": [*LINEAR, *MNIST],
-    "mnist_chameleon": [*CHAMELEON[:1], *MNIST, f"image.autoencoder={ae_dir('vq', 'mnist')}"],
+    "mnist_chameleon": ["image.objective=tokens", *MNIST, f"image.autoencoder={ae_dir('vq', 'mnist')}"],
     **{f"{arm}_{size}": [*base, *SIZES[size]] for arm, base in (("linear", LINEAR), ("chameleon", CHAMELEON))
        for size in SIZES},
 }
@@ -320,6 +320,13 @@ def verdict_row(claim: str, paper: str, c: dict, a_label: str, b_label: str, at_
         verdict = "reproduced (within the spread)"
     ours = f"{a_label} {pm(*c['a'])} vs {b_label} {pm(*c['b'])} ({c['metric']}, {c['budget']:.2g} FLOPs)"
     return {"claim": claim, "paper": paper, "ours": ours, "verdict": verdict}
+
+
+def verdicts(results: Results, a: Row, b: Row, names: tuple[str, str], lines: list[tuple[str, str, str]],
+             at_least_matches: bool = False) -> list[dict]:
+    """The verdict lines of ``a`` against ``b`` (called ``names``), one per (claim, paper's figure, metric)."""
+    return [verdict_row(claim, paper, results.compare(a, b, metric), *names, at_least_matches)
+            for claim, paper, metric in lines]
 
 
 def save_verdicts(name: str, rows: list[dict]) -> None:

@@ -8,7 +8,7 @@ images at t <= 500 (the default), the other at any t <= 1000. Captions are writt
 clean images.
 """
 
-from common import SHORT, Row, i2t, main, run_claim, save_verdicts, verdict_row
+from common import SHORT, Row, i2t, main, run_claim, save_verdicts, verdicts
 
 CAPPED, UNCAPPED = Row("transfusion", "capped t <= 500"), Row("no_noise_cap", "uncapped")
 
@@ -24,9 +24,8 @@ def claim():
          "caption exact": (i2t("exact"), False)},
         SHORT,
     )
-    save_verdicts("d_noise_capping", [verdict_row(
-        "(d) noise capping helps captioning", "CIDEr 29.4 vs 25.4", results.compare(CAPPED, UNCAPPED, "CIDEr-D"),
-        "capped", "uncapped")])
+    save_verdicts("d_noise_capping", verdicts(results, CAPPED, UNCAPPED, ("capped", "uncapped"), [
+        ("(d) noise capping helps captioning", "CIDEr 29.4 vs 25.4", "CIDEr-D")]))
     return results
 
 

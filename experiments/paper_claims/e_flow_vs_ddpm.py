@@ -8,7 +8,7 @@ Same transformer (U-Net image layers), data, tokenizer, autoencoder and budgets;
 DPM-Solver++ 25 steps, flow with Euler 25 steps; guidance 3 for both.
 """
 
-from common import FID, SHORT, Row, i2t, main, run_claim, save_verdicts, t2i, verdict_row
+from common import FID, SHORT, Row, i2t, main, run_claim, save_verdicts, t2i, verdicts
 
 DDPM, FLOW = Row("transfusion", "DDPM (DPM++ 25)"), Row("flow", "flow, lambda 5 (Euler 25)")
 
@@ -20,9 +20,9 @@ def claim():
                          "t2i position": (t2i("position"), False), "caption colour": (i2t("colour"), False),
                          "caption CIDEr-D": (lambda r: r["i2t"]["cider_d"], False)},
                         SHORT)
-    save_verdicts("e_flow_vs_ddpm", [verdict_row(
-        "(e) flow matching at least matches DDPM", "adopted by BAGEL, JanusFlow, SD3 (no controlled Transfusion figure)",
-        results.compare(FLOW, DDPM, "FID"), "flow", "DDPM", at_least_matches=True)])
+    save_verdicts("e_flow_vs_ddpm", verdicts(results, FLOW, DDPM, ("flow", "DDPM"), [
+        ("(e) flow matching at least matches DDPM", "adopted by BAGEL, JanusFlow, SD3 (no controlled Transfusion figure)",
+         "FID")], at_least_matches=True))
     return results
 
 

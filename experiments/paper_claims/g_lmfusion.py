@@ -14,7 +14,7 @@ kept exactly, and image quality at equal FLOPs.
 import json
 
 from common import (ALL_METRICS, N, RUNS, SHORT, SMOKE, Row, ae_dir, autoencoders, main, pm, run_claim, save_verdicts,
-                    sh, verdict_row)
+                    sh, verdicts)
 
 TEXT_STEPS = 4 if SMOKE else 1200  # the text-only pretraining (not counted in the image-training budget)
 
@@ -59,8 +59,9 @@ def claim():
         note=f"The pretrained text LM alone: English perplexity {english:.3g}.")
     save_verdicts("g_lmfusion", [
         kept_text(results, english),
-        verdict_row("(g) LMFusion images at least match from scratch", "better images at ~1/2 the FLOPs (LMFusion)",
-                    results.compare(LMFUSION, MOT, "FID"), "LMFusion", "MoT from scratch", at_least_matches=True),
+        *verdicts(results, LMFUSION, MOT, ("LMFusion", "MoT from scratch"), [
+            ("(g) LMFusion images at least match from scratch", "better images at ~1/2 the FLOPs (LMFusion)", "FID")],
+            at_least_matches=True),
     ])
     return results
 

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from transfusion.fileio import atomic_write, cache_dir, quantise
+
 INPUT_RANGE = (-1.0, 0.9921875)
 SIZE = 299
 
@@ -47,7 +49,7 @@ class InceptionFeatures:
         if images.ndim != 4 or images.shape[1] not in (1, 3):
             raise ValueError(f"expected images (N, 3, H, W), got {tuple(images.shape)}")
         out = []
-        for chunk in _eight_bit(images).split(self.batch_size):
+        for chunk in quantise(images).split(self.batch_size):
             x = (chunk.float() / 255).expand(-1, 3, -1, -1).to(self.device)
             x = F.interpolate(x, size=(SIZE, SIZE), mode="bilinear", align_corners=False)
             x = x * (INPUT_RANGE[1] - INPUT_RANGE[0]) + INPUT_RANGE[0]
@@ -58,9 +60,7 @@ class InceptionFeatures:
     def cached(self, images: torch.Tensor) -> np.ndarray:
         """Features of a fixed set (the real held-out images), computed once and kept in the
         cache folder under the hash of the 8-bit images: every evaluation of a run reuses them."""
-        from transfusion.fileio import atomic_write, cache_dir
-
-        key = hashlib.sha256(_eight_bit(images).numpy().tobytes() + str(tuple(images.shape)).encode()).hexdigest()[:24]
+        key = hashlib.sha256(quantise(images).cpu().numpy().tobytes() + str(tuple(images.shape)).encode()).hexdigest()[:24]
         path = cache_dir() / "fid_features" / f"{key}.npy"
         if path.is_file():
             return np.load(path, allow_pickle=False)
@@ -73,11 +73,6 @@ class InceptionFeatures:
 
         atomic_write(path, write)
         return features
-
-
-def _eight_bit(images: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] -> uint8, as a saved PNG would hold them."""
-    return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
 def statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

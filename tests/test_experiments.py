@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -75,6 +76,15 @@ def test_claim_script_trains_at_equal_flops_and_writes_table_and_plot(tmp_path):
     assert verdict["verdict"] in ("reproduced", "not reproduced", "inconclusive") and "CIDEr-D" in verdict["ours"]
     assert (tmp_path / "docs" / "d_noise_capping.png").stat().st_size > 5000
     assert "$ transfusion train --preset tiny" in result.stdout  # the commands are shown as typed
+    # a fresh checkout holds the scores but not the runs: the table rebuilds without training anything
+    for path in tmp_path.iterdir():
+        if path.name not in ("scores", "docs"):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    again = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "$ transfusion" not in again.stdout and (tmp_path / "docs" / "d_noise_capping.md").read_text() == table
+    commands = [json.loads(line) for line in (tmp_path / "scores" / "commands.jsonl").read_text().splitlines()]
+    assert len(commands) > 8 and all(c["seconds"] >= 0 for c in commands)  # the wall clock of each, for the total
 
 
 def test_the_sampler_sweep_scores_each_setting_against_ddpm_250_and_plots(debug_run, tmp_path):

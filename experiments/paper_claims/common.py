@@ -8,13 +8,17 @@ training seeds (``train.seed``: initialisation and data order). A run trains unt
 cumulative training FLOPs (6 N D, N the parameters a token uses, D real tokens) reach the
 largest budget of its family and keeps a checkpoint at each smaller one: ``steps = budget /
 (6 N tokens-per-step)``, tokens per step measured on the run's own batches. Checkpoints are
-scored with `transfusion eval`. Everything is cached under ``runs/claims2/``: a rerun skips
-what is done, an interrupted one resumes.
+scored with `transfusion eval`. Every score and run record is kept in
+``experiments/paper_claims/scores/`` (committed, so a fresh checkout rebuilds every table
+without training anything), the runs themselves under ``runs/claims2/``: a rerun trains and
+scores only what the store lacks, an interrupted one resumes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
 import shlex
 import statistics
@@ -27,9 +31,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 SMOKE = os.environ.get("CLAIMS_SMOKE") == "1"  # a minutes-long dry run of the whole pipeline
 RUNS = Path(os.environ.get("CLAIMS_RUNS", ROOT / "runs" / ("claims_smoke" if SMOKE else "claims2")))
+# every score and run record, kept in the repository: tables rebuild from it, reruns resume from it
+STORE = Path(os.environ.get("CLAIMS_STORE", RUNS / "scores" if SMOKE else ROOT / "experiments" / "paper_claims" / "scores"))
 DOCS = Path(os.environ.get("CLAIMS_DOCS", RUNS / "docs" if SMOKE else ROOT / "docs" / "results"))
 CLI = shlex.split(os.environ.get("CLAIMS_CLI", "transfusion"))  # how `transfusion` is run (e.g. from another checkout)
-PROTOCOL = ["data.mix_by=tokens", "data.text_fraction=0.5"]  # the paper's 1:1 text : image-caption mix
+# the paper's 1:1 text : image-caption mix; 5% interleaved documents whatever the preset's share
+PROTOCOL = ["data.mix_by=tokens", "data.text_fraction=0.5", "data.interleaved_fraction=0.05"]
 SEEDS = (0, 1) if SMOKE else (0, 1, 2)
 LONG = (2e11, 4e11) if SMOKE else (2.5e13, 1e14)  # (a), (b), (c): one run to 1e14 per arm and seed
 SHORT = (2e11, 4e11) if SMOKE else (1.5e13, 3e13)  # (d)-(g) and the real-image (a)
@@ -91,18 +98,29 @@ def sh(args: list) -> None:
         args = [*CLI, *args[1:]]
     start = time.time()
     subprocess.run([str(a) for a in args], check=True, cwd=ROOT)
-    RUNS.mkdir(parents=True, exist_ok=True)
-    with open(RUNS / "commands.jsonl", "a") as log:  # the wall clock of every finished command, for the totals
+    STORE.mkdir(parents=True, exist_ok=True)
+    with open(STORE / "commands.jsonl", "a") as log:  # the wall clock of every finished command, for the totals
         log.write(json.dumps({"command": typed, "seconds": round(time.time() - start, 1)}) + "\n")
 
 
 def autoencoders(dataset: str = "shapes") -> None:
+    """The KL and VQ autoencoders of ``dataset``, trained when missing. Training them is
+    deterministic on a given machine; the store keeps each one's hash, and a retrained one
+    that differs from the autoencoder earlier scores used is reported."""
     kl, vq = ae_dir("kl", dataset), ae_dir("vq", dataset)
     if not (kl / "autoencoder.json").is_file():
         sh(["transfusion", "autoencoder", "train", "--data", dataset, "--out", kl, "--steps", "20" if SMOKE else "1000"])
     if not (vq / "autoencoder.json").is_file():
         sh(["transfusion", "autoencoder", "train", "--vq", "--codebook-size", "512", "--data", dataset,
             "--out", vq, "--steps", "20" if SMOKE else "1500"])
+    record = STORE / "autoencoders.json"
+    known = json.loads(record.read_text()) if record.is_file() else {}
+    for folder in (kl, vq):
+        digest = hashlib.sha256((folder / "autoencoder.safetensors").read_bytes()).hexdigest()
+        if known.setdefault(folder.name, digest) != digest:
+            print(f"warning: {folder} differs from the autoencoder the stored scores used (sha256 {known[folder.name]}); "
+                  "runs trained on it are not comparable with them", file=sys.stderr, flush=True)
+    _write(record, known)
 
 
 def overrides(arm: str, seed: int = 0) -> list[str]:
@@ -126,10 +144,16 @@ def _batches(arm: str, extra: list[str] = (), seed: int = 0):
 
 
 def flops_per_step(arm: str, seed: int = 0) -> float:
-    """6 N x mean real tokens of the run's first 64 batches (the same batches training sees)."""
-    cfg, model, builder = _batches(arm, seed=seed)
-    tokens = sum(builder.batch_at(s, cfg.train.seed).num_tokens for s in range(64)) / 64
-    return 6 * model.num_params(active=True) * tokens
+    """6 N x mean real tokens of the run's first 64 batches (the same batches training sees);
+    kept in the store, as the runs' plans are made from it."""
+    path, key = STORE / "flops_per_step.json", f"{arm}_s{seed}"
+    known = json.loads(path.read_text()) if path.is_file() else {}
+    if key not in known:
+        cfg, model, builder = _batches(arm, seed=seed)
+        tokens = sum(builder.batch_at(s, cfg.train.seed).num_tokens for s in range(64)) / 64
+        known[key] = 6 * model.num_params(active=True) * tokens
+        _write(path, known)
+    return known[key]
 
 
 def text_per_flop(arm: str, extra: list[str] = (), batches: int = 16) -> dict:
@@ -146,44 +170,118 @@ def text_per_flop(arm: str, extra: list[str] = (), batches: int = 16) -> dict:
             "text_per_gflop": text / batches / flops * 1e9}
 
 
-def train(arm: str, seed: int, budgets: tuple[float, ...]) -> tuple[Path, dict[float, int]]:
-    """Train ``arm`` with ``seed`` to the largest of ``budgets`` (multiples of the first),
-    keeping a checkpoint at each; returns the run folder and {budget: step of its checkpoint}."""
-    autoencoders("mnist" if "data.dataset=mnist" in ARMS[arm] else "shapes")
-    out = RUNS / f"{arm}_s{seed}_{max(budgets):.0e}"
-    plan_path = out / "plan.json"
+class Run:
+    """One training run of the harness, trained only when a score it should give is missing.
+
+    Scores are kept in ``STORE`` (committed with the repository), the run itself (checkpoints)
+    under ``RUNS``: a fresh checkout rebuilds every table from the store, and a rerun trains
+    and scores only what the store lacks. ``plan``: {label: checkpoint step}.
+    """
+
+    def __init__(self, name: str, train_args: list, plan: dict, prepare=None):
+        self.name, self.train_args, self.plan, self.prepare = name, train_args, plan, prepare
+        self.folder, self.store = RUNS / name, STORE / name
+
+    def trained(self) -> Path:
+        """The run's folder, trained first if needed; its record (parameters, tokens seen at each
+        checkpoint) goes to the store."""
+        if not (self.folder / "report.json").is_file():
+            if self.prepare:
+                self.prepare()
+            sh(["transfusion", "train", "--preset", "tiny", "--out", self.folder, *self.train_args])
+        record = self.store / "run.json"
+        if not record.is_file():
+            saved = json.loads((self.folder / "report.json").read_text())
+            tokens = {str(step): json.loads((self.checkpoint(step) / "state.json").read_text())["tokens_seen"]
+                      for step in sorted(set(self.plan.values()))}
+            _write(record, {"model_parameters": saved["model_parameters"],
+                            "active_parameters": saved.get("active_parameters", saved["model_parameters"]),
+                            "tokens_seen": tokens, "plan": {str(k): v for k, v in self.plan.items()}})
+        return self.folder
+
+    def checkpoint(self, step: int) -> Path:
+        return self.folder / "checkpoints" / f"step_{step:06d}"
+
+    def record(self) -> dict:
+        path = self.store / "run.json"
+        if not path.is_file():
+            self.trained()
+        return json.loads(path.read_text())
+
+    def score(self, step: int, suite: str, n: int, guidance: float, how: tuple[str, int] | None) -> dict:
+        """`transfusion eval` of one suite at ``step``, from the store when it holds it."""
+        sampled = suite in ("t2i", "interleaved")
+        tag = f"_cfg{guidance:g}_{how[0]}{how[1]}" if sampled and how else f"_cfg{guidance:g}" if sampled else ""
+        stored = self.store / f"step{step}_{suite}_n{n}{tag}.json"
+        if not stored.is_file():
+            out = self.trained() / "eval" / stored.name
+            if not out.is_file():
+                flags = ["--sampler", how[0], "--steps", str(how[1])] if sampled and how else []
+                sh(["transfusion", "eval", self.checkpoint(step), "--suite", suite, "--n", str(n), *flags,
+                    "--cfg", str(guidance), "--out", out])
+            _write(stored, json.loads(out.read_text()))
+        return json.loads(stored.read_text())
+
+
+TEXT_STEPS = 4 if SMOKE else 1200  # (g)'s text-only pretraining (not counted in the image-training budget)
+# (g)'s stand-in for a pretrained LLM: the tiny trunk trained on English text alone
+TEXT_LM = Run("text_lm", ["data.text_fraction=1.0", "data.interleaved_fraction=0", f"image.autoencoder={ae_dir('kl')}",
+                          f"train.steps={TEXT_STEPS}", "train.eval_samples=2", "train.sample_every=0"],
+              {"final": TEXT_STEPS}, prepare=autoencoders)
+
+
+def text_lm_folder() -> None:
+    """The text LM as a transformers Llama folder (`transfusion export-hf`), for ``model.init_from``."""
+    if not (RUNS / "text_lm_hf" / "config.json").is_file():
+        sh(["transfusion", "export-hf", TEXT_LM.trained(), RUNS / "text_lm_hf"])
+
+
+PREPARE = {"lmfusion": text_lm_folder}  # arm -> what must exist before it trains
+
+
+def _write(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    tmp.replace(path)
+
+
+def train(arm: str, seed: int, budgets: tuple[float, ...]) -> Run:
+    """The run of ``arm`` with ``seed`` to the largest of ``budgets`` (multiples of the first),
+    with a checkpoint at each: ``Run.plan`` is {budget: step of its checkpoint}."""
+    name = f"{arm}_s{seed}_{max(budgets):.0e}"
+    plan_path = STORE / name / "plan.json"
+    dataset = "mnist" if "data.dataset=mnist" in ARMS[arm] else "shapes"
+
+    def prepare():  # what the arm's training (and its FLOPs count) reads
+        autoencoders(dataset)
+        PREPARE.get(arm, lambda: None)()
+
     if plan_path.is_file():
         plan = {float(k): v for k, v in json.loads(plan_path.read_text()).items()}
     else:
+        prepare()
         first = round(budgets[0] / flops_per_step(arm, seed))
         plan = {b: first * round(b / budgets[0]) for b in budgets}
-        out.mkdir(parents=True, exist_ok=True)
-        plan_path.write_text(json.dumps(plan))
-    if not (out / "report.json").is_file():
-        sh(["transfusion", "train", "--preset", "tiny", "--out", out, *overrides(arm, seed),
-            f"train.steps={max(plan.values())}", f"train.checkpoint_every={min(plan.values())}",
-            "train.keep_checkpoints=0", "train.sample_every=0", "train.eval_samples=16"])
-    return out, plan
+        _write(plan_path, {str(k): v for k, v in plan.items()})
+    args = [*overrides(arm, seed), f"train.steps={max(plan.values())}", f"train.checkpoint_every={min(plan.values())}",
+            "train.keep_checkpoints=0", "train.sample_every=0", "train.eval_samples=16"]
+    return Run(name, args, plan, prepare=prepare)
 
 
-def evaluate(run: Path, step: int, suites: list[str], guidance: float, how: tuple[str, int] | None) -> dict:
-    """`transfusion eval` of ``run`` at ``step``, one cached report per suite (t2i on ``T2I_N``
-    images, the others on ``N`` documents), merged; adds the run's training FLOPs at that step."""
+def evaluate(run: Run, step: int, suites: list[str], guidance: float, how: tuple[str, int] | None,
+             largest: bool = True) -> dict:
+    """The scores of ``run`` at ``step``, merged over ``suites`` (t2i on ``T2I_N`` images at the
+    largest budget, ``N`` below it; the other suites on ``N`` documents), with the run's
+    training FLOPs at that step."""
     report: dict = {}
     for suite in suites:
-        sampled = suite in ("t2i", "interleaved")
-        n = T2I_N if suite == "t2i" else N
-        tag = f"_cfg{guidance:g}_{how[0]}{how[1]}" if sampled and how else f"_cfg{guidance:g}" if sampled else ""
-        out = run / "eval" / f"step{step}_{suite}_n{n}{tag}.json"
-        if not out.is_file():
-            flags = ["--sampler", how[0], "--steps", str(how[1])] if sampled and how else []
-            sh(["transfusion", "eval", run / "checkpoints" / f"step_{step:06d}", "--suite", suite, "--n", str(n),
-                *flags, "--cfg", str(guidance), "--out", out])
-        report.update(json.loads(out.read_text()))
-    state = json.loads((run / "checkpoints" / f"step_{step:06d}" / "state.json").read_text())
-    saved = json.loads((run / "report.json").read_text())
-    n_params = saved.get("active_parameters", saved["model_parameters"])  # MoT: one copy of each layer per token
-    report["train_flops"] = 6 * n_params * state["tokens_seen"]
+        n = T2I_N if suite == "t2i" and largest else N
+        report.update(run.score(step, suite, n, guidance, how))
+        if suite == "t2i":
+            report["t2i_n"] = n
+    record = run.record()
+    report["train_flops"] = 6 * record["active_parameters"] * record["tokens_seen"][str(step)]
     return report
 
 
@@ -198,11 +296,13 @@ class Results:
 
     def values(self, row: Row, budget: float, metric: str) -> list[float]:
         fn = self.metrics[metric][0]
-        return [fn(r) for r in self.reports[row][budget]]
+        return [v for v in (fn(r) for r in self.reports[row][budget]) if v is not None]  # None: not measured there
 
     def stat(self, row: Row, budget: float, metric: str) -> tuple[float, float]:
         """(mean, sample standard deviation) over seeds."""
         v = self.values(row, budget, metric)
+        if not v:
+            return math.nan, math.nan
         return statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else 0.0
 
     def compare(self, a: Row, b: Row, metric: str, budget: float | None = None) -> dict:
@@ -226,9 +326,9 @@ def run_claim(name: str, title: str, rows: list[Row], suites: list[str], metrics
     reports: dict = {row: {b: [] for b in budgets} for row in rows}
     for seed in seeds:  # every row of one seed first: a comparison exists after the first
         for row in rows:
-            run, plan = train(row.arm, seed, budgets)
+            run = train(row.arm, seed, budgets)
             for b in budgets:
-                reports[row][b].append(evaluate(run, plan[b], suites, guidance, row.how()))
+                reports[row][b].append(evaluate(run, run.plan[b], suites, guidance, row.how(), b == max(budgets)))
     results = Results(rows, budgets, reports, metrics)
     write_table(name, title, results, note)
     plot(name, title, results)
@@ -247,7 +347,8 @@ def write_table(name: str, title: str, results: Results, note: str = "") -> None
             lines.append("| " + " | ".join(cells) + " |")
     seeds = len(next(iter(results.reports[results.rows[0]].values())))
     settings = [f"Mean +/- standard deviation over {seeds} training seeds. Text to image: {T2I_N} held-out "
-                f"captions (FID against their {T2I_N} real images; 'FID 256' on the first 256); captions, text and "
+                f"captions at the largest budget (FID against their {T2I_N} real images; 'FID 256' on the first 256), "
+                f"{N} below it; captions, text and "
                 f"interleaved documents: {N} each. Samplers: " + "; ".join(
                     f"{row.label}: " + (f"{row.how()[0]} {row.how()[1]} steps" if row.how() else "VQ codes, temperature 1")
                     for row in results.rows) + "."]
@@ -289,6 +390,8 @@ def fmt(value: float) -> str:
 
 
 def pm(mean: float, sd: float) -> str:
+    if math.isnan(mean):
+        return "-"
     return f"{fmt(mean)} +/- {fmt(sd)}"
 
 
@@ -300,7 +403,8 @@ def i2t(key: str):
     return lambda r: r["i2t"]["accuracy"][key]
 
 
-FID = {"FID": (lambda r: r["t2i"]["fid"], True), "FID 256": (lambda r: r["t2i"].get("fid_256", r["t2i"]["fid"]), True)}
+# FID on T2I_N images where a run was scored on that many (its largest budget), and on the first 256 everywhere
+FID = {"FID": (lambda r: r["t2i"]["fid"] if r["t2i_n"] == T2I_N else None, True), "FID 256": (lambda r: r["t2i"].get("fid_256", r["t2i"]["fid"]), True)}
 # the image-quality table of the ablations (b) and (c)
 T2I_METRICS = {**FID, "t2i colour": (t2i("colour"), False), "t2i shape": (t2i("shape"), False),
                "t2i position": (t2i("position"), False)}

@@ -11,26 +11,13 @@ the from-scratch arms (dense and MoT). The point: the pretrained model's text pe
 kept exactly, and image quality at equal FLOPs.
 """
 
-import json
-
-from common import (ALL_METRICS, N, RUNS, SHORT, SMOKE, Row, ae_dir, autoencoders, main, pm, run_claim, save_verdicts,
-                    sh, verdicts)
-
-TEXT_STEPS = 4 if SMOKE else 1200  # the text-only pretraining (not counted in the image-training budget)
+from common import (ALL_METRICS, N, SHORT, TEXT_LM, TEXT_STEPS, Row, main, pm, run_claim, save_verdicts,
+                    verdicts)
 
 
-def pretrain_text_lm() -> None:
-    out, folder = RUNS / "text_lm", RUNS / "text_lm_hf"
-    if not (out / "report.json").is_file():
-        sh(["transfusion", "train", "--preset", "tiny", "--out", out, "data.text_fraction=1.0",
-            "data.interleaved_fraction=0", f"image.autoencoder={ae_dir('kl')}", f"train.steps={TEXT_STEPS}",
-            "train.eval_samples=2", "train.sample_every=0"])
-    if not (folder / "config.json").is_file():
-        sh(["transfusion", "export-hf", out, folder])
-    report = out / "eval" / f"text_n{N}.json"
-    if not report.is_file():
-        sh(["transfusion", "eval", out, "--suite", "text", "--n", str(N), "--out", report])
-    english = json.loads(report.read_text())["text"]["english"]["perplexity"]
+def pretrain_text_lm() -> float:
+    """The pretrained text LM's English perplexity (text/test, ``N`` documents)."""
+    english = TEXT_LM.score(TEXT_STEPS, "text", N, 3.0, None)["text"]["english"]["perplexity"]
     print(f"the pretrained text LM: English perplexity {english:.2f} (text/test, {N} documents)")
     return english
 
@@ -51,7 +38,6 @@ def kept_text(results, english: float) -> dict:
 
 
 def claim():
-    autoencoders()
     english = pretrain_text_lm()
     results = run_claim(
         "g_lmfusion", "(g) LMFusion start (pretrained text LM, frozen) vs from scratch at equal image-training FLOPs",

@@ -3,9 +3,11 @@
     python experiments/paper_claims/run_all.py
     python experiments/paper_claims/run_all.py --verdicts   # only the table, from the claims finished so far
 
-Runs and scores are cached under runs/claims2/: a rerun skips finished work, an interrupted
-one resumes (a training run from its last checkpoint). The wall clock of every finished
-command is logged in runs/claims2/commands.jsonl; the verdict section states their sum.
+Every score is kept in experiments/paper_claims/scores/ (committed: a fresh checkout rebuilds
+every table from it), the runs themselves under runs/claims2/: a rerun trains and scores only
+what the store lacks, an interrupted one resumes (a training run from its last checkpoint).
+The wall clock of every finished command is logged in experiments/paper_claims/scores/commands.jsonl;
+the verdict section states their sum.
 """
 
 import json
@@ -22,7 +24,7 @@ import e_flow_vs_ddpm
 import f_mot_vs_dense
 import g_lmfusion
 import h_interleaved
-from common import DOCS, ROOT, RUNS, SMOKE, main
+from common import DOCS, ROOT, SMOKE, STORE, main
 
 # in order of importance: the headline comparison first, so an interrupted run has it
 CLAIMS = (a_transfusion_vs_chameleon, h_interleaved, b_intra_image_attention, c_linear_vs_unet, a_scaling,
@@ -36,13 +38,13 @@ def verdict_table() -> str:
         path = DOCS / "verdicts" / f"{module.__name__}.json"
         if path.is_file():
             rows += json.loads(path.read_text())
-    log = RUNS / "commands.jsonl"
+    log = STORE / "commands.jsonl"
     seconds = sum(json.loads(line)["seconds"] for line in log.read_text().splitlines()) if log.is_file() else 0
     lines = [START, "", "| claim | paper | ours (mean +/- sd over seeds, largest budget) | verdict |", "|---|---|---|---|"]
     lines += [f"| {r['claim']} | {r['paper']} | {r['ours']} | **{r['verdict']}** |" for r in rows]
     lines += ["", "A difference is called a result only when it exceeds the spread (the sum of the two standard "
               "deviations over seeds); otherwise *inconclusive*. Wall clock of every command these tables come from: "
-              f"{seconds / 3600:.1f} hours on 2 CPU cores (runs/claims2/commands.jsonl).", "", END]
+              f"{seconds / 3600:.1f} hours on 2 CPU cores (experiments/paper_claims/scores/commands.jsonl).", "", END]
     return "\n".join(lines)
 
 

@@ -134,7 +134,8 @@ def test_image_token_sampling_is_per_row_seeded_and_guided(vq):
     together = engine.generate(prompts, req, force_image=True)
     alone = engine.generate(prompts[1:], dataclasses.replace(req, seed=6), force_image=True)
     assert together[1][0].pixels.shape == (3, 16, 16)
-    assert torch.equal(together[1][0].pixels, alone[0][0].pixels)
+    # the same codes; decoding two images at once may round differently from one (batched convolutions)
+    torch.testing.assert_close(together[1][0].pixels, alone[0][0].pixels, atol=1e-5, rtol=0)
     unguided = engine.generate(prompts[1:], dataclasses.replace(req, seed=6, guidance=1.0), force_image=True)
     assert not torch.equal(unguided[0][0].pixels, alone[0][0].pixels)
 

@@ -103,6 +103,19 @@ def sh(args: list) -> None:
         log.write(json.dumps({"command": typed, "seconds": round(time.time() - start, 1)}) + "\n")
 
 
+def _read(path: Path) -> dict:
+    """A JSON record of the store, empty while it does not exist."""
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _write(path: Path, data: dict) -> None:
+    """Write a JSON record whole or not at all (an interrupted write leaves the old one)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    tmp.replace(path)
+
+
 def autoencoders(dataset: str = "shapes") -> None:
     """The KL and VQ autoencoders of ``dataset``, trained when missing. Training them is
     deterministic on a given machine; the store keeps each one's hash, and a retrained one
@@ -114,7 +127,7 @@ def autoencoders(dataset: str = "shapes") -> None:
         sh(["transfusion", "autoencoder", "train", "--vq", "--codebook-size", "512", "--data", dataset,
             "--out", vq, "--steps", "20" if SMOKE else "1500"])
     record = STORE / "autoencoders.json"
-    known = json.loads(record.read_text()) if record.is_file() else {}
+    known = _read(record)
     for folder in (kl, vq):
         digest = hashlib.sha256((folder / "autoencoder.safetensors").read_bytes()).hexdigest()
         if known.setdefault(folder.name, digest) != digest:
@@ -147,7 +160,7 @@ def flops_per_step(arm: str, seed: int = 0) -> float:
     """6 N x mean real tokens of the run's first 64 batches (the same batches training sees);
     kept in the store, as the runs' plans are made from it."""
     path, key = STORE / "flops_per_step.json", f"{arm}_s{seed}"
-    known = json.loads(path.read_text()) if path.is_file() else {}
+    known = _read(path)
     if key not in known:
         cfg, model, builder = _batches(arm, seed=seed)
         tokens = sum(builder.batch_at(s, cfg.train.seed).num_tokens for s in range(64)) / 64
@@ -196,7 +209,7 @@ class Run:
                       for step in sorted(set(self.plan.values()))}
             _write(record, {"model_parameters": saved["model_parameters"],
                             "active_parameters": saved.get("active_parameters", saved["model_parameters"]),
-                            "tokens_seen": tokens, "plan": {str(k): v for k, v in self.plan.items()}})
+                            "tokens_seen": tokens})
         return self.folder
 
     def checkpoint(self, step: int) -> Path:
@@ -237,13 +250,6 @@ def text_lm_folder() -> None:
 
 
 PREPARE = {"lmfusion": text_lm_folder}  # arm -> what must exist before it trains
-
-
-def _write(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    tmp.replace(path)
 
 
 def train(arm: str, seed: int, budgets: tuple[float, ...]) -> Run:
@@ -404,7 +410,8 @@ def i2t(key: str):
 
 
 # FID on T2I_N images where a run was scored on that many (its largest budget), and on the first 256 everywhere
-FID = {"FID": (lambda r: r["t2i"]["fid"] if r["t2i_n"] == T2I_N else None, True), "FID 256": (lambda r: r["t2i"].get("fid_256", r["t2i"]["fid"]), True)}
+FID = {"FID": (lambda r: r["t2i"]["fid"] if r["t2i_n"] == T2I_N else None, True),
+       "FID 256": (lambda r: r["t2i"].get("fid_256", r["t2i"]["fid"]), True)}
 # the image-quality table of the ablations (b) and (c)
 T2I_METRICS = {**FID, "t2i colour": (t2i("colour"), False), "t2i shape": (t2i("shape"), False),
                "t2i position": (t2i("position"), False)}

@@ -226,7 +226,7 @@ PRESETS: dict[str, dict] = {
         "diffusion": {"sample_steps": 10},
         "train": {"steps": 20, "log_every": 5, "checkpoint_every": 10, "eval_samples": 8},
     },
-    # the main job: about 15 minutes on 2 CPU cores
+    # the main job: about 7 to 11 minutes on 2 CPU cores
     "tiny": _cpu(layers=4, steps=1200, warmup=100, log_every=20, checkpoint_every=200, sample_every=400),
     # a longer CPU run: about an hour here
     "small": _cpu(layers=6, steps=3300, warmup=200, log_every=50, checkpoint_every=300, sample_every=1100),

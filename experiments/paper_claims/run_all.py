@@ -43,7 +43,7 @@ def verdict_table() -> str:
     lines = [START, "", "| claim | paper | ours (mean +/- sd over seeds, largest budget) | verdict |", "|---|---|---|---|"]
     lines += [f"| {r['claim']} | {r['paper']} | {r['ours']} | **{r['verdict']}** |" for r in rows]
     lines += ["", "A difference is called a result only when it exceeds the spread (the sum of the two standard "
-              "deviations over seeds); otherwise *inconclusive*. Wall clock of every command these tables come from: "
+              "deviations over seeds); otherwise *inconclusive*. Wall clock of every command in the store so far: "
               f"{seconds / 3600:.1f} hours on 2 CPU cores (experiments/paper_claims/scores/commands.jsonl).", "", END]
     return "\n".join(lines)
 

@@ -38,8 +38,15 @@ def test_a_difference_is_a_result_only_beyond_the_spread(claims):
     assert results([100, 110, 120], [115, 116, 117]).compare(a, b, "FID")["outcome"] == "inconclusive"  # 5 < 10 + 1
     assert clear.compare(a, b, "acc")["outcome"] == "better"  # higher is better here; sd 0
     row = common.verdict_row("claim", "paper", clear.compare(a, b, "FID"), "A", "B")
-    assert row["verdict"] == "reproduced" and "A 102 +/- 2 vs B 120 +/- 1" in row["ours"]
+    assert row["verdict"] == "reproduced" and "A 102.0 +/- 2.0 vs B 120.0 +/- 1.0" in row["ours"]
     assert common.verdict_row("c", "p", clear.compare(b, a, "FID"), "B", "A")["verdict"] == "not reproduced"
+
+
+def test_mean_and_sd_print_to_the_sd_second_significant_figure(claims):
+    pm = claims[0].pm
+    assert [pm(3.7, 0.248), pm(126.3, 5.76), pm(159.2, 15.7), pm(0.5712, 0.104)] == \
+        ["3.70 +/- 0.25", "126.3 +/- 5.8", "159 +/- 16", "0.57 +/- 0.10"]
+    assert pm(19.9, 0.0) == "19.9 +/- 0" and pm(float("nan"), 0.0) == "-"
 
 
 def test_the_parity_flop_ratio_interpolates_on_log_flops(claims):

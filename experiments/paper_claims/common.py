@@ -352,8 +352,10 @@ def write_table(name: str, title: str, results: Results, note: str = "") -> None
             cells += [pm(*results.stat(row, budget, m)) for m in results.metrics]
             lines.append("| " + " | ".join(cells) + " |")
     seeds = len(next(iter(results.reports[results.rows[0]].values())))
-    settings = [f"Mean +/- standard deviation over {seeds} training seeds. Text to image: {T2I_N} held-out "
-                f"captions at the largest budget (FID against their {T2I_N} real images; 'FID 256' on the first 256), "
+    largest = [r for row in results.rows for r in results.reports[row][max(results.budgets)] if "t2i" in r]
+    n_t2i = "/".join(sorted({str(r["t2i"]["settings"]["samples"]) for r in largest}, key=int)) or str(T2I_N)
+    settings = [f"Mean +/- standard deviation over {seeds} training seeds. Text to image: {n_t2i} held-out "
+                f"captions at the largest budget (FID against their {n_t2i} real images; 'FID 256' on the first 256), "
                 f"{N} below it; captions, text and "
                 f"interleaved documents: {N} each. Samplers: " + "; ".join(
                     f"{row.label}: " + (f"{row.how()[0]} {row.how()[1]} steps" if row.how() else "VQ codes, temperature 1")
@@ -396,9 +398,13 @@ def fmt(value: float) -> str:
 
 
 def pm(mean: float, sd: float) -> str:
+    """``mean +/- sd`` with sd to two significant figures and the mean to the same decimal place."""
     if math.isnan(mean):
         return "-"
-    return f"{fmt(mean)} +/- {fmt(sd)}"
+    if not sd > 0:
+        return f"{fmt(mean)} +/- 0"
+    decimals = min(max(1 - math.floor(math.log10(sd)), 0), 4)
+    return f"{mean:.{decimals}f} +/- {sd:.{decimals}f}"
 
 
 def t2i(key: str):

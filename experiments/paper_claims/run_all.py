@@ -24,7 +24,7 @@ import e_flow_vs_ddpm
 import f_mot_vs_dense
 import g_lmfusion
 import h_interleaved
-from common import DOCS, ROOT, SMOKE, STORE, main
+from common import DOCS, SMOKE, STORE, main
 
 # in order of importance: the headline comparison first, so an interrupted run has it
 CLAIMS = (a_transfusion_vs_chameleon, h_interleaved, b_intra_image_attention, c_linear_vs_unet, a_scaling,
@@ -51,7 +51,7 @@ def verdict_table() -> str:
 def write_verdicts() -> None:
     table = verdict_table()
     (DOCS / "verdict.md").write_text(table + "\n")
-    results = ROOT / "docs" / "results.md"
+    results = DOCS.parent / "results.md"  # docs/results.md beside the tables
     if not SMOKE and results.is_file() and START in results.read_text():
         text = results.read_text()
         head, rest = text.split(START, 1)

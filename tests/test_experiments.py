@@ -47,6 +47,20 @@ def test_mean_and_sd_print_to_the_sd_second_significant_figure(claims):
     assert [pm(3.7, 0.248), pm(126.3, 5.76), pm(159.2, 15.7), pm(0.5712, 0.104)] == \
         ["3.70 +/- 0.25", "126.3 +/- 5.8", "159 +/- 16", "0.57 +/- 0.10"]
     assert pm(19.9, 0.0) == "19.9 +/- 0" and pm(float("nan"), 0.0) == "-"
+    assert pm(0.6653, 0.0058, percent=True) == "66.53% +/- 0.58%" and pm(0.807, 0.038, True) == "80.7% +/- 3.8%"
+
+
+def test_accuracies_show_as_percentages_in_tables_and_verdicts(claims):
+    common, _ = claims
+    a, b = common.Row("linear", "A"), common.Row("chameleon", "B")
+    metrics = {"colour": (common.t2i("colour"), False), "ppl": (lambda r: r["ppl"], True)}
+    reports = {a: {1e13: [{"t2i": {"accuracy": {"colour": x}}, "ppl": 10.0} for x in (0.8, 0.9, 1.0)]},
+               b: {1e13: [{"t2i": {"accuracy": {"colour": x}}, "ppl": 12.0} for x in (0.3, 0.3, 0.3)]}}
+    results = common.Results([a, b], (1e13,), reports, metrics)
+    row, = common.verdicts(results, a, b, ("A", "B"), [("claim", "paper", "colour")])
+    assert "A 90% +/- 10% vs B 30% +/- 0" in row["ours"] and row["verdict"] == "reproduced"
+    row, = common.verdicts(results, a, b, ("A", "B"), [("claim", "paper", "ppl")])
+    assert "%" not in row["ours"]
 
 
 def test_the_parity_flop_ratio_interpolates_on_log_flops(claims):

@@ -349,7 +349,7 @@ def write_table(name: str, title: str, results: Results, note: str = "") -> None
             rs = results.reports[row][budget]
             steps = "/".join(sorted({str(r["step"]) for r in rs}, key=int))
             cells = [f"{budget:.2g}", row.label, steps, f"{statistics.fmean(r['train_flops'] for r in rs):.3g}"]
-            cells += [pm(*results.stat(row, budget, m)) for m in results.metrics]
+            cells += [pm(*results.stat(row, budget, m), is_share(results.metrics, m)) for m in results.metrics]
             lines.append("| " + " | ".join(cells) + " |")
     seeds = len(next(iter(results.reports[results.rows[0]].values())))
     largest = [r for row in results.rows for r in results.reports[row][max(results.budgets)] if "t2i" in r]
@@ -397,22 +397,36 @@ def fmt(value: float) -> str:
     return f"{value:.3g}" if abs(value) >= 1 else f"{value:.3f}"
 
 
-def pm(mean: float, sd: float) -> str:
-    """``mean +/- sd`` with sd to two significant figures and the mean to the same decimal place."""
+def pm(mean: float, sd: float, percent: bool = False) -> str:
+    """``mean +/- sd`` with sd to two significant figures and the mean to the same decimal place;
+    ``percent``: a share of 0-1 shown as a percentage."""
     if math.isnan(mean):
         return "-"
+    unit = "%" if percent else ""
+    if percent:
+        mean, sd = 100 * mean, 100 * sd
     if not sd > 0:
-        return f"{fmt(mean)} +/- 0"
-    decimals = min(max(1 - math.floor(math.log10(sd)), 0), 4)
-    return f"{mean:.{decimals}f} +/- {sd:.{decimals}f}"
+        return f"{fmt(mean)}{unit} +/- 0"
+    decimals = min(max(1 - math.floor(math.log10(float(f"{sd:.2g}"))), 0), 4)  # 9.9999 counts as 10
+    return f"{mean:.{decimals}f}{unit} +/- {sd:.{decimals}f}{unit}"
+
+
+def share(fn):
+    """Mark a metric function as a share of 0-1 (an accuracy): tables show it as a percentage."""
+    fn.share = True
+    return fn
+
+
+def is_share(metrics: dict, metric: str) -> bool:
+    return getattr(metrics[metric][0], "share", False)
 
 
 def t2i(key: str):
-    return lambda r: r["t2i"]["accuracy"][key]
+    return share(lambda r: r["t2i"]["accuracy"][key])
 
 
 def i2t(key: str):
-    return lambda r: r["i2t"]["accuracy"][key]
+    return share(lambda r: r["i2t"]["accuracy"][key])
 
 
 # FID on T2I_N images where a run was scored on that many (its largest budget), and on the first 256 everywhere
@@ -427,7 +441,8 @@ ALL_METRICS = {**FID, "t2i colour": (t2i("colour"), False), "t2i position": (t2i
                "text ppl": (lambda r: r["text"]["english"]["perplexity"], True)}
 
 
-def verdict_row(claim: str, paper: str, c: dict, a_label: str, b_label: str, at_least_matches: bool = False) -> dict:
+def verdict_row(claim: str, paper: str, c: dict, a_label: str, b_label: str, at_least_matches: bool = False,
+                percent: bool = False) -> dict:
     """One line of the verdict table from ``Results.compare``: reproduced when ``a`` is better than
     ``b`` beyond the spread (as the paper found), not reproduced when worse beyond it, else
     inconclusive; for a claim that ``a`` *at least matches* ``b``, a difference within the spread
@@ -435,15 +450,15 @@ def verdict_row(claim: str, paper: str, c: dict, a_label: str, b_label: str, at_
     verdict = {"better": "reproduced", "worse": "not reproduced"}.get(c["outcome"], "inconclusive")
     if at_least_matches and c["outcome"] == "inconclusive":
         verdict = "reproduced (within the spread)"
-    ours = f"{a_label} {pm(*c['a'])} vs {b_label} {pm(*c['b'])} ({c['metric']}, {c['budget']:.2g} FLOPs)"
+    ours = f"{a_label} {pm(*c['a'], percent)} vs {b_label} {pm(*c['b'], percent)} ({c['metric']}, {c['budget']:.2g} FLOPs)"
     return {"claim": claim, "paper": paper, "ours": ours, "verdict": verdict}
 
 
 def verdicts(results: Results, a: Row, b: Row, names: tuple[str, str], lines: list[tuple[str, str, str]],
              at_least_matches: bool = False) -> list[dict]:
     """The verdict lines of ``a`` against ``b`` (called ``names``), one per (claim, paper's figure, metric)."""
-    return [verdict_row(claim, paper, results.compare(a, b, metric), *names, at_least_matches)
-            for claim, paper, metric in lines]
+    return [verdict_row(claim, paper, results.compare(a, b, metric), *names, at_least_matches,
+                        is_share(results.metrics, metric)) for claim, paper, metric in lines]
 
 
 def save_verdicts(name: str, rows: list[dict]) -> None:

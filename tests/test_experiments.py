@@ -77,6 +77,7 @@ def test_the_parity_flop_ratio_interpolates_on_log_flops(claims):
     # higher is better; a worse later point does not undo the best so far
     up = scaling.parity([point(1e12, 0.2), point(1e13, 0.6), point(1e14, 0.1)], [point(1e13, 0.4)], score, lower=False)
     assert up["reached"] == pytest.approx(10 ** 12.5)
+    assert scaling.show("t2i colour", 0.875) == "87.5%" and scaling.show("FID 256", 108.46) == "108"
 
 
 @pytest.mark.slow

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import math
 
-from common import (DOCS, FAST, FID, LONG, evaluate, flops_per_step, fmt, i2t, main, save_verdicts, t2i,
-                    train)
+from common import (DOCS, FAST, FID, LONG, evaluate, flops_per_step, fmt, i2t, is_share, main, save_verdicts,
+                    t2i, train)
 
 SIZES = {"S": "_S", "M": "", "L": "_L"}
 METRICS = {"FID 256": (FID["FID 256"][0], True),  # FID on 1,000 exists at the largest budget only
@@ -27,6 +27,10 @@ METRICS = {"FID 256": (FID["FID 256"][0], True),  # FID on 1,000 exists at the l
            "caption colour": (i2t("colour"), False),
            "text ppl": (lambda r: r["text"]["english"]["perplexity"], True)}
 MODELS = {"Transfusion": "linear", "Chameleon": "chameleon"}
+
+
+def show(label: str, value: float) -> str:
+    return f"{fmt(100 * value)}%" if is_share(METRICS, label) else fmt(value)
 
 
 def points(model: str) -> list[dict]:
@@ -79,7 +83,7 @@ def claim():
         for p in pts:
             r = p["report"]
             lines.append(f"| {model} | {p['size']} | {p['params'] / 1e6:.2f}M | {r['step']} | {p['flops']:.3g} | "
-                         + " | ".join(fmt(fn(r)) for fn, _ in METRICS.values()) + " |")
+                         + " | ".join(show(label, fn(r)) for label, (fn, _) in METRICS.items()) + " |")
     parity_lines = ["", "Parity FLOP ratio (Chameleon's FLOPs at its best score / Transfusion's FLOPs to reach it):", "",
                     "| metric | Chameleon's best | at FLOPs | Transfusion reaches it at | parity FLOP ratio |",
                     "|---|---|---|---|---|"]
@@ -104,7 +108,7 @@ def claim():
             ratios[label] = p["chameleon_flops"] / p["reached"]
             ratio = ("> " if p["bound"] else "") + f"{ratios[label]:.2g}"
             reached = ("<= " if p["bound"] else "") + f"{p['reached']:.3g}"
-        parity_lines.append(f"| {label} | {fmt(p['target'])} | {p['chameleon_flops']:.3g} | {reached} | {ratio} |")
+        parity_lines.append(f"| {label} | {show(label, p['target'])} | {p['chameleon_flops']:.3g} | {reached} | {ratio} |")
     axes[0].legend(fontsize=6)
     fig.suptitle("Transfusion vs Chameleon at sizes S, M, L (one seed; DPM-Solver++ 25; guidance 5)", fontsize=10)
     fig.tight_layout()

@@ -59,6 +59,7 @@ def test_accuracies_show_as_percentages_in_tables_and_verdicts(claims):
     results = common.Results([a, b], (1e13,), reports, metrics)
     row, = common.verdicts(results, a, b, ("A", "B"), [("claim", "paper", "colour")])
     assert "A 90% +/- 10% vs B 30% +/- 0" in row["ours"] and row["verdict"] == "reproduced"
+    assert results.shown(a, 1e13, "colour") == "90% +/- 10%" and results.shown(b, 1e13, "ppl") == "12 +/- 0"
     row, = common.verdicts(results, a, b, ("A", "B"), [("claim", "paper", "ppl")])
     assert "%" not in row["ours"]
 

@@ -319,7 +319,12 @@ class Results:
         lower = self.metrics[metric][1]
         better = (mb - ma) if lower else (ma - mb)
         outcome = "inconclusive" if abs(ma - mb) <= sa + sb else ("better" if better > 0 else "worse")
-        return {"metric": metric, "budget": budget, "a": (ma, sa), "b": (mb, sb), "outcome": outcome}
+        return {"metric": metric, "budget": budget, "a": (ma, sa), "b": (mb, sb), "outcome": outcome,
+                "share": is_share(self.metrics, metric)}
+
+    def shown(self, row: Row, budget: float, metric: str) -> str:
+        """The table cell: mean +/- sd over seeds, accuracies as percentages."""
+        return pm(*self.stat(row, budget, metric), is_share(self.metrics, metric))
 
 
 def run_claim(name: str, title: str, rows: list[Row], suites: list[str], metrics: dict, budgets: tuple[float, ...],
@@ -349,7 +354,7 @@ def write_table(name: str, title: str, results: Results, note: str = "") -> None
             rs = results.reports[row][budget]
             steps = "/".join(sorted({str(r["step"]) for r in rs}, key=int))
             cells = [f"{budget:.2g}", row.label, steps, f"{statistics.fmean(r['train_flops'] for r in rs):.3g}"]
-            cells += [pm(*results.stat(row, budget, m), is_share(results.metrics, m)) for m in results.metrics]
+            cells += [results.shown(row, budget, m) for m in results.metrics]
             lines.append("| " + " | ".join(cells) + " |")
     seeds = len(next(iter(results.reports[results.rows[0]].values())))
     largest = [r for row in results.rows for r in results.reports[row][max(results.budgets)] if "t2i" in r]
@@ -441,8 +446,7 @@ ALL_METRICS = {**FID, "t2i colour": (t2i("colour"), False), "t2i position": (t2i
                "text ppl": (lambda r: r["text"]["english"]["perplexity"], True)}
 
 
-def verdict_row(claim: str, paper: str, c: dict, a_label: str, b_label: str, at_least_matches: bool = False,
-                percent: bool = False) -> dict:
+def verdict_row(claim: str, paper: str, c: dict, a_label: str, b_label: str, at_least_matches: bool = False) -> dict:
     """One line of the verdict table from ``Results.compare``: reproduced when ``a`` is better than
     ``b`` beyond the spread (as the paper found), not reproduced when worse beyond it, else
     inconclusive; for a claim that ``a`` *at least matches* ``b``, a difference within the spread
@@ -450,15 +454,16 @@ def verdict_row(claim: str, paper: str, c: dict, a_label: str, b_label: str, at_
     verdict = {"better": "reproduced", "worse": "not reproduced"}.get(c["outcome"], "inconclusive")
     if at_least_matches and c["outcome"] == "inconclusive":
         verdict = "reproduced (within the spread)"
-    ours = f"{a_label} {pm(*c['a'], percent)} vs {b_label} {pm(*c['b'], percent)} ({c['metric']}, {c['budget']:.2g} FLOPs)"
+    share = c.get("share", False)
+    ours = f"{a_label} {pm(*c['a'], share)} vs {b_label} {pm(*c['b'], share)} ({c['metric']}, {c['budget']:.2g} FLOPs)"
     return {"claim": claim, "paper": paper, "ours": ours, "verdict": verdict}
 
 
 def verdicts(results: Results, a: Row, b: Row, names: tuple[str, str], lines: list[tuple[str, str, str]],
              at_least_matches: bool = False) -> list[dict]:
     """The verdict lines of ``a`` against ``b`` (called ``names``), one per (claim, paper's figure, metric)."""
-    return [verdict_row(claim, paper, results.compare(a, b, metric), *names, at_least_matches,
-                        is_share(results.metrics, metric)) for claim, paper, metric in lines]
+    return [verdict_row(claim, paper, results.compare(a, b, metric), *names, at_least_matches)
+            for claim, paper, metric in lines]
 
 
 def save_verdicts(name: str, rows: list[dict]) -> None:

@@ -37,9 +37,13 @@ def test_a_difference_is_a_result_only_beyond_the_spread(claims):
     assert clear.compare(a, b, "FID")["outcome"] == "better" and clear.compare(b, a, "FID")["outcome"] == "worse"
     assert results([100, 110, 120], [115, 116, 117]).compare(a, b, "FID")["outcome"] == "inconclusive"  # 5 < 10 + 1
     assert clear.compare(a, b, "acc")["outcome"] == "better"  # higher is better here; sd 0
-    row = common.verdict_row("claim", "paper", clear.compare(a, b, "FID"), "A", "B")
+    import verdict
+
+    row = verdict.verdict_row("claim", "paper", clear.compare(a, b, "FID"), "A", "B", why="too small")
     assert row["verdict"] == "reproduced" and "A 102.0 +/- 2.0 vs B 120.0 +/- 1.0" in row["ours"]
-    assert common.verdict_row("c", "p", clear.compare(b, a, "FID"), "B", "A")["verdict"] == "not reproduced"
+    assert row["why"] == ""  # a reason only where the claim is not reproduced
+    row = verdict.verdict_row("c", "p", clear.compare(b, a, "FID"), "B", "A", why="too small")
+    assert row["verdict"] == "not reproduced" and row["why"] == "too small"
 
 
 def test_mean_and_sd_print_to_the_sd_second_significant_figure(claims):
@@ -57,11 +61,15 @@ def test_accuracies_show_as_percentages_in_tables_and_verdicts(claims):
     reports = {a: {1e13: [{"t2i": {"accuracy": {"colour": x}}, "ppl": 10.0} for x in (0.8, 0.9, 1.0)]},
                b: {1e13: [{"t2i": {"accuracy": {"colour": x}}, "ppl": 12.0} for x in (0.3, 0.3, 0.3)]}}
     results = common.Results([a, b], (1e13,), reports, metrics)
-    row, = common.verdicts(results, a, b, ("A", "B"), [("claim", "paper", "colour")])
+    import verdict
+
+    row, = verdict.verdicts(results, a, b, ("A", "B"), [("claim", "paper", "colour")])
     assert "A 90% +/- 10% vs B 30% +/- 0" in row["ours"] and row["verdict"] == "reproduced"
     assert results.shown(a, 1e13, "colour") == "90% +/- 10%" and results.shown(b, 1e13, "ppl") == "12 +/- 0"
-    row, = common.verdicts(results, a, b, ("A", "B"), [("claim", "paper", "ppl")])
-    assert "%" not in row["ours"]
+    row, = verdict.verdicts(results, a, b, ("A", "B"), [("claim", "paper", "ppl", "text is shorter")])
+    assert "%" not in row["ours"] and row["why"] == ""  # lower perplexity: reproduced
+    row, = verdict.verdicts(results, b, a, ("B", "A"), [("claim", "paper", "ppl", "text is shorter")])
+    assert row["verdict"] == "not reproduced" and row["why"] == "text is shorter"
 
 
 def test_the_parity_flop_ratio_interpolates_on_log_flops(claims):

@@ -10,7 +10,8 @@ equal FLOPs it takes fewer steps. DPM-Solver++ 25 steps, guidance 5 as in (a), w
 rows are these two runs: (c) trains nothing that (a) has not.
 """
 
-from common import LONG, T2I_METRICS, Row, main, run_claim, save_verdicts, verdicts
+from common import LONG, T2I_METRICS, Row, main, run_claim
+from verdict import save_verdicts, verdicts
 
 LINEAR, UNET = Row("linear", "linear 2x2"), Row("transfusion", "U-Net")
 

@@ -53,9 +53,18 @@ def ae_dir(kind: str, dataset: str = "shapes") -> Path:
     return RUNS / (f"ae_{kind}" if dataset == "shapes" else f"ae_{kind}_{dataset}")
 
 
+EMOJI_DIR = RUNS / "emoji"  # the Noto colour emoji with their English names (examples/emoji_folder.py), 32 px
+# dataset name -> its data.dataset spec: the built-in shapes, the 5,000 MNIST digits, the emoji folder
+DATASETS = {"shapes": "shapes", "mnist": "mnist", "emoji": f"{EMOJI_DIR}/{{split}}"}
+
+
+def real_images(dataset: str) -> list[str]:
+    """The overrides that train on a real-image dataset, with its own KL autoencoder."""
+    return [f"data.dataset={DATASETS[dataset]}", f"image.autoencoder={ae_dir('kl', dataset)}"]
+
+
 LINEAR = ["image.adapter=linear", "image.patch_size=2"]
 CHAMELEON = ["image.objective=tokens", f"image.autoencoder={ae_dir('vq')}"]
-MNIST = ["data.dataset=mnist", f"image.autoencoder={ae_dir('kl', 'mnist')}"]
 # arm name -> overrides of the tiny preset (after PROTOCOL; the shapes KL autoencoder unless named)
 ARMS = {
     "linear": LINEAR,  # Table 3's Transfusion: linear 2x2 patches, bidirectional within an image
@@ -67,8 +76,9 @@ ARMS = {
     "mot": ["model.mot=true"],
     # (g): the tiny trunk pretrained as a text-only LM (exported, then read back as a transformers folder)
     "lmfusion": [f"model.init_from={RUNS / 'text_lm_hf'}", "model.mot=true", "model.freeze_text=true"],
-    "mnist_linear": [*LINEAR, *MNIST],
-    "mnist_chameleon": ["image.objective=tokens", *MNIST, f"image.autoencoder={ae_dir('vq', 'mnist')}"],
+    **{f"{data}_{arm}": overrides for data in ("mnist", "emoji") for arm, overrides in (
+        ("linear", [*LINEAR, *real_images(data)]),
+        ("chameleon", ["image.objective=tokens", *real_images(data), f"image.autoencoder={ae_dir('vq', data)}"]))},
     **{f"{arm}_{size}": [*base, *SIZES[size]] for arm, base in (("linear", LINEAR), ("chameleon", CHAMELEON))
        for size in SIZES},
 }
@@ -96,6 +106,8 @@ def sh(args: list) -> None:
     typed = " ".join(str(a) for a in args)
     if args[0] == "transfusion":
         args = [*CLI, *args[1:]]
+    elif args[0] == "python":
+        args = [sys.executable, *args[1:]]
     start = time.time()
     subprocess.run([str(a) for a in args], check=True, cwd=ROOT)
     STORE.mkdir(parents=True, exist_ok=True)
@@ -116,15 +128,24 @@ def _write(path: Path, data: dict) -> None:
     tmp.replace(path)
 
 
+def emoji_folder() -> None:
+    """The emoji folder (train/ and test/, one name in ten held out), written when missing: it
+    needs Debian's fonts-noto-color-emoji and PyPI's emoji."""
+    if not (EMOJI_DIR / "test").is_dir():
+        sh(["python", "examples/emoji_folder.py", "--out", EMOJI_DIR, "--size", "32"])
+
+
 def autoencoders(dataset: str = "shapes") -> None:
     """The KL and VQ autoencoders of ``dataset``, trained when missing. Training them is
     deterministic on a given machine; the store keeps each one's hash, and a retrained one
     that differs from the autoencoder earlier scores used is reported."""
-    kl, vq = ae_dir("kl", dataset), ae_dir("vq", dataset)
+    if dataset == "emoji":
+        emoji_folder()
+    kl, vq, spec = ae_dir("kl", dataset), ae_dir("vq", dataset), DATASETS[dataset]
     if not (kl / "autoencoder.json").is_file():
-        sh(["transfusion", "autoencoder", "train", "--data", dataset, "--out", kl, "--steps", "20" if SMOKE else "1000"])
+        sh(["transfusion", "autoencoder", "train", "--data", spec, "--out", kl, "--steps", "20" if SMOKE else "1000"])
     if not (vq / "autoencoder.json").is_file():
-        sh(["transfusion", "autoencoder", "train", "--vq", "--codebook-size", "512", "--data", dataset,
+        sh(["transfusion", "autoencoder", "train", "--vq", "--codebook-size", "512", "--data", spec,
             "--out", vq, "--steps", "20" if SMOKE else "1500"])
     record = STORE / "autoencoders.json"
     known = _read(record)
@@ -257,7 +278,7 @@ def train(arm: str, seed: int, budgets: tuple[float, ...]) -> Run:
     with a checkpoint at each: ``Run.plan`` is {budget: step of its checkpoint}."""
     name = f"{arm}_s{seed}_{max(budgets):.0e}"
     plan_path = STORE / name / "plan.json"
-    dataset = "mnist" if "data.dataset=mnist" in ARMS[arm] else "shapes"
+    dataset = next((d for d in DATASETS if f"data.dataset={DATASETS[d]}" in ARMS[arm]), "shapes")
 
     def prepare():  # what the arm's training (and its FLOPs count) reads
         autoencoders(dataset)
@@ -444,33 +465,6 @@ T2I_METRICS = {**FID, "t2i colour": (t2i("colour"), False), "t2i shape": (t2i("s
 ALL_METRICS = {**FID, "t2i colour": (t2i("colour"), False), "t2i position": (t2i("position"), False),
                "caption colour": (i2t("colour"), False), "caption CIDEr-D": (lambda r: r["i2t"]["cider_d"], False),
                "text ppl": (lambda r: r["text"]["english"]["perplexity"], True)}
-
-
-def verdict_row(claim: str, paper: str, c: dict, a_label: str, b_label: str, at_least_matches: bool = False) -> dict:
-    """One line of the verdict table from ``Results.compare``: reproduced when ``a`` is better than
-    ``b`` beyond the spread (as the paper found), not reproduced when worse beyond it, else
-    inconclusive; for a claim that ``a`` *at least matches* ``b``, a difference within the spread
-    also reproduces it."""
-    verdict = {"better": "reproduced", "worse": "not reproduced"}.get(c["outcome"], "inconclusive")
-    if at_least_matches and c["outcome"] == "inconclusive":
-        verdict = "reproduced (within the spread)"
-    share = c.get("share", False)
-    ours = f"{a_label} {pm(*c['a'], share)} vs {b_label} {pm(*c['b'], share)} ({c['metric']}, {c['budget']:.2g} FLOPs)"
-    return {"claim": claim, "paper": paper, "ours": ours, "verdict": verdict}
-
-
-def verdicts(results: Results, a: Row, b: Row, names: tuple[str, str], lines: list[tuple[str, str, str]],
-             at_least_matches: bool = False) -> list[dict]:
-    """The verdict lines of ``a`` against ``b`` (called ``names``), one per (claim, paper's figure, metric)."""
-    return [verdict_row(claim, paper, results.compare(a, b, metric), *names, at_least_matches)
-            for claim, paper, metric in lines]
-
-
-def save_verdicts(name: str, rows: list[dict]) -> None:
-    """Keep a claim's verdict lines for run_all's table (docs/results/verdicts/NAME.json)."""
-    folder = DOCS / "verdicts"
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{name}.json").write_text(json.dumps(rows, indent=1) + "\n")
 
 
 def main(claim) -> None:

@@ -8,7 +8,8 @@ images at t <= 500 (the default), the other at any t <= 1000. Captions are writt
 clean images.
 """
 
-from common import SHORT, Row, i2t, main, run_claim, save_verdicts, verdicts
+from common import SHORT, Row, i2t, main, run_claim
+from verdict import save_verdicts, verdicts
 
 CAPPED, UNCAPPED = Row("transfusion", "capped t <= 500"), Row("no_noise_cap", "uncapped")
 

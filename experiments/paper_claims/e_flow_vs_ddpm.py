@@ -8,7 +8,8 @@ Same transformer (U-Net image layers), data, tokenizer, autoencoder and budgets;
 DPM-Solver++ 25 steps, flow with Euler 25 steps; guidance 3 for both.
 """
 
-from common import FID, SHORT, Row, i2t, main, run_claim, save_verdicts, t2i, verdicts
+from common import FID, SHORT, Row, i2t, main, run_claim, t2i
+from verdict import save_verdicts, verdicts
 
 DDPM, FLOW = Row("transfusion", "DDPM (DPM++ 25)"), Row("flow", "flow, lambda 5 (Euler 25)")
 

@@ -11,8 +11,8 @@ the from-scratch arms (dense and MoT). The point: the pretrained model's text pe
 kept exactly, and image quality at equal FLOPs.
 """
 
-from common import (ALL_METRICS, N, SHORT, TEXT_LM, TEXT_STEPS, Row, main, pm, run_claim, save_verdicts,
-                    verdicts)
+from common import ALL_METRICS, N, SHORT, TEXT_LM, TEXT_STEPS, Row, main, pm, run_claim
+from verdict import save_verdicts, verdicts
 
 
 def pretrain_text_lm() -> float:

@@ -18,7 +18,8 @@ from __future__ import annotations
 import shutil
 import statistics
 
-from common import DOCS, LONG, N, SEEDS, SMOKE, Run, evaluate, fmt, main, save_verdicts, train
+from common import DOCS, LONG, N, SEEDS, SMOKE, Run, evaluate, fmt, main, train
+from verdict import reason, save_verdicts
 
 KEYS = ("colour", "shape", "count", "sequence", "colour_image_1", "colour_image_2", "colour_image_3",
         "later_first_colour", "no_stray_text")
@@ -76,7 +77,9 @@ def claim():
         "claim": "interleaved documents: each image has its own phrase's colour (target >= 70% on tiny)",
         "paper": "one model writes interleaved text and images (Section 4)",
         "ours": f"{100 * mean:.0f}% +/- {100 * sd:.0f}% ({SAMPLERS[0][0]} {SAMPLERS[0][1]}, {len(colours)} seeds)",
-        "verdict": "reproduced" if mean - sd >= 0.7 else "inconclusive" if mean + sd >= 0.7 else "not reproduced"}])
+        "verdict": (verdict := "reproduced" if mean - sd >= 0.7 else "inconclusive" if mean + sd >= 0.7 else "not reproduced"),
+        "why": reason(verdict, "later images take an earlier phrase's colour: the model sees too few interleaved "
+                               "documents to learn to follow the nearest phrase (see the 5% row)")}])
     for variant, overrides in list(VARIANTS.items())[1:]:
         reports = [evaluate(*tiny_run(seed, variant), ["interleaved"], 3.0, SAMPLERS[0]) for seed in SEEDS]
         lines.append(row(f"tiny preset + {' '.join(overrides)}, {SAMPLERS[0][0]} {SAMPLERS[0][1]}", reports))

@@ -40,8 +40,9 @@ def verdict_table() -> str:
             rows += json.loads(path.read_text())
     log = STORE / "commands.jsonl"
     seconds = sum(json.loads(line)["seconds"] for line in log.read_text().splitlines()) if log.is_file() else 0
-    lines = [START, "", "| claim | paper | ours (mean +/- sd over seeds, largest budget) | verdict |", "|---|---|---|---|"]
-    lines += [f"| {r['claim']} | {r['paper']} | {r['ours']} | **{r['verdict']}** |" for r in rows]
+    lines = [START, "", "| claim | paper | ours (mean +/- sd over seeds, largest budget) | verdict | why, where not reproduced |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {r['claim']} | {r['paper']} | {r['ours']} | **{r['verdict']}** | {r.get('why', '')} |" for r in rows]
     lines += ["", "A difference is called a result only when it exceeds the spread (the sum of the two standard "
               "deviations over seeds); otherwise *inconclusive*. Wall clock of every command in the store so far: "
               f"{seconds / 3600:.1f} hours on 2 CPU cores (experiments/paper_claims/scores/commands.jsonl).", "", END]

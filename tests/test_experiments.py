@@ -89,6 +89,19 @@ def test_the_parity_flop_ratio_interpolates_on_log_flops(claims):
     assert scaling.show("t2i colour", 0.875) == "87.5%" and scaling.show("FID 256", 108.46) == "108"
 
 
+def test_each_real_image_arm_trains_on_its_dataset_with_its_own_autoencoders(claims):
+    common, _ = claims
+    assert [common.dataset_of(a) for a in ("linear", "chameleon_L", "mnist_linear", "emoji_chameleon")] == [
+        "shapes", "shapes", "mnist", "emoji"]
+    for data in ("mnist", "emoji"):
+        linear, chameleon = (common.overrides(f"{data}_{arm}", 0) for arm in ("linear", "chameleon"))
+        # the last image.autoencoder override wins: the dataset's KL for Transfusion, its VQ for Chameleon
+        last = [[o for o in arm if o.startswith("image.autoencoder=")][-1] for arm in (linear, chameleon)]
+        assert last == [f"image.autoencoder={common.ae_dir(kind, data)}" for kind in ("kl", "vq")]
+        assert f"data.dataset={common.DATASETS[data]}" in linear and "image.objective=tokens" in chameleon
+    assert "{split}" in common.DATASETS["emoji"]  # a folder with train/ and test/, as load_dataset reads it
+
+
 @pytest.mark.slow
 def test_claim_script_trains_at_equal_flops_and_writes_table_and_plot(tmp_path):
     env = {**os.environ, "CLAIMS_SMOKE": "1", "CLAIMS_RUNS": str(tmp_path)}

@@ -273,15 +273,19 @@ def text_lm_folder() -> None:
 PREPARE = {"lmfusion": text_lm_folder}  # arm -> what must exist before it trains
 
 
+def dataset_of(arm: str) -> str:
+    """The dataset (a key of DATASETS) that ``arm`` trains on."""
+    return next((d for d in DATASETS if f"data.dataset={DATASETS[d]}" in ARMS[arm]), "shapes")
+
+
 def train(arm: str, seed: int, budgets: tuple[float, ...]) -> Run:
     """The run of ``arm`` with ``seed`` to the largest of ``budgets`` (multiples of the first),
     with a checkpoint at each: ``Run.plan`` is {budget: step of its checkpoint}."""
     name = f"{arm}_s{seed}_{max(budgets):.0e}"
     plan_path = STORE / name / "plan.json"
-    dataset = next((d for d in DATASETS if f"data.dataset={DATASETS[d]}" in ARMS[arm]), "shapes")
 
     def prepare():  # what the arm's training (and its FLOPs count) reads
-        autoencoders(dataset)
+        autoencoders(dataset_of(arm))
         PREPARE.get(arm, lambda: None)()
 
     if plan_path.is_file():

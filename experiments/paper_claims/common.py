@@ -135,12 +135,14 @@ def emoji_folder() -> None:
         sh(["python", "examples/emoji_folder.py", "--out", EMOJI_DIR, "--size", "32"])
 
 
+MAKE_DATA = {"emoji": emoji_folder}  # dataset -> what writes it (the others ship with the package)
+
+
 def autoencoders(dataset: str = "shapes") -> None:
     """The KL and VQ autoencoders of ``dataset``, trained when missing. Training them is
     deterministic on a given machine; the store keeps each one's hash, and a retrained one
     that differs from the autoencoder earlier scores used is reported."""
-    if dataset == "emoji":
-        emoji_folder()
+    MAKE_DATA.get(dataset, lambda: None)()
     kl, vq, spec = ae_dir("kl", dataset), ae_dir("vq", dataset), DATASETS[dataset]
     if not (kl / "autoencoder.json").is_file():
         sh(["transfusion", "autoencoder", "train", "--data", spec, "--out", kl, "--steps", "20" if SMOKE else "1000"])
@@ -242,15 +244,20 @@ class Run:
             self.trained()
         return json.loads(path.read_text())
 
-    def score(self, step: int, suite: str, n: int, guidance: float, how: tuple[str, int] | None) -> dict:
-        """`transfusion eval` of one suite at ``step``, from the store when it holds it."""
+    @staticmethod
+    def eval_name(step: int, suite: str, n: int, guidance: float, how: tuple[str, int] | None) -> str:
+        """The file name of one suite's report (in the store and under the run's eval/)."""
         sampled = suite in ("t2i", "interleaved")
         tag = f"_cfg{guidance:g}_{how[0]}{how[1]}" if sampled and how else f"_cfg{guidance:g}" if sampled else ""
-        stored = self.store / f"step{step}_{suite}_n{n}{tag}.json"
+        return f"step{step}_{suite}_n{n}{tag}.json"
+
+    def score(self, step: int, suite: str, n: int, guidance: float, how: tuple[str, int] | None) -> dict:
+        """`transfusion eval` of one suite at ``step``, from the store when it holds it."""
+        stored = self.store / self.eval_name(step, suite, n, guidance, how)
         if not stored.is_file():
             out = self.trained() / "eval" / stored.name
             if not out.is_file():
-                flags = ["--sampler", how[0], "--steps", str(how[1])] if sampled and how else []
+                flags = ["--sampler", how[0], "--steps", str(how[1])] if suite in ("t2i", "interleaved") and how else []
                 sh(["transfusion", "eval", self.checkpoint(step), "--suite", suite, "--n", str(n), *flags,
                     "--cfg", str(guidance), "--out", out])
             _write(stored, json.loads(out.read_text()))

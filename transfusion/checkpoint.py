@@ -21,8 +21,9 @@ state is a collective write); the first one writes the rest.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
-import shutil
+import pickle
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ from transfusion.autoencoders import Autoencoder, IdentityAutoencoder, load_auto
 from transfusion.card import model_card
 from transfusion.config import Config, config_yaml, from_dict, validate
 from transfusion.distributed import unwrap
-from transfusion.fileio import DiskFullError, atomic_folder
+from transfusion.fileio import DiskFullError, atomic_folder, remove_folder
 from transfusion.hub import local_folder
 from transfusion.model.transfusion import Transfusion
 from transfusion.tokenizer import Tokenizer, tokenizer_from_json
@@ -92,7 +93,7 @@ def save_checkpoint(
     try:
         with _written_by_main(final, main) as tmp:
             if optimizer is not None:
-                with _single_process_is_fine():
+                with _single_process_is_fine(), _disk_full_as_such(tmp / "train_state"):
                     dcp.save(_training_state(model, optimizer, ema), checkpoint_id=tmp / "train_state",
                              no_dist=not dist.is_initialized())
             weights = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
@@ -116,8 +117,29 @@ def save_checkpoint(
     _barrier()
     if main and keep > 0:
         for old in list_checkpoints(folder)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+            remove_folder(old)  # renamed aside first: a kill never leaves a half-deleted step_N
     return final
+
+
+@contextmanager
+def _disk_full_as_such(path: Path):
+    """``torch.distributed.checkpoint`` wraps a full disk in its own exceptions: raise it as
+    ``DiskFullError``, as every other writer here does."""
+    try:
+        yield
+    except DiskFullError:
+        raise
+    except Exception as err:
+        seen, todo = set(), [err]
+        while todo:
+            e = todo.pop()
+            if e is None or id(e) in seen:
+                continue
+            seen.add(id(e))
+            if isinstance(e, OSError) and e.errno == errno.ENOSPC or "No space left" in str(e):
+                raise DiskFullError(errno.ENOSPC, f"No space left on the device while writing {path}") from None
+            todo += [e.__cause__, e.__context__, *getattr(e, "failures", {}).values()]
+        raise
 
 
 def _untied(weights: dict[str, torch.Tensor], config: Config) -> dict[str, torch.Tensor]:
@@ -172,17 +194,94 @@ def load_training_state(ckpt: Path, model: torch.nn.Module, optimizer: torch.opt
                                 f"from, not resumed; start a new run folder")
     state = _training_state(model, optimizer, ema)
     with _single_process_is_fine():
-        dcp.load(state, checkpoint_id=ckpt / "train_state", no_dist=not dist.is_initialized())
+        dcp.load(state, storage_reader=_DataOnlyReader(ckpt / "train_state"), planner=_DataOnlyPlanner(),
+                 no_dist=not dist.is_initialized())
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
     return json.loads((ckpt / "state.json").read_text())
 
 
+class UnsafeCheckpointError(ValueError):
+    """A training state file holds something other than plain data (it could run code if unpickled)."""
+
+
+# what train_state/.metadata may name: torch.distributed.checkpoint's own data classes, tensor
+# sizes, dtypes and layouts, paths. Anything else (os.system, builtins.eval, ...) is refused unread.
+_METADATA_CLASSES = {
+    "torch.distributed.checkpoint.metadata": {"Metadata", "MetadataIndex", "StorageMeta", "TensorProperties",
+                                              "TensorStorageMetadata", "ChunkStorageMetadata",
+                                              "BytesStorageMetadata", "_MEM_FORMAT_ENCODING"},
+    "torch.distributed.checkpoint.filesystem": {"_StorageInfo"},
+    "torch.serialization": {"_get_layout"},
+    "pathlib": {"PosixPath", "PurePosixPath", "WindowsPath", "PureWindowsPath"},
+}
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if name in _METADATA_CLASSES.get(module, ()) or (
+                module == "torch" and (name == "Size" or isinstance(getattr(torch, name, None), torch.dtype))):
+            return super().find_class(module, name)
+        raise UnsafeCheckpointError(f"{module}.{name}")
+
+
+class _DataOnlyReader(dcp.FileSystemReader):
+    """Reads ``train_state/`` without running code from it: ``.metadata`` (a pickle, as DCP
+    writes it) through an allow-list of plain data classes."""
+
+    def read_metadata(self, *args, **kwargs):
+        from torch.distributed.checkpoint.metadata import StorageMeta
+
+        path = Path(self.path) / ".metadata"
+        try:
+            with open(path, "rb") as f:
+                metadata = _MetadataUnpickler(f).load()
+        except UnsafeCheckpointError as err:
+            raise UnsafeCheckpointError(f"{path} names {err}, which a training state never holds: the file was not "
+                                        f"written by this library and was not loaded (it could run code). Resume only "
+                                        f"run folders you trust, or start a new run") from None
+        except Exception as err:
+            raise ValueError(f"{path} is not a readable training state ({type(err).__name__}: {err})") from None
+        if getattr(metadata, "storage_meta", None) is None:
+            metadata.storage_meta = StorageMeta()
+        metadata.storage_meta.load_id = self.load_id
+        return metadata
+
+
+class _DataOnlyPlanner(dcp.DefaultLoadPlanner):
+    """Non-tensor values (optimizer hyper-parameters, steps) read with torch's ``weights_only``
+    loader (plain containers, numbers, strings and tensors only), not with pickle."""
+
+    def load_bytes(self, read_item, value) -> None:
+        try:
+            loaded = torch.load(value, weights_only=True)
+        except pickle.UnpicklingError as err:
+            raise UnsafeCheckpointError(f"a training state value ({read_item.dest_index.fqn}) holds more than plain "
+                                        f"data and was not loaded: {str(err).splitlines()[0]}") from None
+        if self.flatten_state_dict:
+            from torch.distributed.checkpoint._traverse import set_element
+
+            set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], loaded)
+        else:
+            self.state_dict[read_item.dest_index.fqn] = loaded
+
+
+REQUIRED = ("model.safetensors", "config.yaml", "tokenizer.json", "state.json")
+
+
+def is_complete(ckpt: Path) -> bool:
+    """Every file a checkpoint needs is there (a folder left half-deleted by a kill is not)."""
+    if not all((ckpt / name).is_file() for name in REQUIRED):
+        return False
+    return not (ckpt / "train_state").exists() or (ckpt / "train_state" / ".metadata").is_file()
+
+
 def list_checkpoints(folder: str | Path) -> list[Path]:
-    """Complete checkpoints in ``folder``, oldest first (temporary folders are ignored)."""
+    """Complete checkpoints in ``folder``, oldest first (temporary and incomplete folders are ignored)."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    found = [p for p in folder.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and p.name[len(PREFIX):].isdigit()]
+    found = [p for p in folder.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and p.name[len(PREFIX):].isdigit()
+             and is_complete(p)]
     return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
 
 
@@ -215,7 +314,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", ema: b
     """Rebuild model, tokenizer and autoencoder from a checkpoint (or a run's latest one);
     with ``ema`` the model holds the moving average of the weights."""
     ckpt = resolve_checkpoint(path)
-    for name in ("model.safetensors", "config.yaml", "tokenizer.json", "state.json"):
+    for name in REQUIRED:
         if not (ckpt / name).is_file():
             raise FileNotFoundError(f"checkpoint {ckpt} is incomplete: {name} is missing")
     cfg = from_dict(yaml.safe_load((ckpt / "config.yaml").read_text()))

@@ -12,9 +12,12 @@
     transfusion autoencoder train --data shapes --out ae/ [--steps 1000] [--vq --codebook-size 512]
     transfusion data shards --data shapes --out corpus/ [--docs 10000] [--per-shard 1000]
     transfusion data precompute corpus/ --autoencoder ae/ --out latents/ [--workers 4]
-    transfusion export-hf RUN_OR_CHECKPOINT OUT/     (the text part as a transformers Llama / Qwen folder)
+    transfusion export-hf RUN_OR_CHECKPOINT OUT/ [--overwrite]   (the text part as a transformers Llama / Qwen folder)
     transfusion serve RUN_OR_CHECKPOINT [--host 127.0.0.1] [--port 7860]   (the web demo; the [demo] extra)
-    transfusion save-pretrained RUN_OR_CHECKPOINT OUT/ | --push-to-hub REPO_ID   (share: folder + model card)
+    transfusion save-pretrained RUN_OR_CHECKPOINT OUT/ [--overwrite] | --push-to-hub REPO_ID   (folder + model card)
+
+An export writes only into a new or empty folder or an earlier export of the same kind (--overwrite: any
+folder), never into a run.
 
 RUN_OR_CHECKPOINT may also be a Hugging Face Hub repo id (owner/name) of a saved folder.
     torchrun --nproc_per_node=8 -m transfusion.cli train ...      (multi-process: see transfusion/distributed.py)
@@ -395,13 +398,14 @@ def _save_pretrained(argv: list[str]) -> None:
     p.add_argument("out", nargs="?", help="folder to write")
     p.add_argument("--push-to-hub", metavar="REPO_ID", help="upload to this Hub repo instead (needs a login)")
     p.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo private")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT even if it holds other files (never a run)")
     args = p.parse_args(argv)
     if bool(args.out) == bool(args.push_to_hub):
         p.error("give an output folder or --push-to-hub REPO_ID")
     if args.push_to_hub:
         print(f"uploaded: {push_to_hub(args.checkpoint, args.push_to_hub, private=args.private)}")
     else:
-        print(f"wrote {save_pretrained(args.checkpoint, args.out)}")
+        print(f"wrote {save_pretrained(args.checkpoint, args.out, overwrite=args.overwrite)}")
 
 
 def _serve(argv: list[str]) -> None:
@@ -413,6 +417,10 @@ def _serve(argv: list[str]) -> None:
     _checkpoint_flags(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
     p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--allowed-hosts", default="", metavar="NAMES",
+                   help="comma-separated host names the server answers to besides localhost, 127.0.0.1 and [::1] "
+                        "(default: the --host address; needed with --host 0.0.0.0): a request for another Host "
+                        "is refused, which stops DNS rebinding")
     p.add_argument("--max-images", type=int, default=defaults.max_images, help="images per request")
     p.add_argument("--max-steps", type=int, default=defaults.max_steps, help="denoising steps per image")
     p.add_argument("--max-prompt-chars", type=int, default=defaults.max_prompt_chars)
@@ -420,14 +428,16 @@ def _serve(argv: list[str]) -> None:
     p.add_argument("--max-queue", type=int, default=defaults.max_queue, help="waiting jobs before 503 busy")
     args = p.parse_args(argv)
     try:
-        from transfusion.demo.app import serve
+        from transfusion.demo.app import allowed_host_names, serve
     except ImportError as err:
         raise ValueError(f"the demo needs its extra: pip install -e \".[demo]\" ({err})") from None
     limits = Limits(max_images=args.max_images, max_steps=args.max_steps, max_prompt_chars=args.max_prompt_chars,
                     max_upload_bytes=args.max_upload_kib * 1024, max_queue=args.max_queue)
+    hosts = [name.strip() for name in args.allowed_hosts.split(",") if name.strip()]
+    allowed_host_names(args.host, hosts)  # a wildcard bind with no names fails here, before the model loads
     loaded = _load(args)
     print(f"serving {loaded.path} (step {loaded.step}) on http://{args.host}:{args.port}/  (Ctrl-C stops)")
-    serve(loaded, args.host, args.port, limits)
+    serve(loaded, args.host, args.port, limits, hosts)
 
 
 def _export_hf(argv: list[str]) -> None:
@@ -437,10 +447,11 @@ def _export_hf(argv: list[str]) -> None:
                 "transformers folder (Llama, Qwen2 or Qwen3) that AutoModelForCausalLM.from_pretrained loads; "
                 "images stay this library's own.")
     _checkpoint_flags(p)
-    p.add_argument("out", help="folder to write (config.json, model.safetensors, tokenizer.json for BPE runs)")
+    p.add_argument("out", help="folder to write (config.json, model.safetensors, the tokenizer files)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT even if it holds other files (never a run)")
     args = p.parse_args(argv)
     loaded = _load(args)
-    print(f"wrote {export_text_model(loaded.model, loaded.tokenizer, args.out)}")
+    print(f"wrote {export_text_model(loaded.model, loaded.tokenizer, args.out, overwrite=args.overwrite)}")
 
 
 COMMANDS = {

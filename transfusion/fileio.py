@@ -2,7 +2,9 @@
 
 - ``atomic_write(path, write)``: ``write(tmp)`` fills a temporary sibling, then one rename
   puts it in place, so a reader never sees half a file; ``atomic_text`` for text.
-- ``atomic_folder(final)``: the same for a folder (a checkpoint, an autoencoder).
+- ``atomic_folder(final)``: the same for a folder (a checkpoint, an export), safe against a
+  kill at any moment; ``check_export_target`` first refuses a folder holding a user's files
+  or a run, so no command deletes a file it did not write.
 - A full disk (``ENOSPC``) becomes ``DiskFullError`` naming the path; nothing partial is left.
 - ``RunLock(folder)``: one writer per run folder. The lock is an ``flock`` held by the live
   process, so the kernel drops it when that process dies, even by ``kill -9``: a killed
@@ -62,19 +64,61 @@ def atomic_text(path: str | os.PathLike, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
+def _fsync(path: Path) -> None:
+    """Flush a file's or a folder's (its entries') data to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(folder: Path) -> None:
+    """fsync every file and folder under ``folder`` (and itself), so a rename that follows
+    never publishes a folder whose contents a power cut could still lose."""
+    for root, _, files in os.walk(folder):
+        for name in files:
+            _fsync(Path(root) / name)
+        _fsync(Path(root))
+
+
+def remove_folder(folder: Path) -> None:
+    """Delete a folder this library wrote: first renamed aside (hidden), then removed, so a
+    kill half-way never leaves a half-deleted folder under its real name."""
+    if not folder.exists():
+        return
+    doomed = folder.with_name(f".{folder.name}.deleting")
+    shutil.rmtree(doomed, ignore_errors=True)
+    os.replace(folder, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def atomic_folder(final: str | os.PathLike) -> Iterator[Path]:
     """Yield an empty temporary folder beside ``final``; on success it replaces ``final``,
-    on any error it is removed (``ENOSPC`` raised as ``DiskFullError``)."""
+    on any error it is removed (``ENOSPC`` raised as ``DiskFullError``).
+
+    The replacement survives a kill at any moment: the new folder is written and fsynced
+    under a hidden name, an existing ``final`` is moved aside (``.NAME.old``), the new one
+    renamed into place, and only then the old one deleted. A kill between the two renames
+    leaves ``.NAME.old`` whole, and the next write of ``final`` puts it back first. Callers
+    that write into a folder a user names check it with ``check_export_target`` first."""
     final = Path(final)
     tmp = final.with_name(f".{final.name}.partial")
+    old = final.with_name(f".{final.name}.old")
+    if old.exists() and not final.exists():  # an earlier replacement was killed between its renames
+        os.replace(old, final)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
         yield tmp
+        fsync_tree(tmp)
         if final.exists():
-            shutil.rmtree(final)
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
         os.replace(tmp, final)
+        _fsync(final.parent)
+        shutil.rmtree(old, ignore_errors=True)
     except OSError as err:
         shutil.rmtree(tmp, ignore_errors=True)
         if err.errno == errno.ENOSPC and not isinstance(err, DiskFullError):
@@ -83,6 +127,49 @@ def atomic_folder(final: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+RUN_MARKERS = ("checkpoints", "metrics.jsonl", ".lock")  # beside config.yaml, these make a folder a run
+
+
+def run_holding(folder: Path) -> Path | None:
+    """The training run folder that is or holds ``folder`` (a run keeps config.yaml with
+    checkpoints/, metrics.jsonl or its .lock), or None."""
+    for candidate in (folder, *folder.parents):
+        if (candidate / "config.yaml").is_file() and any((candidate / m).exists() for m in RUN_MARKERS):
+            return candidate
+    return None
+
+
+def check_export_target(folder: str | os.PathLike, kind: str, written: set[str], overwrite: bool = False,
+                        key: str = "model.safetensors") -> Path:
+    """Refuse to write an export into ``folder`` where that would delete files it did not write.
+
+    Allowed: a new or empty folder; a previous export of the same kind (it holds ``key`` and
+    every entry is a name in ``written``, so it is replaced); any other folder with
+    ``overwrite``. Never a folder that is, holds or is inside a training run. Returns the folder."""
+    folder = Path(folder).expanduser()
+    run = run_holding(folder.resolve())
+    if run is not None:
+        where = "is" if run == folder.resolve() else "is inside"
+        raise ValueError(f"{folder} {where} the training run {run}: an export never writes into a run; "
+                         f"name a new folder")
+    if not folder.exists():
+        return folder
+    if not folder.is_dir():
+        raise ValueError(f"{folder} exists and is not a folder; name a new folder")
+    entries = sorted(p.name for p in folder.iterdir())
+    foreign = [name for name in entries if name not in written or key not in entries]
+    if foreign and overwrite:
+        for inner in folder.rglob("config.yaml"):
+            if run_holding(inner.parent) == inner.parent:
+                raise ValueError(f"{folder} holds the training run {inner.parent}: an export never replaces a run; "
+                                 f"name a new folder")
+    if foreign and not overwrite:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise ValueError(f"{folder} already holds files that are not a {kind} export ({shown}); writing there would "
+                         f"delete them. Name a new or empty folder, or pass --overwrite to replace the whole folder")
+    return folder
 
 
 class RunLockedError(RuntimeError):
@@ -156,3 +243,28 @@ def fit_image(image: PILImage.Image, size: int) -> torch.Tensor:
     left, top = (image.width - side) // 2, (image.height - side) // 2
     image = image.crop((left, top, left + side, top + side))
     return from_uint8(np.asarray(image.resize((size, size), PILImage.Resampling.BICUBIC)))
+
+
+def open_image(source, max_pixels: int | None = None,
+               formats: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "GIF", "BMP")) -> PILImage.Image:
+    """Open an image that came from a user (an upload, a data folder, a shard, a Parquet cell).
+
+    ``source`` is a path or a binary file object. Only ``formats`` are tried: Pillow would
+    otherwise try every plug-in it has, some of which parse little-used formats or hand the
+    file to another program (EPS to Ghostscript). The header's size is checked against
+    ``max_pixels`` before any pixel is decoded (default: Pillow's ``MAX_IMAGE_PIXELS``, which on
+    its own only warns below twice its value), so a small file that decodes to a huge image is
+    refused. Raises ``PIL.UnidentifiedImageError`` (not an image of those formats) or
+    ``PIL.Image.DecompressionBombError`` (too many pixels); the caller closes the image
+    (``with open_image(...) as image:``).
+    """
+    cap = PILImage.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
+    try:
+        image = PILImage.open(source, formats=list(formats))
+    except PILImage.UnidentifiedImageError:
+        raise PILImage.UnidentifiedImageError(f"not an image of a supported format ({', '.join(formats)})") from None
+    if cap is not None and image.width * image.height > cap:
+        width, height = image.size
+        image.close()
+        raise PILImage.DecompressionBombError(f"the image is {width}x{height} pixels; at most {cap} are accepted")
+    return image

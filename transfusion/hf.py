@@ -30,6 +30,9 @@ from transfusion.config import validate
 from transfusion.hub import local_folder
 
 FAMILIES = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3"}
+# every name ``export_text_model`` may write: a folder holding only these is an earlier export, replaced
+HF_EXPORT_NAMES = {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+                   "tokenizer_config.json", "special_tokens_map.json"}
 
 
 def read_config(folder: str | Path) -> dict:
@@ -160,13 +163,14 @@ def load_text_weights(model, folder: str | Path, assign=_copy) -> None:
             assign(param, whole.to(param.dtype))
 
 
-def export_text_model(model, tokenizer, out: str | Path) -> Path:
+def export_text_model(model, tokenizer, out: str | Path, overwrite: bool = False) -> Path:
     """Write the text part of ``model`` (embedding, trunk, LM head; the text copies of a MoT
     trunk) as a transformers folder: Llama, or Qwen2 with q/k/v biases, or Qwen3 with q/k norms.
-    Images stay this library's own. Returns the folder."""
+    Images stay this library's own. ``out`` must be new, empty or an earlier export
+    (``overwrite``: any folder but a run's; ``fileio.check_export_target``). Returns the folder."""
     from safetensors.torch import save_file
 
-    from transfusion.fileio import atomic_folder, atomic_text
+    from transfusion.fileio import atomic_folder, atomic_text, check_export_target
     from transfusion.tokenizer import BPETokenizer
 
     cfg = model.model_cfg
@@ -206,7 +210,7 @@ def export_text_model(model, tokenizer, out: str | Path) -> Path:
               "hidden_act": "silu", "attention_bias": False, "torch_dtype": "float32"}
     config.update({f"{name}_token_id": i for name, i in (("bos", tokenizer.bos_id), ("eos", tokenizer.eos_id),
                                                          ("pad", tokenizer.pad_id)) if i < V})
-    out = Path(out)
+    out = check_export_target(out, "export-hf", HF_EXPORT_NAMES, overwrite)
     with atomic_folder(out) as tmp:
         save_file({k: t.contiguous() for k, t in hf.items()}, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         atomic_text(tmp / "config.json", json.dumps(config, indent=2) + "\n")

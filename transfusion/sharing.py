@@ -17,9 +17,10 @@ from pathlib import Path
 
 from transfusion.card import model_card
 from transfusion.checkpoint import Loaded, load_checkpoint, resolve_checkpoint
-from transfusion.fileio import atomic_folder
+from transfusion.fileio import atomic_folder, check_export_target
 
 INFERENCE_FILES = ("model.safetensors", "ema.safetensors", "config.yaml", "tokenizer.json", "state.json")
+SAVED_NAMES = {*INFERENCE_FILES, "README.md", "autoencoder", "eval"}  # all that save_pretrained writes
 
 
 def latest_report(ckpt: Path) -> dict | None:
@@ -35,11 +36,13 @@ def latest_report(ckpt: Path) -> dict | None:
     return None
 
 
-def save_pretrained(source: str | Path, folder: str | Path, repo_id: str | None = None) -> Path:
+def save_pretrained(source: str | Path, folder: str | Path, repo_id: str | None = None,
+                    overwrite: bool = False) -> Path:
     """Write the checkpoint ``source`` (a run, a checkpoint folder or a repo id) into ``folder``,
-    with a model card; atomic (a crash leaves no half-written folder)."""
+    with a model card; atomic (a crash leaves no half-written folder). ``folder`` must be new,
+    empty or an earlier ``save_pretrained`` folder (``overwrite``: any folder but a run's)."""
     ckpt = resolve_checkpoint(source)
-    folder = Path(folder)
+    folder = check_export_target(folder, "save-pretrained", SAVED_NAMES, overwrite)
     with atomic_folder(folder) as tmp:
         for name in INFERENCE_FILES:
             if (ckpt / name).is_file():

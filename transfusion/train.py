@@ -37,6 +37,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -253,6 +255,49 @@ def write_samples(loaded: Loaded, out: Path, step: int, n: int) -> dict:
     return result
 
 
+class StopRequest:
+    """Ctrl-C (SIGINT) noted while a step runs and acted on between steps, so a saved
+    checkpoint is always the state after a whole step: weights, optimizer, EMA and the data
+    stream's position agree. A second Ctrl-C stops at once, saving nothing (the last
+    checkpoint stays as it was)."""
+
+    def __init__(self):
+        self.asked = False
+        self._previous = None
+
+    def _note(self, signum, frame) -> None:
+        if self.asked:
+            raise KeyboardInterrupt
+        self.asked = True
+        print("\nstopping after this step (Ctrl-C again: stop now, without saving)", flush=True)
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
+            self._previous = signal.signal(signal.SIGINT, self._note)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def agreed(self, world: World) -> bool:
+        """Whether any process was asked to stop (all processes then stop at the same step)."""
+        return self.asked if world.size == 1 else world.sum([float(self.asked)])[0] > 0
+
+
+def check_step(losses: dict[str, float], grad_norm: float, step: int, out: Path) -> None:
+    """A step whose loss or gradient is not finite stops the run before the optimizer moves,
+    so NaN weights are never written (and no good checkpoint is pruned for them)."""
+    if math.isfinite(losses["total"]) and math.isfinite(grad_norm):
+        return
+    what = (f"loss is {losses['total']}" if not math.isfinite(losses["total"]) else
+            f"gradient norm is {grad_norm} (loss {losses['total']:.4g})")
+    raise FloatingPointError(
+        f"{what} at step {step} (" + ", ".join(f"{k} {v:.4g}" for k, v in losses.items() if k != "total")
+        + f"); the weights were not updated and the last checkpoint in {out / 'checkpoints'} is intact: "
+        f"lower optim.lr or check the data, then rerun to resume")
+
+
 def train_step(model, micro_batches, diffusion, cfg: Config, world: World, autocast) -> tuple[dict[str, float], int]:
     """Forward and backward over this process's micro-batches of one global batch.
 
@@ -383,54 +428,53 @@ def _train(cfg: Config, out: Path, world: World, device: torch.device) -> Path:
     window_tokens, window_start = 0, time.perf_counter()
     completed = start
     try:
-        for step in bar:
-            lr = lr_at(step, cfg)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            batches = first if step == start else micro_batches(step)
-            optimizer.zero_grad(set_to_none=True)
-            losses, step_tokens = train_step(model, batches, diffusion, cfg, world, autocast)
-            if not math.isfinite(losses["total"]):
-                raise FloatingPointError(
-                    f"loss is {losses['total']} at step {step} ("
-                    + ", ".join(f"{k} {v:.4g}" for k, v in losses.items() if k != "total")
-                    + f"); the last checkpoint in {out / 'checkpoints'} is "
-                    f"intact: lower optim.lr or check the data, then rerun to resume"
-                )
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-            optimizer.step()
-            if ema is not None:
-                ema.update(core)
-            completed = done = step + 1
-            window_tokens += step_tokens
-            tokens_seen += step_tokens
+        with StopRequest() as stop:
+            for step in bar:
+                lr = lr_at(step, cfg)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                batches = first if step == start else micro_batches(step)
+                optimizer.zero_grad(set_to_none=True)
+                losses, step_tokens = train_step(model, batches, diffusion, cfg, world, autocast)
+                grad_norm = float(full(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)))
+                check_step(losses, grad_norm, step, out)
+                optimizer.step()
+                if ema is not None:
+                    ema.update(core)
+                completed = done = step + 1
+                window_tokens += step_tokens
+                tokens_seen += step_tokens
 
-            if done % cfg.train.log_every == 0 or done == cfg.train.steps:
-                elapsed = time.perf_counter() - window_start
-                tokens_per_s = window_tokens / elapsed
-                row = {"step": done, **losses, "lr": lr, "grad_norm": float(full(grad_norm)),
-                       "tokens_per_s": tokens_per_s, "mfu": tokens_per_s * flops_per_token / (peak * world.size),
-                       "tokens_seen": tokens_seen, "train_flops": 6 * n_params * tokens_seen}
-                if (rss := resident_mb()) is not None:
-                    row["rss_mb"] = rss
-                if builder.feed is not None:
-                    row["skipped_records"] = int(world.sum([builder.skipped])[0])
-                if metrics is not None:
-                    metrics.log(row)
-                bar.set_postfix({k: f"{row[k]:.4f}" for k in losses if k != "total"} | {"tok_s": f"{tokens_per_s:.0f}"})
-                window_tokens, window_start = 0, time.perf_counter()
-            pause = time.perf_counter()
-            if done % cfg.train.checkpoint_every == 0 and done < cfg.train.steps:
-                checkpoint(done)
-            if cfg.train.sample_every and done % cfg.train.sample_every == 0 and done < cfg.train.steps:
-                sample(done, min(16, cfg.train.eval_samples))
-            window_start += time.perf_counter() - pause  # tokens/s measures training alone
-    except KeyboardInterrupt:
-        if world.size > 1:  # the processes stop at different points: no collective save is possible
-            say(f"\ninterrupted at step {completed}; rerun the same command to resume from the last checkpoint")
-            raise SystemExit(130)
-        checkpoint(completed)
-        print(f"\ninterrupted: saved step {completed}; rerun the same command to resume")
+                if done % cfg.train.log_every == 0 or done == cfg.train.steps:
+                    elapsed = time.perf_counter() - window_start
+                    tokens_per_s = window_tokens / elapsed
+                    row = {"step": done, **losses, "lr": lr, "grad_norm": grad_norm,
+                           "tokens_per_s": tokens_per_s, "mfu": tokens_per_s * flops_per_token / (peak * world.size),
+                           "tokens_seen": tokens_seen, "train_flops": 6 * n_params * tokens_seen}
+                    if (rss := resident_mb()) is not None:
+                        row["rss_mb"] = rss
+                    if builder.feed is not None:
+                        row["skipped_records"] = int(world.sum([builder.skipped])[0])
+                    if metrics is not None:
+                        metrics.log(row)
+                    bar.set_postfix({k: f"{row[k]:.4f}" for k in losses if k != "total"}
+                                    | {"tok_s": f"{tokens_per_s:.0f}"})
+                    window_tokens, window_start = 0, time.perf_counter()
+                pause = time.perf_counter()
+                saved = done % cfg.train.checkpoint_every == 0 and done < cfg.train.steps
+                if saved:
+                    checkpoint(done)
+                if cfg.train.sample_every and done % cfg.train.sample_every == 0 and done < cfg.train.steps:
+                    sample(done, min(16, cfg.train.eval_samples))
+                window_start += time.perf_counter() - pause  # tokens/s measures training alone
+                if done < cfg.train.steps and stop.agreed(world):
+                    if not saved:
+                        checkpoint(done)
+                    say(f"\ninterrupted: saved step {done}; rerun the same command to resume")
+                    raise SystemExit(130)
+    except KeyboardInterrupt:  # a second Ctrl-C: perhaps mid-step, so nothing is saved
+        say(f"\nstopped at once at step {completed}, without saving; rerun the same command to resume from the "
+            f"last checkpoint in {out / 'checkpoints'}")
         raise SystemExit(130)
     finally:
         if metrics is not None and completed < cfg.train.steps:  # stopped early: the end below never comes

@@ -173,3 +173,40 @@ def test_training_on_shards_resumes_in_place(corpus, tmp_path):
     resumed = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["lm"] for r in resumed] == pytest.approx([r["lm"] for r in rows], rel=1e-5)
     assert [r["ddpm"] for r in resumed] == pytest.approx([r["ddpm"] for r in rows], rel=1e-5)
+
+
+def test_ctrl_c_mid_step_saves_the_state_after_that_whole_step_and_resume_skips_no_batch(corpus, tmp_path,
+                                                                                         monkeypatch):
+    import os
+    import signal
+
+    import transfusion.train as train_module
+    from transfusion.checkpoint import list_checkpoints
+    from transfusion.cli import COMMANDS
+
+    settings = [f"data.dataset={corpus}", "train.steps=4", "train.checkpoint_every=100", "train.log_every=1",
+                "train.eval_samples=2", "diffusion.sample_steps=2"]
+    straight = tmp_path / "straight"
+    COMMANDS["train"](["--preset", "debug", "--out", str(straight), *settings])
+    rows = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
+
+    real, calls = train_module.train_step, []
+
+    def interrupted(*args, **kwargs):  # Ctrl-C arrives in the middle of the second step
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train_step", interrupted)
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as stopped:
+        COMMANDS["train"](["--preset", "debug", "--out", str(out), *settings])
+    assert stopped.value.code == 130
+    assert [p.name for p in list_checkpoints(out / "checkpoints")] == ["step_000002"]  # after the whole step
+    monkeypatch.setattr(train_module, "train_step", real)
+    COMMANDS["train"](["--preset", "debug", "--out", str(out), *settings])
+    resumed = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in resumed] == [1, 2, 3, 4]
+    assert [r["lm"] for r in resumed] == pytest.approx([r["lm"] for r in rows], rel=1e-5)
+    assert [r["ddpm"] for r in resumed] == pytest.approx([r["ddpm"] for r in rows], rel=1e-5)

@@ -125,20 +125,23 @@ def save_checkpoint(
 def _disk_full_as_such(path: Path):
     """``torch.distributed.checkpoint`` wraps a full disk in its own exceptions: raise it as
     ``DiskFullError``, as every other writer here does."""
+    from torch.distributed.checkpoint.api import CheckpointException  # a BaseException
+
     try:
         yield
     except DiskFullError:
         raise
-    except Exception as err:
+    except (Exception, CheckpointException) as err:
         seen, todo = set(), [err]
         while todo:
             e = todo.pop()
-            if e is None or id(e) in seen:
+            if not isinstance(e, BaseException) or id(e) in seen:
                 continue
             seen.add(id(e))
-            if isinstance(e, OSError) and e.errno == errno.ENOSPC or "No space left" in str(e):
+            if isinstance(e, OSError) and e.errno == errno.ENOSPC:
                 raise DiskFullError(errno.ENOSPC, f"No space left on the device while writing {path}") from None
-            todo += [e.__cause__, e.__context__, *getattr(e, "failures", {}).values()]
+            failures = e.failures.values() if isinstance(e, CheckpointException) else ()
+            todo += [e.__cause__, e.__context__, *(exc for exc, _ in failures)]
         raise
 
 
@@ -192,6 +195,7 @@ def load_training_state(ckpt: Path, model: torch.nn.Module, optimizer: torch.opt
     if not (ckpt / "train_state" / ".metadata").is_file():
         raise FileNotFoundError(f"checkpoint {ckpt} holds no training state (train_state/): it can be sampled "
                                 f"from, not resumed; start a new run folder")
+    _safe_metadata(ckpt / "train_state" / ".metadata")  # a clear error, before DCP wraps it in its own
     state = _training_state(model, optimizer, ema)
     with _single_process_is_fine():
         dcp.load(state, storage_reader=_DataOnlyReader(ckpt / "train_state"), planner=_DataOnlyPlanner(),
@@ -224,23 +228,27 @@ class _MetadataUnpickler(pickle.Unpickler):
         raise UnsafeCheckpointError(f"{module}.{name}")
 
 
+def _safe_metadata(path: Path):
+    """``train_state/.metadata`` (a pickle, as DCP writes it) read through an allow-list of
+    plain data classes: a hostile file is refused before anything in it runs."""
+    try:
+        with open(path, "rb") as f:
+            return _MetadataUnpickler(f).load()
+    except UnsafeCheckpointError as err:
+        raise UnsafeCheckpointError(f"{path} names {err}, which a training state never holds: the file was not "
+                                    f"written by this library and was not loaded (it could run code). Resume only "
+                                    f"run folders you trust, or start a new run") from None
+    except Exception as err:
+        raise ValueError(f"{path} is not a readable training state ({type(err).__name__}: {err})") from None
+
+
 class _DataOnlyReader(dcp.FileSystemReader):
-    """Reads ``train_state/`` without running code from it: ``.metadata`` (a pickle, as DCP
-    writes it) through an allow-list of plain data classes."""
+    """DCP's file reader with ``.metadata`` read by ``_safe_metadata``, never by pickle."""
 
     def read_metadata(self, *args, **kwargs):
         from torch.distributed.checkpoint.metadata import StorageMeta
 
-        path = Path(self.path) / ".metadata"
-        try:
-            with open(path, "rb") as f:
-                metadata = _MetadataUnpickler(f).load()
-        except UnsafeCheckpointError as err:
-            raise UnsafeCheckpointError(f"{path} names {err}, which a training state never holds: the file was not "
-                                        f"written by this library and was not loaded (it could run code). Resume only "
-                                        f"run folders you trust, or start a new run") from None
-        except Exception as err:
-            raise ValueError(f"{path} is not a readable training state ({type(err).__name__}: {err})") from None
+        metadata = _safe_metadata(Path(self.path) / ".metadata")
         if getattr(metadata, "storage_meta", None) is None:
             metadata.storage_meta = StorageMeta()
         metadata.storage_meta.load_id = self.load_id

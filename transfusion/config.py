@@ -59,11 +59,20 @@ class ModelConfig:
     mlp_hidden: int = 0  # 0: the Llama default, 8/3 * dim rounded up to a multiple of 64
     max_seq_len: int = 512  # longest document the model takes (RoPE positions)
     rope_theta: float = 10000.0
+    # rotary frequencies rescaled for long contexts: none | llama3 (Llama 3.1 / 3.2: channels whose wavelength
+    # exceeds rope_original_max_len / rope_low_freq_factor turn rope_factor times slower, those below
+    # rope_original_max_len / rope_high_freq_factor stay, those between are interpolated)
+    rope_scaling: str = "none"
+    rope_factor: float = 1.0
+    rope_low_freq_factor: float = 1.0
+    rope_high_freq_factor: float = 4.0
+    rope_original_max_len: int = 8192
     norm_eps: float = 1e-5
     attention: str = "sdpa"  # sdpa (dense boolean mask) | chunked (query blocks, no L x L mask) | flex (CUDA)
     attention_chunk: int = 512  # chunked: queries per block
     mot: bool = False  # Mixture-of-Transformers: a text and an image copy of every trunk norm and projection
     n_kv_heads: int = 0  # key/value heads (grouped-query attention); 0: n_heads
+    head_dim: int = 0  # channels per head; 0: dim // n_heads (Qwen3 has wider heads: 16 x 128 over 1024)
     qkv_bias: bool = False  # biases on the q/k/v projections (Qwen2)
     qk_norm: bool = False  # RMSNorm of each query and key head before the rotation (Qwen3)
     tie_embeddings: bool = False  # the LM head is the token embedding
@@ -327,8 +336,15 @@ def load_config(preset: str | None = None, files: list[str | Path] = (), overrid
 
 def validate(cfg: Config) -> None:
     m = cfg.model
-    if m.dim % m.n_heads != 0 or (m.dim // m.n_heads) % 2 != 0:
-        raise ValueError(f"model.dim={m.dim} must split into model.n_heads={m.n_heads} heads of even size")
+    if m.head_dim < 0 or m.head_dim % 2 or (not m.head_dim and (m.dim % m.n_heads or (m.dim // m.n_heads) % 2)):
+        raise ValueError(f"model.dim={m.dim} must split into model.n_heads={m.n_heads} heads of even size, or "
+                         f"model.head_dim={m.head_dim} must be a positive even size")
+    if m.rope_scaling not in ("none", "llama3"):
+        raise ValueError(f"model.rope_scaling must be 'none' or 'llama3', got {m.rope_scaling!r}")
+    if m.rope_scaling == "llama3" and not (m.rope_factor >= 1 and 0 < m.rope_low_freq_factor < m.rope_high_freq_factor
+                                           and m.rope_original_max_len > 0):
+        raise ValueError("model.rope_scaling=llama3 needs rope_factor >= 1, 0 < rope_low_freq_factor < "
+                         "rope_high_freq_factor and rope_original_max_len > 0")
     if m.n_kv_heads and m.n_heads % m.n_kv_heads:
         raise ValueError(f"model.n_heads={m.n_heads} must be a multiple of model.n_kv_heads={m.n_kv_heads}")
     if m.freeze_text and not (m.mot and m.init_from):
@@ -355,6 +371,12 @@ def validate(cfg: Config) -> None:
     if d.objective == "flow" and not (d.flow_logit_std > 0 and d.flow_shift > 0 and d.flow_shift_reference >= 0):
         raise ValueError("diffusion.flow_logit_std and diffusion.flow_shift must be positive, "
                          "diffusion.flow_shift_reference >= 0")
+    if not 1 <= d.image_first_max_t <= d.timesteps:
+        raise ValueError(f"diffusion.image_first_max_t={d.image_first_max_t} must be in [1, diffusion.timesteps="
+                         f"{d.timesteps}] (the noise cap of image-first examples, in timesteps)")
+    if not (0 <= d.image_first_prob <= 1 and 0 <= d.caption_dropout <= 1):
+        raise ValueError(f"diffusion.image_first_prob={d.image_first_prob} and diffusion.caption_dropout="
+                         f"{d.caption_dropout} must be in [0, 1]")
     sampler = default_sampler(d.objective) if d.sampler == "auto" else d.sampler
     check_sampler(sampler, d.sample_steps, d.timesteps, d.objective)
     o = cfg.optim

@@ -176,37 +176,53 @@ class RunLockedError(RuntimeError):
     """The run folder is being written by a live process."""
 
 
+_HELD: set[int] = set()  # descriptors of the lock files this process holds
+
+
+def _drop_inherited_locks() -> None:
+    """In a forked child (a data worker): close its copies of the parent's lock descriptors, so
+    a lock lives exactly as long as the process that took it (an ``flock`` belongs to the open
+    file, which a fork shares; the parent's own descriptor keeps it held)."""
+    for fd in _HELD:
+        os.close(fd)
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_drop_inherited_locks)
+
+
 class RunLock:
     """An exclusive lock on a run folder, held while this process lives (``flock`` on
-    ``folder/.lock``). A second writer gets a ``RunLockedError`` naming the holder."""
+    ``folder/.lock``). A second writer gets a ``RunLockedError`` naming the holder. Forked
+    children (data workers) do not keep it, so a ``kill -9`` of the run frees it at once."""
 
     def __init__(self, folder: str | os.PathLike):
         self.path = Path(folder) / ".lock"
-        self._file = None
+        self._fd: int | None = None
+        self._pid = 0
 
     def acquire(self) -> "RunLock":
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path, "a+")
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            handle.close()
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
             raise RunLockedError(f"{self.path.parent} is being written by a live run ({holder}); wait for it to end, "
                                f"stop it, or use another --out") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()}\n")
-        handle.flush()
-        self._file = handle
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}\n".encode(), 0)
+        self._fd, self._pid = fd, os.getpid()
+        _HELD.add(fd)
         return self
 
     def release(self) -> None:
-        if self._file is not None:
-            fcntl.flock(self._file, fcntl.LOCK_UN)
-            self._file.close()
-            self._file = None
+        if self._fd is not None and self._pid == os.getpid():  # a forked child holds no copy to release
+            _HELD.discard(self._fd)
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+        self._fd = None
 
     def __enter__(self) -> "RunLock":
         return self.acquire()

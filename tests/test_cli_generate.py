@@ -101,3 +101,22 @@ def test_interactive_commands_default_to_the_measured_fast_sampler_eval_to_the_p
     cli(["eval", str(run), "--suite", "t2i", "--no-fid", "--n", "2", "--out", str(tmp_path / "r.json")])
     settings = json.loads((tmp_path / "r.json").read_text())["t2i"]["settings"]
     assert settings["sampler"] == "ddpm"  # evaluation samples as the paper does unless told
+
+
+def test_the_caption_command_decodes_as_the_library_does(run, tmp_path, monkeypatch, capsys):
+    from transfusion.engine import Engine
+    from transfusion.pipeline import Pipeline
+
+    image = tmp_path / "in.png"
+    PILImage.fromarray(np.full((16, 16, 3), 90, np.uint8)).save(image)
+    real, requests = Engine.generate, []
+
+    def recorded(self, prompts, req, **kwargs):
+        requests.append(req)
+        return real(self, prompts, req, **kwargs)
+
+    monkeypatch.setattr(Engine, "generate", recorded)
+    cli(["caption", str(run), str(image), "--max-new-tokens", "4", "--out", str(tmp_path / "c.json")])
+    from_library = Pipeline.from_pretrained(str(run)).caption(PILImage.open(image), max_new_tokens=4)
+    assert [r.min_new_tokens for r in requests] == [1, 1]  # the command's, then the library's
+    assert json.loads((tmp_path / "c.json").read_text())["results"][0]["caption"] == from_library

@@ -169,3 +169,33 @@ def test_paper_presets_have_the_papers_sizes_and_256_latent_patches(preset):
     # the paper counts the transformer with its embeddings; the U-Net layers come on top (its 0.27B at 7B)
     transformer = model.num_params() - sum(p.numel() for p in model.image.parameters())
     assert abs(transformer / PAPER_SIZES[preset] - 1) < 0.1, transformer
+
+
+def test_a_missing_path_is_no_such_folder_and_a_repo_downloads_only_what_is_read(debug_run, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    from transfusion.checkpoint import load_checkpoint
+    from transfusion.hf import model_fields
+    from transfusion.sharing import save_pretrained
+
+    asked = []
+    saved = save_pretrained(debug_run, tmp_path / "saved")
+
+    def snapshot_download(repo_id, revision=None, allow_patterns=None, **kwargs):
+        asked.append((repo_id, allow_patterns))
+        return str(saved)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    for path in ("runs/tiny", "./tiny", "tiny/", str(tmp_path / "runs" / "tiny")):
+        with pytest.raises(FileNotFoundError, match=f"no such folder: {path}"):
+            load_checkpoint(path)
+    assert asked == []  # none of them was tried as a Hub repo
+
+    assert load_checkpoint("me/tiny").step == 2
+    with pytest.raises(FileNotFoundError):
+        model_fields("me/llama")  # (the fake snapshot holds no config.json)
+    (repo, checkpoint_files), (_, lm_files) = asked
+    assert repo == "me/tiny" and "*" not in checkpoint_files and "model.safetensors" in checkpoint_files
+    assert "config.json" in lm_files and "*" not in lm_files

@@ -40,7 +40,7 @@ from transfusion.card import model_card
 from transfusion.config import Config, config_yaml, from_dict, validate
 from transfusion.distributed import unwrap
 from transfusion.fileio import DiskFullError, atomic_folder, remove_folder
-from transfusion.hub import local_folder
+from transfusion.hub import CHECKPOINT_FILES, local_folder
 from transfusion.model.transfusion import Transfusion
 from transfusion.tokenizer import Tokenizer, tokenizer_from_json
 
@@ -296,7 +296,7 @@ def list_checkpoints(folder: str | Path) -> list[Path]:
 def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint folder, or a run folder (its latest checkpoint), or the Hub repo id of a folder
     written by ``save_pretrained``, -> the checkpoint folder."""
-    path = local_folder(path)
+    path = local_folder(path, CHECKPOINT_FILES)
     if (path / "model.safetensors").is_file():
         return path
     for folder in (path / "checkpoints", path):

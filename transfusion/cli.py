@@ -227,8 +227,8 @@ def _caption(argv: list[str]) -> None:
     groups = [pictures] if args.together else [[pic] for pic in pictures]
     names = [args.images] if args.together else [[path] for path in args.images]
     prompts = [group + ([Text(args.prompt)] if args.prompt else []) for group in groups]
-    req = Request(max_new_tokens=args.max_new_tokens, max_images=0, temperature=args.temperature,
-                  top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    req = Request(max_new_tokens=args.max_new_tokens, min_new_tokens=1, max_images=0, temperature=args.temperature,
+                  top_k=args.top_k, top_p=args.top_p, seed=args.seed)  # a caption says something, as everywhere
     outputs = Engine(loaded.model, loaded.tokenizer, loaded.autoencoder, loaded.config).generate(prompts, req)
     results = []
     for files, out in zip(names, outputs):

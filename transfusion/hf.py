@@ -27,7 +27,7 @@ import torch
 from safetensors import safe_open
 
 from transfusion.config import validate
-from transfusion.hub import local_folder
+from transfusion.hub import LM_FILES, local_folder
 
 FAMILIES = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3"}
 # every name ``export_text_model`` may write: a folder holding only these is an earlier export, replaced
@@ -36,7 +36,7 @@ HF_EXPORT_NAMES = {"config.json", "generation_config.json", "model.safetensors",
 
 
 def read_config(folder: str | Path) -> dict:
-    path = local_folder(folder) / "config.json"
+    path = local_folder(folder, LM_FILES) / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"{folder} holds no config.json: give a Hugging Face transformers model folder")
     config = json.loads(path.read_text())
@@ -108,7 +108,7 @@ def _tensors(folder: Path) -> dict[str, torch.Tensor]:
 
 def text_state_dict(folder: str | Path, n_heads: int, n_kv_heads: int) -> dict[str, torch.Tensor]:
     """The folder's weights under this library's names (text copies only, vocabulary as saved)."""
-    folder = local_folder(folder)
+    folder = local_folder(folder, LM_FILES)
     hf = _tensors(folder)
     hf = {k.removeprefix("model."): v for k, v in hf.items()}
     order = _half_to_pairs(hf["layers.0.self_attn.q_proj.weight"].shape[0] // n_heads)

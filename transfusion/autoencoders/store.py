@@ -16,7 +16,7 @@ from transfusion.autoencoders.kl import KLAutoencoder
 from transfusion.autoencoders.pretrained import DIFFUSERS_CLASSES, DiffusersAutoencoder, diffusers_class
 from transfusion.autoencoders.vq import VQAutoencoder
 from transfusion.fileio import atomic_text, atomic_write
-from transfusion.hub import local_folder
+from transfusion.hub import AUTOENCODER_FILES, local_folder
 
 WEIGHTS_FILE = "autoencoder.safetensors"
 CONFIG_FILE = "autoencoder.json"
@@ -37,7 +37,7 @@ def load_autoencoder(spec: str | os.PathLike) -> Autoencoder:
     or the Hugging Face Hub repo id of one of those (``transfusion.hub``)."""
     if str(spec) == "identity":
         return IdentityAutoencoder()
-    folder = local_folder(spec)  # a Hub repo id (a diffusers AutoencoderKL / AutoencoderTiny) is read from its snapshot
+    folder = local_folder(spec, AUTOENCODER_FILES)  # a Hub repo id (a diffusers AutoencoderKL / AutoencoderTiny) is read from its snapshot
     if not folder.is_dir():
         raise FileNotFoundError(
             f"autoencoder {str(spec)!r} not found: give 'identity', a folder written by save_autoencoder, "

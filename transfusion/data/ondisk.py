@@ -16,7 +16,8 @@ Image folder (searched recursively), each image next to a caption file with its 
 
     photos/cat.png   photos/cat.txt   photos/dogs/dog.jpg   photos/dogs/dog.txt
 
-Images are converted to RGB, center-cropped to a square and resized to
+Images are opened as PNG, JPEG, WebP, GIF or BMP only, refused above Pillow's pixel cap before
+decoding (``fileio.open_image``), converted to RGB, center-cropped to a square and resized to
 ``image_size`` x ``image_size`` (``fileio.fit_image``: the rule for every image read from disk). A bad record raises ``BadRecordError`` naming the file
 (and the manifest line); with ``on_error="skip"`` it is counted in ``.skipped`` and the
 next good record is returned instead, so one broken file does not end a long run.
@@ -29,11 +30,10 @@ import json
 import warnings
 from pathlib import Path
 
-import PIL.Image
 import torch
 
 from transfusion.data.document import Document, Image, Segment, Text
-from transfusion.fileio import fit_image
+from transfusion.fileio import fit_image, open_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -51,7 +51,7 @@ def load_image(path: Path, image_size: int) -> torch.Tensor:
     if not path.is_file():
         raise FileNotFoundError(f"image file not found: {path}")
     try:
-        with PIL.Image.open(path) as opened:
+        with open_image(path) as opened:
             return fit_image(opened, image_size)  # decodes the whole file, so corruption shows here
     except Exception as err:  # PIL reports corrupt files as OSError, SyntaxError, ValueError...
         raise BadRecordError(f"cannot read image {path}: {err}") from err
@@ -61,7 +61,7 @@ def image_from_bytes(data: bytes, image_size: int, where: str) -> torch.Tensor:
     """Encoded image bytes (a tar member, a Parquet cell) -> (3, image_size, image_size) in [-1, 1],
     by the one crop rule; ``BadRecordError`` ("WHERE: cannot decode its image ...") if they do not decode."""
     try:
-        with PIL.Image.open(io.BytesIO(data)) as opened:
+        with open_image(io.BytesIO(data)) as opened:
             return fit_image(opened, image_size)
     except Exception as err:  # PIL reports corrupt data as OSError, SyntaxError, ValueError...
         raise BadRecordError(f"{where}: cannot decode its image ({type(err).__name__}: {err})") from None

@@ -5,9 +5,9 @@
 
 The image column is the first of ``IMAGE_COLUMNS`` present: a struct of ``{"bytes", "path"}``
 (the datasets ``Image`` feature) or plain binary; the caption column the first of
-``CAPTION_COLUMNS``. Files are opened lazily and read one row group at a time; every image goes
-through the one crop-and-resize rule (``fileio.fit_image``). A row whose image does not decode
-raises ``BadRecordError`` (or, with ``on_error="skip"``, is counted and skipped).
+``CAPTION_COLUMNS``. Files are opened lazily and read one row group at a time; every image is
+opened as PNG, JPEG, WebP, GIF or BMP only (``fileio.open_image``) and goes through the one
+crop-and-resize rule (``fileio.fit_image``). A row whose image does not decode raises ``BadRecordError`` (or, with ``on_error="skip"``, is counted and skipped).
 """
 
 from __future__ import annotations

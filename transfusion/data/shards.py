@@ -24,8 +24,9 @@ next step. The position of each stream (epoch, shard, record) is saved in checkp
 a resumed run, on any number of processes, neither repeats nor skips a document. Worker
 processes read, decode and queue documents ahead of the training loop.
 
-Corrupt or unreadable records (bad JSON, a missing or undecodable image, a truncated
-shard) are counted, reported with their shard and key, and skipped.
+Corrupt or unreadable records (bad JSON, a missing or undecodable image, a member larger than
+``MAX_MEMBER_BYTES``, a truncated shard) are counted, reported with their shard and key, and
+skipped. Images are opened as PNG, JPEG, WebP, GIF or BMP only (``fileio.open_image``).
 """
 
 from __future__ import annotations
@@ -46,9 +47,10 @@ import torch
 
 from transfusion.data.document import Document, Image, Text
 from transfusion.data.ondisk import BadRecordError, document_kind, image_from_bytes
-from transfusion.fileio import atomic_write, fit_image, to_pil
+from transfusion.fileio import atomic_write, fit_image, open_image, to_pil
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+MAX_MEMBER_BYTES = 64 * 1024 * 1024  # a larger tar member is a corrupt record, left unread
 
 
 # ---- writing
@@ -123,9 +125,11 @@ def split_key(name: str) -> tuple[str, str]:
     return folder + slash + stem, suffix
 
 
-def read_records(path: Path, start: int = 0) -> Iterator[tuple[int, str, dict[str, bytes] | Exception]]:
+def read_records(path: Path, start: int = 0
+                 ) -> Iterator[tuple[int, str, dict[str, bytes | BadRecordError] | Exception]]:
     """(index, key, members) of each record of a shard from record ``start`` on; a shard that
-    breaks off yields the error in place of members and ends."""
+    breaks off yields the error in place of members and ends. A member larger than
+    ``MAX_MEMBER_BYTES`` is not read: its value is a ``BadRecordError`` (``decode_record`` raises it)."""
     index, key, members = -1, None, {}
     try:
         with tarfile.open(path, "r") as tar:
@@ -137,7 +141,10 @@ def read_records(path: Path, start: int = 0) -> Iterator[tuple[int, str, dict[st
                     if key is not None and index >= start:
                         yield index, key, members
                     index, key, members = index + 1, k, {}
-                if index >= start:  # records before the start are passed over unread
+                if index >= start and info.size > MAX_MEMBER_BYTES:  # the header's size: nothing is read
+                    members[suffix] = BadRecordError(f"record {k}: {info.name} is {info.size} bytes, over the "
+                                                     f"{MAX_MEMBER_BYTES} bytes a member may have (MAX_MEMBER_BYTES)")
+                elif index >= start:  # records before the start are passed over unread
                     members[suffix] = tar.extractfile(info).read()
             if key is not None and index >= start:
                 yield index, key, members
@@ -152,8 +159,9 @@ def decode_record(key: str, members: dict[str, bytes], image_size: int, latents:
     record's other members), and caption + image pairs as img2dataset writes them for CC3M,
     LAION or DataComp (``KEY.jpg|png|webp`` + ``KEY.txt``, any ``KEY.json`` being metadata).
     """
-    from PIL import Image as PILImage
-
+    oversized = next((m for m in members.values() if isinstance(m, BadRecordError)), None)
+    if oversized is not None:
+        raise oversized
     meta = None
     if "json" in members:
         try:
@@ -185,7 +193,7 @@ def decode_record(key: str, members: dict[str, bytes], image_size: int, latents:
                 array = np.load(io.BytesIO(members[value]), allow_pickle=False)
                 tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
             else:
-                with PILImage.open(io.BytesIO(members[value])) as opened:
+                with open_image(io.BytesIO(members[value])) as opened:
                     tensor = fit_image(opened, image_size)
             segments.append(Image(tensor))
         except Exception as err:  # an undecodable image or array

@@ -4,7 +4,9 @@ Nothing here knows about HTTP: ``parse_request`` turns a JSON body into a ``Job`
 ``RequestError`` (a message for the page and an HTTP status), and ``JobQueue`` runs jobs one at
 a time on a worker thread, so any number of users wait in line instead of running the model
 at once. A request names no file: images arrive as base64 data in the body, the checkpoint is
-fixed when the server starts.
+fixed when the server starts. Every field's type and range is checked (an integer field takes
+a JSON integer, not a bool, a float or a string), and a job's id is 128 random bits, so only
+the client that submitted it can read it.
 """
 
 from __future__ import annotations
@@ -14,7 +16,10 @@ import binascii
 import io
 import itertools
 import json
+import math
 import queue
+import re
+import secrets
 import threading
 import time
 from collections import OrderedDict
@@ -37,6 +42,7 @@ class Limits:
     max_prompt_chars: int = 500
     max_upload_bytes: int = 4 * 1024 * 1024  # decoded image file size
     max_upload_pixels: int = 4096 * 4096  # width x height of an uploaded image, checked before decoding
+    max_body_seconds: float = 30.0  # to send a request's body; a slower one is answered 408
     max_new_tokens: int = 128  # text tokens of a caption or an interleaved continuation
     max_queue: int = 32  # jobs waiting; more are refused with 503 (busy)
     kept_results: int = 256  # finished jobs kept for their pages to fetch
@@ -62,6 +68,7 @@ class Job:
     image_guidance: float | None = None
     seed: int = 0
     id: str = ""
+    order: int = 0  # arrival: the queue's position counts the queued jobs of lower order
     status: str = "queued"  # queued | running | done | error
     progress: tuple[int, int] = (0, 0)  # denoising steps done, of all the job's steps
     result: dict | None = None
@@ -80,60 +87,85 @@ class Job:
         return out
 
 
-def decode_image(data: str, image_size: int, limits: Limits) -> torch.Tensor:
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
+DATA_URL = re.compile(r"data:[^,]*;base64,", re.IGNORECASE)
+
+
+def decode_image(data, image_size: int, limits: Limits) -> torch.Tensor:
     """A base64 image (a data URL or bare base64) -> (3, image_size, image_size) in [-1, 1].
 
-    Refuses, with a clear message, what is too large as bytes, what is not an image, and
-    images whose header claims more than ``max_upload_pixels`` (decompression bombs), before
-    decoding their pixels.
+    Refuses, with a clear message, what is too large as bytes, what is not an image of
+    ``IMAGE_FORMATS``, and images whose header claims more than ``max_upload_pixels``
+    (decompression bombs), before decoding their pixels.
     """
-    from transfusion.fileio import fit_image
+    from transfusion.fileio import fit_image, open_image
 
     if not isinstance(data, str) or not data:
         raise RequestError("image must be a base64-encoded image file (a data URL)")
-    payload = data.split(",", 1)[1] if data.startswith("data:") else data
-    if len(payload) > limits.max_upload_bytes * 4 // 3 + 4:
+    if data[:5].lower() == "data:":
+        header = DATA_URL.match(data)
+        if header is None:
+            raise RequestError("image must be a base64 data URL (data:image/png;base64,...)")
+        data = data[header.end():]
+    if len(data) > limits.max_upload_bytes * 4 // 3 + 4:
         raise RequestError(f"the image is larger than {limits.max_upload_bytes // 1024} KiB", 413)
     try:
-        raw = base64.b64decode(payload, validate=True)
+        raw = base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError):
         raise RequestError("image is not valid base64") from None
+    if not raw:
+        raise RequestError("image is empty")
     if len(raw) > limits.max_upload_bytes:
         raise RequestError(f"the image is larger than {limits.max_upload_bytes // 1024} KiB", 413)
     try:
-        with PIL.Image.open(io.BytesIO(raw)) as img:
-            width, height = img.size
-            if width * height > limits.max_upload_pixels:
-                raise RequestError(f"the image is {width}x{height} pixels; at most {limits.max_upload_pixels} "
-                                   f"pixels are accepted", 413)
+        with open_image(io.BytesIO(raw), limits.max_upload_pixels, IMAGE_FORMATS) as img:
             return fit_image(img, image_size)
-    except RequestError:
-        raise
-    except (PIL.UnidentifiedImageError, PIL.Image.DecompressionBombError, OSError, SyntaxError, ValueError) as err:
-        raise RequestError(f"the upload is not an image PIL can read ({type(err).__name__})") from None
+    except PIL.Image.DecompressionBombError as err:
+        raise RequestError(str(err), 413) from None
+    except PIL.UnidentifiedImageError:
+        raise RequestError(f"image is not an image file of a supported format ({', '.join(IMAGE_FORMATS)})") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as err:
+        raise RequestError(f"image does not decode ({type(err).__name__}: {err})") from None
 
 
-def _number(body: dict, key: str, kind, low, high, default):
-    value = body.get(key, default)
-    if value is None or value == "":
+def _shown(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _integer(body: dict, key: str, low: int, high: int, default):
+    """An integer field: a JSON integer (not a bool, a float or a string) in [low, high]; null is ``default``."""
+    value = body.get(key)
+    if value is None:
         return default
-    try:
-        number = kind(value)
-    except (TypeError, ValueError):
-        raise RequestError(f"{key} must be a number, got {value!r}") from None
-    if kind is float and number != number:  # NaN
-        raise RequestError(f"{key} must be a number, got NaN")
-    if not low <= number <= high:
-        raise RequestError(f"{key} must be in [{low}, {high}], got {number}")
-    return number
+    if type(value) is not int:
+        raise RequestError(f"{key} must be an integer, got {_shown(value)}")
+    if not low <= value <= high:
+        raise RequestError(f"{key} must be in [{low}, {high}], got {_shown(value)}")
+    return value
 
 
-def parse_request(body, image_size: int, limits: Limits) -> Job:
-    """A JSON request body -> a ``Job``, or ``RequestError``.
+def _real(body: dict, key: str, low: float, high: float, default):
+    """A number field: a finite JSON number (not a bool or a string) in [low, high]; null is ``default``."""
+    value = body.get(key)
+    if value is None:
+        return default
+    if type(value) not in (int, float):
+        raise RequestError(f"{key} must be a number, got {_shown(value)}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise RequestError(f"{key} must be a finite number, got {value}")
+    if not low <= value <= high:
+        raise RequestError(f"{key} must be in [{low}, {high}], got {_shown(value)}")
+    return float(value)
 
-    Fields: task (t2i | i2t | interleaved | edit), prompt, image (base64; i2t and edit), n,
-    sampler, steps, guidance, image_guidance, seed. Unknown fields are an error, so a typo is
-    not silently ignored.
+
+def parse_request(body, image_size: int, limits: Limits, samplers=tuple(SAMPLER_STEPS), edits: bool = True) -> Job:
+    """A JSON request body -> a ``Job``, or ``RequestError`` naming the field at fault.
+
+    Fields: task (t2i | i2t | interleaved | edit), prompt, image (base64; i2t and edit only), n,
+    sampler (one of ``samplers``), steps, guidance, image_guidance, seed; null means the
+    default. Unknown fields are an error, so a typo is not silently ignored. ``edits``: whether
+    the run was trained on edits; if not, an edit is refused (its outputs would be noise).
     """
     if not isinstance(body, dict):
         raise RequestError("the request body must be a JSON object")
@@ -142,29 +174,45 @@ def parse_request(body, image_size: int, limits: Limits) -> Job:
     if unknown:
         raise RequestError(f"unknown field(s) {', '.join(unknown)}; expected {', '.join(sorted(known))}")
     task = body.get("task")
-    if task not in TASKS:
-        raise RequestError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
-    prompt = body.get("prompt", "") or ""
+    if not isinstance(task, str) or task not in TASKS:
+        raise RequestError(f"task must be one of {', '.join(TASKS)}, got {_shown(task)}")
+    if task == "edit" and not edits:
+        raise RequestError("task edit: this run was not trained on edits (its config has data.edit_fraction 0), "
+                           "so it cannot edit images; fine-tune it on editing triples first")
+    prompt = body.get("prompt")
+    prompt = "" if prompt is None else prompt
     if not isinstance(prompt, str):
-        raise RequestError("prompt must be text")
+        raise RequestError(f"prompt must be text, got {_shown(prompt)}")
     if len(prompt) > limits.max_prompt_chars:
         raise RequestError(f"the prompt has {len(prompt)} characters; at most {limits.max_prompt_chars} are accepted")
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError:
+        raise RequestError("prompt is not valid Unicode text (a lone surrogate)") from None
     if task in ("interleaved", "edit") and not prompt.strip():
-        raise RequestError("this task needs a prompt" if task == "interleaved" else "editing needs an instruction")
+        raise RequestError("this task needs a prompt" if task == "interleaved"
+                           else "editing needs an instruction (prompt)")
+    sampler = body.get("sampler")
+    if sampler is not None and not isinstance(sampler, str):
+        raise RequestError(f"sampler must be a sampler's name, got {_shown(sampler)}")
+    sampler = sampler or None
+    if sampler is not None and sampler not in samplers:
+        raise RequestError(f"sampler must be one of {', '.join(samplers) or '(none: this run samples image tokens)'}"
+                           f", got {_shown(sampler)}")
+    n = _integer(body, "n", 1, limits.max_images, 1)
+    steps = _integer(body, "steps", 1, limits.max_steps, None)
+    guidance = _real(body, "guidance", 0.0, 20.0, None)
+    image_guidance = _real(body, "image_guidance", 0.0, 20.0, None)
+    seed = _integer(body, "seed", 0, 2**31 - 1, 0)
     image = None
     if task in ("i2t", "edit"):
-        if not body.get("image"):
+        if body.get("image") is None or body.get("image") == "":
             raise RequestError("this task needs an uploaded image")
         image = decode_image(body["image"], image_size, limits)
-    sampler = body.get("sampler") or None
-    if sampler is not None and sampler not in SAMPLER_STEPS:
-        raise RequestError(f"sampler must be one of {', '.join(SAMPLER_STEPS)}, got {sampler!r}")
-    return Job(task=task, prompt=prompt, image=image, sampler=sampler,
-               n=_number(body, "n", int, 1, limits.max_images, 1),
-               steps=_number(body, "steps", int, 1, limits.max_steps, None),
-               guidance=_number(body, "guidance", float, 0.0, 20.0, None),
-               image_guidance=_number(body, "image_guidance", float, 0.0, 20.0, None),
-               seed=_number(body, "seed", int, 0, 2**31 - 1, 0))
+    elif body.get("image") is not None:
+        raise RequestError(f"image is only read by the i2t and edit tasks, not {task}")
+    return Job(task=task, prompt=prompt, image=image, sampler=sampler, n=n, steps=steps, guidance=guidance,
+               image_guidance=image_guidance, seed=seed)
 
 
 def png_data_url(pixels: torch.Tensor, settings: dict) -> str:
@@ -183,8 +231,10 @@ def png_data_url(pixels: torch.Tensor, settings: dict) -> str:
 class JobQueue:
     """Jobs in arrival order, run one at a time by one worker thread with ``run(job)``.
 
-    ``run`` sets ``job.result`` (and may update ``job.progress``); an exception it raises
-    becomes the job's error, and the worker goes on with the next job.
+    A job's id is 128 random bits (``secrets``), so ids cannot be guessed or enumerated; its
+    place in line comes from an arrival counter, never from the id. ``run`` sets ``job.result``
+    (and may update ``job.progress``); an exception it raises becomes the job's error, and the
+    worker goes on with the next job.
     """
 
     def __init__(self, run, limits: Limits):
@@ -192,13 +242,13 @@ class JobQueue:
         self.waiting: queue.Queue[Job] = queue.Queue(maxsize=limits.max_queue)
         self.jobs: OrderedDict[str, Job] = OrderedDict()
         self.lock = threading.Lock()
-        self.ids = itertools.count(1)
+        self.arrivals = itertools.count()
         self.worker = threading.Thread(target=self._work, name="transfusion-demo-worker", daemon=True)
         self.worker.start()
 
     def submit(self, job: Job) -> Job:
         with self.lock:
-            job.id = f"{next(self.ids):06d}"
+            job.id, job.order = secrets.token_urlsafe(16), next(self.arrivals)
             try:
                 self.waiting.put_nowait(job)
             except queue.Full:
@@ -216,8 +266,8 @@ class JobQueue:
         with self.lock:
             job = self.jobs.get(job_id)
             if job is None:
-                raise RequestError(f"no job {job_id!r} (finished jobs are kept for a while only)", 404)
-            ahead = sum(1 for j in self.jobs.values() if j.status == "queued" and j.id < job.id)
+                raise RequestError(f"no job {_shown(job_id)} (finished jobs are kept for a while only)", 404)
+            ahead = sum(1 for j in self.jobs.values() if j.status == "queued" and j.order < job.order)
             return job.view(ahead if job.status == "queued" else None)
 
     def _work(self) -> None:

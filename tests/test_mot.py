@@ -145,3 +145,28 @@ def test_the_chameleon_baseline_routes_its_image_codes_to_the_image_copies():
     tokens = torch.tensor([[1, 2, V, V + 3, V + 1, 5]])
     model(tokens, torch.arange(6)[None], torch.zeros(1, 6, dtype=torch.long), torch.full((1, 6), -1))
     assert seen == [3]
+
+
+def test_freeze_text_trains_only_the_new_rows_and_weight_decay_spares_the_frozen_ones():
+    """LMFusion (``model.freeze_text``): the pretrained rows of a tied embedding and LM head get exactly
+    zero gradient and AdamW, weight decay included, leaves them bit-equal, as it leaves the text copies;
+    the rows of the tokens added for images (BOI, EOI) train."""
+    from transfusion.train import build_optimizer
+
+    cfg, model = build(*MOT, "model.tie_embeddings=true", "optim.weight_decay=0.5", "optim.lr=1e-2")
+    tok = ByteTokenizer()
+    new = [tok.boi_id, tok.eoi_id]
+    model.freeze_text(new)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    optimizer, batch = build_optimizer(model, cfg), a_batch(cfg, model)
+    for _ in range(3):
+        optimizer.zero_grad()
+        compute_losses(model, batch, Diffusion(), 5.0)["total"].backward()
+        optimizer.step()
+    after = dict(model.named_parameters())
+    frozen = [i for i in range(model.vocab_size) if i not in new]
+    assert model.lm_head.weight is model.token_embed.weight
+    assert torch.equal(after["token_embed.weight"][frozen], before["token_embed.weight"][frozen])
+    assert not torch.equal(after["token_embed.weight"][new], before["token_embed.weight"][new])
+    assert all(torch.equal(p, before[n]) for n, p in after.items() if ".text." in n)
+    assert any(not torch.equal(p, before[n]) for n, p in after.items() if ".image." in n)

@@ -143,7 +143,7 @@ def build_model(cfg: Config, tokenizer, autoencoder, world: World, device: torch
     core.tie_weights()  # to_empty gives each plain (unsharded) weight a tensor of its own
     core.init_weights(t.seed, assign=assign_shard)
     if cfg.model.freeze_text:  # before any wrapper registers its gradient hooks
-        core.freeze_text()
+        core.freeze_text(tokenizer.new_ids)
     model = core
     if world.size > 1 and t.parallel == "ddp":
         from torch.nn.parallel import DistributedDataParallel

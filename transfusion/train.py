@@ -73,7 +73,7 @@ def lr_at(step: int, cfg: Config) -> float:
 
 def build_tokenizer(cfg: Config, mixture) -> Tokenizer:
     spec = cfg.data.tokenizer
-    if cfg.model.init_from:  # a pretrained model reads with its own tokenizer
+    if cfg.model.init_from and not cfg.train.init_from:  # a pretrained model reads with its own tokenizer
         return pretrained_tokenizer(cfg.model.init_from)
     if spec == "bytes":
         return ByteTokenizer()
@@ -142,14 +142,13 @@ def resident_mb() -> float | None:
 
 
 def build_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.AdamW:
-    """AdamW; matrices decay, vectors (norms, biases) do not. The fused kernel (one pass
+    """AdamW; matrices decay, vectors do not (``Transfusion.decay_groups``). The fused kernel (one pass
     over each parameter) where every parameter is a plain tensor; sharded ones use foreach."""
     from torch.distributed.tensor import DTensor
 
     params = [p for p in model.parameters() if p.requires_grad]
     fused = not any(isinstance(p, DTensor) for p in params)
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
+    decay, no_decay = unwrap(model).decay_groups()
     o = cfg.optim
     return torch.optim.AdamW(
         [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
@@ -329,7 +328,7 @@ def train(cfg: Config, out: str | Path) -> Path:
     run folder's lock, so a second run started on the same folder stops with an error.
     """
     out = Path(out)
-    cfg = resolve_run_config(out, with_start_fields(with_pretrained_fields(cfg)))
+    cfg = resolve_run_config(out, with_start_fields(with_pretrained_fields(cfg, out)))
     world, device = init_world(cfg)
     if cfg.model.attention == "flex" and device.type == "cpu":
         raise ValueError("model.attention=flex trains on CUDA only (FlexAttention has no CPU backward); use sdpa")
@@ -364,8 +363,8 @@ def _train(cfg: Config, out: Path, world: World, device: torch.device) -> Path:
 
     # ---- model and optimizer
     model, core = build_model(cfg, tokenizer, autoencoder, world, device)
-    if cfg.model.init_from:  # the pretrained text weights (a resumed run then loads its own over them)
-        load_text_weights(core, cfg.model.init_from, assign=assign_shard)
+    if cfg.model.init_from and not cfg.train.init_from and not list_checkpoints(out / "checkpoints"):  # first start
+        load_text_weights(core, cfg.model.init_from, tokenizer.new_ids, assign=assign_shard)
     if cfg.train.init_from:  # fine-tuning: a trained run's weights, a fresh optimizer and schedule
         load_start_weights(core, cfg.train.init_from, assign=assign_shard)
     optimizer = build_optimizer(model, cfg)

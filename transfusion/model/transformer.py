@@ -11,6 +11,8 @@ model.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -20,10 +22,33 @@ from transfusion.config import ModelConfig
 from transfusion.model.attention import attend
 
 
-def rope_table(head_dim: int, max_len: int, theta: float) -> torch.Tensor:
-    """(max_len, head_dim // 2) complex: each position's rotation of each channel pair."""
-    freqs = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
-    angles = torch.outer(torch.arange(max_len, dtype=torch.float32), freqs)
+def head_size(cfg: ModelConfig) -> int:
+    """Channels per attention head: ``model.head_dim``, or dim // n_heads."""
+    return cfg.head_dim or cfg.dim // cfg.n_heads
+
+
+def llama3_frequencies(freqs: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
+    """Llama 3.1's rescaling of the rotary frequencies (Meta's reference code, as transformers'
+    ``rope_type: llama3``): channels slower than the original context (wavelength over
+    original / low_freq_factor) turn ``rope_factor`` times slower, fast ones (under original /
+    high_freq_factor) stay, and those between blend the two by where their wavelength falls."""
+    original, factor = cfg.rope_original_max_len, cfg.rope_factor
+    low, high = cfg.rope_low_freq_factor, cfg.rope_high_freq_factor
+    wavelength = 2 * math.pi / freqs
+    slow = torch.where(wavelength > original / low, freqs / factor, freqs)
+    blend = (original / wavelength - low) / (high - low)
+    smoothed = (1 - blend) * slow / factor + blend * slow
+    between = (wavelength >= original / high) & (wavelength <= original / low)
+    return torch.where(between, smoothed, slow)
+
+
+def rope_table(cfg: ModelConfig) -> torch.Tensor:
+    """(max_seq_len, head_dim // 2) complex: each position's rotation of each channel pair."""
+    head_dim = head_size(cfg)
+    freqs = 1.0 / cfg.rope_theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+    if cfg.rope_scaling == "llama3":
+        freqs = llama3_frequencies(freqs, cfg)
+    angles = torch.outer(torch.arange(cfg.max_seq_len, dtype=torch.float32), freqs)
     return torch.polar(torch.ones_like(angles), angles)
 
 
@@ -88,15 +113,16 @@ def norm_then(norm: nn.Module, module: nn.Module, x: torch.Tensor, route: Routin
 
 class Attention(nn.Module):
     """Multi-head attention with grouped key/value heads (``model.n_kv_heads``), optional q/k/v
-    biases (Qwen2) and per-head q/k RMSNorm before the rotation (Qwen3)."""
+    biases (Qwen2) and per-head q/k RMSNorm before the rotation (Qwen3). Heads are ``head_size(cfg)``
+    wide: q/k/v project dim to heads x head_dim, the output projection heads x head_dim back to dim."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.n_heads, self.n_kv = cfg.n_heads, cfg.n_kv_heads or cfg.n_heads
-        head_dim = cfg.dim // cfg.n_heads
+        head_dim = head_size(cfg)
         width = (self.n_heads + 2 * self.n_kv) * head_dim
         self.qkv = layer(cfg, lambda: nn.Linear(cfg.dim, width, bias=cfg.qkv_bias))
-        self.out = layer(cfg, lambda: nn.Linear(cfg.dim, cfg.dim, bias=False))
+        self.out = layer(cfg, lambda: nn.Linear(self.n_heads * head_dim, cfg.dim, bias=False))
         self.q_norm = layer(cfg, lambda: nn.RMSNorm(head_dim, eps=cfg.norm_eps)) if cfg.qk_norm else None
         self.k_norm = layer(cfg, lambda: nn.RMSNorm(head_dim, eps=cfg.norm_eps)) if cfg.qk_norm else None
 
@@ -124,7 +150,7 @@ class Attention(nn.Module):
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
         if self.n_kv != self.n_heads:  # grouped-query attention: each key/value head serves a group
             k, v = (t.repeat_interleave(self.n_heads // self.n_kv, dim=1) for t in (k, v))
-        y = attend(q, k, v, mask).transpose(1, 2).flatten(2)  # (B, L, D); global: across modalities
+        y = attend(q, k, v, mask).transpose(1, 2).flatten(2)  # (B, L, H * hd); global: across modalities
         return self.out(y) if route is None else self.out(route.group(y), route)
 
 
@@ -171,7 +197,7 @@ class Transformer(nn.Module):
         """Compute the rotary table (after a build on the meta device and ``to_empty``)."""
         cfg = self.cfg
         device = next(self.norm.parameters()).device
-        self.rope = rope_table(cfg.dim // cfg.n_heads, cfg.max_seq_len, cfg.rope_theta).to(device)
+        self.rope = rope_table(cfg).to(device)
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, mask, past=None, present=None,
                 is_image: torch.Tensor | None = None) -> torch.Tensor:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 import torch.nn as nn
@@ -49,6 +49,7 @@ class Transfusion(nn.Module):
         self.trunk = Transformer(model)
         self.lm_head = nn.Linear(dim, vocab_size + self.image_codes, bias=False)
         self.tie_weights()
+        self.trainable_rows = None  # freeze_text: the embedding and head rows that train
         self.image = None if tokens_objective else build_image_adapter(image, latent_channels, dim)
         if not self.token_embed.weight.is_meta:  # on the meta device: init_weights() after sharding
             self.init_weights(seed)
@@ -107,14 +108,41 @@ class Transfusion(nn.Module):
         if self.model_cfg.tie_embeddings:
             self.lm_head.weight = self.token_embed.weight
 
-    def freeze_text(self) -> None:
-        """LMFusion: the text copies of a MoT trunk, the embedding and the LM head stop training, so
-        a text-only document is computed exactly as the pretrained model computed it."""
+    def freeze_text(self, new_ids: Iterable[int] = ()) -> None:
+        """LMFusion (Shi et al. 2024, arXiv 2412.15188): the text copies of a MoT trunk and the
+        pretrained rows of the embedding and LM head stop training, so a text-only document is
+        computed exactly as the pretrained model computed it. The rows of ``new_ids`` (BOI, EOI:
+        the tokens added to its tokenizer) and of the image codes train: the model learns when
+        to begin an image and how to read one's end.
+
+        Those rows share their matrices with frozen ones: the frozen rows get exactly zero
+        gradient (``embed`` and ``logits`` route it to the trainable rows only), so Adam leaves
+        them as they are; ``decay_groups`` keeps weight decay off those matrices."""
         for module in self.trunk.modules():
             if isinstance(module, ByModality):
                 module.text.requires_grad_(False)
-        self.token_embed.requires_grad_(False)
-        self.lm_head.requires_grad_(False)
+        rows = sorted({*new_ids, *range(self.vocab_size, self.vocab_size + self.image_codes)})
+        self.token_embed.requires_grad_(bool(rows))
+        self.lm_head.requires_grad_(bool(rows))
+        device = self.token_embed.weight.device
+        self.trainable_rows = torch.tensor(rows, dtype=torch.long, device=device) if rows else None
+        self.is_trainable_row = torch.zeros(self.token_embed.num_embeddings, dtype=torch.bool, device=device)
+        self.is_trainable_row[rows] = True
+
+    def decay_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+        """The trainable parameters that weight decay shrinks (matrices) and those it does not (norms,
+        biases, and under ``freeze_text`` the embedding and head, whose frozen rows it would move)."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        partly_frozen = set() if self.trainable_rows is None else {id(self.token_embed.weight), id(self.lm_head.weight)}
+        decay = [p for p in params if p.dim() >= 2 and id(p) not in partly_frozen]
+        return decay, [p for p in params if p.dim() < 2 or id(p) in partly_frozen]
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, L) ids -> (B, L, D); under ``freeze_text`` only the trainable rows receive gradient."""
+        x = self.token_embed(tokens)
+        if self.trainable_rows is None:
+            return x
+        return torch.where(self.is_trainable_row[tokens].unsqueeze(-1), x, x.detach())
 
     def no_images(self, device) -> ImageGroup:
         """An image group of zero images: the image layers run, on nothing."""
@@ -185,7 +213,7 @@ class Transfusion(nn.Module):
             noise prediction (N, C, h, w) per image group.
         """
         B, L = tokens.shape
-        x = self.token_embed(tokens)  # (B, L, D)
+        x = self.embed(tokens)  # (B, L, D)
         contexts = []
         if images:
             flat = x.reshape(B * L, -1)
@@ -210,8 +238,13 @@ class Transfusion(nn.Module):
         return hidden, noise
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """(..., D) -> (..., V): the text vocabulary, then the image codes (tokens objective)."""
-        return self.lm_head(hidden)
+        """(..., D) -> (..., V): the text vocabulary, then the image codes (tokens objective).
+        Under ``freeze_text`` the gradient reaches only the trainable rows of the head."""
+        if self.trainable_rows is None or not torch.is_grad_enabled():
+            return self.lm_head(hidden)
+        weight, rows = self.lm_head.weight, self.trainable_rows
+        frozen = nn.functional.linear(hidden, weight.detach())  # (..., V)
+        return frozen.index_copy(-1, rows, nn.functional.linear(hidden, weight[rows]))  # (..., V)
 
     def num_params(self, trunk_only: bool = False, active: bool = False) -> int:
         """Parameters of the model (or its trunk); with ``active``, those one token uses: one

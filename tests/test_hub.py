@@ -189,7 +189,7 @@ def test_a_missing_path_is_no_such_folder_and_a_repo_downloads_only_what_is_read
     monkeypatch.chdir(tmp_path)
     (tmp_path / "runs").mkdir()
     for path in ("runs/tiny", "./tiny", "tiny/", str(tmp_path / "runs" / "tiny")):
-        with pytest.raises(FileNotFoundError, match=f"no such folder: {path}"):
+        with pytest.raises(FileNotFoundError, match=f"no such checkpoint or run folder: {path}"):
             load_checkpoint(path)
     assert asked == []  # none of them was tried as a Hub repo
 

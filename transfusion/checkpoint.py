@@ -296,7 +296,7 @@ def list_checkpoints(folder: str | Path) -> list[Path]:
 def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint folder, or a run folder (its latest checkpoint), or the Hub repo id of a folder
     written by ``save_pretrained``, -> the checkpoint folder."""
-    path = local_folder(path, CHECKPOINT_FILES)
+    path = local_folder(path, CHECKPOINT_FILES, "checkpoint or run folder")
     if (path / "model.safetensors").is_file():
         return path
     for folder in (path / "checkpoints", path):

@@ -42,11 +42,11 @@ def is_repo_id(spec: str | os.PathLike) -> bool:
     return bool(_REPO_ID.match(text)) and not Path(text).exists() and not looks_like_path(text)
 
 
-def local_folder(spec: str | os.PathLike, allow_patterns: list[str]) -> Path:
+def local_folder(spec: str | os.PathLike, allow_patterns: list[str], what: str = "folder") -> Path:
     """A local folder for ``spec``: the path itself, or a Hub repo's snapshot of the files matching
     ``allow_patterns`` (see the module doc).
 
-    A path-like ``spec`` that does not exist raises ``FileNotFoundError`` ("no such folder"); a
+    A path-like ``spec`` that does not exist raises ``FileNotFoundError`` ("no such ``what``"); a
     repo id that is neither cached nor downloadable raises it saying so; anything else is
     returned as a path for the caller to check.
     """
@@ -54,7 +54,7 @@ def local_folder(spec: str | os.PathLike, allow_patterns: list[str]) -> Path:
     if not is_repo_id(spec):
         path = Path(text).expanduser()
         if looks_like_path(text) and not path.exists():
-            raise FileNotFoundError(f"no such folder: {text}")
+            raise FileNotFoundError(f"no such {what}: {text}")
         return path
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError

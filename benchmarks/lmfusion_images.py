@@ -15,7 +15,6 @@ folder that already exists is resumed (a finished one only re-samples).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -34,8 +33,7 @@ def main() -> None:
 
     from transfusion.checkpoint import load_checkpoint
     from transfusion.cli import COMMANDS
-    from transfusion.data.document import Image
-    from transfusion.engine import Engine, Request
+    from transfusion.engine import Engine, Request, tasks
     from transfusion.evaluate import held_out_interleaved
     from transfusion.tokenizer import BPETokenizer
 
@@ -60,15 +58,13 @@ def main() -> None:
     docs = held_out_interleaved(loaded, args.n)
     prompts = [[d.segments[0]] for d in docs]  # the first phrase: the model decides whether an image follows
     engine = Engine(loaded.model, loaded.tokenizer, loaded.autoencoder, loaded.config)
-    req = Request(max_new_tokens=16, max_images=4, steps=2, seed=0)
-    outputs = []
-    for i in range(0, len(prompts), 16):
-        outputs += engine.generate(prompts[i : i + 16], dataclasses.replace(req, seed=i))
-    emitting = sum(any(isinstance(s, Image) for s in o) for o in outputs)
-    images = sum(isinstance(s, Image) for o in outputs for s in o)
+    samples = tasks.continue_documents(engine, prompts, Request(max_new_tokens=16, max_images=4, steps=2),
+                                       batch_size=16).samples
+    emitting = sum(bool(s.images) for s in samples)
+    images = sum(len(s.images) for s in samples)
     phrases = sum(len(d.meta["scenes"]) for d in docs)
     rows = "frozen" if args.frozen_new_rows else "trained"
-    print(f"BOI/EOI rows {rows}, {args.steps} steps ({seconds:.0f} s): {emitting}/{len(outputs)} documents emit an "
+    print(f"BOI/EOI rows {rows}, {args.steps} steps ({seconds:.0f} s): {emitting}/{len(samples)} documents emit an "
           f"image unforced ({images} images for {phrases} phrases of the held-out documents)")
 
 

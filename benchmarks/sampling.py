@@ -62,7 +62,7 @@ def timed_denoise(engine: Engine, prompts: list, req: Request) -> float:
     rows = torch.arange(B)
     generators = [torch.Generator().manual_seed(b) for b in range(B)]
     start = time.perf_counter()
-    engine.images.make(cache, rows, positions, req, generators, [Row(list(p), []) for p in prompts], hidden)
+    engine.image_maker.make(cache, rows, positions, req, generators, [Row(list(p), []) for p in prompts], hidden)
     return time.perf_counter() - start
 
 

@@ -188,15 +188,15 @@ def test_edit_command_and_the_edit_suite(edit_run, tmp_path):
 
 def test_image_guidance_changes_an_edit_and_equal_scales_are_one_scale(edit_run):
     from transfusion.checkpoint import load_checkpoint
-    from transfusion.engine import Engine, Request
+    from transfusion.engine import Engine, Request, tasks
 
     run = load_checkpoint(edit_run)
     engine = Engine(run.model, run.tokenizer, run.autoencoder, run.config)
     doc = EditsDataset("test", size=16)[0]
     source, text = doc.segments[0].pixels, doc.segments[1].text
-    one = engine.edit([source], [text], Request(steps=2, guidance=3.0))[0]
-    same = engine.edit([source], [text], Request(steps=2, guidance=3.0, image_guidance=3.0))[0]
-    other = engine.edit([source], [text], Request(steps=2, guidance=3.0, image_guidance=1.0))[0]
+    one = tasks.edit(engine, [source], [text], Request(steps=2, guidance=3.0)).images[0]
+    same = tasks.edit(engine, [source], [text], Request(steps=2, guidance=3.0, image_guidance=3.0)).images[0]
+    other = tasks.edit(engine, [source], [text], Request(steps=2, guidance=3.0, image_guidance=1.0)).images[0]
     assert torch.equal(one, same) and not torch.equal(one, other)
     assert one.shape == source.shape
 

@@ -18,3 +18,21 @@ def test_extras_license_and_version_agree_with_the_readme():
     assert version("transfusion-mm") == project["version"] and metadata("transfusion-mm")["Name"] == "transfusion-mm"
     diffusers = next(d for d in project["dependencies"] if d.startswith("diffusers"))
     assert "==" not in diffusers  # a range, whose ends the tests run against
+
+
+def test_the_example_configs_load_and_every_config_file_the_docs_name_exists():
+    import re
+
+    from transfusion.config import load_config
+
+    shipped = sorted((ROOT / "configs").glob("*.yaml"))
+    assert shipped
+    for path in shipped:
+        load_config("tiny", files=[path])  # valid YAML of known keys and valid values
+    texts = [(ROOT / "README.md").read_text(), *(p.read_text() for p in (ROOT / "docs").glob("*.md")),
+             *(p.read_text() for p in (ROOT / "transfusion").rglob("*.py"))]
+    named = {m for text in texts for m in re.findall(r"\b[\w/.-]+\.ya?ml\b", text)
+             if not m.startswith(("runs/", "RUN", "CONFIG")) and m not in ("config.yaml", "report.yaml")}
+    assert named, "the docs name no config file"
+    for name in named:
+        assert (ROOT / name).is_file() or name.endswith("/config.yaml"), f"{name} is named in the docs but not shipped"

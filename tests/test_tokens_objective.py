@@ -112,7 +112,7 @@ def test_image_tokens_with_cache_are_what_a_full_forward_predicts(vq):
     engine = Engine(model, tok, vq, cfg)
     req = Request(guidance=1.0, image_temperature=0.0).resolve(cfg, vq)
     cache, positions, boi_hidden = engine.after_boi([([Text("a red circle")], [])])
-    codes = engine.images.make(cache, torch.tensor([0]), positions, req, [torch.Generator()], [], boi_hidden)
+    codes = engine.image_maker.make(cache, torch.tensor([0]), positions, req, [torch.Generator()], [], boi_hidden)
     assert codes.shape == (1, 4, 4)
     ids = [tok.bos_id, *tok.encode("a red circle"), tok.boi_id]
     seq = torch.tensor([ids + (codes.flatten() + tok.vocab_size).tolist()])

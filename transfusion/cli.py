@@ -104,14 +104,9 @@ def _train(argv: list[str]) -> None:
 
 
 def _generate(argv: list[str]) -> None:
-    import dataclasses
-
-    import torch
-    from tqdm import tqdm
-
     from transfusion.data.document import Image, Text
     from transfusion.data.ondisk import load_image
-    from transfusion.engine import Engine, Request, interactive_sampler
+    from transfusion.engine import Engine, Request, tasks
     from transfusion.visualize import save_generations
 
     p = _parser("generate", "Images from captions, or interleaved text and images from a prompt; writes PNGs, "
@@ -141,22 +136,21 @@ def _generate(argv: list[str]) -> None:
     images = [Image(load_image(Path(path), cfg.image.size)) for path in args.image]
     interleaved = bool(args.interleaved)
     texts = [t for t in (args.interleaved or args.captions) for _ in range(args.n)]
-    req = Request(max_new_tokens=args.max_new_tokens if interleaved else 1,
-                  max_images=args.max_images if interleaved else 1, temperature=args.temperature,
-                  top_k=args.top_k, top_p=args.top_p, image_size=args.size, eta=args.eta,
-                  sampler=args.sampler or interactive_sampler(cfg), steps=args.steps, guidance=args.cfg,
-                  image_guidance=args.image_cfg, seed=args.seed)
-    req = req.resolve(cfg, loaded.autoencoder)
+    req = Request(max_new_tokens=args.max_new_tokens, max_images=args.max_images, temperature=args.temperature,
+                  top_k=args.top_k, top_p=args.top_p, image_size=args.size, eta=args.eta, sampler=args.sampler,
+                  steps=args.steps, guidance=args.cfg, image_guidance=args.image_cfg, seed=args.seed)
     engine = Engine(loaded.model, loaded.tokenizer, loaded.autoencoder, cfg, progress=True)
-    outputs: list[list] = []
-    for start in tqdm(range(0, len(texts), args.batch_size), desc="batches", unit="batch"):
-        prompts = [images + ([Text(t)] if t else []) for t in texts[start : start + args.batch_size]]
-        with torch.inference_mode():
-            outputs += engine.generate(prompts, dataclasses.replace(req, seed=req.seed + start),
-                                       force_image=not interleaved)
+    if interleaved:
+        done = tasks.continue_documents(engine, [images + [Text(t)] for t in texts], req, interactive=True,
+                                        batch_size=args.batch_size, progress=True)
+    else:
+        done = tasks.text_to_image(engine, texts, req, context=images, interactive=True, batch_size=args.batch_size,
+                                   progress=True)
+    req = done.request
     info = {"checkpoint": str(loaded.path), "step": loaded.step, "mode": "interleaved" if interleaved else "caption",
             "image_objective": cfg.image.objective, "prompt_images": args.image, **req.settings()}
-    written = save_generations(args.out, texts, outputs, [req.seed + i for i in range(len(texts))], info)
+    written = save_generations(args.out, texts, [s.segments for s in done.samples], [s.seed for s in done.samples],
+                               info)
     how = (f"image tokens at temperature {req.image_temperature}" if loaded.model.image_codes else
            f"{req.sampler}, {req.steps} steps")
     print(f"wrote {len(written)} samples to {args.out} ({how}, cfg {req.guidance})")
@@ -165,9 +159,8 @@ def _generate(argv: list[str]) -> None:
 def _edit(argv: list[str]) -> None:
     import torch
 
-    from transfusion.data.document import Image
     from transfusion.data.ondisk import load_image
-    from transfusion.engine import Engine, Request, interactive_sampler
+    from transfusion.engine import Engine, Request, tasks
     from transfusion.visualize import edit_grid, save_generations
 
     p = _parser("edit", "Edit an image by an instruction (a run fine-tuned on editing triples, data.edit_fraction); "
@@ -187,17 +180,16 @@ def _edit(argv: list[str]) -> None:
         p.error("--n must be at least 1")
     loaded = _load(args)
     source = load_image(Path(args.image), loaded.config.image.size)
-    req = Request(sampler=args.sampler or interactive_sampler(loaded.config), eta=args.eta, steps=args.steps,
-                  guidance=args.cfg, image_guidance=args.image_cfg, seed=args.seed, max_new_tokens=1, edit=True,
-                  strength=args.strength).resolve(loaded.config, loaded.autoencoder)
+    req = Request(sampler=args.sampler, eta=args.eta, steps=args.steps, guidance=args.cfg,
+                  image_guidance=args.image_cfg, seed=args.seed, strength=args.strength)
     engine = Engine(loaded.model, loaded.tokenizer, loaded.autoencoder, loaded.config, progress=True)
-    with torch.inference_mode():
-        edited = engine.edit([source] * args.n, [args.instruction] * args.n, req)
+    done = tasks.edit(engine, [source] * args.n, [args.instruction] * args.n, req, interactive=True)
+    req = done.request
     info = {"checkpoint": str(loaded.path), "step": loaded.step, "mode": "edit", "source": args.image,
             **req.settings()}
-    save_generations(args.out, [args.instruction] * args.n, [[Image(x)] for x in edited],
-                     [req.seed + i for i in range(args.n)], info)
-    edit_grid(torch.stack([source] * args.n), [args.instruction] * args.n, torch.stack(edited)).save(
+    save_generations(args.out, [args.instruction] * args.n, [s.segments for s in done.samples],
+                     [s.seed for s in done.samples], info)
+    edit_grid(torch.stack([source] * args.n), [args.instruction] * args.n, torch.stack(done.images)).save(
         Path(args.out) / "grid.png")
     print(f"wrote {args.n} edit(s) to {args.out} ({req.sampler}, {req.steps} steps, cfg {req.guidance}, "
           f"image cfg {req.image_guidance})")
@@ -208,9 +200,9 @@ IMAGE_SETTINGS = ("image_size", "sampler", "steps", "eta", "guidance", "image_gu
 
 
 def _caption(argv: list[str]) -> None:
-    from transfusion.data.document import Image, Text
+    from transfusion.data.document import Image
     from transfusion.data.ondisk import load_image
-    from transfusion.engine import Engine, Request
+    from transfusion.engine import Engine, Request, tasks
 
     p = _parser("caption", "Describe images: each image (clean, center-cropped and resized to the run's "
                 "image.size) then text.")
@@ -226,13 +218,13 @@ def _caption(argv: list[str]) -> None:
     pictures = [Image(load_image(Path(path), loaded.config.image.size)) for path in args.images]
     groups = [pictures] if args.together else [[pic] for pic in pictures]
     names = [args.images] if args.together else [[path] for path in args.images]
-    prompts = [group + ([Text(args.prompt)] if args.prompt else []) for group in groups]
-    req = Request(max_new_tokens=args.max_new_tokens, min_new_tokens=1, max_images=0, temperature=args.temperature,
-                  top_k=args.top_k, top_p=args.top_p, seed=args.seed)  # a caption says something, as everywhere
-    outputs = Engine(loaded.model, loaded.tokenizer, loaded.autoencoder, loaded.config).generate(prompts, req)
+    req = Request(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                  top_p=args.top_p, seed=args.seed)
+    engine = Engine(loaded.model, loaded.tokenizer, loaded.autoencoder, loaded.config)
+    done = tasks.caption(engine, groups, req, prompt=args.prompt)
+    req = done.request
     results = []
-    for files, out in zip(names, outputs):
-        text = "".join(s.text for s in out if isinstance(s, Text))
+    for files, text in zip(names, done.texts):
         results.append({"images": files, "prompt": args.prompt, "caption": text})
         print(f"{', '.join(files)}: {args.prompt}{text}")
     if args.out:

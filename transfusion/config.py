@@ -1,6 +1,6 @@
 """Typed configuration: nested dataclasses, named presets, YAML files and dot-list overrides.
 
-    cfg = load_config(preset="tiny", files=["my.yaml"], overrides=["train.steps=100"])
+    cfg = load_config(preset="tiny", files=["configs/flow_mot.yaml"], overrides=["train.steps=100"])
 
 Precedence, lowest first: dataclass defaults, the preset, YAML files, ``key.sub=value``
 overrides. The resolved config is saved next to every run and inside every checkpoint.

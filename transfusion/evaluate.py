@@ -27,8 +27,8 @@ import torch
 
 from transfusion.batch import IGNORE
 from transfusion.checkpoint import Loaded
-from transfusion.data.document import Document, Text
-from transfusion.engine import Engine, Request
+from transfusion.data.document import Document
+from transfusion.engine import Engine, Request, tasks
 from transfusion.metrics.judges import judge_for
 
 CHUNK = 32  # prompts per generation batch
@@ -73,13 +73,10 @@ def prompt_following(loaded: Loaded, docs: list[Document], req: Request = Reques
 
     Caption i is sampled with seed ``req.seed + i`` whatever the batching.
     """
-    req = dataclasses.replace(req.resolve(loaded.config, loaded.autoencoder), max_new_tokens=1, max_images=1)
     judge = judge_for(loaded.config.data.dataset)
-    engine, captions, images = _engine(loaded), [doc.caption for doc in docs], []
-    for i in range(0, len(docs), CHUNK):
-        prompts = [[Text(c)] if c else [] for c in captions[i : i + CHUNK]]
-        outputs = engine.generate(prompts, dataclasses.replace(req, seed=req.seed + i), force_image=True)
-        images += [out[0].pixels for out in outputs]
+    captions = [doc.caption for doc in docs]
+    done = tasks.text_to_image(_engine(loaded), captions, req, batch_size=CHUNK)
+    req, images = done.request, done.images
     return {
         "settings": {"data": f"{loaded.config.data.dataset}/test", "samples": len(docs), "step": loaded.step,
                      "objective": loaded.config.image.objective,
@@ -98,12 +95,9 @@ def captioning(loaded: Loaded, docs: list[Document], max_new_tokens: int = 24) -
     A caption has at least one token: training also shows images with no caption after
     them, so an unconstrained greedy decoder may rightly end the document at once.
     """
-    engine, texts = _engine(loaded), []
-    req = Request(max_new_tokens=max_new_tokens, min_new_tokens=1, max_images=0)
     judge = judge_for(loaded.config.data.dataset)
-    for i in range(0, len(docs), CHUNK):
-        outputs = engine.generate([[doc.images[0]] for doc in docs[i : i + CHUNK]], req)
-        texts += ["".join(s.text for s in out if isinstance(s, Text)) for out in outputs]
+    texts = tasks.caption(_engine(loaded), [[doc.images[0]] for doc in docs], Request(max_new_tokens=max_new_tokens),
+                          batch_size=CHUNK).texts
     return {
         "settings": {"data": f"{loaded.config.data.dataset}/test", "samples": len(docs), "decoding": "greedy",
                      "min_new_tokens": 1, "max_new_tokens": max_new_tokens, "step": loaded.step,
@@ -137,7 +131,7 @@ def perplexity(loaded: Loaded, docs: list[Document], batch_size: int = 16, befor
         chunk = docs[i : i + batch_size]
         lays = []
         for doc in chunk:
-            segments, latents = engine.images.as_prompt(doc.segments, engine.encode([doc.segments])[0])
+            segments, latents = engine.image_maker.as_prompt(doc.segments, engine.encode([doc.segments])[0])
             lay = layout(segments, [lat.cpu() for lat in latents], [0] * len(latents), tok, model.num_patches)
             lays.append(truncate(lay, cfg.data.seq_len))
             ids = lay.ids[: cfg.data.seq_len]
@@ -181,20 +175,18 @@ def editing(loaded: Loaded, docs: list[Document], req: Request = Request()) -> d
     (no source image; shapes edits only). Triple i is sampled with seed ``req.seed + i``."""
     from transfusion.metrics.edit_reader import pixel_error, score_edit, summarise_edits
 
-    req = dataclasses.replace(req.resolve(loaded.config, loaded.autoencoder), max_new_tokens=1, max_images=1)
-    engine, outputs, drawn = _engine(loaded), [], []
+    engine = _engine(loaded)
     sources = [d.segments[0].pixels for d in docs]
     instructions = [d.segments[1].text for d in docs]
     truths = [d.segments[2].pixels for d in docs]
     edits = [d.meta.get("edit") for d in docs]
     captioned = all(e is not None for e in edits)
-    for i in range(0, len(docs), CHUNK):
-        chunk = dataclasses.replace(req, seed=req.seed + i)
-        outputs += engine.edit(sources[i : i + CHUNK], instructions[i : i + CHUNK], chunk)
-        if captioned:  # the baseline: the true output's caption, no source image, one guidance scale
-            prompts = [[Text(e.target_caption)] for e in edits[i : i + CHUNK]]
-            drawn += [out[0].pixels for out in engine.generate(
-                prompts, dataclasses.replace(chunk, image_guidance=None, strength=1.0, edit=False), force_image=True)]
+    done = tasks.edit(engine, sources, instructions, req, batch_size=CHUNK)
+    req, outputs = done.request, done.images
+    if captioned:  # the baseline: the true output's caption, no source image, one guidance scale
+        drawn = tasks.text_to_image(engine, [e.target_caption for e in edits],
+                                    dataclasses.replace(req, image_guidance=None, strength=1.0, edit=False),
+                                    batch_size=CHUNK).images
 
     def scores(images: list[torch.Tensor]) -> dict:
         if not captioned:
@@ -228,21 +220,16 @@ def interleaved(loaded: Loaded, docs: list[Document], req: Request = Request(), 
     score every image against its own phrase (``shapes_reader.score_interleaved``); also the
     share of documents that write no text of their own around the images, as training shows
     them. Document i is sampled with seed ``req.seed + i``."""
-    from transfusion.data.document import Image
     from transfusion.metrics.shapes_reader import score_interleaved, summarise_interleaved
 
     most = max(len(doc.meta["scenes"]) for doc in docs)
-    req = dataclasses.replace(req.resolve(loaded.config, loaded.autoencoder), max_new_tokens=max_new_tokens,
-                              max_images=most + 1)
-    engine, scores, texts, rows = _engine(loaded), [], [], []
-    for i in range(0, len(docs), CHUNK):
-        chunk = docs[i : i + CHUNK]
-        outputs = engine.generate([[doc.segments[0]] for doc in chunk], dataclasses.replace(req, seed=req.seed + i))
-        for doc, out in zip(chunk, outputs):
-            images = [s.pixels for s in out if isinstance(s, Image)]
-            scores.append(score_interleaved(images, doc.meta["scenes"]))
-            texts.append("".join(s.text for s in out if isinstance(s, Text)))
-            rows.append((doc.segments[0].text, images))
+    req = dataclasses.replace(req, max_new_tokens=max_new_tokens, max_images=most + 1)
+    done = tasks.continue_documents(_engine(loaded), [[doc.segments[0]] for doc in docs], req, batch_size=CHUNK)
+    req, scores, texts, rows = done.request, [], [], []
+    for doc, sample in zip(docs, done.samples):
+        scores.append(score_interleaved(sample.images, doc.meta["scenes"]))
+        texts.append(sample.text)
+        rows.append((doc.segments[0].text, sample.images))
     accuracy = summarise_interleaved(scores)
     accuracy["no_stray_text"] = sum(not t.strip() for t in texts) / len(texts)
     settings = {"data": f"{loaded.config.data.dataset}/test interleaved", "samples": len(docs), "step": loaded.step,

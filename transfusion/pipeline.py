@@ -5,10 +5,11 @@
     images = pipe("a red circle", num_inference_steps=25, guidance_scale=3.0,
                   generator=torch.Generator().manual_seed(0)).images  # PIL images
     text = pipe.caption(images[0])
+    edited = pipe.edit(images[0], "make the circle blue").images       # a run fine-tuned on edits
     parts = pipe.generate("first a red circle, then a green triangle:")   # interleaved: str and PIL images
 
-Everything goes through ``Engine`` (``transfusion/engine/``); settings not named here (top-k,
-stop strings, the image-guidance scale) are ``Request`` fields, passed as keyword arguments.
+Each method is an adapter over a task of ``transfusion.engine.tasks``; settings not named here
+(top-k, stop strings, the image-guidance scale) are ``Request`` fields, passed as keyword arguments.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from PIL import Image as PILImage
 
 from transfusion.checkpoint import Loaded
 from transfusion.data.document import Image, Text
-from transfusion.engine import Engine, Request, interactive_sampler
+from transfusion.engine import Engine, Request, tasks
 from transfusion.fileio import fit_image, to_pil
 
 
@@ -32,7 +33,7 @@ class PipelineOutput:
 
 
 class Pipeline:
-    """Text to image, image to text and interleaved generation for one checkpoint."""
+    """Text to image, image to text, interleaved generation and editing for one checkpoint."""
 
     def __init__(self, loaded: Loaded):
         self.loaded = loaded
@@ -68,35 +69,38 @@ class Pipeline:
         """One image per prompt and ``num_images_per_prompt``, as PIL images."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         size = None if height is None and width is None else (height or width, width or height)
-        sampler = sampler or interactive_sampler(self.loaded.config)
-        req = Request(max_new_tokens=1, max_images=1, sampler=sampler, steps=num_inference_steps,
-                      guidance=guidance_scale, image_size=size, seed=self._seed(generator, seed), **request)
-        req = req.resolve(self.loaded.config, self.loaded.autoencoder)
-        rows = [[Text(p)] if p else [] for p in prompts for _ in range(num_images_per_prompt)]
-        with torch.inference_mode():
-            outputs = self.engine.generate(rows, req, force_image=True)
-        images = [to_pil(next(s.pixels for s in out if isinstance(s, Image))) for out in outputs]
-        return PipelineOutput(images, dataclasses.asdict(req))
+        req = Request(sampler=sampler, steps=num_inference_steps, guidance=guidance_scale, image_size=size,
+                      seed=self._seed(generator, seed), **request)
+        captions = [p for p in prompts for _ in range(num_images_per_prompt)]
+        done = tasks.text_to_image(self.engine, captions, req, interactive=True)
+        return PipelineOutput([to_pil(x) for x in done.images], dataclasses.asdict(done.request))
 
     def caption(self, image, prompt: str = "", max_new_tokens: int = 32, **request) -> str | list[str]:
         """A greedy caption of a PIL image (or a list of them; or (3, H, W) tensors in [-1, 1])."""
         many = isinstance(image, (list, tuple))
         images = list(image) if many else [image]
-        rows = [[Image(self._pixels(x))] + ([Text(prompt)] if prompt else []) for x in images]
-        req = Request(max_new_tokens=max_new_tokens, min_new_tokens=1, max_images=0, **request)
-        with torch.inference_mode():
-            outputs = self.engine.generate(rows, req)
-        texts = ["".join(s.text for s in out if isinstance(s, Text)) for out in outputs]
-        return texts if many else texts[0]
+        done = tasks.caption(self.engine, [[Image(self._pixels(x))] for x in images],
+                             Request(max_new_tokens=max_new_tokens, **request), prompt=prompt)
+        return done.texts if many else done.texts[0]
+
+    def edit(self, image, instruction: str, num_inference_steps: int | None = None,
+             guidance_scale: float | None = None, image_guidance_scale: float | None = None,
+             num_images: int = 1, generator: torch.Generator | None = None, seed: int | None = None,
+             **request) -> PipelineOutput:
+        """Edit a PIL image (or a (3, H, W) tensor in [-1, 1]) by an instruction: ``num_images``
+        samples, for a run fine-tuned on editing triples (``data.edit_fraction``)."""
+        req = Request(steps=num_inference_steps, guidance=guidance_scale, image_guidance=image_guidance_scale,
+                      seed=self._seed(generator, seed), **request)
+        done = tasks.edit(self.engine, [self._pixels(image)] * num_images, [instruction] * num_images, req,
+                          interactive=True)
+        return PipelineOutput([to_pil(x) for x in done.images], dataclasses.asdict(done.request))
 
     def generate(self, prompt: str, images=(), max_new_tokens: int = 128, max_images: int = 4,
                  num_inference_steps: int | None = None, guidance_scale: float | None = None,
                  generator: torch.Generator | None = None, seed: int | None = None, **request) -> list:
         """Continue ``prompt`` (after ``images``, if any) with text and images: a list of str and PIL images."""
         row = [Image(self._pixels(x)) for x in images] + ([Text(prompt)] if prompt else [])
-        request.setdefault("sampler", interactive_sampler(self.loaded.config))
         req = Request(max_new_tokens=max_new_tokens, max_images=max_images, steps=num_inference_steps,
                       guidance=guidance_scale, seed=self._seed(generator, seed), **request)
-        with torch.inference_mode():
-            (out,) = self.engine.generate([row], req)
-        return [s.text if isinstance(s, Text) else to_pil(s.pixels) for s in out]
+        (sample,) = tasks.continue_documents(self.engine, [row], req, interactive=True).samples
+        return [s.text if isinstance(s, Text) else to_pil(s.pixels) for s in sample.segments]

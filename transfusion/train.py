@@ -2,7 +2,7 @@
 
     transfusion train --preset tiny --out runs/tiny                  # the main job, ~15 min on 2 cores
     transfusion train --preset debug --out runs/dbg train.steps=50   # seconds
-    transfusion train --preset small --out runs/small my.yaml model.dim=512
+    transfusion train --preset small --out runs/small configs/flow_mot.yaml model.dim=512
     transfusion train --preset tiny --out runs/chameleon image.objective=tokens image.autoencoder=train
                                                                      # the Chameleon baseline (VQ image tokens)
     transfusion train --preset small --out runs/edit train.init_from=runs/small data.edit_fraction=0.5

@@ -26,7 +26,6 @@ import re
 from importlib.resources import files
 from pathlib import Path
 
-import torch
 from fastapi import FastAPI
 from fastapi import Request as HTTPRequest
 from fastapi.responses import HTMLResponse, JSONResponse
@@ -122,7 +121,7 @@ async def read_body(request: HTTPRequest, max_bytes: int, seconds: float) -> byt
 def run_job(loaded: Loaded, job: Job, limits: Limits) -> dict:
     """Serve one job with the model: images (PNG data URLs, settings inside) and text."""
     from transfusion.data.document import Image, Text
-    from transfusion.engine import Engine, Request, interactive_sampler
+    from transfusion.engine import Engine, Request, tasks
 
     cfg = loaded.config
     # denoising passes: a request's n images are one batch; an interleaved row makes up to max_images in turn
@@ -135,32 +134,25 @@ def run_job(loaded: Loaded, job: Job, limits: Limits) -> dict:
             done_images[0] += 1
 
     engine = Engine(loaded.model, loaded.tokenizer, loaded.autoencoder, cfg, progress=progress)
-    req = Request(sampler=job.sampler or interactive_sampler(cfg), steps=job.steps, guidance=job.guidance,
-                  image_guidance=job.image_guidance, seed=job.seed, max_new_tokens=limits.max_new_tokens)
+    req = Request(sampler=job.sampler, steps=job.steps, guidance=job.guidance, image_guidance=job.image_guidance,
+                  seed=job.seed, max_new_tokens=limits.max_new_tokens, max_images=limits.max_images)
+    one_batch = max(job.n, 1)
     if job.task == "i2t":
-        req = dataclasses.replace(req, max_images=0, min_new_tokens=1, max_new_tokens=min(32, limits.max_new_tokens))
+        req = dataclasses.replace(req, max_new_tokens=min(32, limits.max_new_tokens))
+        done = tasks.caption(engine, [[Image(job.image)]], req, prompt=job.prompt)
     elif job.task == "interleaved":
-        req = dataclasses.replace(req, max_images=limits.max_images)
-    else:
-        req = dataclasses.replace(req, max_new_tokens=1, max_images=1, edit=job.task == "edit")
-    req = req.resolve(cfg, loaded.autoencoder)
-    if job.task == "i2t":
-        prompts = [[Image(job.image)] + ([Text(job.prompt)] if job.prompt else [])]
+        done = tasks.continue_documents(engine, [[Text(job.prompt)] if job.prompt else []], req, interactive=True)
     elif job.task == "edit":
-        prompts = [[Image(job.image), Text(job.prompt)] for _ in range(job.n)]
+        done = tasks.edit(engine, [job.image] * job.n, [job.prompt] * job.n, req, interactive=True,
+                          batch_size=one_batch)
     else:
-        prompts = [[Text(job.prompt)] if job.prompt else [] for _ in range(job.n if job.task == "t2i" else 1)]
-    with torch.inference_mode():
-        outputs = engine.generate(prompts, req, force_image=job.task in ("t2i", "edit"))
+        done = tasks.text_to_image(engine, [job.prompt] * job.n, req, interactive=True, batch_size=one_batch)
+    req = done.request
     settings = {"task": job.task, "prompt": job.prompt, "checkpoint": checkpoint_name(loaded.path), "step": loaded.step,
                 **{k: v for k, v in req.settings().items() if k != "stop"}}
-    samples = []
-    for i, out in enumerate(outputs):
-        seed = req.seed + i
-        text = "".join(s.text for s in out if isinstance(s, Text))
-        images = [s.pixels for s in out if isinstance(s, Image)]
-        samples.append({"seed": seed, "text": text,
-                        "images": [png_data_url(x, {**settings, "seed": seed}) for x in images]})
+    samples = [{"seed": sample.seed, "text": sample.text,
+                "images": [png_data_url(x, {**settings, "seed": sample.seed}) for x in sample.images]}
+               for sample in done.samples]
     return {"settings": settings, "samples": samples}
 
 

@@ -1,7 +1,11 @@
 """Generation with a KV cache: text token by token, images by diffusion, interleaved.
 
     engine = Engine(run.model, run.tokenizer, run.autoencoder, run.config)
-    outputs = engine.generate([[Text("a red circle")]], Request(sampler="dpm++", steps=25), force_image=True)
+    images = tasks.text_to_image(engine, ["a red circle"], Request(sampler="dpm++", steps=25)).images
+
+The four tasks (text to image, caption, continue a document, edit) are set up once in
+``tasks.py``; every front-end (the CLI, ``Pipeline``, the demo, evaluation) calls them.
+``Engine.generate`` is the one batched loop underneath them.
 
 Every row of a batch is one document. Prompts are left-padded so that all rows end at the
 same cache column; each call then appends the same number of columns to every row, and a

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -27,7 +26,7 @@ class Row:
     latents: list[torch.Tensor]  # one per Image segment, as the model saw it
     generated: list = field(default_factory=list)  # the output: Text / Image
     pending: list[int] = field(default_factory=list)  # text ids since the last image
-    images: int = 0
+    images_made: int = 0
 
     def close_text(self, tok: Tokenizer) -> None:
         if self.pending:
@@ -39,7 +38,7 @@ class Row:
         self.segments.append(image)
         self.latents.append(latent)
         self.generated.append(image)
-        self.images += 1
+        self.images_made += 1
 
     def images_only(self) -> tuple[list, list[torch.Tensor]]:
         return [s for s in self.segments if isinstance(s, Image)], self.latents
@@ -58,7 +57,7 @@ class Engine:
         self.cache_prefix = cache_prefix  # False: recompute every prefix at every denoising step (the reference)
         self.progress = progress  # a progress bar over each image's denoising steps, or a callable (done, total)
         self.device = next(model.parameters()).device
-        self.images = TokenImages(self) if model.image_codes else DiffusionImages(self)
+        self.image_maker = TokenImages(self) if model.image_codes else DiffusionImages(self)
 
     def run(self, cache: KVCache, tokens, positions, doc, image, groups=(), write: bool = True, mask=None):
         """Append columns (B, L) to the cached rows; returns hidden (B, L, D) and noise predictions."""
@@ -73,7 +72,7 @@ class Engine:
 
     def encode(self, prompts: list[list]) -> list[list[torch.Tensor]]:
         """What the model reads of each prompt's images, in order (latents, or VQ codes (h, w))."""
-        return [[self.images.encode(s.pixels[None].to(self.device)) for s in p if isinstance(s, Image)]
+        return [[self.image_maker.encode(s.pixels[None].to(self.device)) for s in p if isinstance(s, Image)]
                 for p in prompts]
 
     @torch.no_grad()
@@ -83,7 +82,7 @@ class Engine:
         Returns the cache, each row's next position (B,) and the last column's hidden (B, D).
         """
         latents = self.encode(prompts) if latents is None else latents
-        prompts, latents = zip(*[self.images.as_prompt(p, lat) for p, lat in zip(prompts, latents)])
+        prompts, latents = zip(*[self.image_maker.as_prompt(p, lat) for p, lat in zip(prompts, latents)])
         lays = [layout(p, lat, [0] * len(lat), self.tok, self.model.num_patches, close=False)
                 for p, lat in zip(prompts, latents)]
         longest, limit = max(len(lay.ids) for lay in lays), self.model.model_cfg.max_seq_len
@@ -119,15 +118,6 @@ class Engine:
         logits = forbid(logits, [self.tok.eos_id, self.tok.boi_id], too_short)
         return choose_token(logits, generators, req.temperature, req.top_k, req.top_p)
 
-    def edit(self, sources: list[torch.Tensor], instructions: list[str], req: Request = Request()) -> list[torch.Tensor]:
-        """One edited image (C, H, W) per source image (C, H, W) in [-1, 1] and instruction: the
-        prompt ``[source, instruction]`` then an image. With ``req.image_guidance`` set, guidance
-        combines unconditional, image-only and image + instruction branches (InstructPix2Pix)."""
-        prompts = [[Image(pixels), Text(text)] for pixels, text in zip(sources, instructions, strict=True)]
-        outputs = self.generate(prompts, dataclasses.replace(req, max_new_tokens=1, max_images=1, edit=True),
-                                force_image=True)
-        return [next(s.pixels for s in out if isinstance(s, Image)) for out in outputs]
-
     @torch.no_grad()
     def generate(self, prompts: list[list], req: Request = Request(), force_image: bool = False) -> list[list]:
         """Continue each prompt with text and images; returns the generated Text / Image segments per row.
@@ -152,7 +142,7 @@ class Engine:
                 token = int(fed[b])
                 if done[b]:
                     continue
-                if token == tok.eos_id or (token == tok.boi_id and row.images >= req.max_images):
+                if token == tok.eos_id or (token == tok.boi_id and row.images_made >= req.max_images):
                     done[b] = True
                 elif token not in tok.special_ids:
                     row.pending.append(token)
@@ -167,10 +157,10 @@ class Engine:
                 idx = wants_image.nonzero()[:, 0]
                 for r in idx.tolist():
                     rows[r].close_text(tok)
-                made = self.images.make(cache, idx, positions, req, [generators[r] for r in idx.tolist()],
+                made = self.image_maker.make(cache, idx, positions, req, [generators[r] for r in idx.tolist()],
                                         [rows[r] for r in idx.tolist()], hidden[idx])
-                pixels = self.images.to_pixels(made).cpu()
-                self.images.write(cache, idx, made, positions)
+                pixels = self.image_maker.to_pixels(made).cpu()
+                self.image_maker.write(cache, idx, made, positions)
                 for r, encoded, img in zip(idx.tolist(), made, pixels):
                     rows[r].add_image(Image(img), encoded)
                 nxt = torch.where(wants_image, torch.full_like(nxt, tok.eoi_id), nxt)

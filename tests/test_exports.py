@@ -5,7 +5,8 @@ import shutil
 
 import pytest
 
-from transfusion.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from transfusion.checkpoint import list_checkpoints, load_checkpoint
+from transfusion.train_state import save_checkpoint
 from transfusion.cli import main as cli
 from transfusion.fileio import atomic_folder
 

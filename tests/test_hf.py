@@ -111,7 +111,8 @@ def test_unsupported_folders_are_clear_errors(tmp_path):
 
 def test_a_tied_model_checkpoints_and_reloads(tmp_path):
     from transfusion.autoencoders import IdentityAutoencoder
-    from transfusion.checkpoint import load_checkpoint, save_checkpoint
+    from transfusion.checkpoint import load_checkpoint
+    from transfusion.train_state import save_checkpoint
     from transfusion.tokenizer import ByteTokenizer
 
     from transfusion.distributed import World, build_model

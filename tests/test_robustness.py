@@ -32,7 +32,7 @@ def test_malformed_yaml_names_the_file_and_line(tmp_path, capsys):
 
 
 def test_training_onto_a_full_disk_stops_with_a_clear_error(tmp_path, monkeypatch, capsys):
-    import transfusion.checkpoint as checkpoint_module
+    import transfusion.train_state as checkpoint_module
 
     real, calls = checkpoint_module.save_file, []
 

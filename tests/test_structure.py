@@ -16,7 +16,7 @@ LAYERS = {
     "transfusion.diffusion": 1, "transfusion.tokenizer": 1, "transfusion.data.document": 1, "transfusion.card": 1,
     "transfusion.samplers": 2, "transfusion.model": 2, "transfusion.tracking": 2, "transfusion.autoencoders": 2, "transfusion.data": 2,
     "transfusion.metrics": 2, "transfusion.visualize": 2,
-    "transfusion.objective": 3, "transfusion.checkpoint": 3, "transfusion.sharing": 3, "transfusion.hf": 3, "transfusion.distributed": 3, "transfusion.engine": 3,
+    "transfusion.objective": 3, "transfusion.checkpoint": 3, "transfusion.train_state": 3, "transfusion.sharing": 3, "transfusion.hf": 3, "transfusion.distributed": 3, "transfusion.engine": 3,
     "transfusion.evaluate": 4, "transfusion.train": 4, "transfusion.demo": 4, "transfusion.pipeline": 4,
     "transfusion.cli": 5, "transfusion.__main__": 5,
 }
@@ -124,3 +124,11 @@ def test_comments_cite_the_paper_not_a_file_the_repository_lacks():
     phrase = "SP" + "EC section"  # the phrase itself, not written out here
     offenders = [str(p.relative_to(ROOT)) for p in ROOT.glob("[!.]*/**/*.py") if phrase in p.read_text()]
     assert not offenders
+
+
+def test_generation_imports_nothing_of_distributed_training():
+    script = ("import sys\nimport transfusion.checkpoint, transfusion.pipeline, transfusion.engine.tasks\n"
+              "print(sorted(m for m in sys.modules if m.startswith(('torch.distributed.checkpoint', "
+              "'transfusion.train_state', 'transfusion.distributed', 'transfusion.train'))))")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -11,7 +11,8 @@ import torch
 from safetensors.torch import load_file
 
 from transfusion.autoencoders import IdentityAutoencoder
-from transfusion.checkpoint import list_checkpoints, load_checkpoint, resolve_checkpoint, save_checkpoint
+from transfusion.checkpoint import list_checkpoints, load_checkpoint, resolve_checkpoint
+from transfusion.train_state import save_checkpoint
 from transfusion.config import load_config
 from transfusion.data.stream import BatchBuilder, build_mixture
 from transfusion.diffusion import Diffusion, noise_process
@@ -91,7 +92,7 @@ def test_checkpoints_are_atomic_and_pruned(tmp_path, monkeypatch):
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("transfusion.checkpoint.save_file", disk_full)
+    monkeypatch.setattr("transfusion.train_state.save_file", disk_full)
     with pytest.raises(OSError, match="No space"):
         save_checkpoint(folder, 4, model, cfg, tok, IdentityAutoencoder(), keep=2)
     with pytest.raises(DiskFullError, match=f"checkpoint step 4 into {folder}.*last good checkpoint is .*step_000003"):

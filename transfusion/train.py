@@ -48,8 +48,7 @@ from tqdm import tqdm
 
 from transfusion.autoencoders import (Autoencoder, KLAutoencoder, VQAutoencoder, load_autoencoder, save_autoencoder,
                                       train_autoencoder)
-from transfusion.checkpoint import (Loaded, list_checkpoints, load_start_weights, load_training_state,
-                                   save_checkpoint, with_start_fields)
+from transfusion.checkpoint import Loaded, list_checkpoints, load_start_weights, with_start_fields
 from transfusion.config import Config, config_yaml, from_dict, to_dict
 from transfusion.data.stream import BatchBuilder, build_mixture
 from transfusion.diffusion import noise_process
@@ -60,6 +59,7 @@ from transfusion.hf import load_text_weights, pretrained_tokenizer, with_pretrai
 from transfusion.objective import combine, compute_losses, image_term, loss_counts, loss_sums
 from transfusion.tokenizer import BPETokenizer, ByteTokenizer, Tokenizer, load_tokenizer, save_tokenizer
 from transfusion.tracking import Tracker
+from transfusion.train_state import load_training_state, save_checkpoint
 
 
 def lr_at(step: int, cfg: Config) -> float:

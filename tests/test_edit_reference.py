@@ -13,7 +13,7 @@ from transfusion.data.document import Image, Text
 from transfusion.data.edits import EditsDataset
 from transfusion.data.packing import PackedBatch, arrange, layout, pack
 from transfusion.diffusion import Diffusion
-from transfusion.engine import Engine, Request
+from transfusion.engine import Engine, Request, tasks
 from transfusion.model.transfusion import Transfusion
 from transfusion.objective import compute_losses
 from transfusion.tokenizer import ByteTokenizer
@@ -117,7 +117,7 @@ def test_fine_tuning_adds_the_reference_and_edits_pass_the_source_to_it(debug_ru
     engine = Engine(run.model, run.tokenizer, run.autoencoder, run.config)
     doc = EditsDataset("test", size=16)[0]
     source, text = doc.segments[0].pixels, doc.segments[1].text
-    engine.edit([source], [text], Request(steps=2, guidance=3.0, image_guidance=1.5))
+    tasks.edit(engine, [source], [text], Request(steps=2, guidance=3.0, image_guidance=1.5))
     denoising = [r for r in seen if r is not None]
     assert len(denoising) == 2 and all(r.shape[0] == 3 for r in denoising)  # 3 guidance branches, 2 steps
     latent = run.autoencoder.encode(source[None])[0]
@@ -136,7 +136,7 @@ def test_strength_runs_a_share_of_the_steps_and_needs_a_source(reference_run):
     engine = Engine(run.model, run.tokenizer, run.autoencoder, run.config, progress=lambda done, total: calls.append(total))
     doc = EditsDataset("test", size=16)[0]
     source, text = doc.segments[0].pixels, doc.segments[1].text
-    out = engine.edit([source], [text], Request(sampler="ddim", steps=10, strength=0.3))[0]
+    out = tasks.edit(engine, [source], [text], Request(sampler="ddim", steps=10, strength=0.3)).images[0]
     assert out.shape == source.shape and calls and set(calls) == {3}
     with pytest.raises(ValueError, match="context's last image"):
         engine.generate([[Text(text)]], Request(steps=10, sampler="ddim", strength=0.3), force_image=True)

@@ -27,7 +27,9 @@ from transfusion.diffusion import Diffusion
 from transfusion.distributed import World
 from transfusion.model.transfusion import Transfusion
 from transfusion.tokenizer import ByteTokenizer
-from transfusion.train import build_optimizer, count_step_flops, matmul_peak_flops, train_step
+from transfusion.flops import count_step_flops, matmul_peak_flops
+from transfusion.optim import build_optimizer
+from transfusion.step import train_step
 
 SHAPES = {  # preset -> overrides that make it a short run here
     "debug": [],

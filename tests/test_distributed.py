@@ -16,7 +16,7 @@ from transfusion.diffusion import Diffusion
 from transfusion.distributed import World, rows_of
 from transfusion.model.transfusion import Transfusion
 from transfusion.tokenizer import ByteTokenizer
-from transfusion.train import train_step
+from transfusion.step import train_step
 
 SETTINGS = ["train.steps=6", "train.log_every=1", "train.checkpoint_every=3", "train.eval_samples=2",
             "diffusion.sample_steps=2", "train.threads=1"]

@@ -151,7 +151,7 @@ def test_freeze_text_trains_only_the_new_rows_and_weight_decay_spares_the_frozen
     """LMFusion (``model.freeze_text``): the pretrained rows of a tied embedding and LM head get exactly
     zero gradient and AdamW, weight decay included, leaves them bit-equal, as it leaves the text copies;
     the rows of the tokens added for images (BOI, EOI) train."""
-    from transfusion.train import build_optimizer
+    from transfusion.optim import build_optimizer
 
     cfg, model = build(*MOT, "model.tie_embeddings=true", "optim.weight_decay=0.5", "optim.lr=1e-2")
     tok = ByteTokenizer()

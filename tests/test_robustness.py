@@ -97,7 +97,7 @@ def test_commands_run_on_the_gpu(debug_run, tmp_path):
 
 
 def test_mfu_peak_is_measured_on_the_training_device_and_dtype(tmp_path, monkeypatch):
-    import transfusion.train as train_module
+    import transfusion.flops as flops_module
 
     asked = []
 
@@ -105,7 +105,7 @@ def test_mfu_peak_is_measured_on_the_training_device_and_dtype(tmp_path, monkeyp
         asked.append((torch.device(device), dtype))
         return 1e12
 
-    monkeypatch.setattr(train_module, "matmul_peak_flops", peak)
+    monkeypatch.setattr(flops_module, "matmul_peak_flops", peak)
     COMMANDS["train"](["--preset", "debug", "--out", str(tmp_path / "r"), "train.steps=1", "train.precision=bf16",
                        "data.batch_size=1", *FAST])
     assert asked == [(torch.device("cpu"), torch.bfloat16)]

@@ -16,7 +16,7 @@ LAYERS = {
     "transfusion.diffusion": 1, "transfusion.tokenizer": 1, "transfusion.data.document": 1, "transfusion.card": 1,
     "transfusion.samplers": 2, "transfusion.model": 2, "transfusion.tracking": 2, "transfusion.autoencoders": 2, "transfusion.data": 2,
     "transfusion.metrics": 2, "transfusion.visualize": 2,
-    "transfusion.objective": 3, "transfusion.checkpoint": 3, "transfusion.train_state": 3, "transfusion.sharing": 3, "transfusion.hf": 3, "transfusion.distributed": 3, "transfusion.engine": 3,
+    "transfusion.objective": 3, "transfusion.optim": 3, "transfusion.flops": 3, "transfusion.step": 3, "transfusion.checkpoint": 3, "transfusion.train_state": 3, "transfusion.sharing": 3, "transfusion.hf": 3, "transfusion.distributed": 3, "transfusion.engine": 3,
     "transfusion.evaluate": 4, "transfusion.train": 4, "transfusion.demo": 4, "transfusion.pipeline": 4,
     "transfusion.cli": 5, "transfusion.__main__": 5,
 }

@@ -21,7 +21,7 @@ from transfusion.objective import compute_losses
 from transfusion.tokenizer import ByteTokenizer
 from transfusion.cli import COMMANDS
 from transfusion.fileio import DiskFullError
-from transfusion.train import build_optimizer, lr_at
+from transfusion.optim import build_optimizer, lr_at
 
 FAST = ["train.eval_samples=2", "diffusion.sample_steps=2", "data.text_fraction=0.2"]
 
@@ -140,7 +140,7 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path):
 
 
 def test_resident_memory_follows_what_the_process_holds():
-    from transfusion.train import resident_mb
+    from transfusion.flops import resident_mb
 
     before = resident_mb()
     held = torch.ones(64, 2**20)  # 256 MiB, touched
@@ -176,9 +176,9 @@ def test_kill_9_then_rerun_resumes(tmp_path):
 
 
 def test_nan_loss_stops_with_a_clear_error(tmp_path, monkeypatch):
-    import transfusion.train as train_module
+    import transfusion.step as step_module
 
-    real = train_module.loss_sums
+    real = step_module.loss_sums
     calls = []
 
     def poisoned(*args, **kwargs):  # the third training step produces a NaN diffusion loss
@@ -189,7 +189,7 @@ def test_nan_loss_stops_with_a_clear_error(tmp_path, monkeypatch):
             out["ddpm"] = (total * float("nan"), count)
         return out
 
-    monkeypatch.setattr(train_module, "loss_sums", poisoned)
+    monkeypatch.setattr(step_module, "loss_sums", poisoned)
     out = tmp_path / "r"
     with pytest.raises(FloatingPointError, match="loss is nan at step 2 .* rerun to resume"):
         COMMANDS["train"](["--preset", "debug", "--out", str(out), "train.checkpoint_every=1", *FAST])

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
 import threading
 import time
@@ -53,22 +52,15 @@ from transfusion.config import Config, config_yaml, from_dict, to_dict
 from transfusion.data.stream import BatchBuilder, build_mixture
 from transfusion.diffusion import noise_process
 from transfusion.distributed import (EMA, World, assign_shard, build_model, close_world, full, init_world, rows_of,
-                                     sampling_model, sync_gradients, unwrap)
+                                     sampling_model)
 from transfusion.fileio import RunLock, atomic_text
+from transfusion.flops import count_step_flops, resident_mb, training_peak_flops
 from transfusion.hf import load_text_weights, pretrained_tokenizer, with_pretrained_fields
-from transfusion.objective import combine, compute_losses, image_term, loss_counts, loss_sums
+from transfusion.optim import build_optimizer, lr_at
+from transfusion.step import train_step
 from transfusion.tokenizer import BPETokenizer, ByteTokenizer, Tokenizer, load_tokenizer, save_tokenizer
 from transfusion.tracking import Tracker
 from transfusion.train_state import load_training_state, save_checkpoint
-
-
-def lr_at(step: int, cfg: Config) -> float:
-    """Linear warmup, then cosine decay to ``min_lr`` at the last step."""
-    o = cfg.optim
-    if step < o.warmup_steps:
-        return o.lr * (step + 1) / o.warmup_steps
-    progress = (step - o.warmup_steps) / max(1, cfg.train.steps - o.warmup_steps)
-    return o.min_lr + 0.5 * (o.lr - o.min_lr) * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
 def build_tokenizer(cfg: Config, mixture) -> Tokenizer:
@@ -131,67 +123,6 @@ def prepare_autoencoder(cfg: Config, out: Path, mixture=None) -> Autoencoder:
     pixels = torch.stack([test[j].images[0].pixels for j in range(8)])
     reconstruction_grid(pixels, ae.decode(ae.encode(pixels))).save(folder / "reconstructions.png")
     return ae
-
-
-def resident_mb() -> float | None:
-    """This process's resident memory now, in MiB (Linux: /proc/self/statm); None where that is not there."""
-    try:
-        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except (OSError, ValueError, IndexError, AttributeError):  # no /proc (macOS), no sysconf (Windows)
-        return None
-
-
-def build_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.AdamW:
-    """AdamW; matrices decay, vectors do not (``Transfusion.decay_groups``). The fused kernel (one pass
-    over each parameter) where every parameter is a plain tensor; sharded ones use foreach."""
-    from torch.distributed.tensor import DTensor
-
-    params = [p for p in model.parameters() if p.requires_grad]
-    fused = not any(isinstance(p, DTensor) for p in params)
-    decay, no_decay = unwrap(model).decay_groups()
-    o = cfg.optim
-    return torch.optim.AdamW(
-        [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=o.lr, betas=tuple(o.betas), eps=o.eps, fused=fused,
-    )
-
-
-def matmul_peak_flops(seconds: float = 0.5, n: int = 1024, device: str | torch.device = "cpu",
-                      dtype: torch.dtype = torch.float32, trials: int = 1) -> float:
-    """Measured matmul FLOP/s of this machine (n x n, back to back; the best of ``trials``
-    timings of ``seconds`` each): the MFU denominator."""
-    device = torch.device(device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    a @ b
-    best = 0.0
-    for _ in range(trials):
-        sync()
-        count, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds:
-            a @ b
-            count += 1
-        sync()
-        best = max(best, 2 * n**3 * count / (time.perf_counter() - start))
-    return best
-
-
-def training_peak_flops(device: torch.device, precision: str) -> float:
-    """The MFU denominator: the matmul peak measured on the training device, in the dtype the
-    run's matmuls use (bf16 under ``train.precision=bf16``, else fp32)."""
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    n = 4096 if device.type == "cuda" else 1024  # big enough to reach a GPU's peak
-    return matmul_peak_flops(device=device, dtype=dtype, n=n, trials=3 if device.type == "cuda" else 1)
-
-
-def count_step_flops(model, batch, diffusion, cfg) -> float:
-    """FLOPs of one training step (forward + backward), counted by torch on a real batch."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False) as counter:
-        compute_losses(model, batch, diffusion, cfg.diffusion.loss_weight, core=unwrap(model))["total"].backward()
-    model.zero_grad(set_to_none=True)
-    return float(counter.get_total_flops())
 
 
 # settings that change how a run is executed, not what it computes: a resumed run may change them
@@ -295,30 +226,6 @@ def check_step(losses: dict[str, float], grad_norm: float, step: int, out: Path)
         f"{what} at step {step} (" + ", ".join(f"{k} {v:.4g}" for k, v in losses.items() if k != "total")
         + f"); the weights were not updated and the last checkpoint in {out / 'checkpoints'} is intact: "
         f"lower optim.lr or check the data, then rerun to resume")
-
-
-def train_step(model, micro_batches, diffusion, cfg: Config, world: World, autocast) -> tuple[dict[str, float], int]:
-    """Forward and backward over this process's micro-batches of one global batch.
-
-    Each term is divided by its count over the whole global batch (every process, every
-    micro-batch), so the summed gradient is the single-process gradient of that batch.
-    Returns the global mean of each loss term and ``total``, and the global batch's tokens.
-    """
-    core = unwrap(model)
-    local_counts = [loss_counts(b, core, image_term(diffusion)) for b in micro_batches]
-    names = list(local_counts[0])
-    counts = dict(zip(names, world.sum([sum(c[k] for c in local_counts) for k in names])))
-    logged = []
-    for i, batch in enumerate(micro_batches):
-        with sync_gradients(model, i == len(micro_batches) - 1), autocast():
-            terms = loss_sums(model, batch, diffusion, core=core)
-            loss = combine(terms, cfg.diffusion.loss_weight, counts)["total"]
-        (loss * world.size).backward()  # DDP and FSDP average gradients over processes; we want their sum
-        logged.append(torch.stack([terms[k][0].detach().float() for k in names]))
-    sums = torch.stack(logged).sum(0).tolist()  # one device sync for the step
-    *totals, tokens = world.sum([*sums, sum(b.num_tokens for b in micro_batches)])
-    out = combine({k: (torch.tensor(v), counts[k]) for k, v in zip(names, totals)}, cfg.diffusion.loss_weight)
-    return {k: float(v) for k, v in out.items()}, int(tokens)
 
 
 def train(cfg: Config, out: str | Path) -> Path:

@@ -99,7 +99,9 @@ def test_batched_generation_equals_one_by_one(engine):
         assert [type(s) for s in out] == [type(s) for s in alone] and isinstance(out[0], Image)
         for x, y in zip(out, alone):
             if isinstance(x, Image):
-                assert torch.allclose(x.pixels, y.pixels, atol=1e-4)
+                # a batch of other shapes sums in another order (float32: ~1e-6), which three guided
+                # denoising steps can grow to 2e-4 on some thread counts; a batching bug is ~0.1 or more
+                assert torch.allclose(x.pixels, y.pixels, atol=1e-3), (x.pixels - y.pixels).abs().max()
             else:
                 assert x.text == y.text
 

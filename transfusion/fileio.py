@@ -159,7 +159,8 @@ def check_export_target(folder: str | os.PathLike, kind: str, written: set[str],
     if not folder.is_dir():
         raise ValueError(f"{folder} exists and is not a folder; name a new folder")
     entries = sorted(p.name for p in folder.iterdir())
-    foreign = [name for name in entries if name not in written or key not in entries]
+    earlier_export = key in entries
+    foreign = [name for name in entries if not (earlier_export and name in written)]
     if foreign and overwrite:
         for inner in folder.rglob("config.yaml"):
             if run_holding(inner.parent) == inner.parent:
@@ -261,8 +262,10 @@ def fit_image(image: PILImage.Image, size: int) -> torch.Tensor:
     return from_uint8(np.asarray(image.resize((size, size), PILImage.Resampling.BICUBIC)))
 
 
-def open_image(source, max_pixels: int | None = None,
-               formats: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "GIF", "BMP")) -> PILImage.Image:
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")  # the formats read from users' files and uploads
+
+
+def open_image(source, max_pixels: int | None = None, formats: tuple[str, ...] = IMAGE_FORMATS) -> PILImage.Image:
     """Open an image that came from a user (an upload, a data folder, a shard, a Parquet cell).
 
     ``source`` is a path or a binary file object. Only ``formats`` are tried: Pillow would

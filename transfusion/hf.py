@@ -262,7 +262,7 @@ def export_text_model(model, tokenizer, out: str | Path, overwrite: bool = False
     (``overwrite``: any folder but a run's; ``fileio.check_export_target``). Returns the folder."""
     from safetensors.torch import save_file
 
-    from transfusion.fileio import atomic_folder, atomic_text, check_export_target
+    from transfusion.fileio import atomic_folder, check_export_target
 
     cfg = model.model_cfg
     heads, kv = cfg.n_heads, cfg.n_kv_heads or cfg.n_heads
@@ -313,10 +313,10 @@ def export_text_model(model, tokenizer, out: str | Path, overwrite: bool = False
     out = check_export_target(out, "export-hf", HF_EXPORT_NAMES, overwrite)
     with atomic_folder(out) as tmp:
         save_file({k: t.contiguous() for k, t in hf.items()}, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        atomic_text(tmp / "config.json", json.dumps(config, indent=2) + "\n")
-        atomic_text(tmp / "generation_config.json", json.dumps(ids, indent=2) + "\n")
-        for name, text in files.items():
-            atomic_text(tmp / name, text)
+        files |= {"config.json": json.dumps(config, indent=2) + "\n",
+                  "generation_config.json": json.dumps(ids, indent=2) + "\n"}
+        for name, text in files.items():  # the folder itself is renamed into place whole
+            (tmp / name).write_text(text)
     return out
 
 
@@ -333,10 +333,9 @@ def tokenizer_files(tokenizer, max_len: int) -> dict[str, str]:
         hf, names = tokenizer.hf, tokenizer.specials
     else:
         hf, names = tokenizer.to_hf(), dict(zip(ROLES, CONTROL_TOKENS))
-    split = True
     special = {f"{role}_token": names[role] for role in ("bos", "eos", "pad")}
     extra = [names["boi"], names["eoi"]]
     settings = {"tokenizer_class": "PreTrainedTokenizerFast", **special, "additional_special_tokens": extra,
-                "model_max_length": max_len, "split_special_tokens": split, "clean_up_tokenization_spaces": False}
+                "model_max_length": max_len, "split_special_tokens": True, "clean_up_tokenization_spaces": False}
     return {"tokenizer.json": hf.to_str(), "tokenizer_config.json": json.dumps(settings, indent=2) + "\n",
             "special_tokens_map.json": json.dumps({**special, "additional_special_tokens": extra}, indent=2) + "\n"}

@@ -342,6 +342,7 @@ def _train(cfg: Config, out: Path, world: World, device: torch.device) -> Path:
                 batches = first if step == start else micro_batches(step)
                 optimizer.zero_grad(set_to_none=True)
                 losses, step_tokens = train_step(model, batches, diffusion, cfg, world, autocast)
+                # one scalar read back per step (train_step has already synchronised for the losses)
                 grad_norm = float(full(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)))
                 check_step(losses, grad_norm, step, out)
                 optimizer.step()

@@ -218,7 +218,7 @@ def _safe_metadata(path: Path):
 
 
 class _DataOnlyReader(dcp.FileSystemReader):
-    """DCP's file reader with ``.metadata`` read by ``_safe_metadata``, never by pickle."""
+    """DCP's file reader with ``.metadata`` read by ``_safe_metadata`` (an allow-list), never by plain pickle."""
 
     def read_metadata(self, *args, **kwargs):
         from torch.distributed.checkpoint.metadata import StorageMeta

@@ -87,7 +87,6 @@ class Job:
         return out
 
 
-IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
 DATA_URL = re.compile(r"data:[^,]*;base64,", re.IGNORECASE)
 
 
@@ -95,10 +94,10 @@ def decode_image(data, image_size: int, limits: Limits) -> torch.Tensor:
     """A base64 image (a data URL or bare base64) -> (3, image_size, image_size) in [-1, 1].
 
     Refuses, with a clear message, what is too large as bytes, what is not an image of
-    ``IMAGE_FORMATS``, and images whose header claims more than ``max_upload_pixels``
+    ``fileio.IMAGE_FORMATS``, and images whose header claims more than ``max_upload_pixels``
     (decompression bombs), before decoding their pixels.
     """
-    from transfusion.fileio import fit_image, open_image
+    from transfusion.fileio import IMAGE_FORMATS, fit_image, open_image
 
     if not isinstance(data, str) or not data:
         raise RequestError("image must be a base64-encoded image file (a data URL)")
@@ -118,7 +117,7 @@ def decode_image(data, image_size: int, limits: Limits) -> torch.Tensor:
     if len(raw) > limits.max_upload_bytes:
         raise RequestError(f"the image is larger than {limits.max_upload_bytes // 1024} KiB", 413)
     try:
-        with open_image(io.BytesIO(raw), limits.max_upload_pixels, IMAGE_FORMATS) as img:
+        with open_image(io.BytesIO(raw), limits.max_upload_pixels) as img:
             return fit_image(img, image_size)
     except PIL.Image.DecompressionBombError as err:
         raise RequestError(str(err), 413) from None

@@ -37,7 +37,7 @@ def llama3_frequencies(freqs: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
     wavelength = 2 * math.pi / freqs
     slow = torch.where(wavelength > original / low, freqs / factor, freqs)
     blend = (original / wavelength - low) / (high - low)
-    smoothed = (1 - blend) * slow / factor + blend * slow
+    smoothed = (1 - blend) * freqs / factor + blend * freqs
     between = (wavelength >= original / high) & (wavelength <= original / low)
     return torch.where(between, smoothed, slow)
 

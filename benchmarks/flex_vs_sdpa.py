@@ -13,10 +13,9 @@ import time
 import torch
 
 from transfusion.autoencoders import IdentityAutoencoder
+from transfusion.components import build_components
 from transfusion.config import load_config
-from transfusion.data.stream import BatchBuilder, build_mixture
 from transfusion.diffusion import Diffusion
-from transfusion.model.transfusion import Transfusion
 from transfusion.objective import compute_losses
 from transfusion.tokenizer import ByteTokenizer
 
@@ -32,7 +31,7 @@ def main() -> None:
     device = torch.device(args.device)
     backward = device.type == "cuda"
     # pixels through the earlier U-Net (8x: 1,024 positions per 256 px image), so no pretrained autoencoder is needed
-    overrides = [f"data.batch_size={args.rows}", "image.autoencoder=identity", "image.unet_channels=[128,256]",
+    overrides = [f"data.batch_size={args.rows}", "autoencoder.name=identity", "image.unet_channels=[128,256]",
                  "image.patch_size=2"]
     if args.seq_len:
         overrides += [f"data.seq_len={args.seq_len}", f"model.max_seq_len={args.seq_len}"]
@@ -40,9 +39,9 @@ def main() -> None:
     models, results = {}, {}
     for attention in ("sdpa", "flex"):
         cfg = load_config(args.preset, overrides=[*overrides, f"model.attention={attention}"])
-        models[attention] = Transfusion.build(cfg.model, cfg.image, tok, IdentityAutoencoder(), cfg.train.seed).to(device)
-    builder = BatchBuilder(cfg, build_mixture(cfg), tok, IdentityAutoencoder(), models["sdpa"].num_patches)
-    batch = builder.batch_at(0, 0).to(device)
+        run = build_components(cfg, tokenizer=tok, autoencoder=IdentityAutoencoder())
+        models[attention] = run.model.to(device)
+    batch = run.batches.batch_at(0, 0).to(device)  # the same batch for both (the configs differ in attention only)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for attention, model in models.items():
         times = []

@@ -51,7 +51,7 @@ def main() -> None:
     start = time.perf_counter()
     COMMANDS["train"](["--preset", "debug", "--out", str(out), f"model.init_from={folder}", "model.mot=true",
                        "model.freeze_text=true", f"train.steps={args.steps}", "optim.warmup_steps=10",
-                       "data.interleaved_fraction=0.2", "train.eval_samples=2", "diffusion.sample_steps=2",
+                       "data.interleaved_fraction=0.2", "train.eval_samples=2", "sampling.steps=2",
                        f"train.checkpoint_every={args.steps}"])
     seconds = time.perf_counter() - start
     loaded = load_checkpoint(out)

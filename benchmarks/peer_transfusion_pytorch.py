@@ -102,15 +102,19 @@ def ours(task: str, repeats: int, dim: int = DIM) -> dict:
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
         diffusion = Diffusion()
 
+        def loss():  # a fresh diffusion draw every step
+            batch.t, batch.noise = diffusion.draw(batch.latents, batch.max_t, g)
+            return compute_losses(model, batch, diffusion, 5.0)["total"]
+
         def run():
-            loss = compute_losses(model, batch, diffusion, 5.0, g)["total"]
+            value = loss()
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            value.backward()
             optimizer.step()
 
         if task == "flops":
-            return {"flops_per_token": step_flops(lambda: compute_losses(model, batch, diffusion, 5.0, g)["total"]
-                                                  .backward()) / (BATCH * (TEXT + SIDE * SIDE)), "dim": dim}
+            return {"flops_per_token": step_flops(lambda: loss().backward()) / (BATCH * (TEXT + SIDE * SIDE)),
+                    "dim": dim}
     else:
         engine = Engine(model.eval(), tok, IdentityAutoencoder(CHANNELS), cfg)  # the latents are the images
         n, length = (BATCH, 16) if task == "batch8" else (1, 16 if task == "prompt16" else 256)

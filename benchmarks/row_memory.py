@@ -30,7 +30,7 @@ import time
 LAYOUTS = ("packed", "one_document")
 TEXT, PATCHES = 32, 64  # text tokens before each image; positions of a 64 px image
 PAIR = TEXT + 1 + PATCHES + 1  # text, BOI, patches, EOI
-SHAPE = ["model.dim=768", "model.n_layers=16", "model.n_heads=12", "image.size=64", "image.autoencoder=identity",
+SHAPE = ["model.dim=768", "model.n_layers=16", "model.n_heads=12", "image.size=64", "autoencoder.name=identity",
          "image.unet_channels=[128,256]", "image.patch_size=2", "image.adapter=unet"]
 
 
@@ -51,19 +51,19 @@ def worker(layout: str, length: int, overrides: list[str]) -> dict:
     import torch
 
     from transfusion.autoencoders import IdentityAutoencoder
+    from transfusion.components import build_components
     from transfusion.config import load_config
     from transfusion.data.document import Image
     from transfusion.data.packing import layout as lay_out, pack
     from transfusion.diffusion import Diffusion
-    from transfusion.model.transfusion import Transfusion
     from transfusion.objective import compute_losses
+    from transfusion.optim import build_optimizer
     from transfusion.tokenizer import ByteTokenizer
-    from transfusion.train import build_optimizer
 
     torch.set_num_threads(2)
     cfg = load_config(None, overrides=[*SHAPE, f"model.max_seq_len={length}", f"data.seq_len={length}", *overrides])
-    tok, ae = ByteTokenizer(), IdentityAutoencoder()
-    model = Transfusion.build(cfg.model, cfg.image, tok, ae, cfg.train.seed)
+    run = build_components(cfg, tokenizer=ByteTokenizer(), autoencoder=IdentityAutoencoder())
+    tok, model = run.tokenizer, run.model
     model.trunk.checkpointing = cfg.train.activation_checkpointing
     g = torch.Generator().manual_seed(0)
     lays = []
@@ -76,7 +76,8 @@ def worker(layout: str, length: int, overrides: list[str]) -> dict:
     seconds = 0.0
     for _ in range(2):
         start = time.perf_counter()
-        loss = compute_losses(model, batch, diffusion, cfg.diffusion.loss_weight, g)["total"]
+        batch.t, batch.noise = diffusion.draw(batch.latents, batch.max_t, g)
+        loss = compute_losses(model, batch, diffusion, cfg.diffusion.loss_weight)["total"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -24,7 +24,7 @@ import time
 
 import torch
 
-from transfusion.autoencoders import KLAutoencoder
+from transfusion.autoencoders import new_autoencoder
 from transfusion.checkpoint import load_checkpoint
 from transfusion.config import load_config
 from transfusion.data.document import Tokens
@@ -39,8 +39,7 @@ def build(checkpoint: str | None, longest: int):
         return loaded.model, loaded.tokenizer, loaded.autoencoder, loaded.config
     cfg = load_config("small", overrides=[f"model.max_seq_len={longest}"])
     tok = ByteTokenizer()
-    ae = KLAutoencoder(latent_channels=cfg.image.ae_latent_channels, downsample=cfg.image.ae_downsample,
-                       width=cfg.image.ae_width).eval()
+    ae = new_autoencoder(cfg.autoencoder).eval()
     torch.manual_seed(0)
     return Transfusion(cfg.model, cfg.image, tok.vocab_size, ae.latent_channels, seed=cfg.train.seed).eval(), tok, ae, cfg
 

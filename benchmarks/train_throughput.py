@@ -20,12 +20,11 @@ from contextlib import nullcontext
 
 import torch
 
-from transfusion.autoencoders import IdentityAutoencoder, KLAutoencoder
+from transfusion.autoencoders import IdentityAutoencoder, KLAutoencoder, new_autoencoder
+from transfusion.components import build_components
 from transfusion.config import load_config
-from transfusion.data.stream import BatchBuilder, build_mixture
 from transfusion.diffusion import Diffusion
 from transfusion.distributed import World
-from transfusion.model.transfusion import Transfusion
 from transfusion.tokenizer import ByteTokenizer
 from transfusion.flops import count_step_flops, matmul_peak_flops
 from transfusion.optim import build_optimizer
@@ -36,26 +35,23 @@ SHAPES = {  # preset -> overrides that make it a short run here
     "tiny": [],
     # the 0.16B trunk on 64 px pixels through the earlier U-Net (64 positions an image): the figure docs/speed.md tracks
     "0.16B": ["data.seq_len=512", "data.batch_size=2", "image.size=64", "model.max_seq_len=512",
-              "image.autoencoder=identity", "image.unet_channels=[128,256]", "image.patch_size=2"],
+              "autoencoder.name=identity", "image.unet_channels=[128,256]", "image.patch_size=2"],
 }
 
 
 def measure(preset: str, steps: int, device: torch.device, precision: str, extra: list[str]) -> dict:
     cfg = load_config(preset, overrides=[*SHAPES.get(preset, []), f"train.precision={precision}", *extra])
-    tok = ByteTokenizer()
-    i = cfg.image
-    if i.autoencoder == "train":  # an untrained one of the preset's shape: the same latent sizes
-        ae = KLAutoencoder(latent_channels=i.ae_latent_channels, downsample=i.ae_downsample, width=i.ae_width)
-    elif i.autoencoder == "identity":
+    if cfg.autoencoder.name == "train":  # an untrained one of the preset's shape: the same latent sizes
+        ae = new_autoencoder(cfg.autoencoder)
+    elif cfg.autoencoder.name == "identity":
         ae = IdentityAutoencoder()
     else:  # a pretrained one (the paper presets' 8x, 4-channel KL-VAE): an untrained stand-in of its latent sizes
         ae = KLAutoencoder(latent_channels=4, downsample=8, width=16)
-    ae.eval()
-    model = Transfusion.build(cfg.model, cfg.image, tok, ae, cfg.train.seed).to(device)
+    run = build_components(cfg, tokenizer=ByteTokenizer(), autoencoder=ae.eval())
+    model, builder = run.model.to(device), run.batches
     if cfg.train.compile:
         for block in model.trunk.blocks:
             block.compile()
-    builder = BatchBuilder(cfg, build_mixture(cfg), tok, ae, model.num_patches)
     optimizer = build_optimizer(model, cfg)
     diffusion = Diffusion(cfg.diffusion.timesteps)
     batches = [builder.batch_at(s, 0).to(device) for s in range(steps + 2)]

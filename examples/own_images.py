@@ -81,7 +81,7 @@ def main() -> None:
     if not (run / "report.json").is_file():
         start = time.perf_counter()
         sh(["transfusion", "train", "--preset", args.preset, "--out", run, f"data.dataset={args.images}/{{split}}",
-            f"image.size={args.size}", f"image.autoencoder={autoencoder}", *args.overrides])
+            f"image.size={args.size}", f"autoencoder.name={autoencoder}", *args.overrides])
         (work / "train_seconds.txt").write_text(f"{time.perf_counter() - start:.0f}\n")
 
     # 3. generate from captions, 4. caption held-out images, 5. evaluate

@@ -4,7 +4,7 @@
 
 Only for when no pretrained one is at hand: with one (e.g. ``stabilityai/sd-vae-ft-mse``
 downloaded by ``huggingface-cli download``, or any folder holding an AutoencoderKL's
-config.json + weights) skip this and pass that folder as ``image.autoencoder``. This one has
+config.json + weights) skip this and pass that folder as ``autoencoder.name``. This one has
 the same layout as Stable Diffusion's (four blocks, so 8x downsampling, 4 latent channels:
 64 px -> 8x8x4), narrower, and is trained with the L1 + MSE reconstruction loss and a small
 KL term; the loop is the library's (``transfusion.autoencoders.train_autoencoder``), and

@@ -1,4 +1,4 @@
-"""Screenshots of the web demo, for the README: `transfusion serve RUN` driven by headless Chromium.
+"""Screenshots of the web demo, for the README and docs/demo.md: `transfusion serve RUN` driven by headless Chromium.
 
     python experiments/demo_screenshot.py runs/small_edit      # writes docs/demo_t2i.png and docs/demo_edit.png
 

@@ -2,7 +2,7 @@
 
     python experiments/editing.py            # about 40 + 2 x 29 + 15 minutes on 2 CPU cores; reruns skip finished work
 
-1. ``transfusion train --preset small --out runs/small`` (the README's longer CPU run);
+1. ``transfusion train --preset small --out runs/small`` (the longer CPU run);
 2. ``transfusion train ... train.init_from=runs/small data.edit_fraction=0.6``: the same
    weights, tokenizer and autoencoder, a new optimizer and schedule, 60% editing triples
    mixed with the original data (shapes captions, English text, interleaved documents);
@@ -10,7 +10,7 @@
 3. ``transfusion eval --suite edit`` on the 500 held-out triples, at each sampling setting
    of ``GUIDANCE``, and ``--suite t2i i2t`` to see what the other skills kept.
 
-Writes docs/editing.md (tables) and docs/editing/*.png (the held-out grid). Every step is
+Writes docs/editing.md's measurements (tables, below its marker line) and docs/editing/*.png (the held-out grid). Every step is
 cached under runs/: an interrupted run resumes where it stopped.
 """
 
@@ -37,6 +37,7 @@ GUIDANCE = {"cfg 3": ["--cfg", "3"], "cfg 3, image cfg 1.5": ["--cfg", "3", "--i
             "cfg 1.5, image cfg 3": ["--cfg", "1.5", "--image-cfg", "3"],
             "cfg 3, image cfg 1.5, strength 0.8": ["--cfg", "3", "--image-cfg", "1.5", "--strength", "0.8"]}
 DOCS = ROOT / "docs"
+MARKER = "<!-- below: written by python experiments/editing.py -->"
 
 
 def sh(args: list) -> None:
@@ -83,20 +84,19 @@ def main() -> None:
     skills |= {f"after: {name}": evaluate(run, "skills", ["t2i", "i2t"], ["--cfg", "3", "--no-fid"])
                for name, (run, _) in TUNED.items()}
 
-    lines = ["# Editing: `small` fine-tuned on shapes edits", "",
-             "Made by `python experiments/editing.py`; 500 held-out triples (`edits/test`), DPM-Solver++ 25 steps, "
+    lines = ["Made by `python experiments/editing.py`; 500 held-out triples (`edits/test`), DPM-Solver++ 25 steps, "
              "one sample per triple. Two fine-tunes of the same start with the same data and schedule: *sequence "
              "only* (the source is context in the sequence, as in the paper) and *source at the adapter* (also "
              "`image.edit_reference=true`: the source's latents added to the output's U-Net input through a "
              "zero-initialised convolution).", "",
-             "## Overall", "", "| fine-tune | sampling | success | preservation | pixel error |", "|---|---|---|---|---|"]
+             "### Overall", "", "| fine-tune | sampling | success | preservation | pixel error |", "|---|---|---|---|---|"]
     for (name, label), r in results.items():
         m = r["model"]["all"]
         lines.append(f"| {name} | {label} | {pct(m['success'])} | {pct(m['preservation'])} | {m['pixel_error']:.4f} |")
     lines += [""]
     for (name, label), r in results.items():
-        lines += [f"## {name}: {label}", "", *table(r)]
-    lines += ["## The other skills, before and after fine-tuning (500 held-out captions / images, cfg 3)", "",
+        lines += [f"### {name}: {label}", "", *table(r)]
+    lines += ["### The other skills, before and after fine-tuning (500 held-out captions / images, cfg 3)", "",
               "| model | t2i colour | t2i shape | t2i position | caption colour | caption shape | caption CIDEr-D |",
               "|---|---|---|---|---|---|---|"]
     for label, r in skills.items():
@@ -108,7 +108,9 @@ def main() -> None:
         for i in range(len(GUIDANCE)):
             grid = run / "eval" / f"edit_{i}_edit.png"
             (DOCS / "editing" / f"held_out_{j}_{i}.png").write_bytes(grid.read_bytes())
-    (DOCS / "editing.md").write_text("\n".join(lines) + "\n")
+    page = DOCS / "editing.md"  # the guide above the marker stays; the measurements below it are rewritten
+    guide = page.read_text().split(MARKER)[0] if page.is_file() else "# Editing images\n\n"
+    page.write_text(guide + MARKER + "\n\n" + "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

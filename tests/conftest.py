@@ -32,7 +32,7 @@ def debug_run(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("shared") / "debug"
     COMMANDS["train"](["--preset", "debug", "--out", str(out), "train.steps=2", "train.eval_samples=2",
-                       "diffusion.sample_steps=2"])
+                       "sampling.steps=2"])
     return out
 
 

@@ -96,7 +96,7 @@ def test_interactive_commands_default_to_the_measured_fast_sampler_eval_to_the_p
     record = json.loads((out / "000.json").read_text())
     assert (record["sampler"], record["steps"]) == ("dpm++sde", 25)
     assert interactive_sampler(load_config("debug")) == "dpm++sde"
-    assert interactive_sampler(load_config("debug", overrides=["diffusion.sampler=ddim"])) is None  # the run's choice
+    assert interactive_sampler(load_config("debug", overrides=["sampling.sampler=ddim"])) is None  # the run's choice
     assert interactive_sampler(load_config("debug", overrides=["diffusion.objective=flow"])) is None
     cli(["eval", str(run), "--suite", "t2i", "--no-fid", "--n", "2", "--out", str(tmp_path / "r.json")])
     settings = json.loads((tmp_path / "r.json").read_text())["t2i"]["settings"]

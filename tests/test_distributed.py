@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import load_file
 
 from transfusion.autoencoders import IdentityAutoencoder
+from transfusion.components import build_components
 from transfusion.config import load_config
-from transfusion.data.stream import BatchBuilder, build_mixture
 from transfusion.diffusion import Diffusion
 from transfusion.distributed import World, rows_of
 from transfusion.model.transfusion import Transfusion
@@ -19,7 +19,7 @@ from transfusion.tokenizer import ByteTokenizer
 from transfusion.step import train_step
 
 SETTINGS = ["train.steps=6", "train.log_every=1", "train.checkpoint_every=3", "train.eval_samples=2",
-            "diffusion.sample_steps=2", "train.threads=1"]
+            "sampling.steps=2", "train.threads=1"]
 
 
 def train(out, *extra, processes=1):
@@ -133,11 +133,14 @@ def test_token_budget_sets_the_rows_per_step():
         load_config("debug", overrides=["data.tokens_per_step=10"])
 
 
+def debug_run(*overrides):
+    cfg = load_config("debug", overrides=list(overrides))
+    return cfg, build_components(cfg, tokenizer=ByteTokenizer(), autoencoder=IdentityAutoencoder())
+
+
 def test_batch_rows_do_not_depend_on_how_the_batch_is_split():
-    cfg = load_config("debug")
-    tok = ByteTokenizer()
-    model = Transfusion(cfg.model, cfg.image, tok.vocab_size, 3, seed=cfg.train.seed)
-    builder = BatchBuilder(cfg, build_mixture(cfg), tok, IdentityAutoencoder(), model.num_patches)
+    _, run = debug_run()
+    builder = run.batches
     whole = builder.batch_at(5, seed=1)
     halves = [builder.batch_at(5, seed=1, rows=range(a, a + 2)) for a in (0, 2)]
     assert torch.equal(whole.tokens, torch.cat([h.tokens for h in halves]))
@@ -146,10 +149,8 @@ def test_batch_rows_do_not_depend_on_how_the_batch_is_split():
 
 
 def test_gradient_accumulation_gives_the_whole_batch_gradient():
-    cfg = load_config("debug", overrides=["data.text_fraction=0.3"])
-    tok = ByteTokenizer()
-    model = Transfusion(cfg.model, cfg.image, tok.vocab_size, 3, seed=cfg.train.seed)
-    builder = BatchBuilder(cfg, build_mixture(cfg), tok, IdentityAutoencoder(), model.num_patches)
+    cfg, run = debug_run("data.text_fraction=0.3")
+    model, builder = run.model, run.batches
     from contextlib import nullcontext
 
     def grads(batches):

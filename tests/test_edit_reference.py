@@ -96,7 +96,7 @@ def reference_run(debug_run, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("reference") / "run"
     COMMANDS["train"](["--preset", "debug", "--out", str(out), f"train.init_from={debug_run}", *REFERENCE,
-                       "data.edit_fraction=0.5", "train.steps=2", "train.eval_samples=2", "diffusion.sample_steps=2"])
+                       "data.edit_fraction=0.5", "train.steps=2", "train.eval_samples=2", "sampling.steps=2"])
     return out
 
 

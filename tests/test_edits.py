@@ -136,7 +136,7 @@ def edit_run(debug_run, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("edit") / "run"
     COMMANDS["train"](["--preset", "debug", "--out", str(out), f"train.init_from={debug_run}", "data.edit_fraction=0.5",
-                       "train.steps=2", "train.eval_samples=2", "diffusion.sample_steps=2", "model.dim=32"])
+                       "train.steps=2", "train.eval_samples=2", "sampling.steps=2", "model.dim=32"])
     return out
 
 

@@ -5,13 +5,14 @@ import dataclasses
 import pytest
 import torch
 
-from transfusion.autoencoders import IdentityAutoencoder
+from transfusion.autoencoders import IdentityAutoencoder, VQAutoencoder
 from transfusion.batch import ImageGroup
 from transfusion.config import load_config
 from transfusion.data.document import Image, Text
 from transfusion.data.packing import layout, pack
 from transfusion.diffusion import CONTEXT_T, Diffusion
 from transfusion.engine import Engine, Request
+from transfusion.engine.images import DiffusionImages, Forward, MakerSettings, TokenImages
 from transfusion.model.transfusion import Transfusion
 from transfusion.tokenizer import ByteTokenizer
 
@@ -201,3 +202,61 @@ def test_clean_context_images_are_fed_at_a_trained_timestep(engine, monkeypatch)
                     force_image=True)
     denoising, written = seen[:-1], seen[-1]
     assert written == CONTEXT_T and min(denoising) >= 1  # the finished image goes in clean, at t = 1
+
+
+class RecordingForward:
+    """A stand-in for the image makers' ``Forward``: its operations and nothing else, each
+    recorded, then done by ``inner``."""
+
+    def __init__(self, inner):
+        self.inner, self.calls = inner, []
+
+    def __getattr__(self, name):
+        if name not in FORWARD_OPS:
+            raise AttributeError(f"{name} is not part of the Forward interface")
+        op = getattr(self.inner, name)
+
+        def call(*args, **kwargs):
+            self.calls.append(name)
+            return op(*args, **kwargs)
+
+        return call
+
+
+FORWARD_OPS = {"run", "mask", "logits", "step_text", "after_boi"}
+
+
+def made_through(engine, monkeypatch, build, prompts, req):
+    """Images ``engine`` generates with its own maker, and with ``build(recording, settings)``
+    put in its place; and the operations the stand-in saw."""
+    maker = engine.image_maker
+    assert isinstance(maker.settings, MakerSettings)
+    assert not any(isinstance(v, Engine) for v in vars(maker).values())  # never the Engine
+    expected = images_of(engine.generate(prompts, req, force_image=True))
+    recording = RecordingForward(engine.forward)
+    monkeypatch.setattr(engine, "image_maker", build(recording, maker.settings))
+    got = images_of(engine.generate(prompts, req, force_image=True))
+    monkeypatch.undo()
+    return expected, got, set(recording.calls)
+
+
+def test_image_makers_work_against_the_narrow_forward_interface(engine, monkeypatch):
+    """The makers hold a ``Forward`` and plain settings; against a stand-in that records what
+    they call they make the very same images (diffusion, cached and recomputed, and VQ tokens)."""
+    assert {n for n in vars(Forward) if not n.startswith("_")} == FORWARD_OPS
+    req = Request(max_new_tokens=2, steps=2, guidance=2.0, seed=3)
+    reference = Engine(engine.model, engine.tok, engine.ae, engine.config, cache_prefix=False)
+    for e in (engine, reference):
+        diffusion = e.image_maker.diffusion
+        expected, got, calls = made_through(e, monkeypatch, lambda f, s: DiffusionImages(f, s, diffusion),
+                                            PROMPTS, req)
+        assert len(got) == len(PROMPTS) and all(torch.equal(x, y) for x, y in zip(expected, got))
+        assert calls == {"after_boi", "mask", "run"}  # the unconditional branch, the mask, the steps and write
+
+    vq = VQAutoencoder(codebook_size=32, code_dim=4, downsample=4, width=8).eval()
+    cfg = load_config("debug", overrides=["image.objective=tokens"])
+    tokens = Engine(Transfusion.build(cfg.model, cfg.image, engine.tok, vq, cfg.train.seed), engine.tok, vq, cfg)
+    expected, got, calls = made_through(tokens, monkeypatch, TokenImages, PROMPTS[:2],
+                                        dataclasses.replace(req, guidance=3.0, temperature=1.0))
+    assert len(got) == 2 and all(torch.equal(x, y) for x, y in zip(expected, got))
+    assert calls == {"after_boi", "logits", "step_text", "run"}

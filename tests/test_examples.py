@@ -36,7 +36,7 @@ def test_own_images_example_runs_every_step_and_resumes(tmp_path):
     captioned_folder(images, "test", 6)
     command = [sys.executable, str(EXAMPLES / "own_images.py"), "--images", str(images), "--work", str(work),
                "--preset", "debug", "--vae-steps", "2", "--n", "4", "--no-fid",
-               "train.steps=3", "train.eval_samples=2", "diffusion.sample_steps=2"]
+               "train.steps=3", "train.eval_samples=2", "sampling.steps=2"]
     first = subprocess.run(command, capture_output=True, text=True)
     assert first.returncode == 0, first.stderr[-3000:]
 
@@ -45,7 +45,7 @@ def test_own_images_example_runs_every_step_and_resumes(tmp_path):
     assert vae_config["_class_name"] == "AutoencoderKL" and len(vae_config["block_out_channels"]) == 4
     assert (work / "vae" / "diffusion_pytorch_model.safetensors").is_file()
     run_config = yaml.safe_load((work / "run" / "config.yaml").read_text())
-    assert run_config["image"]["autoencoder"] == str(work / "vae")
+    assert run_config["autoencoder"]["name"] == str(work / "vae")
     assert run_config["data"]["dataset"] == f"{images}/{{split}}" and run_config["image"]["size"] == 64
 
     # generated images have the folder's size; every held-out image got a caption line

@@ -95,9 +95,9 @@ def test_each_real_image_arm_trains_on_its_dataset_with_its_own_autoencoders(cla
         "shapes", "shapes", "mnist", "emoji"]
     for data in ("mnist", "emoji"):
         linear, chameleon = (common.overrides(f"{data}_{arm}", 0) for arm in ("linear", "chameleon"))
-        # the last image.autoencoder override wins: the dataset's KL for Transfusion, its VQ for Chameleon
-        last = [[o for o in arm if o.startswith("image.autoencoder=")][-1] for arm in (linear, chameleon)]
-        assert last == [f"image.autoencoder={common.ae_dir(kind, data)}" for kind in ("kl", "vq")]
+        # the last autoencoder.name override wins: the dataset's KL for Transfusion, its VQ for Chameleon
+        last = [[o for o in arm if o.startswith("autoencoder.name=")][-1] for arm in (linear, chameleon)]
+        assert last == [f"autoencoder.name={common.ae_dir(kind, data)}" for kind in ("kl", "vq")]
         assert f"data.dataset={common.DATASETS[data]}" in linear and "image.objective=tokens" in chameleon
     assert "{split}" in common.DATASETS["emoji"]  # a folder with train/ and test/, as load_dataset reads it
 

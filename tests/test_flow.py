@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from transfusion.autoencoders import IdentityAutoencoder
+from transfusion.components import build_components
 from transfusion.config import load_config
 from transfusion.data.document import Image, Text
 from transfusion.diffusion import Flow, shift_timesteps
 from transfusion.engine import Engine, Request
-from transfusion.model.transfusion import Transfusion
 from transfusion.samplers import FLOW_SAMPLERS, sample
 from transfusion.tokenizer import ByteTokenizer
 
@@ -75,10 +75,9 @@ def test_strength_runs_a_share_of_the_steps_from_the_noised_init(sampler):
 
 def debug(*overrides):
     cfg = load_config("debug", overrides=[*FLOW, *overrides])
-    tok = ByteTokenizer()
     torch.manual_seed(0)
-    model = Transfusion(cfg.model, cfg.image, tok.vocab_size, 3, seed=cfg.train.seed)
-    return cfg, tok, model
+    run = build_components(cfg, tokenizer=ByteTokenizer(), autoencoder=IdentityAutoencoder())
+    return cfg, run.tokenizer, run.model
 
 
 def test_flow_generation_with_cache_equals_recomputing_every_prefix():
@@ -109,7 +108,7 @@ def test_a_flow_run_trains_samples_and_evaluates_through_the_commands(tmp_path):
 
     out = tmp_path / "flow"
     COMMANDS["train"](["--preset", "debug", "--out", str(out), *FLOW, "train.steps=3", "train.eval_samples=2",
-                       "diffusion.sample_steps=2"])
+                       "sampling.steps=2"])
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert "flow" in rows[-1] and "ddpm" not in rows[-1]
     assert json.loads((out / "report.json").read_text())["t2i"]["settings"]["sampler"] == "euler"

@@ -90,7 +90,7 @@ def logged_run(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("logged") / "run"
     COMMANDS["train"](["--preset", "debug", "--out", str(out), "train.steps=4", "train.log_every=2",
-                       "train.sample_every=2", "train.eval_samples=2", "diffusion.sample_steps=2",
+                       "train.sample_every=2", "train.eval_samples=2", "sampling.steps=2",
                        "train.log=tensorboard"])
     return out
 
@@ -119,7 +119,7 @@ def test_wandb_logs_offline_without_a_login(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
     out = tmp_path / "run"
     COMMANDS["train"](["--preset", "debug", "--out", str(out), "train.steps=2", "train.log_every=1",
-                       "train.eval_samples=2", "diffusion.sample_steps=2", "train.log=wandb"])
+                       "train.eval_samples=2", "sampling.steps=2", "train.log=wandb"])
     runs = list((out / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and any(runs[0].glob("*.wandb"))
     assert (out / "metrics.jsonl").read_text().count("\n") == 2

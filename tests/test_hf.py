@@ -4,7 +4,7 @@ by ``transformers`` load into this library's trunk and give the same logits."""
 import pytest
 import torch
 
-from transfusion.config import load_config
+from transfusion.config import Config, fields_of, load_config
 from transfusion.hf import load_text_weights, model_fields
 from transfusion.model.transfusion import Transfusion
 
@@ -37,6 +37,7 @@ def saved(tmp_path, family, vocab=VOCAB):
 
 def ours(folder, *overrides, extra_vocab=0, vocab=VOCAB):
     fields = model_fields(folder)
+    assert "rope_scaling" in fields and set(fields) <= set(fields_of(Config(), "architecture", lm=True)["model"])
     cfg = load_config("debug", overrides=[f"model.{k}={str(v).lower() if isinstance(v, bool) else v}"
                                           for k, v in fields.items()] + list(overrides))
     model = Transfusion(cfg.model, cfg.image, vocab + extra_vocab, 3, seed=0).eval()
@@ -146,7 +147,7 @@ def test_a_run_starts_from_a_pretrained_folder_with_its_tokenizer(tmp_path, pret
     vocab = 320
     out = tmp_path / "run"
     COMMANDS["train"](["--preset", "debug", "--out", str(out), f"model.init_from={folder}", "train.steps=1",
-                       "optim.lr=1e-12", "optim.min_lr=0", "train.eval_samples=2", "diffusion.sample_steps=2"])
+                       "optim.lr=1e-12", "optim.min_lr=0", "train.eval_samples=2", "sampling.steps=2"])
     saved_cfg = load_checkpoint(out).config.model
     assert (saved_cfg.dim, saved_cfg.n_kv_heads, saved_cfg.tie_embeddings) == (64, 2, True)
     loaded = load_checkpoint(out)
@@ -169,7 +170,7 @@ def test_a_run_reads_its_pretrained_folder_at_its_first_start_only(tmp_path, pre
 
     folder = shutil.copytree(pretrained[2], tmp_path / "lm")
     run, tuned = tmp_path / "run", tmp_path / "tuned"
-    quick = ["train.eval_samples=2", "diffusion.sample_steps=2", "optim.warmup_steps=1"]
+    quick = ["train.eval_samples=2", "sampling.steps=2", "optim.warmup_steps=1"]
     start = ["--preset", "debug", "--out", str(run), f"model.init_from={folder}", *quick]
     COMMANDS["train"]([*start, "train.steps=1"])
     first = load_checkpoint(run)
@@ -242,7 +243,7 @@ def test_lmfusion_keeps_the_text_weights_and_text_logits_bit_equal(tmp_path, pre
     out = tmp_path / "lmfusion"
     COMMANDS["train"](["--preset", "debug", "--out", str(out), f"model.init_from={folder}", "model.mot=true",
                        "model.freeze_text=true", "train.steps=3", "optim.lr=1e-2", "optim.warmup_steps=1",
-                       "optim.weight_decay=0.5", "train.eval_samples=2", "diffusion.sample_steps=2"])
+                       "optim.weight_decay=0.5", "train.eval_samples=2", "sampling.steps=2"])
     loaded = load_checkpoint(out)
     trained, tok = loaded.model, loaded.tokenizer
     start = ours(folder, "model.mot=true", extra_vocab=5, vocab=320)

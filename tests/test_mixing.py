@@ -4,9 +4,8 @@ and image-caption data 1:1 by tokens)."""
 import pytest
 
 from transfusion.autoencoders import IdentityAutoencoder
+from transfusion.components import build_components
 from transfusion.config import load_config
-from transfusion.data.stream import BatchBuilder, build_mixture
-from transfusion.model.transfusion import Transfusion
 from transfusion.tokenizer import ByteTokenizer
 
 
@@ -16,9 +15,7 @@ def text_share(patch_size: int, mix_by: str, steps: int = 12) -> float:
     cfg = load_config("debug", overrides=["data.text_fraction=0.5", "data.interleaved_fraction=0", "image.adapter=linear",
                                           f"image.patch_size={patch_size}", f"data.mix_by={mix_by}",
                                           "data.seq_len=256", "model.max_seq_len=256"])
-    tok, ae = ByteTokenizer(), IdentityAutoencoder()
-    model = Transfusion.build(cfg.model, cfg.image, tok, ae)
-    builder = BatchBuilder(cfg, build_mixture(cfg), tok, ae, model.num_patches)
+    builder = build_components(cfg, tokenizer=ByteTokenizer(), autoencoder=IdentityAutoencoder()).batches
     text = total = 0
     for step in range(steps):
         b = builder.batch_at(step, 0)

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from transfusion.autoencoders import IdentityAutoencoder
+from transfusion.components import build_components
 from transfusion.config import load_config
 from transfusion.data.document import Image, Text
-from transfusion.data.stream import BatchBuilder, build_mixture
 from transfusion.diffusion import Diffusion
 from transfusion.engine import Engine, Request
 from transfusion.model.transformer import ByModality
@@ -25,9 +25,12 @@ def build(*overrides):
     return cfg, Transfusion(cfg.model, cfg.image, ByteTokenizer().vocab_size, 3, seed=0)
 
 
+def batches(cfg, model):
+    return build_components(cfg, tokenizer=ByteTokenizer(), autoencoder=IdentityAutoencoder(), model=model).batches
+
+
 def a_batch(cfg, model):
-    builder = BatchBuilder(cfg, build_mixture(cfg), ByteTokenizer(), IdentityAutoencoder(), model.num_patches)
-    batch = builder.batch_at(0, seed=0)
+    batch = batches(cfg, model).batch_at(0, seed=0)
     assert batch.latents and batch.num_text_targets > 0
     return batch
 
@@ -80,8 +83,7 @@ def test_each_copy_sees_only_its_modality_and_text_alone_leaves_the_image_copies
     assert {rows[(n, "text")] for n, _ in rows} == {batch.tokens.numel() - n_image}
 
     text_only = load_config("debug", overrides=[*MOT, "data.text_fraction=1.0", "data.interleaved_fraction=0"])
-    builder = BatchBuilder(text_only, build_mixture(text_only), ByteTokenizer(), IdentityAutoencoder(), mot.num_patches)
-    batch = builder.batch_at(0, seed=0)
+    batch = batches(text_only, mot).batch_at(0, seed=0)
     assert not batch.latents
     mot.zero_grad()
     compute_losses(mot, batch, Diffusion(), 5.0)["total"].backward()
@@ -122,7 +124,7 @@ def test_a_mot_run_trains_checkpoints_and_samples(tmp_path):
 
     out = tmp_path / "mot"
     COMMANDS["train"](["--preset", "debug", "--out", str(out), "model.mot=true", "train.steps=2",
-                       "train.eval_samples=2", "diffusion.sample_steps=2"])
+                       "train.eval_samples=2", "sampling.steps=2"])
     report = json.loads((out / "report.json").read_text())
     assert report["active_parameters"] < report["model_parameters"]
     row = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])

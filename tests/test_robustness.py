@@ -15,7 +15,7 @@ from transfusion.config import load_config
 from transfusion.distributed import resolve_device
 from transfusion.fileio import RunLock, RunLockedError
 
-FAST = ["train.eval_samples=2", "diffusion.sample_steps=2"]
+FAST = ["train.eval_samples=2", "sampling.steps=2"]
 
 
 def test_malformed_yaml_names_the_file_and_line(tmp_path, capsys):

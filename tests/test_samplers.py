@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from transfusion.autoencoders import IdentityAutoencoder, KLAutoencoder, VQAutoencoder
-from transfusion.config import check_sampler, load_config
+from transfusion.config import load_config
+from transfusion.samplers import check_sampler
 from transfusion.diffusion import Diffusion
 from transfusion.engine import Request, resolve_clip
 from transfusion.samplers import SAMPLERS, make_scheduler, sample
@@ -123,17 +124,17 @@ def test_schedulers_use_this_librarys_schedule():
 
 
 def test_latents_are_clamped_at_3_by_default_a_guard_that_costs_an_exact_model_little():
-    """image.clip_sample follows the autoencoder: 1 for pixels, 3 for unit-spread latents (once 1 for
+    """sampling.clip_sample follows the autoencoder: 1 for pixels, 3 for unit-spread latents (once 1 for
     all, which pulls latents towards [-1, 1]: RMSE ~0.4 even with a perfect oracle; then off, under
     which a small trained model's latents diverged to a spread of ~1,500: see the next test)."""
     cfg = load_config("debug")
-    assert cfg.image.clip_sample == -1
-    assert resolve_clip(cfg.image.clip_sample, IdentityAutoencoder()) == 1.0
+    assert cfg.sampling.clip_sample == -1
+    assert resolve_clip(cfg.sampling.clip_sample, IdentityAutoencoder()) == 1.0
     for ae in (KLAutoencoder(), VQAutoencoder()):
-        assert resolve_clip(cfg.image.clip_sample, ae) == 3.0
+        assert resolve_clip(cfg.sampling.clip_sample, ae) == 3.0
         assert Request().resolve(cfg, ae).clip == 3.0
     assert Request(clip=0.0).resolve(cfg, KLAutoencoder()).clip == 0.0  # a request still chooses
-    assert resolve_clip(load_config("0.16B").image.clip_sample, KLAutoencoder()) == 3.0
+    assert resolve_clip(load_config("0.16B").sampling.clip_sample, KLAutoencoder()) == 3.0
 
     diffusion = Diffusion()
     x0 = torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(0))  # latents: N(0, 1)

@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from transfusion.autoencoders import IdentityAutoencoder, KLAutoencoder, load_autoencoder, save_autoencoder
+from transfusion.components import build_components
 from transfusion.config import load_config
 from transfusion.data.precompute import precompute_latents
 from transfusion.data.shapes import ShapesDataset
 from transfusion.data.shards import Position, ShardedCorpus, _add, write_shard
-from transfusion.data.stream import BatchBuilder, build_mixture
-from transfusion.model.transfusion import Transfusion
+from transfusion.data.sources import build_source
 from transfusion.tokenizer import ByteTokenizer
 
 DOCS_PER_SHARD = 6
@@ -52,29 +52,27 @@ def test_corrupt_records_and_a_cut_shard_are_reported_and_skipped(corpus):
     assert all(d.images and d.images[0].pixels.shape == (3, 16, 16) for d in docs)
 
 
-def builder_for(corpus, *overrides):
+def builder_for(corpus, *overrides, autoencoder=IdentityAutoencoder()):
     cfg = load_config("debug", overrides=[f"data.dataset={corpus}", "data.workers=2", *overrides])
-    tok = ByteTokenizer()
-    model = Transfusion(cfg.model, cfg.image, tok.vocab_size, 3, seed=cfg.train.seed)
-    return BatchBuilder(cfg, build_mixture(cfg), tok, IdentityAutoencoder(), model.num_patches)
+    return build_components(cfg, tokenizer=ByteTokenizer(), autoencoder=autoencoder).batches
 
 
 def test_a_resumed_stream_neither_repeats_nor_skips_on_any_number_of_processes(corpus):
     straight = builder_for(corpus)
-    straight.open_streams(range(4))
+    straight.source.open(range(4))
     batches = [straight.batch_at(step, 0).tokens for step in range(6)]
-    assert straight.skipped >= 3
+    assert straight.source.skipped >= 3
     replay = builder_for(corpus)
-    replay.open_streams(range(4))
+    replay.source.open(range(4))
     for step in range(3):
         replay.batch_at(step, 0)
-    saved = json.loads(json.dumps(replay.stream_state()))  # as a checkpoint's state.json holds it
+    saved = json.loads(json.dumps(replay.source.state()))  # as a checkpoint's state.json holds it
 
     one = builder_for(corpus)
-    one.open_streams(range(4), saved)
+    one.source.open(range(4), saved)
     two = [builder_for(corpus) for _ in range(2)]
     for half, b in zip((range(0, 2), range(2, 4)), two):
-        b.open_streams(half, saved)
+        b.source.open(half, saved)
     for step in range(3, 6):
         assert torch.equal(one.batch_at(step, 0).tokens, batches[step])
         parts = [b.batch_at(step, 0, rows) for b, rows in zip(two, (range(0, 2), range(2, 4)))]
@@ -83,16 +81,16 @@ def test_a_resumed_stream_neither_repeats_nor_skips_on_any_number_of_processes(c
 
 def test_every_document_of_a_stream_is_used_once_per_epoch(corpus):
     b = builder_for(corpus, "data.batch_size=1", "diffusion.caption_dropout=0", "diffusion.image_first_prob=0")
-    b.open_streams(range(1))
+    b.source.open(range(1))
     used = 0
-    while b.feed.position[0].epoch == 0:
+    while b.source.feed.position[0].epoch == 0:
         used += int(b.batch_at(used, 0).doc_ids.max()) + 1
     # the last row ran on into the next epoch: count what it took from there
-    stream, beyond = b.mixture.documents(0, Position(1, 0, 0)), 0
+    stream, beyond = b.source.corpus.documents(0, Position(1, 0, 0)), 0
     while True:
         after, doc, _ = next(stream)
         beyond += doc is not None
-        if after == b.feed.position[0]:
+        if after == b.source.feed.position[0]:
             break
     assert used - beyond == 4 * DOCS_PER_SHARD - 1  # every good record of the epoch, none twice
 
@@ -109,23 +107,19 @@ def test_precomputed_latents_are_the_autoencoder_s_and_train_without_encoding(co
     doc, ref = latents.head(1)[0], images.head(1)[0]
     with torch.no_grad():
         expected = ae.encode(ref.images[0].pixels[None])[0]
-    assert torch.allclose(doc.images[0].pixels, expected, atol=1e-5)
-
-    cfg = load_config("debug", overrides=[f"data.dataset={tmp_path / 'latents'}", "image.patch_size=1"])
-    tok = ByteTokenizer()
-    model = Transfusion(cfg.model, cfg.image, tok.vocab_size, 4, seed=cfg.train.seed)
+    assert doc.images[0].pixels is None and torch.allclose(doc.images[0].latents, expected, atol=1e-5)
 
     class NoEncoder(IdentityAutoencoder):
         def encode(self, pixels):
             raise AssertionError("a latent corpus must not be encoded again")
 
-    builder = BatchBuilder(cfg, build_mixture(cfg), tok, NoEncoder(4), model.num_patches)
+    builder = builder_for(tmp_path / "latents", "image.patch_size=1", autoencoder=NoEncoder(4))
     batch = builder.batch_at(0, 0)
     assert batch.latents and batch.latents[0].shape == (4, 8, 8)
 
 
 def test_a_latent_corpus_names_its_autoencoder_and_a_run_uses_it(corpus, tmp_path):
-    """README: `train ... data.dataset=latents/` with the preset's image.autoencoder=train runs on
+    """docs/scale.md: `train ... data.dataset=latents/` with the preset's autoencoder.name=train runs on
     the corpus's own autoencoder (it used to train a fresh one on the latents and crash)."""
     from transfusion.autoencoders import autoencoder_fingerprint
     from transfusion.cli import COMMANDS
@@ -135,8 +129,8 @@ def test_a_latent_corpus_names_its_autoencoder_and_a_run_uses_it(corpus, tmp_pat
     ae = KLAutoencoder(latent_channels=4, downsample=2, width=8)
     save_autoencoder(ae, tmp_path / "ae")
     precompute_latents(str(corpus), tmp_path / "ae", tmp_path / "latents", workers=1, image_size=16)
-    settings = [f"data.dataset={tmp_path / 'latents'}", "image.autoencoder=train", "image.patch_size=1",
-                "train.steps=2", "train.eval_samples=2", "diffusion.sample_steps=2", "data.tokenizer=bytes"]
+    settings = [f"data.dataset={tmp_path / 'latents'}", "autoencoder.name=train", "image.patch_size=1",
+                "train.steps=2", "train.eval_samples=2", "sampling.steps=2", "data.tokenizer=bytes"]
     run = tmp_path / "run"
     COMMANDS["train"](["--preset", "debug", "--out", str(run), *settings])
     used = load_autoencoder(run / "autoencoder")
@@ -144,21 +138,21 @@ def test_a_latent_corpus_names_its_autoencoder_and_a_run_uses_it(corpus, tmp_pat
     assert json.loads((run / "report.json").read_text())["t2i"]["settings"]["samples"] == 2
 
     cfg = load_config("debug", overrides=settings)
-    mixture = build_mixture(cfg)
-    cfg.image.autoencoder = str(tmp_path / "ae")  # the same autoencoder, named: accepted
-    assert autoencoder_fingerprint(prepare_autoencoder(cfg, tmp_path / "named", mixture)) == autoencoder_fingerprint(ae)
+    source = build_source(cfg)
+    cfg.autoencoder.name = str(tmp_path / "ae")  # the same autoencoder, named: accepted
+    assert autoencoder_fingerprint(prepare_autoencoder(cfg, tmp_path / "named", source)) == autoencoder_fingerprint(ae)
     save_autoencoder(KLAutoencoder(latent_channels=4, downsample=2, width=8), tmp_path / "other")
     for wrong in (str(tmp_path / "other"), "identity"):
-        cfg.image.autoencoder = wrong
+        cfg.autoencoder.name = wrong
         with pytest.raises(ValueError, match="holds latents of the autoencoder .* is another one"):
-            prepare_autoencoder(cfg, tmp_path / "wrong", mixture)
+            prepare_autoencoder(cfg, tmp_path / "wrong", source)
 
 
 def test_training_on_shards_resumes_in_place(corpus, tmp_path):
     from transfusion.cli import COMMANDS
 
     settings = [f"data.dataset={corpus}", "train.steps=4", "train.checkpoint_every=2", "train.log_every=1",
-                "train.eval_samples=2", "diffusion.sample_steps=2"]
+                "train.eval_samples=2", "sampling.steps=2"]
     out = tmp_path / "run"
     COMMANDS["train"](["--preset", "debug", "--out", str(out), *settings])
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -185,7 +179,7 @@ def test_ctrl_c_mid_step_saves_the_state_after_that_whole_step_and_resume_skips_
     from transfusion.cli import COMMANDS
 
     settings = [f"data.dataset={corpus}", "train.steps=4", "train.checkpoint_every=100", "train.log_every=1",
-                "train.eval_samples=2", "diffusion.sample_steps=2"]
+                "train.eval_samples=2", "sampling.steps=2"]
     straight = tmp_path / "straight"
     COMMANDS["train"](["--preset", "debug", "--out", str(straight), *settings])
     rows = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from transfusion.autoencoders import VQAutoencoder, codebook_stats, load_autoencoder, save_autoencoder, train_autoencoder
+from transfusion.components import build_components
 from transfusion.config import load_config
 from transfusion.data.document import Image, Text
 from transfusion.data.packing import IGNORE, layout, pack
 from transfusion.data.shapes import ShapesDataset
-from transfusion.data.stream import BatchBuilder, build_mixture
 from transfusion.engine import Engine, Request
 from transfusion.model.transfusion import Transfusion
 from transfusion.objective import compute_losses
@@ -89,8 +89,7 @@ def test_tokens_objective_needs_a_vq_autoencoder():
 def test_tokens_objective_trains_on_text_and_image_tokens(vq):
     cfg, tok, model = tokens_setup(vq)
     assert model.image is None and model.lm_head.out_features == tok.vocab_size + 32
-    builder = BatchBuilder(cfg, build_mixture(cfg), tok, vq, model.num_patches)
-    batch = builder.batch_at(0, seed=0)
+    batch = build_components(cfg, tokenizer=tok, autoencoder=vq, model=model).batches.batch_at(0, seed=0)
     assert (batch.tokens >= tok.vocab_size).any() and not batch.latents
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
     with torch.no_grad():

@@ -19,7 +19,7 @@ def model_card(cfg: Config, step: int, parameters: int, active: int, report: dic
               + f", lambda {d.loss_weight:g}" if i.objective == "diffusion" else "VQ codes as tokens (Chameleon)")
     rows = [("model", f"{size}; {m.n_layers} layers, width {m.dim}, {m.n_heads} heads"
                       + (", Mixture-of-Transformers" if m.mot else "") + (f", from {m.init_from}" if m.init_from else "")),
-            ("images", f"{i.size} px, autoencoder `{_short(i.autoencoder)}`, {i.adapter} adapter, patch {i.patch_size}"),
+            ("images", f"{i.size} px, autoencoder `{_short(cfg.autoencoder.name)}`, {i.adapter} adapter, patch {i.patch_size}"),
             ("image objective", images),
             ("text", f"tokenizer `{_short(cfg.data.tokenizer)}`, context {m.max_seq_len}"),
             ("data", f"`{cfg.data.dataset}`" + (f" + `{cfg.data.text_dataset}` text ({cfg.data.text_fraction:.0%})"

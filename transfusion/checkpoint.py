@@ -21,7 +21,6 @@ evaluation, sharing, fine-tuning) and imports nothing of distributed training;
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,7 @@ import yaml
 from safetensors.torch import load_file
 
 from transfusion.autoencoders import Autoencoder, IdentityAutoencoder, load_autoencoder
-from transfusion.config import Config, from_dict, validate
+from transfusion.config import Config, fields_of, from_dict, with_fields
 from transfusion.hub import CHECKPOINT_FILES, local_folder
 from transfusion.model.transfusion import Transfusion
 from transfusion.tokenizer import Tokenizer, tokenizer_from_json
@@ -117,29 +116,22 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", ema: b
 
 
 # the diffusion fields that define what a model predicts: a fine-tuned run keeps its start's
-START_DIFFUSION = ("objective", "timesteps", "schedule", "flow_logit_mean", "flow_logit_std", "flow_shift",
-                   "flow_shift_reference")
-
-
 def with_start_fields(cfg: Config) -> Config:
     """``cfg`` for a run that starts from ``train.init_from`` (a run or checkpoint folder): the
-    start's architecture (``model.*``, ``image.*``, the diffusion objective) replaces the run's, and
-    its tokenizer and autoencoder are the run's (read from the checkpoint folder, never retrained)."""
+    start's architecture fields (``config.fields_of(.., "architecture")``: ``model.*`` but how attention
+    is computed, ``image.*``, ``autoencoder.*``, the diffusion process) replace the run's, and its
+    tokenizer and autoencoder are the run's (read from the checkpoint folder, never retrained)."""
     if not cfg.train.init_from:
         return cfg
     ckpt = resolve_checkpoint(cfg.train.init_from)
     start = from_dict(yaml.safe_load((ckpt / "config.yaml").read_text()))
-    autoencoder = str(ckpt / "autoencoder") if (ckpt / "autoencoder").is_dir() else "identity"
+    fields = fields_of(start, "architecture")
+    fields["autoencoder"]["name"] = str(ckpt / "autoencoder") if (ckpt / "autoencoder").is_dir() else "identity"
     # the edit reference may be added at fine-tuning: its layer starts at zero (load_start_weights)
-    image = dataclasses.replace(start.image, autoencoder=autoencoder,
-                                edit_reference=start.image.edit_reference or cfg.image.edit_reference)
-    diffusion = dataclasses.replace(cfg.diffusion, **{k: getattr(start.diffusion, k) for k in START_DIFFUSION})
-    model = dataclasses.replace(start.model, attention=cfg.model.attention)  # attention: how, not what
-    data = dataclasses.replace(cfg.data, tokenizer=str(ckpt / "tokenizer.json"))
-    train = dataclasses.replace(cfg.train, init_from=str(ckpt))
-    out = dataclasses.replace(cfg, model=model, image=image, diffusion=diffusion, data=data, train=train)
-    validate(out)
-    return out
+    fields["image"]["edit_reference"] = start.image.edit_reference or cfg.image.edit_reference
+    fields["data"] = {"tokenizer": str(ckpt / "tokenizer.json")}
+    fields["train"] = {"init_from": str(ckpt)}
+    return with_fields(cfg, fields)
 
 
 def load_start_weights(model: Transfusion, path: str | Path, assign=None) -> None:

@@ -33,7 +33,7 @@ import json
 import sys
 from pathlib import Path
 
-from transfusion.config import SAMPLER_STEPS
+from transfusion.samplers import SAMPLER_STEPS
 
 
 # ---------------------------------------------------------------- shared flag groups
@@ -45,15 +45,15 @@ def _checkpoint_flags(p: argparse.ArgumentParser) -> None:
 
 def _sampling_flags(p: argparse.ArgumentParser, interactive: bool = False) -> None:
     p.add_argument("--sampler", default=None, choices=list(SAMPLER_STEPS),
-                   help="default: dpm++sde for a ddpm run whose diffusion.sampler is auto (measured best quality "
+                   help="default: dpm++sde for a ddpm run whose sampling.sampler is auto (measured best quality "
                         "per second), else the run's" if interactive else
-                        "default: the run's diffusion.sampler (ddpm with 250 steps, the paper's)")
+                        "default: the run's sampling.sampler (ddpm with 250 steps, the paper's)")
     p.add_argument("--steps", type=int, default=None,
-                   help="denoising steps (default: the run's diffusion.sample_steps for its sampler, else "
+                   help="denoising steps (default: the run's sampling.steps for its sampler, else "
                         + ", ".join(f"{k} {v}" for k, v in SAMPLER_STEPS.items()) + ")")
     p.add_argument("--eta", type=float, default=0.0, help="ddim: noise share, 0 deterministic .. 1 ancestral")
     p.add_argument("--cfg", "--guidance", dest="cfg", type=float, default=None,
-                   help="classifier-free guidance scale (default: the run's diffusion.guidance; 1: off)")
+                   help="classifier-free guidance scale (default: the run's sampling.guidance; 1: off)")
     p.add_argument("--seed", type=int, default=0, help="sample i uses seed + i")
 
 
@@ -283,10 +283,8 @@ def _evaluate(argv: list[str]) -> None:
 
 
 def _tokenizer(argv: list[str]) -> None:
-    import random
-
     from transfusion.config import load_config
-    from transfusion.data.stream import build_mixture
+    from transfusion.data.sources import build_source
     from transfusion.tokenizer import BPETokenizer, save_tokenizer
 
     p = _parser("tokenizer", "Train a BPE tokenizer.")
@@ -298,9 +296,7 @@ def _tokenizer(argv: list[str]) -> None:
     p.add_argument("--out", required=True, help="path of the tokenizer.json to write")
     args = p.parse_args(argv)
     cfg = load_config(overrides=[f"data.dataset={args.data}", f"data.text_dataset={args.text}"])
-    mixture = build_mixture(cfg)
-    rng = random.Random(0)
-    tokenizer = BPETokenizer.train((mixture.draw(rng).caption for _ in range(args.samples)), args.vocab_size)
+    tokenizer = BPETokenizer.train(build_source(cfg).text_sample(args.samples, seed=0), args.vocab_size)
     save_tokenizer(tokenizer, args.out)
     print(f"wrote {args.out}: vocabulary {tokenizer.vocab_size}")
 

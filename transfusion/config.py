@@ -11,185 +11,246 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import yaml
 
-# each sampler's step count when neither a request nor the run's config names one, per objective
-SAMPLER_STEPS = {"ddpm": 250, "ddim": 50, "dpm++": 25, "dpm++sde": 25, "unipc": 25, "euler": 25, "heun": 25}
-OBJECTIVE_SAMPLERS = {"ddpm": ("ddpm", "ddim", "dpm++", "dpm++sde", "unipc"), "flow": ("euler", "heun")}
+# Each field has a role, which the rules below (``resumed``, ``with_fields``) read:
+#   architecture: what the weights mean; a fine-tune start (train.init_from) takes them from the start
+#                 (``lm=True``: also set by a pretrained language model, model.init_from)
+#   execution:    how a run is executed, not what it computes; a resumed run may change them
+#   sampling:     how samples, grids and evaluations are drawn; may change at any time
+#   recipe:       what a run trains on and how (data, optimizer, seed); fixed once a run has started
+ROLES = ("architecture", "execution", "sampling", "recipe")
 
 
-def default_sampler(objective: str) -> str:
-    """What ``diffusion.sampler=auto`` means: the first sampler of the objective."""
-    return OBJECTIVE_SAMPLERS[objective][0]
+def _field(role: str, default: Any = None, factory=None, lm: bool = False) -> Any:
+    metadata = {"role": role, "lm": lm}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
-def check_sampler(name: str, steps: int | None = None, timesteps: int = 1000, objective: str | None = None,
-                  eta: float = 0.0) -> None:
-    """A clear error for an unknown sampler name, one of the other objective, a step count it cannot
-    take, or an ``eta`` (DDIM's noise share, in [0, 1]) given to another sampler.
+def arch(default: Any = None, factory=None, lm: bool = False) -> Any:
+    return _field("architecture", default, factory, lm)
 
-    DDIM (diffusers' ``DDIMScheduler``) steps from t to t - T // steps whatever the grid:
-    with a count that does not divide T, some steps would land on the wrong noise level.
-    """
-    if name not in SAMPLER_STEPS:
-        raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLER_STEPS)}")
-    if objective is not None and name not in OBJECTIVE_SAMPLERS[objective]:
-        raise ValueError(f"sampler {name!r} does not sample diffusion.objective={objective}; use one of "
-                         f"{', '.join(OBJECTIVE_SAMPLERS[objective])}")
-    if not 0 <= eta <= 1 or (eta and name != "ddim"):
-        raise ValueError(f"eta must be in [0, 1] and is DDIM's; got {eta} for {name}")
-    if steps is None:
-        return
-    if not 1 <= steps <= timesteps:
-        raise ValueError(f"sampling steps must be in 1..{timesteps}, got {steps}")
-    if name == "ddim" and timesteps % steps:
-        divisors = [d for d in range(1, timesteps + 1) if timesteps % d == 0]
-        near = [max(d for d in divisors if d < steps), min(d for d in divisors if d > steps)]
-        raise ValueError(f"ddim needs a step count that divides the {timesteps} training timesteps; {steps} does "
-                         f"not (try {near[0]} or {near[1]}, or dpm++, which takes any count)")
+
+def execution(default: Any) -> Any:
+    return _field("execution", default)
+
+
+def sampling(default: Any) -> Any:
+    return _field("sampling", default)
+
+
+def recipe(default: Any = None, factory=None) -> Any:
+    return _field("recipe", default, factory)
+
+
+Sampler = Literal["auto", "ddpm", "ddim", "dpm++", "dpm++sde", "unipc", "euler", "heun"]
 
 
 @dataclass
 class ModelConfig:
-    dim: int = 256
-    n_layers: int = 4
-    n_heads: int = 4
-    mlp_hidden: int = 0  # 0: the Llama default, 8/3 * dim rounded up to a multiple of 64
-    max_seq_len: int = 512  # longest document the model takes (RoPE positions)
-    rope_theta: float = 10000.0
+    dim: int = arch(256, lm=True)
+    n_layers: int = arch(4, lm=True)
+    n_heads: int = arch(4, lm=True)
+    mlp_hidden: int = arch(0, lm=True)  # 0: the Llama default, 8/3 * dim rounded up to a multiple of 64
+    max_seq_len: int = arch(512)  # longest document the model takes (RoPE positions)
+    rope_theta: float = arch(10000.0, lm=True)
     # rotary frequencies rescaled for long contexts: none | llama3 (Llama 3.1 / 3.2: channels whose wavelength
     # exceeds rope_original_max_len / rope_low_freq_factor turn rope_factor times slower, those below
     # rope_original_max_len / rope_high_freq_factor stay, those between are interpolated)
-    rope_scaling: str = "none"
-    rope_factor: float = 1.0
-    rope_low_freq_factor: float = 1.0
-    rope_high_freq_factor: float = 4.0
-    rope_original_max_len: int = 8192
-    norm_eps: float = 1e-5
-    attention: str = "sdpa"  # sdpa (dense boolean mask) | chunked (query blocks, no L x L mask) | flex (CUDA)
-    attention_chunk: int = 512  # chunked: queries per block
-    mot: bool = False  # Mixture-of-Transformers: a text and an image copy of every trunk norm and projection
-    n_kv_heads: int = 0  # key/value heads (grouped-query attention); 0: n_heads
-    head_dim: int = 0  # channels per head; 0: dim // n_heads (Qwen3 has wider heads: 16 x 128 over 1024)
-    qkv_bias: bool = False  # biases on the q/k/v projections (Qwen2)
-    qk_norm: bool = False  # RMSNorm of each query and key head before the rotation (Qwen3)
-    tie_embeddings: bool = False  # the LM head is the token embedding
+    rope_scaling: Literal["none", "llama3"] = arch("none", lm=True)
+    rope_factor: float = arch(1.0, lm=True)
+    rope_low_freq_factor: float = arch(1.0, lm=True)
+    rope_high_freq_factor: float = arch(4.0, lm=True)
+    rope_original_max_len: int = arch(8192, lm=True)
+    norm_eps: float = arch(1e-5, lm=True)
+    # sdpa (dense boolean mask) | chunked (query blocks, no L x L mask) | flex (CUDA)
+    attention: Literal["sdpa", "chunked", "flex"] = execution("sdpa")
+    attention_chunk: int = execution(512)  # chunked: queries per block
+    mot: bool = arch(False)  # Mixture-of-Transformers: a text and an image copy of every trunk norm and projection
+    n_kv_heads: int = arch(0, lm=True)  # key/value heads (grouped-query attention); 0: n_heads
+    head_dim: int = arch(0, lm=True)  # channels per head; 0: dim // n_heads (Qwen3: 16 x 128 over 1024)
+    qkv_bias: bool = arch(False, lm=True)  # biases on the q/k/v projections (Qwen2)
+    qk_norm: bool = arch(False, lm=True)  # RMSNorm of each query and key head before the rotation (Qwen3)
+    tie_embeddings: bool = arch(False, lm=True)  # the LM head is the token embedding
     # a Hugging Face causal-LM folder (Llama, SmolLM, Qwen2/2.5, Qwen3) whose trunk, embedding, LM head and
-    # tokenizer start the run; its architecture fields replace the preset's (transfusion/hf.py)
-    init_from: str = ""
+    # tokenizer start the run; its architecture fields (lm=True) replace the preset's (transfusion/hf.py)
+    init_from: str = arch("")
     # LMFusion: with mot and init_from, the text copies, embedding and LM head stay the pretrained ones, frozen;
     # the image copies (which start as copies of them) and the image layers train
-    freeze_text: bool = False
+    freeze_text: bool = arch(False)
 
 
 @dataclass
 class ImageConfig:
-    size: int = 32  # pixels, square; the default for data and sampling
+    """What an image is to the model: its size, how it is predicted, and the layers that carry it."""
+
+    size: int = arch(32)  # pixels, square; the default for data and sampling
     # diffusion: continuous latents, diffusion loss (Transfusion) | tokens: discrete VQ codes in
     # the vocabulary, next-token loss only (the Chameleon baseline; needs a VQ autoencoder)
-    objective: str = "diffusion"
-    attention: str = "bidirectional"  # among the patches of one image: bidirectional | causal (ablation)
-    autoencoder: str = "identity"  # identity | train (a small KL, or for objective=tokens VQ, AE trained first) | a folder
-    ae_latent_channels: int = 4  # for autoencoder=train (the code vector size of a VQ)
-    ae_codebook_size: int = 512  # for autoencoder=train with objective=tokens
-    ae_downsample: int = 4
-    ae_width: int = 16
-    ae_steps: int = 1000
-    adapter: str = "unet"  # linear | unet: the modality-specific image in/out layers
-    patch_size: int = 2  # k: a k x k patch of the (U-Net-downsampled) latent is one token
-    unet_channels: list[int] = field(default_factory=lambda: [64, 128])  # one down block each
-    max_grid: int = 64  # largest patch grid side for the 2-D position embedding
-    # clamp predicted x0 to [-c, c] while sampling; 0: off; -1 (auto): the autoencoder's sample_clip,
-    # 1 for pixels (the identity autoencoder), 3 for unit-spread latents (a guard: see autoencoders/base.py)
-    clip_sample: float = -1.0
+    objective: Literal["diffusion", "tokens"] = arch("diffusion")
+    attention: Literal["bidirectional", "causal"] = arch("bidirectional")  # among one image's patches (ablation)
+    adapter: Literal["linear", "unet"] = arch("unet")  # the modality-specific image in/out layers
+    patch_size: int = arch(2)  # k: a k x k patch of the (U-Net-downsampled) latent is one token
+    unet_channels: list[int] = arch(factory=lambda: [64, 128])  # one down block each
+    max_grid: int = arch(64)  # largest patch grid side for the 2-D position embedding
     # editing: an image denoised after a clean context image (an edit's source) also gets that image
     # through its adapter's input, added by a zero-initialised layer (InstructPix2Pix's conditioning,
     # Brooks et al. 2023; beyond the paper, which edits through the sequence alone)
-    edit_reference: bool = False
+    edit_reference: bool = arch(False)
+
+
+@dataclass
+class AutoencoderConfig:
+    """The frozen autoencoder between pixels and latents (or, for image.objective=tokens, VQ codes)."""
+
+    # identity (pixels are the latents) | train (a small KL, or a VQ for image.objective=tokens, trained at the
+    # run's start into RUN/autoencoder) | a folder (transfusion autoencoder train, or a diffusers AutoencoderKL)
+    # | a Hugging Face repo id
+    name: str = arch("identity")
+    latent_channels: int = arch(4)  # name=train: latent channels (a VQ's code vector size)
+    codebook_size: int = arch(512)  # name=train with image.objective=tokens
+    downsample: int = arch(4)  # name=train: pixels per latent side
+    width: int = arch(16)  # name=train: channels of its first convolution
+    steps: int = arch(1000)  # name=train: optimisation steps
 
 
 @dataclass
 class DiffusionConfig:
-    objective: str = "ddpm"  # ddpm (the paper: epsilon, cosine schedule) | flow (rectified flow, velocity)
-    timesteps: int = 1000  # T; flow times t in [0, 1] reach the model as T t
-    schedule: str = "cosine"
-    loss_weight: float = 5.0  # lambda in L = L_LM + lambda * L_image (the paper's 5 is for ddpm)
-    flow_logit_mean: float = 0.0  # flow: t = sigmoid(mean + std z) (SD3's logit-normal)
-    flow_logit_std: float = 1.0
-    flow_shift: float = 1.0  # flow: timestep shift s, t' = s t / (1 + (s - 1) t); 1: none
-    flow_shift_reference: int = 0  # > 0: s = sqrt(latent elements / this), SD3's resolution rule
-    image_first_prob: float = 0.2
-    image_first_max_t: int = 500  # noise cap for image-first (captioning) examples
-    caption_dropout: float = 0.1
-    sampler: str = "auto"  # for sample grids and evaluation: auto (ddpm; euler for flow) | ddpm | ddim | dpm++ | euler | heun
-    sample_steps: int = 250  # denoising steps of that sampler (paper: DDPM with 250); other samplers: SAMPLER_STEPS
-    guidance: float = 3.0  # classifier-free guidance scale
+    """The noise process the model is trained on (Sec. 2.2 and 3.1 of the paper) and its loss weighting."""
+
+    objective: Literal["ddpm", "flow"] = arch("ddpm")  # ddpm (the paper: epsilon, cosine) | flow (rectified flow)
+    timesteps: int = arch(1000)  # T; flow times t in [0, 1] reach the model as T t
+    schedule: Literal["cosine"] = arch("cosine")
+    loss_weight: float = recipe(5.0)  # lambda in L = L_LM + lambda * L_image (the paper's 5 is for ddpm)
+    flow_logit_mean: float = arch(0.0)  # flow: t = sigmoid(mean + std z) (SD3's logit-normal)
+    flow_logit_std: float = arch(1.0)
+    flow_shift: float = arch(1.0)  # flow: timestep shift s, t' = s t / (1 + (s - 1) t); 1: none
+    flow_shift_reference: int = arch(0)  # > 0: s = sqrt(latent elements / this), SD3's resolution rule
+    image_first_prob: float = recipe(0.2)
+    image_first_max_t: int = recipe(500)  # noise cap for image-first (captioning) examples
+    caption_dropout: float = recipe(0.1)
+
+
+@dataclass
+class SamplingConfig:
+    """The run's sampling defaults, for sample grids, evaluation and every generation command
+    (``engine.Request.resolve`` fills a request's unset settings from here, and only there)."""
+
+    sampler: Sampler = sampling("auto")  # auto: the objective's first (ddpm; euler for flow); see samplers.py
+    steps: int = sampling(250)  # denoising steps of that sampler (the paper: DDPM with 250)
+    guidance: float = sampling(3.0)  # classifier-free guidance scale
+    # clamp predicted x0 to [-c, c] while sampling; 0: off; -1 (auto): the autoencoder's sample_clip,
+    # 1 for pixels (the identity autoencoder), 3 for unit-spread latents (a guard: see autoencoders/base.py)
+    clip_sample: float = sampling(-1.0)
 
 
 @dataclass
 class DataConfig:
-    dataset: str = "shapes"  # shapes | mnist | a .jsonl manifest | an image folder | .tar shards (data/shards.py)
-    workers: int = 2  # processes that read and decode .tar shards ahead of training
-    text_dataset: str = "text"  # real English text for the text-only share; "" for none
-    text_fraction: float = 0.1  # share of documents that are text only (of tokens with mix_by=tokens)
-    interleaved_fraction: float = 0.05  # share of multi-image documents (shapes only)
-    edit_dataset: str = "edits"  # editing triples: edits (shapes edits, data/edits.py) | a .jsonl manifest of them
-    edit_fraction: float = 0.0  # share of documents that are editing triples (fine-tuning for `transfusion edit`)
+    dataset: str = recipe("shapes")  # shapes | mnist | a .jsonl manifest | an image folder | .tar shards
+    workers: int = execution(2)  # processes that read and decode .tar shards ahead of training
+    text_dataset: str = recipe("text")  # real English text for the text-only share; "" for none
+    text_fraction: float = recipe(0.1)  # share of documents that are text only (of tokens with mix_by=tokens)
+    interleaved_fraction: float = recipe(0.05)  # share of multi-image documents (shapes only)
+    edit_dataset: str = recipe("edits")  # editing triples: edits (shapes edits, data/edits.py) | a .jsonl manifest
+    edit_fraction: float = recipe(0.0)  # share of documents that are editing triples (fine-tuning for edits)
     # what the fractions count: documents, or tokens (the paper's 1:1 text : image-caption mix is by
     # tokens; by documents an arm whose images take more positions sees less text per FLOP)
-    mix_by: str = "documents"
-    tokenizer: str = "bytes"  # bytes | bpe (trained on the run's own text) | a tokenizer.json
-    bpe_vocab_size: int = 1024
-    seq_len: int = 256  # tokens per packed row
-    batch_size: int = 8  # rows per step: the global batch, over all processes and accumulation steps
-    tokens_per_step: int = 0  # > 0: the global batch as a token budget (batch_size = this // seq_len)
+    mix_by: Literal["documents", "tokens"] = recipe("documents")
+    tokenizer: str = recipe("bytes")  # bytes | bpe (trained on the run's own text) | a tokenizer.json
+    bpe_vocab_size: int = recipe(1024)
+    seq_len: int = recipe(256)  # tokens per packed row
+    batch_size: int = recipe(8)  # rows per step: the global batch, over all processes and accumulation steps
+    tokens_per_step: int = recipe(0)  # > 0: the global batch as a token budget (batch_size = this // seq_len)
 
 
 @dataclass
 class OptimConfig:
-    lr: float = 3e-4
-    min_lr: float = 1.5e-5
-    warmup_steps: int = 4000
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
-    eps: float = 1e-8
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
+    lr: float = recipe(3e-4)
+    min_lr: float = recipe(1.5e-5)
+    warmup_steps: int = recipe(4000)
+    betas: list[float] = recipe(factory=lambda: [0.9, 0.95])
+    eps: float = recipe(1e-8)
+    weight_decay: float = recipe(0.1)
+    grad_clip: float = recipe(1.0)
 
 
 @dataclass
 class TrainConfig:
-    steps: int = 1000
-    seed: int = 0
-    device: str = "auto"  # auto (CUDA when present, else CPU) | cpu | cuda | cuda:N
-    threads: int = 0  # torch CPU threads; 0: leave torch's default
-    log_every: int = 10
-    log: str = "jsonl"  # jsonl (metrics.jsonl, always written) | tensorboard | wandb (offline without a login)
-    sample_every: int = 0  # 0: only at the end
-    checkpoint_every: int = 200
-    keep_checkpoints: int = 2
-    eval_samples: int = 64  # held-out captions scored at the end of a run
-    compile: bool = False  # torch.compile each transformer block
+    steps: int = execution(1000)
+    seed: int = recipe(0)
+    device: str = execution("auto")  # auto (CUDA when present, else CPU) | cpu | cuda | cuda:N
+    threads: int = execution(0)  # torch CPU threads; 0: leave torch's default
+    log_every: int = execution(10)
+    log: Literal["jsonl", "tensorboard", "wandb"] = execution("jsonl")  # metrics.jsonl is always written
+    sample_every: int = execution(0)  # 0: only at the end
+    checkpoint_every: int = execution(200)
+    keep_checkpoints: int = execution(2)
+    eval_samples: int = execution(64)  # held-out captions scored at the end of a run
+    compile: bool = execution(False)  # torch.compile each transformer block
     # scale (see transfusion/distributed.py); with one process parallel is ignored
-    parallel: str = "ddp"  # ddp (replicated weights) | fsdp (FSDP2: weights, grads, optimizer state sharded)
-    grad_accum: int = 1  # micro-batches per step on each process
-    precision: str = "fp32"  # fp32 | bf16 (autocast; on CUDA)
-    activation_checkpointing: bool = False  # recompute each block in backward: less memory, ~1/3 more compute
-    ema_decay: float = 0.0  # > 0: keep an EMA of the weights (sharded like them), saved as ema.safetensors
+    parallel: Literal["ddp", "fsdp"] = execution("ddp")  # fsdp: FSDP2, weights, grads, optimizer state sharded
+    grad_accum: int = execution(1)  # micro-batches per step on each process
+    precision: Literal["fp32", "bf16"] = execution("fp32")  # bf16: autocast (on CUDA)
+    activation_checkpointing: bool = execution(False)  # recompute each block in backward: less memory, ~1/3 more
+    ema_decay: float = recipe(0.0)  # > 0: keep an EMA of the weights (sharded like them), saved as ema.safetensors
     # fine-tuning: a run or checkpoint folder whose weights start this run (a new optimizer and schedule); its
-    # architecture (model.*, image.*, the diffusion objective), tokenizer and autoencoder are kept
-    init_from: str = ""
+    # architecture fields (model.*, image.*, autoencoder.*, the diffusion process), tokenizer and autoencoder
+    # are kept
+    init_from: str = recipe("")
 
 
 @dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     image: ImageConfig = field(default_factory=ImageConfig)
+    autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def fields_of(cfg: Config, *roles: str, lm: bool | None = None) -> dict[str, dict[str, Any]]:
+    """``{section: {name: value}}`` of ``cfg``'s fields with one of ``roles`` (and, for ``lm``,
+    only those a pretrained language model sets, or only the others)."""
+    if not set(roles) <= set(ROLES):
+        raise ValueError(f"unknown field role in {roles}; the roles are {', '.join(ROLES)}")
+    out: dict[str, dict[str, Any]] = {}
+    for section in dataclasses.fields(cfg):
+        values = getattr(cfg, section.name)
+        for f in dataclasses.fields(values):
+            if f.metadata["role"] in roles and (lm is None or f.metadata["lm"] == lm):
+                out.setdefault(section.name, {})[f.name] = getattr(values, f.name)
+    return out
+
+
+def with_fields(cfg: Config, fields: dict[str, dict[str, Any]]) -> Config:
+    """A checked copy of ``cfg`` with ``fields`` (``{section: {name: value}}``) replaced."""
+    sections = {s: dataclasses.replace(getattr(cfg, s), **values) for s, values in fields.items()}
+    out = dataclasses.replace(cfg, **sections)
+    validate(out)
+    return out
+
+
+def resumed(saved: Config, cfg: Config, where: str) -> Config:
+    """The config a run resumes with: ``saved`` (the run's), with ``cfg``'s execution and
+    sampling fields; any other difference is an error (``where`` names the run in it)."""
+    a, b = to_dict(saved), to_dict(cfg)
+    diff = [f"{s}.{k}" for s in a for k in a[s] if a[s][k] != b[s][k] and _role(s, k) not in ("execution", "sampling")]
+    if diff:
+        raise ValueError(f"{where} holds a run with another config (differs in {', '.join(diff)}); "
+                         f"use a new --out or the same settings to resume")
+    return with_fields(saved, fields_of(cfg, "execution", "sampling"))
+
+
+def _role(section: str, name: str) -> str:
+    (f,) = [f for f in dataclasses.fields(type(getattr(Config(), section))) if f.name == name]
+    return f.metadata["role"]
 
 
 # the paper's frozen 8x autoencoder (its own 86M KL-VAE, 8 latent channels) is not public: Stable Diffusion's
@@ -202,10 +263,10 @@ def _paper(layers: int, dim: int, heads: int) -> dict:
     autoencoder, one U-Net down block then 1x1 patches (the paper's 2x2 patch): 256 positions per image."""
     return {
         "model": {"dim": dim, "n_layers": layers, "n_heads": heads, "max_seq_len": 4096},
-        "image": {"size": 256, "autoencoder": PAPER_AUTOENCODER, "patch_size": 1, "adapter": "unet",
-                  "unet_channels": [min(dim, 512)]},
+        "image": {"size": 256, "patch_size": 1, "adapter": "unet", "unet_channels": [min(dim, 512)]},
+        "autoencoder": {"name": PAPER_AUTOENCODER},
         "data": {"tokenizer": "bpe", "bpe_vocab_size": 32000, "seq_len": 4096, "batch_size": 1},
-        "diffusion": {"sample_steps": 250},
+        "sampling": {"steps": 250},
     }
 
 
@@ -216,7 +277,9 @@ def _cpu(layers: int, steps: int, warmup: int, log_every: int, checkpoint_every:
     at the default 5% a 4-layer model gave the later images the first phrase's colour too often."""
     return {
         "model": {"dim": 256, "n_layers": layers, "n_heads": 4, "max_seq_len": 256},
-        "image": {"size": 32, "autoencoder": "train", "unet_channels": [64], "patch_size": 1, "clip_sample": 3.0},
+        "image": {"size": 32, "unet_channels": [64], "patch_size": 1},
+        "autoencoder": {"name": "train"},
+        "sampling": {"clip_sample": 3.0},
         "data": {"tokenizer": "bpe", "bpe_vocab_size": 512, "seq_len": 256, "batch_size": 8,
                  "interleaved_fraction": 0.2},
         "optim": {"lr": 1e-3, "warmup_steps": warmup, "min_lr": 1e-4},
@@ -232,12 +295,12 @@ PRESETS: dict[str, dict] = {
         "image": {"size": 16, "unet_channels": [16], "patch_size": 2},
         "data": {"seq_len": 128, "batch_size": 4},
         "optim": {"lr": 1e-3, "warmup_steps": 5, "min_lr": 1e-4},
-        "diffusion": {"sample_steps": 10},
+        "sampling": {"steps": 10},
         "train": {"steps": 20, "log_every": 5, "checkpoint_every": 10, "eval_samples": 8},
     },
     # the main job: about 7 to 11 minutes on 2 CPU cores
     "tiny": _cpu(layers=4, steps=1200, warmup=100, log_every=20, checkpoint_every=200, sample_every=400),
-    # a longer CPU run: about an hour here
+    # a longer CPU run: about 40 minutes of training here
     "small": _cpu(layers=6, steps=3300, warmup=200, log_every=50, checkpoint_every=300, sample_every=1100),
     # the paper's sizes (Table 1): layers / width / heads
     "0.16B": _paper(16, 768, 12),
@@ -250,6 +313,11 @@ PRESETS: dict[str, dict] = {
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:
     origin = get_origin(hint)
+    if origin is Literal:  # a constrained string: one of its values
+        if value not in get_args(hint):
+            raise ValueError(f"config key {key!r} must be one of {', '.join(map(repr, get_args(hint)))}, "
+                             f"got {value!r}")
+        return value
     if origin is list:
         if not isinstance(value, (list, tuple)):
             raise ValueError(f"config key {key!r} expects a list, got {value!r}")
@@ -273,7 +341,27 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     raise ValueError(f"config key {key!r} expects {getattr(hint, '__name__', hint)}, got {value!r}")
 
 
+# keys renamed when the image section was split by concern: configs written before (a run's config.yaml,
+# a checkpoint's, a user's YAML) still load
+RENAMED = {("image", "autoencoder"): ("autoencoder", "name"),
+           **{("image", f"ae_{k}"): ("autoencoder", k)
+              for k in ("latent_channels", "codebook_size", "downsample", "width", "steps")},
+           ("image", "clip_sample"): ("sampling", "clip_sample"), ("diffusion", "sampler"): ("sampling", "sampler"),
+           ("diffusion", "sample_steps"): ("sampling", "steps"), ("diffusion", "guidance"): ("sampling", "guidance")}
+
+
+def _renamed(updates: dict) -> dict:
+    """``updates`` (a whole config's mapping) with keys of ``RENAMED`` under their current names."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in updates.items()}
+    for (section, key), (new_section, new_key) in RENAMED.items():
+        if isinstance(out.get(section), dict) and key in out[section]:
+            out.setdefault(new_section, {})[new_key] = out[section].pop(key)
+    return out
+
+
 def _merge(obj: Any, updates: dict, prefix: str = "") -> None:
+    if not prefix:
+        updates = _renamed(updates)
     hints = get_type_hints(type(obj))
     for name, value in updates.items():
         key = f"{prefix}{name}"
@@ -335,12 +423,18 @@ def load_config(preset: str | None = None, files: list[str | Path] = (), overrid
 
 
 def validate(cfg: Config) -> None:
+    """Every rule that ties fields together (each field's own type, ``Literal`` values included, is
+    checked as it is read). The sampler a run names is checked against its objective where the
+    samplers live (``samplers.check_sampling``)."""
+    for section in dataclasses.fields(cfg):
+        values = getattr(cfg, section.name)
+        for name, hint in get_type_hints(type(values)).items():
+            if get_origin(hint) is Literal:
+                _coerce(getattr(values, name), hint, f"{section.name}.{name}")
     m = cfg.model
     if m.head_dim < 0 or m.head_dim % 2 or (not m.head_dim and (m.dim % m.n_heads or (m.dim // m.n_heads) % 2)):
         raise ValueError(f"model.dim={m.dim} must split into model.n_heads={m.n_heads} heads of even size, or "
                          f"model.head_dim={m.head_dim} must be a positive even size")
-    if m.rope_scaling not in ("none", "llama3"):
-        raise ValueError(f"model.rope_scaling must be 'none' or 'llama3', got {m.rope_scaling!r}")
     if m.rope_scaling == "llama3" and not (m.rope_factor >= 1 and 0 < m.rope_low_freq_factor < m.rope_high_freq_factor
                                            and m.rope_original_max_len > 0):
         raise ValueError("model.rope_scaling=llama3 needs rope_factor >= 1, 0 < rope_low_freq_factor < "
@@ -350,24 +444,17 @@ def validate(cfg: Config) -> None:
     if m.freeze_text and not (m.mot and m.init_from):
         raise ValueError("model.freeze_text=true needs model.mot=true and model.init_from (the LMFusion recipe: "
                          "frozen pretrained text weights, trainable image copies)")
-    if m.attention not in ("sdpa", "chunked", "flex"):
-        raise ValueError(f"model.attention must be 'sdpa', 'chunked' or 'flex', got {m.attention!r}")
     if m.attention_chunk < 1:
         raise ValueError(f"model.attention_chunk must be at least 1, got {m.attention_chunk}")
-    if cfg.image.objective not in ("diffusion", "tokens"):
-        raise ValueError(f"image.objective must be 'diffusion' or 'tokens', got {cfg.image.objective!r}")
     if cfg.image.edit_reference and cfg.image.objective != "diffusion":
         raise ValueError("image.edit_reference feeds an edit's source to the image adapter: it needs "
                          "image.objective=diffusion")
-    if cfg.image.attention not in ("bidirectional", "causal"):
-        raise ValueError(f"image.attention must be 'bidirectional' or 'causal', got {cfg.image.attention!r}")
-    if cfg.image.adapter not in ("linear", "unet"):
-        raise ValueError(f"image.adapter must be 'linear' or 'unet', got {cfg.image.adapter!r}")
-    if cfg.image.clip_sample < 0 and cfg.image.clip_sample != -1:
-        raise ValueError(f"image.clip_sample must be -1 (auto), 0 (off) or positive, got {cfg.image.clip_sample}")
+    if cfg.sampling.clip_sample < 0 and cfg.sampling.clip_sample != -1:
+        raise ValueError(f"sampling.clip_sample must be -1 (auto), 0 (off) or positive, got {cfg.sampling.clip_sample}")
+    if not (1 <= cfg.sampling.steps <= cfg.diffusion.timesteps and cfg.sampling.guidance >= 0):
+        raise ValueError(f"sampling.steps={cfg.sampling.steps} must be in 1..diffusion.timesteps="
+                         f"{cfg.diffusion.timesteps} and sampling.guidance={cfg.sampling.guidance} >= 0")
     d = cfg.diffusion
-    if d.objective not in OBJECTIVE_SAMPLERS:
-        raise ValueError(f"diffusion.objective must be 'ddpm' or 'flow', got {d.objective!r}")
     if d.objective == "flow" and not (d.flow_logit_std > 0 and d.flow_shift > 0 and d.flow_shift_reference >= 0):
         raise ValueError("diffusion.flow_logit_std and diffusion.flow_shift must be positive, "
                          "diffusion.flow_shift_reference >= 0")
@@ -377,26 +464,16 @@ def validate(cfg: Config) -> None:
     if not (0 <= d.image_first_prob <= 1 and 0 <= d.caption_dropout <= 1):
         raise ValueError(f"diffusion.image_first_prob={d.image_first_prob} and diffusion.caption_dropout="
                          f"{d.caption_dropout} must be in [0, 1]")
-    sampler = default_sampler(d.objective) if d.sampler == "auto" else d.sampler
-    check_sampler(sampler, d.sample_steps, d.timesteps, d.objective)
     o = cfg.optim
     if not (0 < o.lr < float("inf") and 0 <= o.min_lr <= o.lr):
         raise ValueError(f"optim.lr={o.lr} must be positive and finite, and optim.min_lr={o.min_lr} in [0, lr]")
     t = cfg.train
-    if t.parallel not in ("ddp", "fsdp"):
-        raise ValueError(f"train.parallel must be 'ddp' or 'fsdp', got {t.parallel!r}")
-    if t.log not in ("jsonl", "tensorboard", "wandb"):
-        raise ValueError(f"train.log must be 'jsonl', 'tensorboard' or 'wandb', got {t.log!r}")
-    if t.precision not in ("fp32", "bf16"):
-        raise ValueError(f"train.precision must be 'fp32' or 'bf16', got {t.precision!r}")
     if t.grad_accum < 1 or not 0 <= t.ema_decay < 1:
         raise ValueError(f"train.grad_accum={t.grad_accum} must be >= 1 and train.ema_decay={t.ema_decay} in [0, 1)")
     shares = (cfg.data.text_fraction, cfg.data.interleaved_fraction, cfg.data.edit_fraction)
     if not all(0 <= f <= 1 for f in shares) or sum(shares) > 1:
         raise ValueError(f"data.text_fraction, data.interleaved_fraction and data.edit_fraction must be in [0, 1] "
                          f"and sum to at most 1, got {shares}")
-    if cfg.data.mix_by not in ("documents", "tokens"):
-        raise ValueError(f"data.mix_by must be 'documents' or 'tokens', got {cfg.data.mix_by!r}")
     if cfg.data.batch_size < 1:
         raise ValueError(f"data.batch_size={cfg.data.batch_size} must be >= 1 (data.tokens_per_step="
                          f"{cfg.data.tokens_per_step} buys fewer than one row of data.seq_len={cfg.data.seq_len})")

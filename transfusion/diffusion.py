@@ -1,7 +1,7 @@
 """The noise processes: schedule, noising, targets and loss (samplers: ``samplers.py``).
 
-Two objectives (``diffusion.objective``), one interface (``sample_t``, ``q_sample``,
-``target``, ``loss``), built by ``noise_process(cfg.diffusion)``:
+Two objectives (``diffusion.objective``), one interface (``NoiseProcess``: ``sample_t``,
+``draw``, ``q_sample``, ``target``, ``loss``), built by ``noise_process(cfg.diffusion)``:
 
 - ``Diffusion`` (``ddpm``, the paper's): timesteps are integers 1..T (T = 1000),
   alpha_bar[0] = 1 being a clean image; epsilon target.
@@ -46,7 +46,29 @@ def cosine_alpha_bar(T: int, s: float = 0.008) -> torch.Tensor:
     return torch.cat([torch.ones(1, dtype=torch.float64), torch.cumprod(1 - betas, 0)])
 
 
-class Diffusion:
+class NoiseProcess:
+    """What both noise processes share: the draw of a training batch's times and noise."""
+
+    T: int
+
+    def sample_t(self, max_t: torch.Tensor, generator: torch.Generator | None = None,
+                 latent_elements: int | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def draw(self, latents: list[torch.Tensor], max_t: torch.Tensor, generator=None
+             ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The diffusion draw of a training batch (the only one: the loss reads it from the batch):
+        per image its time under its cap (``sample_t`` of ``max_t[i : i + 1]``), (N,), and its
+        noise, (C, h, w) like its latent. ``generator``: one for every image, or a list with
+        image i's (``BatchBuilder``: its row's, so a row draws the same in any batch). Image by
+        image, every time before any noise."""
+        gens = list(generator) if isinstance(generator, (list, tuple)) else [generator] * len(latents)
+        t = [self.sample_t(max_t[i : i + 1], g, lat.numel()) for i, (lat, g) in enumerate(zip(latents, gens))]
+        noise = [torch.randn(lat.shape, generator=g) for lat, g in zip(latents, gens)]
+        return (torch.cat(t) if t else torch.zeros(0, dtype=torch.long)), noise
+
+
+class Diffusion(NoiseProcess):
     def __init__(self, timesteps: int = 1000, schedule: str = "cosine"):
         if schedule != "cosine":
             raise ValueError(f"unknown noise schedule {schedule!r}; only 'cosine' is implemented")
@@ -81,7 +103,7 @@ def shift_timesteps(t: torch.Tensor, shift: float) -> torch.Tensor:
     return shift * t / (1 + (shift - 1) * t)
 
 
-class Flow:
+class Flow(NoiseProcess):
     """Rectified flow: straight paths from the data (t = 0) to noise (t = 1).
 
     ``logit_mean`` / ``logit_std``: t = sigmoid(m + s z), z ~ N(0, 1) (SD3's logit-normal);
@@ -122,7 +144,7 @@ class Flow:
     loss = staticmethod(Diffusion.loss)
 
 
-def noise_process(cfg) -> Diffusion | Flow:
+def noise_process(cfg) -> NoiseProcess:
     """The run's noise process from its ``DiffusionConfig``."""
     if cfg.objective == "flow":
         return Flow(cfg.timesteps, cfg.flow_logit_mean, cfg.flow_logit_std, cfg.flow_shift, cfg.flow_shift_reference)

@@ -55,7 +55,7 @@ def held_out_pairs(loaded: Loaded, n: int) -> list[Document]:
     if is_latent_corpus(spec.replace("{split}", "test")):
         ae = loaded.autoencoder
         with torch.no_grad():
-            docs = [Document.pair(d.caption, ae.decode(d.images[0].pixels[None].to(_device(loaded)))[0].cpu(), **d.meta)
+            docs = [Document.pair(d.caption, ae.decode(d.images[0].latents[None].to(_device(loaded)))[0].cpu(), **d.meta)
                     for d in docs]
     return docs
 
@@ -131,7 +131,7 @@ def perplexity(loaded: Loaded, docs: list[Document], batch_size: int = 16, befor
         chunk = docs[i : i + batch_size]
         lays = []
         for doc in chunk:
-            segments, latents = engine.image_maker.as_prompt(doc.segments, engine.encode([doc.segments])[0])
+            segments, latents = engine.codec.as_prompt(doc.segments, engine.encode([doc.segments])[0])
             lay = layout(segments, [lat.cpu() for lat in latents], [0] * len(latents), tok, model.num_patches)
             lays.append(truncate(lay, cfg.data.seq_len))
             ids = lay.ids[: cfg.data.seq_len]

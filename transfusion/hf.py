@@ -23,7 +23,6 @@ of the q and k projections (and their biases and norms) are permuted per head; a
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Iterable
@@ -31,7 +30,7 @@ from typing import Iterable
 import torch
 from safetensors import safe_open
 
-from transfusion.config import validate
+from transfusion.config import fields_of, with_fields
 from transfusion.hub import LM_FILES, local_folder
 from transfusion.model.transformer import head_size
 
@@ -74,11 +73,6 @@ def rope_fields(c: dict, where) -> dict:
 
 
 # the model.* fields model_fields sets: a run's architecture, read from the folder once
-PRETRAINED_FIELDS = ("dim", "n_layers", "n_heads", "n_kv_heads", "head_dim", "mlp_hidden", "norm_eps", "rope_theta",
-                     "rope_scaling", "rope_factor", "rope_low_freq_factor", "rope_high_freq_factor",
-                     "rope_original_max_len", "tie_embeddings", "qkv_bias", "qk_norm")
-
-
 def model_fields(folder: str | Path) -> dict:
     """The ``model.*`` config fields that rebuild the folder's trunk."""
     c = read_config(folder)
@@ -94,7 +88,8 @@ def model_fields(folder: str | Path) -> dict:
 
 
 def with_pretrained_fields(cfg, run: str | Path | None = None):
-    """``cfg`` (a ``Config``) with the ``model.*`` fields of ``model.init_from``'s architecture.
+    """``cfg`` (a ``Config``) with the ``model.*`` fields of ``model.init_from``'s architecture (those
+    marked ``lm=True`` in ``config.py``).
 
     The folder is read at a run's first start only: when the run folder ``run`` already holds a
     config.yaml started from the same folder, the architecture is that config's (a run is
@@ -107,13 +102,10 @@ def with_pretrained_fields(cfg, run: str | Path | None = None):
 
         from transfusion.config import from_dict
 
-        started = from_dict(yaml.safe_load(saved.read_text())).model
-        if started.init_from == cfg.model.init_from:
-            fields = {k: getattr(started, k) for k in PRETRAINED_FIELDS}
-            return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **fields))
-    out = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **model_fields(cfg.model.init_from)))
-    validate(out)
-    return out
+        started = from_dict(yaml.safe_load(saved.read_text()))
+        if started.model.init_from == cfg.model.init_from:
+            return with_fields(cfg, fields_of(started, "architecture", lm=True))
+    return with_fields(cfg, {"model": model_fields(cfg.model.init_from)})
 
 
 def _json_file(path: Path) -> dict:

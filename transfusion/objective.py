@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from transfusion.batch import IGNORE
 from transfusion.data.packing import CONTEXT_IMAGE, PackedBatch
-from transfusion.diffusion import CONTEXT_T, Diffusion, Flow
+from transfusion.diffusion import CONTEXT_T, Flow, NoiseProcess
 from transfusion.model.transfusion import Transfusion
 
 Sums = dict[str, tuple[torch.Tensor, int]]  # term -> (sum, count)
@@ -23,12 +23,11 @@ IMAGE_TERMS = ("ddpm", "flow")  # the image loss of each diffusion objective
 def compute_losses(
     model: Transfusion,
     batch: PackedBatch,
-    diffusion: Diffusion | Flow,
+    diffusion: NoiseProcess | None,
     loss_weight: float,
-    generator: torch.Generator | None = None,
     core: Transfusion | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Noise every image at its own t, run the model once, and score both modalities.
+    """Noise every image at its own t (the batch's draw), run the model once, and score both modalities.
 
     Returns ``lm`` (mean cross-entropy per text target), ``ddpm`` (mean over noised images of
     the per-image epsilon MSE; images given as clean context (``max_t`` 0, editing sources) are
@@ -38,7 +37,7 @@ def compute_losses(
     it returns ``lm``, ``image_ce`` (cross-entropy per image-code target) and ``total``,
     the cross-entropy over all targets: plain next-token prediction.
     """
-    return combine(loss_sums(model, batch, diffusion, generator, core), loss_weight)
+    return combine(loss_sums(model, batch, diffusion, core), loss_weight)
 
 
 def combine(sums: Sums, loss_weight: float, counts: dict[str, int] | None = None) -> dict[str, torch.Tensor]:
@@ -68,13 +67,12 @@ def loss_counts(batch: PackedBatch, core: Transfusion, term: str = "ddpm") -> di
     return {"lm": int(has_target.sum()), term: int((batch.max_t != CONTEXT_IMAGE).sum())}
 
 
-def loss_sums(model, batch: PackedBatch, diffusion: Diffusion | None, generator: torch.Generator | None = None,
-              core: Transfusion | None = None) -> Sums:
+def loss_sums(model, batch: PackedBatch, diffusion: NoiseProcess | None, core: Transfusion | None = None) -> Sums:
     """Per term (``lm``, ``ddpm`` or ``flow``; or ``lm``, ``image_ce``) the summed loss and its count.
 
     ``model`` is what runs the forward (a DDP or FSDP wrapper, or the model itself); ``core``
     the plain model inside a wrapper (default: ``model``). Timesteps and noise come from the
-    batch (drawn by ``BatchBuilder``), else from ``generator``.
+    batch: its ``t`` and ``noise``, drawn by ``NoiseProcess.draw`` (``BatchBuilder`` draws them).
     """
     core = model if core is None else core
     term = image_term(diffusion)
@@ -88,18 +86,14 @@ def loss_sums(model, batch: PackedBatch, diffusion: Diffusion | None, generator:
         return {"lm": (ce[~is_code].sum(), counts["lm"]), "image_ce": (ce[is_code].sum(), counts["image_ce"])}
 
     device = batch.tokens.device
+    if batch.latents and (batch.t is None or batch.noise is None):
+        raise ValueError("the batch has images but no diffusion draw (t, noise): BatchBuilder draws it; for a "
+                         "batch packed by hand: batch.t, batch.noise = diffusion.draw(batch.latents, batch.max_t, g)")
     groups, targets, scored = [], [], []
-    if batch.t is None:
-        t_all = diffusion.sample_t(batch.max_t.cpu(), generator).to(device)  # (N,): drawn on the CPU generator
-    else:
-        t_all = batch.t.to(device)
     for ids in batch.shape_groups():
         x0 = torch.stack([batch.latents[i] for i in ids]).to(device)  # (n, C, h, w)
-        if batch.noise is None:
-            noise = torch.randn(x0.shape, generator=generator).to(device)
-        else:
-            noise = torch.stack([batch.noise[i] for i in ids]).to(device)
-        t = t_all[ids]
+        noise = torch.stack([batch.noise[i] for i in ids]).to(device)
+        t = batch.t[ids].to(device)
         context = (batch.max_t[ids] == CONTEXT_IMAGE).to(device)  # (n,): given clean, as at inference
         x_t = torch.where(context.view(-1, 1, 1, 1), x0, diffusion.q_sample(x0, t, noise))
         t = torch.where(context, torch.full_like(t, CONTEXT_T), t)

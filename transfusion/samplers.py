@@ -30,11 +30,54 @@ from typing import Callable
 
 import torch
 
-from transfusion.config import OBJECTIVE_SAMPLERS, check_sampler
+from transfusion.config import Config
 from transfusion.diffusion import Diffusion, Flow, randn
 
+# each sampler's step count when neither a request nor the run's config names one
+SAMPLER_STEPS = {"ddpm": 250, "ddim": 50, "dpm++": 25, "dpm++sde": 25, "unipc": 25, "euler": 25, "heun": 25}
+# the samplers of each diffusion objective; the first is what sampling.sampler=auto means
+OBJECTIVE_SAMPLERS = {"ddpm": ("ddpm", "ddim", "dpm++", "dpm++sde", "unipc"), "flow": ("euler", "heun")}
 SAMPLERS = OBJECTIVE_SAMPLERS["ddpm"]  # noise predictors
 FLOW_SAMPLERS = OBJECTIVE_SAMPLERS["flow"]  # velocity predictors
+
+
+def default_sampler(objective: str) -> str:
+    """What ``sampling.sampler=auto`` means: the first sampler of the objective."""
+    return OBJECTIVE_SAMPLERS[objective][0]
+
+
+def check_sampler(name: str, steps: int | None = None, timesteps: int = 1000, objective: str | None = None,
+                  eta: float = 0.0) -> None:
+    """A clear error for an unknown sampler name, one of the other objective, a step count it cannot
+    take, or an ``eta`` (DDIM's noise share, in [0, 1]) given to another sampler.
+
+    DDIM (diffusers' ``DDIMScheduler``) steps from t to t - T // steps whatever the grid:
+    with a count that does not divide T, some steps would land on the wrong noise level.
+    """
+    if name not in SAMPLER_STEPS:
+        raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLER_STEPS)}")
+    if objective is not None and name not in OBJECTIVE_SAMPLERS[objective]:
+        raise ValueError(f"sampler {name!r} does not sample diffusion.objective={objective}; use one of "
+                         f"{', '.join(OBJECTIVE_SAMPLERS[objective])}")
+    if not 0 <= eta <= 1 or (eta and name != "ddim"):
+        raise ValueError(f"eta must be in [0, 1] and is DDIM's; got {eta} for {name}")
+    if steps is None:
+        return
+    if not 1 <= steps <= timesteps:
+        raise ValueError(f"sampling steps must be in 1..{timesteps}, got {steps}")
+    if name == "ddim" and timesteps % steps:
+        divisors = [d for d in range(1, timesteps + 1) if timesteps % d == 0]
+        near = [max(d for d in divisors if d < steps), min(d for d in divisors if d > steps)]
+        raise ValueError(f"ddim needs a step count that divides the {timesteps} training timesteps; {steps} does "
+                         f"not (try {near[0]} or {near[1]}, or dpm++, which takes any count)")
+
+
+def check_sampling(cfg: Config) -> None:
+    """The run's ``sampling.*`` checked against its diffusion objective (at the start of training)."""
+    s, d = cfg.sampling, cfg.diffusion
+    if cfg.image.objective == "diffusion":
+        check_sampler(default_sampler(d.objective) if s.sampler == "auto" else s.sampler, s.steps, d.timesteps,
+                      d.objective)
 
 
 def make_scheduler(name: str, diffusion: Diffusion):
@@ -120,7 +163,7 @@ def sample(
             20-50 steps), "dpm++sde" (stochastic), "unipc"; for a ``Flow``, "euler" or "heun"
             (two evaluations a step).
         steps: denoising steps (model evaluations); a request's default is resolved by
-            ``engine.Request.resolve`` (``config.SAMPLER_STEPS``).
+            ``engine.Request.resolve`` (``SAMPLER_STEPS``).
         generator: one for the batch, or one per row: row i then draws exactly what it would
             draw alone with generator i (the initial noise and DDPM's per-step noise).
         clip: clamp the predicted x0 to [-clip, clip]; 0 (the default) turns it off. The cosine

@@ -1,9 +1,9 @@
 """Train a Transfusion model on text and images at once: ``train(cfg, out)``.
 
-    transfusion train --preset tiny --out runs/tiny                  # the main job, ~15 min on 2 cores
+    transfusion train --preset tiny --out runs/tiny                  # the main job, 7-11 min on 2 cores
     transfusion train --preset debug --out runs/dbg train.steps=50   # seconds
     transfusion train --preset small --out runs/small configs/flow_mot.yaml model.dim=512
-    transfusion train --preset tiny --out runs/chameleon image.objective=tokens image.autoencoder=train
+    transfusion train --preset tiny --out runs/chameleon image.objective=tokens autoencoder.name=train
                                                                      # the Chameleon baseline (VQ image tokens)
     transfusion train --preset small --out runs/edit train.init_from=runs/small data.edit_fraction=0.5
                                                                      # fine-tune a run for editing
@@ -34,51 +34,38 @@ of held-out images), report.json.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import signal
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import yaml
 from tqdm import tqdm
 
-from transfusion.autoencoders import (Autoencoder, KLAutoencoder, VQAutoencoder, load_autoencoder, save_autoencoder,
-                                      train_autoencoder)
+from transfusion.autoencoders import Autoencoder, load_autoencoder, new_autoencoder, save_autoencoder, train_autoencoder
 from transfusion.checkpoint import Loaded, list_checkpoints, load_start_weights, with_start_fields
-from transfusion.config import Config, config_yaml, from_dict, to_dict
-from transfusion.data.stream import BatchBuilder, build_mixture
+from transfusion.components import build_components, build_tokenizer
+from transfusion.config import Config, config_yaml, from_dict, resumed, to_dict
+from transfusion.data.sources import Source, build_source
+from transfusion.data.stream import BatchBuilder
 from transfusion.diffusion import noise_process
 from transfusion.distributed import (EMA, World, assign_shard, build_model, close_world, full, init_world, rows_of,
                                      sampling_model)
 from transfusion.fileio import RunLock, atomic_text
 from transfusion.flops import count_step_flops, resident_mb, training_peak_flops
-from transfusion.hf import load_text_weights, pretrained_tokenizer, with_pretrained_fields
+from transfusion.hf import load_text_weights, with_pretrained_fields
+from transfusion.model.transfusion import Transfusion
 from transfusion.optim import build_optimizer, lr_at
+from transfusion.samplers import check_sampling
 from transfusion.step import train_step
-from transfusion.tokenizer import BPETokenizer, ByteTokenizer, Tokenizer, load_tokenizer, save_tokenizer
+from transfusion.tokenizer import Tokenizer, load_tokenizer, save_tokenizer
 from transfusion.tracking import Tracker
 from transfusion.train_state import load_training_state, save_checkpoint
-
-
-def build_tokenizer(cfg: Config, mixture) -> Tokenizer:
-    spec = cfg.data.tokenizer
-    if cfg.model.init_from and not cfg.train.init_from:  # a pretrained model reads with its own tokenizer
-        return pretrained_tokenizer(cfg.model.init_from)
-    if spec == "bytes":
-        return ByteTokenizer()
-    if spec == "bpe":
-        import random
-
-        rng = random.Random(cfg.train.seed)
-        if hasattr(mixture, "texts"):  # a sharded corpus: its first documents
-            texts = mixture.texts(20_000)
-        else:
-            texts = [mixture.draw(rng).caption for _ in range(20_000)]
-        return BPETokenizer.train(texts, cfg.data.bpe_vocab_size)
-    return load_tokenizer(spec)
 
 
 def with_images(data):
@@ -86,38 +73,32 @@ def with_images(data):
     return [d for d in data if d.images] if isinstance(data, list) else data
 
 
-def prepare_autoencoder(cfg: Config, out: Path, mixture=None) -> Autoencoder:
+def prepare_autoencoder(cfg: Config, out: Path, source: Source) -> Autoencoder:
     """The run's frozen autoencoder: a corpus of precomputed latents brings its own (checked
-    by fingerprint); ``image.autoencoder=train`` trains one into RUN/autoencoder once; else
+    by fingerprint); ``autoencoder.name=train`` trains one into RUN/autoencoder once; else
     the named one."""
     folder = out / "autoencoder"
-    if getattr(mixture, "latents", False):
-        from transfusion.data.precompute import corpus_autoencoder
-
-        ae = corpus_autoencoder(mixture, cfg.image.autoencoder)
+    if source.precomputed_latents:
+        ae = source.autoencoder(cfg.autoencoder.name)
         if not (folder / "autoencoder.json").is_file():
             save_autoencoder(ae, folder)
         return ae
-    if cfg.image.autoencoder != "train":
-        return load_autoencoder(cfg.image.autoencoder)
+    if cfg.autoencoder.name != "train":
+        return load_autoencoder(cfg.autoencoder.name)
     if (folder / "autoencoder.json").is_file():
         return load_autoencoder(folder)
     from transfusion.data.registry import load_dataset
     from transfusion.visualize import reconstruction_grid
 
-    i = cfg.image
+    i, a = cfg.image, cfg.autoencoder
     torch.manual_seed(cfg.train.seed)
     data = with_images(load_dataset(cfg.data.dataset, "train", i.size))
+    ae = new_autoencoder(a, codes=i.objective == "tokens")
+    metrics = train_autoencoder(ae, data, a.steps, batch_size=16, seed=cfg.train.seed)
     if i.objective == "tokens":
-        ae: Autoencoder = VQAutoencoder(codebook_size=i.ae_codebook_size, code_dim=i.ae_latent_channels,
-                                        downsample=i.ae_downsample, width=i.ae_width)
-    else:
-        ae = KLAutoencoder(latent_channels=i.ae_latent_channels, downsample=i.ae_downsample, width=i.ae_width)
-    metrics = train_autoencoder(ae, data, i.ae_steps, batch_size=16, seed=cfg.train.seed)
-    if i.objective == "tokens":
-        print(f"vq autoencoder: {metrics['usage']:.0%} of {i.ae_codebook_size} codes used (perplexity "
+        print(f"vq autoencoder: {metrics['usage']:.0%} of {a.codebook_size} codes used (perplexity "
               f"{metrics['perplexity']:.0f})")
-    print(f"autoencoder: reconstruction mse {metrics['mse']:.4f} after {i.ae_steps} steps ({metrics['seconds']:.0f}s)")
+    print(f"autoencoder: reconstruction mse {metrics['mse']:.4f} after {a.steps} steps ({metrics['seconds']:.0f}s)")
     save_autoencoder(ae, folder)
     test = with_images(load_dataset(cfg.data.dataset, "test", i.size))
     pixels = torch.stack([test[j].images[0].pixels for j in range(8)])
@@ -125,35 +106,14 @@ def prepare_autoencoder(cfg: Config, out: Path, mixture=None) -> Autoencoder:
     return ae
 
 
-# settings that change how a run is executed, not what it computes: a resumed run may change them
-EXECUTION = {"train": ("steps", "device", "threads", "parallel", "grad_accum", "compile", "precision",
-                       "activation_checkpointing", "log_every", "log", "checkpoint_every", "sample_every",
-                       "keep_checkpoints", "eval_samples"),
-             "model": ("attention",)}
-
-
 def resolve_run_config(out: Path, cfg: Config) -> Config:
-    """A run folder keeps its config: resuming with a different one is an error, except for
-    execution settings (``EXECUTION``: steps, processes, devices, precision, logging), which
-    are taken from ``cfg``."""
+    """A run folder keeps its config: resuming with a different one is an error, except for the
+    execution and sampling fields (steps, processes, devices, precision, logging, sample grids;
+    their roles are marked in ``config.py``), which are taken from ``cfg``."""
     saved_path = out / "config.yaml"
     if not saved_path.is_file():
         return cfg
-    saved = from_dict(yaml.safe_load(saved_path.read_text()))
-    a, b = to_dict(saved), to_dict(cfg)
-    for section, keys in EXECUTION.items():
-        for key in keys:
-            a[section].pop(key), b[section].pop(key)
-    if a != b:
-        diff = [f"{s}.{k}" for s in a for k in a[s] if a[s][k] != b[s][k]]
-        raise ValueError(
-            f"{out} holds a run with another config (differs in {', '.join(diff)}); "
-            f"use a new --out or the same settings to resume"
-        )
-    for section, keys in EXECUTION.items():
-        for key in keys:
-            setattr(getattr(saved, section), key, getattr(getattr(cfg, section), key))
-    return saved
+    return resumed(from_dict(yaml.safe_load(saved_path.read_text())), cfg, str(out))
 
 
 def truncate_metrics(path: Path, step: int) -> None:
@@ -236,6 +196,7 @@ def train(cfg: Config, out: str | Path) -> Path:
     """
     out = Path(out)
     cfg = resolve_run_config(out, with_start_fields(with_pretrained_fields(cfg, out)))
+    check_sampling(cfg)
     world, device = init_world(cfg)
     if cfg.model.attention == "flex" and device.type == "cpu":
         raise ValueError("model.attention=flex trains on CUDA only (FlexAttention has no CPU backward); use sdpa")
@@ -248,27 +209,81 @@ def train(cfg: Config, out: str | Path) -> Path:
         close_world()
 
 
-def _train(cfg: Config, out: Path, world: World, device: torch.device) -> Path:
-    mine = [rows_of(world, cfg, k) for k in range(cfg.train.grad_accum)]  # fails early if the batch does not split
+@dataclass
+class Run:
+    """What a training run holds once it is set up (``setup``): everything a step, a checkpoint
+    and a sample grid use."""
+
+    cfg: Config
+    out: Path
+    world: World
+    device: torch.device
+    rows: list[range]  # this process's rows of the global batch, one range per micro-batch
+    tokenizer: Tokenizer
+    autoencoder: Autoencoder
+    model: torch.nn.Module  # what trains: the core itself, wrapped by DDP, or sharded by FSDP2
+    core: Transfusion
+    optimizer: torch.optim.Optimizer
+    ema: EMA | None
+    source: Source
+    builder: BatchBuilder
+    metrics: Tracker | None = None  # the experiment log, on the first process
+
+    def say(self, text: str) -> None:
+        if self.world.main:
+            print(text, flush=True)
+
+    def autocast(self):
+        return torch.autocast(self.device.type, torch.bfloat16, enabled=self.cfg.train.precision == "bf16")
+
+    def micro_batches(self, step: int) -> list:
+        return [self.builder.batch_at(step, self.cfg.train.seed, rows).to(self.device) for rows in self.rows]
+
+    def save(self, step: int, tokens_seen: int) -> None:
+        extra = {"tokens_seen": tokens_seen, "data": self.world.merge(self.source.state())}
+        save_checkpoint(self.out / "checkpoints", step, self.model, self.cfg, self.tokenizer, self.autoencoder,
+                        self.optimizer, extra_state=extra, keep=self.cfg.train.keep_checkpoints, ema=self.ema)
+
+    def sample(self, step: int, n: int) -> dict | None:
+        """Sample grids from the whole model, on the first process (and to the experiment log)."""
+        whole = sampling_model(self.model, self.core, self.cfg, self.tokenizer, self.autoencoder, self.world,
+                               self.device)
+        result = None
+        if self.world.main:
+            whole.eval()
+            result = write_samples(Loaded(whole, self.tokenizer, self.autoencoder, self.cfg, step, self.out),
+                                   self.out, step, n)
+            whole.train()
+            if self.metrics is not None:
+                from PIL import Image as PILImage
+
+                for name, suffix in (("samples/text_to_image", ""), ("samples/captions", "_captions")):
+                    with PILImage.open(self.out / "samples" / f"step_{step:06d}{suffix}.png") as grid:
+                        self.metrics.image(name, grid, step)
+        self.world.barrier()
+        return result
+
+
+def setup(cfg: Config, out: Path, world: World, device: torch.device) -> Run:
+    """The run folder, data, tokenizer, autoencoder (made by the first process, read by the
+    others), model (with its starting weights) and optimizer."""
+    rows = [rows_of(world, cfg, k) for k in range(cfg.train.grad_accum)]  # fails early if the batch does not split
     if world.main:
         out.mkdir(parents=True, exist_ok=True)
         atomic_text(out / "config.yaml", config_yaml(cfg))
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.train.seed)
-    say = print if world.main else (lambda *a, **k: None)
 
-    # ---- data, tokenizer, autoencoder: made by the first process, read by the others
-    mixture = build_mixture(cfg)
+    source = build_source(cfg)
     if world.main and not (out / "tokenizer.json").is_file():
-        save_tokenizer(build_tokenizer(cfg, mixture), out / "tokenizer.json")
+        save_tokenizer(build_tokenizer(cfg, source), out / "tokenizer.json")
     if world.main:
-        prepare_autoencoder(cfg, out, mixture)
+        prepare_autoencoder(cfg, out, source)
     world.barrier()
     tokenizer = load_tokenizer(out / "tokenizer.json")
-    autoencoder = prepare_autoencoder(cfg, out, mixture).eval()
+    autoencoder = prepare_autoencoder(cfg, out, source).eval()
 
-    # ---- model and optimizer
     model, core = build_model(cfg, tokenizer, autoencoder, world, device)
     if cfg.model.init_from and not cfg.train.init_from and not list_checkpoints(out / "checkpoints"):  # first start
         load_text_weights(core, cfg.model.init_from, tokenizer.new_ids, assign=assign_shard)
@@ -276,132 +291,152 @@ def _train(cfg: Config, out: Path, world: World, device: torch.device) -> Path:
         load_start_weights(core, cfg.train.init_from, assign=assign_shard)
     optimizer = build_optimizer(model, cfg)
     ema = EMA(core, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
-    diffusion = noise_process(cfg.diffusion)
-    builder = BatchBuilder(cfg, mixture, tokenizer, autoencoder, core.num_patches)
-    autocast = lambda: torch.autocast(device.type, torch.bfloat16, enabled=cfg.train.precision == "bf16")  # noqa: E731
+    parts = build_components(cfg, source=source, tokenizer=tokenizer, autoencoder=autoencoder, model=core)
+    # (data.mix_by=tokens reweights the source: the builder's is the one that trains)
+    return Run(cfg, out, world, device, rows, tokenizer, autoencoder, model, core, optimizer, ema, parts.source,
+               parts.batches)
 
+
+def resume(run: Run) -> tuple[int, int]:
+    """(first step, tokens seen so far): the last checkpoint's weights, optimizer, EMA and data
+    positions restored when there is one; (0, 0) on a first start."""
     start, tokens_seen, state = 0, 0, {}
-    checkpoints = list_checkpoints(out / "checkpoints")
+    checkpoints = list_checkpoints(run.out / "checkpoints")
     if checkpoints:
-        state = load_training_state(checkpoints[-1], model, optimizer, ema)
+        state = load_training_state(checkpoints[-1], run.model, run.optimizer, run.ema)
         start, tokens_seen = state["step"], state.get("tokens_seen", 0)
-        say(f"resuming from {checkpoints[-1]} (step {start})")
-    builder.open_streams(range(mine[0].start, mine[-1].stop), state.get("data"))  # a streamed corpus resumes in place
-    if world.main:
-        truncate_metrics(out / "metrics.jsonl", start)
-    say(f"model: {core.num_params() / 1e6:.2f}M parameters ({core.num_params(True) / 1e6:.2f}M in the trunk, "
-        f"{core.num_params(active=True) / 1e6:.2f}M active per token), "
-        f"vocab {tokenizer.vocab_size}, {core.patch_reduction}x patch reduction; {world.size} process(es)"
-        + (f" ({cfg.train.parallel})" if world.size > 1 else ""))
+        run.say(f"resuming from {checkpoints[-1]} (step {start})")
+    run.source.open(range(run.rows[0].start, run.rows[-1].stop), state.get("data"))  # a streamed corpus resumes
+    if run.world.main:
+        truncate_metrics(run.out / "metrics.jsonl", start)
+    return start, tokens_seen
 
-    def micro_batches(step: int) -> list:
-        return [builder.batch_at(step, cfg.train.seed, rows).to(device) for rows in mine]
 
-    def checkpoint(step: int) -> None:
-        extra = {"tokens_seen": tokens_seen, "data": world.merge(builder.stream_state())}
-        save_checkpoint(out / "checkpoints", step, model, cfg, tokenizer, autoencoder, optimizer,
-                        extra_state=extra, keep=cfg.train.keep_checkpoints, ema=ema)
+class Throughput:
+    """Tokens per second and MFU over the steps since the last log line, training time only."""
 
-    def sample(step: int, n: int) -> dict | None:
-        """Sample grids from the whole model, on the first process (and to the experiment log)."""
-        whole = sampling_model(model, core, cfg, tokenizer, autoencoder, world, device)
-        result = None
-        if world.main:
-            whole.eval()
-            result = write_samples(Loaded(whole, tokenizer, autoencoder, cfg, step, out), out, step, n)
-            whole.train()
-            if metrics is not None:
-                from PIL import Image as PILImage
+    def __init__(self, flops_per_token: float, peak: float, processes: int):
+        self.flops_per_token, self.peak, self.processes = flops_per_token, peak, processes
+        self.tokens, self.start = 0, time.perf_counter()
 
-                for name, suffix in (("samples/text_to_image", ""), ("samples/captions", "_captions")):
-                    with PILImage.open(out / "samples" / f"step_{step:06d}{suffix}.png") as grid:
-                        metrics.image(name, grid, step)
-        world.barrier()
-        return result
+    @contextlib.contextmanager
+    def paused(self):
+        """Time inside (checkpoints, sample grids) is not training time."""
+        pause = time.perf_counter()
+        yield
+        self.start += time.perf_counter() - pause
 
-    # ---- loop
-    peak = training_peak_flops(device, cfg.train.precision)
-    first = micro_batches(start)  # (also the first step's: a streamed corpus is read once)
-    with autocast():
-        flops_per_token = count_step_flops(model, first[0], diffusion, cfg) / max(first[0].num_tokens, 1)
-    # train_flops = 6 N D: N the parameters a token uses (all of them, but one copy of each Mixture-of-Transformers
-    # layer), D real tokens seen (as the paper counts)
-    n_params = core.num_params(active=True)
-    metrics = Tracker(out, cfg.train.log, to_dict(cfg), start) if world.main else None
-    model.train()
-    bar = tqdm(range(start, cfg.train.steps), initial=start, total=cfg.train.steps, desc="train",
-               disable=not world.main)
-    window_tokens, window_start = 0, time.perf_counter()
+    def read(self) -> dict:
+        """``tokens_per_s`` and ``mfu`` since the last read."""
+        tokens_per_s = self.tokens / (time.perf_counter() - self.start)
+        self.tokens, self.start = 0, time.perf_counter()
+        return {"tokens_per_s": tokens_per_s, "mfu": tokens_per_s * self.flops_per_token / (self.peak * self.processes)}
+
+
+def step_once(run: Run, step: int, batches: list, diffusion) -> tuple[dict, float, int]:
+    """One optimizer step over this process's micro-batches -> (losses, gradient norm, tokens)."""
+    lr = lr_at(step, run.cfg)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    run.optimizer.zero_grad(set_to_none=True)
+    losses, tokens = train_step(run.model, batches, diffusion, run.cfg, run.world, run.autocast)
+    # one scalar read back per step (train_step has already synchronised for the losses)
+    grad_norm = float(full(torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.optim.grad_clip)))
+    check_step(losses, grad_norm, step, run.out)
+    run.optimizer.step()
+    if run.ema is not None:
+        run.ema.update(run.core)
+    return {**losses, "lr": lr}, grad_norm, tokens
+
+
+def log_row(run: Run, done: int, losses: dict, grad_norm: float, speed: Throughput, tokens_seen: int) -> dict:
+    """The metrics.jsonl line of step ``done`` (and the experiment log's)."""
+    row = {"step": done, **losses, "grad_norm": grad_norm, **speed.read(), "tokens_seen": tokens_seen,
+           # 6 N D: N the parameters a token uses (all, but one copy of each Mixture-of-Transformers layer), D the
+           # real tokens seen (as the paper counts)
+           "train_flops": 6 * run.core.num_params(active=True) * tokens_seen}
+    if (rss := resident_mb()) is not None:
+        row["rss_mb"] = rss
+    if run.source.skipped is not None:  # a source that reads records (a streamed corpus)
+        row["skipped_records"] = int(run.world.sum([run.source.skipped])[0])
+    if run.metrics is not None:
+        run.metrics.log(row)
+    return row
+
+
+def loop(run: Run, start: int, tokens_seen: int, first: list, diffusion, speed: Throughput) -> int:
+    """Steps ``start`` to ``train.steps``, with log lines, checkpoints and sample grids when due;
+    returns the tokens seen. Ctrl-C saves after the running step and exits (130)."""
+    cfg, steps = run.cfg, run.cfg.train.steps
+    bar = tqdm(range(start, steps), initial=start, total=steps, desc="train", disable=not run.world.main)
     completed = start
     try:
         with StopRequest() as stop:
             for step in bar:
-                lr = lr_at(step, cfg)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                batches = first if step == start else micro_batches(step)
-                optimizer.zero_grad(set_to_none=True)
-                losses, step_tokens = train_step(model, batches, diffusion, cfg, world, autocast)
-                # one scalar read back per step (train_step has already synchronised for the losses)
-                grad_norm = float(full(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)))
-                check_step(losses, grad_norm, step, out)
-                optimizer.step()
-                if ema is not None:
-                    ema.update(core)
+                batches = first if step == start else run.micro_batches(step)
+                losses, grad_norm, step_tokens = step_once(run, step, batches, diffusion)
                 completed = done = step + 1
-                window_tokens += step_tokens
+                speed.tokens += step_tokens
                 tokens_seen += step_tokens
-
-                if done % cfg.train.log_every == 0 or done == cfg.train.steps:
-                    elapsed = time.perf_counter() - window_start
-                    tokens_per_s = window_tokens / elapsed
-                    row = {"step": done, **losses, "lr": lr, "grad_norm": grad_norm,
-                           "tokens_per_s": tokens_per_s, "mfu": tokens_per_s * flops_per_token / (peak * world.size),
-                           "tokens_seen": tokens_seen, "train_flops": 6 * n_params * tokens_seen}
-                    if (rss := resident_mb()) is not None:
-                        row["rss_mb"] = rss
-                    if builder.feed is not None:
-                        row["skipped_records"] = int(world.sum([builder.skipped])[0])
-                    if metrics is not None:
-                        metrics.log(row)
-                    bar.set_postfix({k: f"{row[k]:.4f}" for k in losses if k != "total"}
-                                    | {"tok_s": f"{tokens_per_s:.0f}"})
-                    window_tokens, window_start = 0, time.perf_counter()
-                pause = time.perf_counter()
-                saved = done % cfg.train.checkpoint_every == 0 and done < cfg.train.steps
-                if saved:
-                    checkpoint(done)
-                if cfg.train.sample_every and done % cfg.train.sample_every == 0 and done < cfg.train.steps:
-                    sample(done, min(16, cfg.train.eval_samples))
-                window_start += time.perf_counter() - pause  # tokens/s measures training alone
-                if done < cfg.train.steps and stop.agreed(world):
+                if done % cfg.train.log_every == 0 or done == steps:
+                    row = log_row(run, done, losses, grad_norm, speed, tokens_seen)
+                    bar.set_postfix({k: f"{row[k]:.4f}" for k in losses if k not in ("total", "lr")}
+                                    | {"tok_s": f"{row['tokens_per_s']:.0f}"})
+                saved = done % cfg.train.checkpoint_every == 0 and done < steps
+                with speed.paused():
+                    if saved:
+                        run.save(done, tokens_seen)
+                    if cfg.train.sample_every and done % cfg.train.sample_every == 0 and done < steps:
+                        run.sample(done, min(16, cfg.train.eval_samples))
+                if done < steps and stop.agreed(run.world):
                     if not saved:
-                        checkpoint(done)
-                    say(f"\ninterrupted: saved step {done}; rerun the same command to resume")
+                        run.save(done, tokens_seen)
+                    run.say(f"\ninterrupted: saved step {done}; rerun the same command to resume")
                     raise SystemExit(130)
     except KeyboardInterrupt:  # a second Ctrl-C: perhaps mid-step, so nothing is saved
-        say(f"\nstopped at once at step {completed}, without saving; rerun the same command to resume from the "
-            f"last checkpoint in {out / 'checkpoints'}")
+        run.say(f"\nstopped at once at step {completed}, without saving; rerun the same command to resume from "
+                f"the last checkpoint in {run.out / 'checkpoints'}")
         raise SystemExit(130)
     finally:
-        if metrics is not None and completed < cfg.train.steps:  # stopped early: the end below never comes
-            metrics.close()
+        if run.metrics is not None and completed < steps:  # stopped early: the end (finish) never comes
+            run.metrics.close()
+    return tokens_seen
 
-    # ---- end of run: checkpoint, samples, report, plot
-    final = cfg.train.steps
+
+def finish(run: Run, tokens_seen: int, peak: float) -> None:
+    """The last checkpoint, the sample grids and scores of held-out data, report.json, losses.png."""
     try:
-        checkpoint(final)
-        report = sample(final, cfg.train.eval_samples)
+        run.save(run.cfg.train.steps, tokens_seen)
+        report = run.sample(run.cfg.train.steps, run.cfg.train.eval_samples)
     finally:
-        if metrics is not None:
-            metrics.close()
-    if world.main:
+        if run.metrics is not None:
+            run.metrics.close()
+    if run.world.main:
         from transfusion.visualize import plot_losses
 
-        plot_losses(out / "metrics.jsonl", out / "losses.png")
-        report["model_parameters"] = core.num_params()
-        report["active_parameters"] = n_params
+        plot_losses(run.out / "metrics.jsonl", run.out / "losses.png")
+        report["model_parameters"] = run.core.num_params()
+        report["active_parameters"] = run.core.num_params(active=True)
         report["matmul_peak_gflops"] = peak / 1e9
-        (out / "report.json").write_text(json.dumps(report, indent=2))
+        (run.out / "report.json").write_text(json.dumps(report, indent=2))
         print(json.dumps({k: report[k] for k in ("t2i", "i2t")}, indent=1))
+
+
+def _train(cfg: Config, out: Path, world: World, device: torch.device) -> Path:
+    run = setup(cfg, out, world, device)
+    start, tokens_seen = resume(run)
+    core = run.core
+    run.say(f"model: {core.num_params() / 1e6:.2f}M parameters ({core.num_params(True) / 1e6:.2f}M in the trunk, "
+            f"{core.num_params(active=True) / 1e6:.2f}M active per token), vocab {run.tokenizer.vocab_size}, "
+            f"{core.patch_reduction}x patch reduction; {world.size} process(es)"
+            + (f" ({cfg.train.parallel})" if world.size > 1 else ""))
+    diffusion = noise_process(cfg.diffusion)
+    peak = training_peak_flops(device, cfg.train.precision)
+    first = run.micro_batches(start)  # (also the first step's: a streamed corpus is read once)
+    with run.autocast():
+        flops_per_token = count_step_flops(run.model, first[0], diffusion, cfg) / max(first[0].num_tokens, 1)
+    run.metrics = Tracker(out, cfg.train.log, to_dict(cfg), start) if world.main else None
+    run.model.train()
+    tokens_seen = loop(run, start, tokens_seen, first, diffusion, Throughput(flops_per_token, peak, world.size))
+    finish(run, tokens_seen, peak)
     return out

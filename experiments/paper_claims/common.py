@@ -60,11 +60,11 @@ DATASETS = {"shapes": "shapes", "mnist": "mnist", "emoji": f"{EMOJI_DIR}/{{split
 
 def real_images(dataset: str) -> list[str]:
     """The overrides that train on a real-image dataset, with its own KL autoencoder."""
-    return [f"data.dataset={DATASETS[dataset]}", f"image.autoencoder={ae_dir('kl', dataset)}"]
+    return [f"data.dataset={DATASETS[dataset]}", f"autoencoder.name={ae_dir('kl', dataset)}"]
 
 
 LINEAR = ["image.adapter=linear", "image.patch_size=2"]
-CHAMELEON = ["image.objective=tokens", f"image.autoencoder={ae_dir('vq')}"]
+CHAMELEON = ["image.objective=tokens", f"autoencoder.name={ae_dir('vq')}"]
 # arm name -> overrides of the tiny preset (after PROTOCOL; the shapes KL autoencoder unless named)
 ARMS = {
     "linear": LINEAR,  # Table 3's Transfusion: linear 2x2 patches, bidirectional within an image
@@ -78,7 +78,7 @@ ARMS = {
     "lmfusion": [f"model.init_from={RUNS / 'text_lm_hf'}", "model.mot=true", "model.freeze_text=true"],
     **{f"{data}_{arm}": overrides for data in ("mnist", "emoji") for arm, overrides in (
         ("linear", [*LINEAR, *real_images(data)]),
-        ("chameleon", ["image.objective=tokens", *real_images(data), f"image.autoencoder={ae_dir('vq', data)}"]))},
+        ("chameleon", ["image.objective=tokens", *real_images(data), f"autoencoder.name={ae_dir('vq', data)}"]))},
     **{f"{arm}_{size}": [*base, *SIZES[size]] for arm, base in (("linear", LINEAR), ("chameleon", CHAMELEON))
        for size in SIZES},
 }
@@ -161,22 +161,17 @@ def autoencoders(dataset: str = "shapes") -> None:
 
 def overrides(arm: str, seed: int = 0) -> list[str]:
     """The `transfusion train` overrides of ``arm`` under the protocol (later overrides win)."""
-    return [*PROTOCOL, f"image.autoencoder={ae_dir('kl')}", *ARMS[arm], f"train.seed={seed}"]
+    return [*PROTOCOL, f"autoencoder.name={ae_dir('kl')}", *ARMS[arm], f"train.seed={seed}"]
 
 
 def _batches(arm: str, extra: list[str] = (), seed: int = 0):
     """An arm's config, its model (untrained) and the builder of the batches its training sees."""
-    from transfusion.autoencoders import load_autoencoder
+    from transfusion.components import build_components
     from transfusion.config import load_config
-    from transfusion.data.stream import BatchBuilder, build_mixture
-    from transfusion.model.transfusion import Transfusion
-    from transfusion.train import build_tokenizer
 
     cfg = load_config("tiny", overrides=[*overrides(arm, seed), *extra])
-    mixture = build_mixture(cfg)
-    tokenizer, ae = build_tokenizer(cfg, mixture), load_autoencoder(cfg.image.autoencoder)
-    model = Transfusion.build(cfg.model, cfg.image, tokenizer, ae, cfg.train.seed)
-    return cfg, model, BatchBuilder(cfg, mixture, tokenizer, ae, model.num_patches)
+    run = build_components(cfg)  # the tokenizer and autoencoder as the run's config names them
+    return cfg, run.model, run.batches
 
 
 def flops_per_step(arm: str, seed: int = 0) -> float:
@@ -266,7 +261,7 @@ class Run:
 
 TEXT_STEPS = 4 if SMOKE else 1200  # (g)'s text-only pretraining (not counted in the image-training budget)
 # (g)'s stand-in for a pretrained LLM: the tiny trunk trained on English text alone
-TEXT_LM = Run("text_lm", ["data.text_fraction=1.0", "data.interleaved_fraction=0", f"image.autoencoder={ae_dir('kl')}",
+TEXT_LM = Run("text_lm", ["data.text_fraction=1.0", "data.interleaved_fraction=0", f"autoencoder.name={ae_dir('kl')}",
                           f"train.steps={TEXT_STEPS}", "train.eval_samples=2", "train.sample_every=0"],
               {"final": TEXT_STEPS}, prepare=autoencoders)
 

@@ -4,7 +4,7 @@ against its own phrase (`transfusion eval --suite interleaved`).
 
     python experiments/paper_claims/h_interleaved.py
 
-Rows: the README's `tiny` run (`transfusion train --preset tiny`, 20% interleaved documents,
+Rows: the main job's `tiny` run (`transfusion train --preset tiny`, 20% interleaved documents,
 mixed by documents) at three training seeds, sampled with SDE-DPM-Solver++ 25 (the
 interactive default) and DPM-Solver++ 25; the same with the library default of 5%
 (`data.interleaved_fraction=0.05`); and the two arms of (a) at their largest budget
@@ -30,7 +30,7 @@ VARIANTS = {"": [], "_il5": ["data.interleaved_fraction=0.05"]}  # the preset (2
 
 
 def tiny_run(seed: int, variant: str = "") -> tuple[Run, int]:
-    """The README's main job with ``seed`` (and a variant's overrides), and its final step."""
+    """The main job with ``seed`` (and a variant's overrides), and its final step."""
     from transfusion.config import load_config
 
     steps = 8 if SMOKE else load_config("tiny").train.steps

@@ -19,8 +19,9 @@ from transfusion.autoencoders.base import Autoencoder, IdentityAutoencoder
 from transfusion.autoencoders.kl import KLAutoencoder
 from transfusion.autoencoders.pretrained import DiffusersAutoencoder
 from transfusion.autoencoders.store import autoencoder_fingerprint, load_autoencoder, save_autoencoder
-from transfusion.autoencoders.training import train_autoencoder
+from transfusion.autoencoders.training import new_autoencoder, train_autoencoder
 from transfusion.autoencoders.vq import VQAutoencoder, codebook_stats
 
 __all__ = ["Autoencoder", "IdentityAutoencoder", "KLAutoencoder", "VQAutoencoder", "DiffusersAutoencoder",
-           "load_autoencoder", "save_autoencoder", "autoencoder_fingerprint", "train_autoencoder", "codebook_stats"]
+           "load_autoencoder", "save_autoencoder", "autoencoder_fingerprint", "new_autoencoder",
+           "train_autoencoder", "codebook_stats"]

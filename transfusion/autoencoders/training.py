@@ -20,9 +20,21 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from transfusion.autoencoders.base import Autoencoder
+from transfusion.autoencoders.kl import KLAutoencoder
+from transfusion.autoencoders.vq import VQAutoencoder
+from transfusion.config import AutoencoderConfig
 
 # `transfusion autoencoder train` defaults: ~80 s on 2 idle CPU cores, test MSE ~0.007 on 32 px shapes
 DEFAULT_STEPS, DEFAULT_BATCH_SIZE, DEFAULT_LR = 1000, 16, 2e-3
+
+
+def new_autoencoder(cfg: AutoencoderConfig, codes: bool = False) -> KLAutoencoder | VQAutoencoder:
+    """An untrained autoencoder of ``cfg``'s shape (``autoencoder.name=train``): a KL-VAE, or
+    with ``codes`` (``image.objective=tokens``) a VQ whose code vectors have ``latent_channels``."""
+    if codes:
+        return VQAutoencoder(codebook_size=cfg.codebook_size, code_dim=cfg.latent_channels,
+                             downsample=cfg.downsample, width=cfg.width)
+    return KLAutoencoder(latent_channels=cfg.latent_channels, downsample=cfg.downsample, width=cfg.width)
 
 
 def image_of(item) -> torch.Tensor:

@@ -5,7 +5,9 @@ A document is what a dataset yields and what the packer turns into a batch row:
     Document([Text("first a red circle, then a green triangle:"), Image(a), Image(b)])
 
 Images are float tensors of shape (C, H, W) with values in [-1, 1] (pixels), before any
-autoencoder. ``kind`` tells the batch builder how it may reorder a document:
+autoencoder; only a corpus of precomputed latents (``transfusion data precompute``) holds
+images already encoded, ``Image(latents=...)``. ``kind`` tells the batch builder how it may
+reorder a document:
 ``"pair"`` (one caption + one image: may be flipped to image-first or lose its caption),
 ``"edit"`` (source image, instruction, edited image: the source is clean context),
 ``"interleaved"`` and ``"text"`` (kept as they are).
@@ -35,13 +37,18 @@ class Tokens:
 
 @dataclass(frozen=True)
 class Image:
-    pixels: torch.Tensor  # (C, H, W) float in [-1, 1]
+    """An image: its pixels, or (a corpus of precomputed latents) its latents; exactly one of them."""
+
+    pixels: torch.Tensor | None = None  # (C, H, W) float in [-1, 1]
+    latents: torch.Tensor | None = None  # (C, h, w) float: the image already encoded by an autoencoder
 
     def __post_init__(self):
-        p = self.pixels
+        if (self.pixels is None) == (self.latents is None):
+            raise ValueError("an Image holds either pixels or latents")
+        name, p = ("pixels", self.pixels) if self.latents is None else ("latents", self.latents)
         if not isinstance(p, torch.Tensor) or p.ndim != 3 or not p.is_floating_point():
             raise ValueError(
-                f"Image.pixels must be a float tensor of shape (C, H, W), got "
+                f"Image.{name} must be a float tensor of shape (C, H, W), got "
                 f"{type(p).__name__} {tuple(getattr(p, 'shape', ()))}"
             )
 

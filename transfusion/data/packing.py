@@ -33,7 +33,8 @@ class Layout:
     """One document as a flat sequence: token ids with PATCH placeholders, and its images."""
 
     ids: list[int]
-    images: list[tuple[int, torch.Tensor, int]] = field(default_factory=list)  # (start, latent, max_t)
+    # (start, latent, max_t); before encoding (BatchBuilder) the image's pixels stand in for its latent
+    images: list[tuple[int, torch.Tensor, int]] = field(default_factory=list)
     given: list[tuple[int, int]] = field(default_factory=list)  # [start, end) of text that is no LM target
     references: list[int] = field(default_factory=list)  # per image, the image (of this layout) it edits, or -1
 
@@ -48,12 +49,15 @@ class PackedBatch:
     latents: list[torch.Tensor]  # per image, clean (C, h, w)
     max_t: torch.Tensor  # (N,) long, the largest timestep each image may be noised to; 0: clean context
     index: list[torch.Tensor]  # per image, (P,) flat positions row * L + col of its patches
-    # the diffusion draw of a training batch (``BatchBuilder``): per image its timestep (N,)
-    # and its noise (C, h, w); None lets the loss draw them itself
+    # the diffusion draw of a training batch (``NoiseProcess.draw``, made by ``BatchBuilder``): per
+    # image its timestep (N,) and its noise (C, h, w); the loss of a batch with images needs them
     t: torch.Tensor | None = None
     noise: list[torch.Tensor] | None = None
     # per image (N,) long, the image of this batch it edits (its source, in the same document), or -1
     reference: torch.Tensor | None = None
+    # per image, its pixels (C, H, W) while the batch is not encoded yet (``pack(..., encoded=False)``):
+    # ``latents`` is empty until the autoencoder fills it (``BatchBuilder``)
+    pixels: list[torch.Tensor] | None = None
 
     def to(self, device: torch.device | str) -> "PackedBatch":
         """The same batch with every tensor on ``device``."""
@@ -67,6 +71,10 @@ class PackedBatch:
     @property
     def rows(self) -> int:
         return self.tokens.shape[0]
+
+    @property
+    def num_images(self) -> int:
+        return len(self.index)
 
     def image_rows(self) -> list[int]:
         """The row each image sits in."""
@@ -85,20 +93,20 @@ class PackedBatch:
             image_ids.append(torch.where(b.image_ids >= 0, b.image_ids + images, -1))
             index.extend(i + rows * seq_len for i in b.index)
             docs += int(b.doc_ids.max()) + 1
-            images += len(b.latents)
+            images += b.num_images
             rows += b.rows
         cat = lambda name: torch.cat([getattr(b, name) for b in batches])  # noqa: E731
         drawn = all(b.t is not None for b in batches)
         reference, base = [], 0
         for b in batches:
-            own = b.reference if b.reference is not None else torch.full((len(b.latents),), -1, dtype=torch.long)
+            own = b.reference if b.reference is not None else torch.full((b.num_images,), -1, dtype=torch.long)
             reference.append(torch.where(own >= 0, own + base, -1))
-            base += len(b.latents)
+            base += b.num_images
         return PackedBatch(
             cat("tokens"), cat("positions"), torch.cat(doc_ids), torch.cat(image_ids), cat("targets"),
             [lat for b in batches for lat in b.latents], cat("max_t"), index,
             cat("t") if drawn else None, [n for b in batches for n in b.noise] if drawn else None,
-            torch.cat(reference),
+            torch.cat(reference), [p for b in batches for p in b.pixels] if batches[0].pixels is not None else None,
         )
 
     @property
@@ -246,7 +254,7 @@ def truncate(lay: Layout, seq_len: int, what: str = "document") -> Layout:
 
 def pack(
     layouts: Iterable[Layout], rows: int, seq_len: int, pad_id: int, one_per_row: bool = False,
-    align_end: bool = False, patience: int = 0,
+    align_end: bool = False, patience: int = 0, encoded: bool = True,
 ) -> tuple[PackedBatch, int]:
     """Place layouts first-fit into ``rows`` rows of ``seq_len``; stops at the first that fits
     nowhere, or with ``patience`` after that many layouts in a row that fit nowhere (they are
@@ -254,6 +262,7 @@ def pack(
 
     ``layouts`` may be a lazy iterator: it is consumed up to the layout that ends it. With ``one_per_row``, layout i goes in row i, at its start, or with ``align_end`` at
     its end (left padding: every prompt of a generation batch then ends at the same column).
+    ``encoded=False``: the layouts' images are pixels, which the batch holds in ``pixels``.
     Returns the batch and how many layouts it holds.
     """
     fill = [0] * rows
@@ -280,7 +289,7 @@ def pack(
     doc_ids = torch.full((rows, seq_len), -1, dtype=torch.long)
     image_ids = torch.full((rows, seq_len), -1, dtype=torch.long)
     targets = torch.full((rows, seq_len), IGNORE, dtype=torch.long)
-    latents, max_t, index, reference = [], [], [], []
+    images, max_t, index, reference = [], [], [], []
     for doc_index, (row, start, lay) in enumerate(placed):
         ids = torch.tensor(lay.ids, dtype=torch.long)
         n = len(ids)
@@ -293,17 +302,18 @@ def pack(
         targets[row, start : start + n - 1] = torch.where(has_target, ids[1:], IGNORE)
         for a, b in lay.given:  # the positions that would predict given text; the one after it still predicts
             targets[row, start + a - 1 : start + b - 1] = IGNORE
-        first = len(latents)
+        first = len(images)
         refs = lay.references + [-1] * (len(lay.images) - len(lay.references))  # images appended by hand edit nothing
         reference += [first + r if r >= 0 else -1 for r in refs]
-        for img_start, latent, cap in lay.images:
+        for img_start, image, cap in lay.images:
             P = int(is_patch[img_start:].long().cumprod(0).sum())
-            image_ids[row, start + img_start : start + img_start + P] = len(latents)
+            image_ids[row, start + img_start : start + img_start + P] = len(images)
             index.append(row * seq_len + start + img_start + torch.arange(P))
-            latents.append(latent)
+            images.append(image)
             max_t.append(cap)
     batch = PackedBatch(
-        tokens, positions, doc_ids, image_ids, targets, latents, torch.tensor(max_t, dtype=torch.long), index,
-        reference=torch.tensor(reference, dtype=torch.long),
+        tokens, positions, doc_ids, image_ids, targets, images if encoded else [],
+        torch.tensor(max_t, dtype=torch.long), index, reference=torch.tensor(reference, dtype=torch.long),
+        pixels=None if encoded else images,
     )
     return batch, len(placed)

@@ -26,10 +26,8 @@ import torch
 
 from transfusion.autoencoders import autoencoder_fingerprint, load_autoencoder, save_autoencoder
 from transfusion.data.ondisk import BadRecordError
-from transfusion.data.shards import ShardedCorpus, add_record, decode_record, read_records
+from transfusion.data.shards import CORPUS_AUTOENCODER, ShardedCorpus, add_record, decode_record, read_records
 from transfusion.fileio import atomic_text, atomic_write
-
-CORPUS_AUTOENCODER = "autoencoder"  # the folder, inside a latent corpus, holding its autoencoder
 
 
 def _encode_shard(job: tuple[str, str, str, int, int]) -> tuple[str, int, int, list[str]]:
@@ -97,32 +95,16 @@ def precompute_latents(shards: str, autoencoder: str | Path, out: str | Path, wo
     return {**info, "seconds": time.perf_counter() - start}
 
 
-def corpus_autoencoder(corpus: ShardedCorpus, wanted: str):
-    """The autoencoder a latent corpus was encoded with, for a run whose ``image.autoencoder``
-    is ``wanted``: "train" takes the corpus's own; anything else must be that same autoencoder."""
-    info = corpus.latent_info
-    folder = corpus.shards[0].parent / CORPUS_AUTOENCODER
-    if "fingerprint" not in info or not folder.is_dir():
-        raise ValueError(f"{corpus.shards[0].parent} holds latents of an unnamed autoencoder (no fingerprint in "
-                         f"latents.json, or no {CORPUS_AUTOENCODER}/ folder): rerun `transfusion data precompute`")
-    ae = load_autoencoder(folder if wanted == "train" else wanted)
-    if autoencoder_fingerprint(ae) != info["fingerprint"]:
-        raise ValueError(f"the corpus {corpus.shards[0].parent} holds latents of the autoencoder {info['autoencoder']} "
-                         f"(fingerprint {info['fingerprint'][:12]}), but image.autoencoder={wanted} is another one; "
-                         f"set image.autoencoder=train (the corpus's own) or precompute the corpus with it")
-    return ae
-
-
 def write_corpus(data: str, out: str | Path, docs: int, per_shard: int, image_size: int = 32, seed: int = 0) -> int:
     """A sharded corpus of ``docs`` documents drawn from a dataset (``data.dataset`` names)."""
     import random
 
     from transfusion.config import load_config
     from transfusion.data.shards import write_shard
-    from transfusion.data.stream import build_mixture
+    from transfusion.data.sources import drawn_mixture
 
     cfg = load_config(overrides=[f"data.dataset={data}", f"image.size={image_size}"])
-    mixture = build_mixture(cfg)
+    mixture = drawn_mixture(cfg)
     rng = random.Random(seed)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

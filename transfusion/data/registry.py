@@ -6,7 +6,8 @@
     load_dataset("edits", "train", image_size=32)      # shapes editing triples (source, instruction, output)
     load_dataset("data/{split}.jsonl", "train", 64)    # a JSONL manifest of documents
     load_dataset("photos/{split}", "test", 64)         # a folder of images + NAME.txt captions
-    load_dataset("corpus/{split}", "test", 64)         # .tar shards (its first documents; training streams them)
+    load_dataset("corpus/{split}", "test", 64)         # .tar shards (its first documents)
+    load_dataset("corpus/{split}", "train", 64, streams=8)  # .tar shards whole, read as 8 streams (training's)
     load_dataset("laion/{split}", "train", 64)         # .tar shards of img2dataset pairs (KEY.jpg + KEY.txt)
     load_dataset("hf/{split}", "train", 64)            # Parquet files of image bytes + captions (HF datasets)
 
@@ -23,12 +24,14 @@ BUILTIN_NAMES = ("shapes", "mnist", "text", "edits")
 EVAL_DOCUMENTS = 4096  # documents a sharded corpus lends to evaluation and autoencoder training
 
 
-def load_dataset(spec: str, split: str, image_size: int, on_error: str = "raise"):
+def load_dataset(spec: str, split: str, image_size: int, on_error: str = "raise", streams: int = 0, seed: int = 0):
     """The dataset named by ``spec`` for ``split`` ("train" or "test").
 
     ``spec`` is a built-in name (``BUILTIN_NAMES``), a path ending in ``.jsonl`` or an
     existing folder of captioned images; images come out as (3, image_size, image_size).
     ``on_error`` ("raise" | "skip") applies to user data: see ``transfusion.data.ondisk``.
+    .tar shards give their first ``EVAL_DOCUMENTS`` documents, or with ``streams`` > 0 the
+    whole ``ShardedCorpus``, read as that many streams in a shard order shuffled by ``seed``.
     """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
@@ -53,6 +56,8 @@ def load_dataset(spec: str, split: str, image_size: int, on_error: str = "raise"
 
     path = Path(spec.replace("{split}", split)).expanduser()
     if is_sharded(str(path)):
+        if streams > 0:
+            return ShardedCorpus(str(path), image_size, streams, seed)
         return ShardedCorpus(str(path), image_size, streams=1).head(EVAL_DOCUMENTS)
     from transfusion.data.parquet import ParquetDocuments, is_parquet
 

@@ -50,6 +50,7 @@ from transfusion.data.ondisk import BadRecordError, document_kind, image_from_by
 from transfusion.fileio import atomic_write, fit_image, open_image, to_pil
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+CORPUS_AUTOENCODER = "autoencoder"  # the folder, inside a latent corpus, holding its autoencoder
 MAX_MEMBER_BYTES = 64 * 1024 * 1024  # a larger tar member is a corrupt record, left unread
 
 
@@ -191,11 +192,11 @@ def decode_record(key: str, members: dict[str, bytes], image_size: int, latents:
         try:
             if kind == "latent":
                 array = np.load(io.BytesIO(members[value]), allow_pickle=False)
-                tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+                image = Image(latents=torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)))
             else:
                 with open_image(io.BytesIO(members[value])) as opened:
-                    tensor = fit_image(opened, image_size)
-            segments.append(Image(tensor))
+                    image = Image(fit_image(opened, image_size))
+            segments.append(image)
         except Exception as err:  # an undecodable image or array
             raise BadRecordError(f"record {key}: cannot decode {value} ({type(err).__name__}: {err})") from None
     return Document(segments, kind=meta.get("kind") or document_kind(segments))
@@ -328,6 +329,24 @@ class ShardedCorpus:
             if not found and at.epoch < epoch:
                 raise RuntimeError(f"stream {stream} read a whole epoch of {self} without one readable document")
             epoch, shard_i = epoch + 1, 0
+
+
+def corpus_autoencoder(corpus: ShardedCorpus, wanted: str):
+    """The autoencoder a latent corpus was encoded with, for a run whose ``autoencoder.name``
+    is ``wanted``: "train" takes the corpus's own; anything else must be that same autoencoder."""
+    from transfusion.autoencoders import autoencoder_fingerprint, load_autoencoder
+
+    info = corpus.latent_info
+    folder = corpus.shards[0].parent / CORPUS_AUTOENCODER
+    if "fingerprint" not in info or not folder.is_dir():
+        raise ValueError(f"{corpus.shards[0].parent} holds latents of an unnamed autoencoder (no fingerprint in "
+                         f"latents.json, or no {CORPUS_AUTOENCODER}/ folder): rerun `transfusion data precompute`")
+    ae = load_autoencoder(folder if wanted == "train" else wanted)
+    if autoencoder_fingerprint(ae) != info["fingerprint"]:
+        raise ValueError(f"the corpus {corpus.shards[0].parent} holds latents of the autoencoder {info['autoencoder']} "
+                         f"(fingerprint {info['fingerprint'][:12]}), but autoencoder.name={wanted} is another one; "
+                         f"set autoencoder.name=train (the corpus's own) or precompute the corpus with it")
+    return ae
 
 
 class _Reader(torch.utils.data.IterableDataset):

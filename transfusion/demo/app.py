@@ -32,7 +32,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from transfusion.checkpoint import Loaded
-from transfusion.config import OBJECTIVE_SAMPLERS
+from transfusion.samplers import OBJECTIVE_SAMPLERS
 from transfusion.demo.jobs import Job, JobQueue, Limits, RequestError, parse_request, png_data_url
 
 MAX_BODY_BYTES_OVER_UPLOAD = 64 * 1024  # room for the JSON fields around an upload
@@ -192,7 +192,7 @@ def create_app(loaded: Loaded, limits: Limits = Limits(), allowed_hosts=LOOPBACK
         return {"checkpoint": checkpoint_name(loaded.path), "step": loaded.step, "image_size": cfg.image.size,
                 "samplers": samplers, "edits": edits,
                 "default_steps": {s: Request(sampler=s).resolve(cfg, loaded.autoencoder).steps for s in samplers},
-                "guidance": cfg.diffusion.guidance, "limits": dataclasses.asdict(limits)}
+                "guidance": cfg.sampling.guidance, "limits": dataclasses.asdict(limits)}
 
     @app.post("/api/jobs")
     async def submit(request: HTTPRequest):

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import PIL.Image
 import torch
 
-from transfusion.config import SAMPLER_STEPS
+from transfusion.samplers import SAMPLER_STEPS
 
 TASKS = ("t2i", "i2t", "interleaved", "edit")
 

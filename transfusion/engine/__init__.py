@@ -7,6 +7,11 @@ The four tasks (text to image, caption, continue a document, edit) are set up on
 ``tasks.py``; every front-end (the CLI, ``Pipeline``, the demo, evaluation) calls them.
 ``Engine.generate`` is the one batched loop underneath them.
 
+The Engine is built of three parts, each chosen once: the objective's codec (``codec.py``:
+pixels to latents or VQ codes and back), the model's forward passes against the cache
+(``forward.ModelForward``) and the image maker (``images.py``), which sees the model only
+through the narrow ``images.Forward`` and the plain values of ``images.MakerSettings``.
+
 Every row of a batch is one document. Prompts are left-padded so that all rows end at the
 same cache column; each call then appends the same number of columns to every row, and a
 row with nothing to add that call gets padding columns, which no real position attends to.

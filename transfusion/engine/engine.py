@@ -9,10 +9,12 @@ import torch
 from transfusion.autoencoders import Autoencoder
 from transfusion.config import Config
 from transfusion.data.document import Image, Text, Tokens
-from transfusion.data.packing import layout, pack
-from transfusion.engine.cache import PAD_DOC, KVCache
+from transfusion.diffusion import noise_process
+from transfusion.engine.cache import KVCache
+from transfusion.engine.codec import build_codec
 from transfusion.engine.decoding import choose_token, forbid
-from transfusion.engine.images import DiffusionImages, TokenImages
+from transfusion.engine.forward import ModelForward
+from transfusion.engine.images import DiffusionImages, MakerSettings, TokenImages
 from transfusion.engine.settings import Request
 from transfusion.model.transfusion import Transfusion
 from transfusion.tokenizer import Tokenizer
@@ -49,7 +51,12 @@ class Row:
 
 
 class Engine:
-    """Batched generation for one model, its tokenizer, autoencoder and run config."""
+    """Batched generation for one model, its tokenizer, autoencoder and run config.
+
+    Built once from them: the codec of the image objective (``codec.py``), the model's forward
+    passes (``forward.ModelForward``) and the image maker, which sees only those passes and
+    plain settings (``images.MakerSettings``).
+    """
 
     def __init__(self, model: Transfusion, tokenizer: Tokenizer, autoencoder: Autoencoder, config: Config,
                  cache_prefix: bool = True, progress=False):
@@ -57,60 +64,35 @@ class Engine:
         self.cache_prefix = cache_prefix  # False: recompute every prefix at every denoising step (the reference)
         self.progress = progress  # a progress bar over each image's denoising steps, or a callable (done, total)
         self.device = next(model.parameters()).device
-        self.image_maker = TokenImages(self) if model.image_codes else DiffusionImages(self)
+        self.codec = build_codec(autoencoder, self.device, model.image_codes, model.vocab_size, tokenizer.boi_id,
+                                 tokenizer.eoi_id)
+        self.forward = ModelForward(self.model, tokenizer, self.codec, self.device)
+        settings = MakerSettings(self.device, tokenizer.pad_id, model.vocab_size, model.model_cfg.max_seq_len,
+                                 model.num_patches, self.codec.latent_shape, model.image_cfg.edit_reference,
+                                 cache_prefix, progress)
+        self.image_maker = (TokenImages(self.forward, settings) if model.image_codes
+                            else DiffusionImages(self.forward, settings, noise_process(config.diffusion)))
 
     def run(self, cache: KVCache, tokens, positions, doc, image, groups=(), write: bool = True, mask=None):
         """Append columns (B, L) to the cached rows; returns hidden (B, L, D) and noise predictions."""
-        if mask is None:
-            mask = self.model.mask(doc, image, cache.doc, cache.image)  # (B, 1, L, S + L)
-        present: list = []
-        hidden, noise = self.model(tokens, positions, doc, image, list(groups), mask=mask, past=cache.kv,
-                                   present=present)
-        if write:
-            cache.append(present, doc, image)
-        return hidden, noise
+        return self.forward.run(cache, tokens, positions, doc, image, groups, write, mask)
 
     def encode(self, prompts: list[list]) -> list[list[torch.Tensor]]:
         """What the model reads of each prompt's images, in order (latents, or VQ codes (h, w))."""
-        return [[self.image_maker.encode(s.pixels[None].to(self.device)) for s in p if isinstance(s, Image)]
-                for p in prompts]
+        return self.codec.read(prompts)
 
-    @torch.no_grad()
     def prefill(self, prompts: list[list], latents: list[list[torch.Tensor]] | None = None):
-        """Prompts (lists of Text / Tokens / Image segments, images clean), left-padded, into a new cache.
-
-        Returns the cache, each row's next position (B,) and the last column's hidden (B, D).
-        """
-        latents = self.encode(prompts) if latents is None else latents
-        prompts, latents = zip(*[self.image_maker.as_prompt(p, lat) for p, lat in zip(prompts, latents)])
-        lays = [layout(p, lat, [0] * len(lat), self.tok, self.model.num_patches, close=False)
-                for p, lat in zip(prompts, latents)]
-        longest, limit = max(len(lay.ids) for lay in lays), self.model.model_cfg.max_seq_len
-        if longest > limit:
-            raise ValueError(f"the prompt needs {longest} tokens but the model's context is model.max_seq_len={limit}")
-        batch, _ = pack(lays, len(lays), longest, self.tok.pad_id, one_per_row=True, align_end=True)
-        batch = batch.to(self.device)
-        doc = torch.where(batch.doc_ids >= 0, 0, PAD_DOC)
-        cache = KVCache()
-        hidden, _ = self.run(cache, batch.tokens, batch.positions, doc, batch.image_ids, batch.clean_image_groups())
-        return cache, (doc >= 0).sum(1), hidden[:, -1]
+        """Prompts, left-padded, into a new cache -> (cache, next positions (B,), last hidden (B, D))."""
+        return self.forward.prefill(prompts, latents)
 
     def after_boi(self, contexts: list[tuple[list, list]]) -> tuple[KVCache, torch.Tensor, torch.Tensor]:
         """Cache, next positions and BOI's hidden state (B, D) of rows holding each (segments,
         latents) context, then BOI."""
-        cache, positions, _ = self.prefill([c[0] for c in contexts], [c[1] for c in contexts])
-        boi = torch.full((len(contexts),), self.tok.boi_id, device=self.device)
-        hidden = self.step_text(cache, boi, positions, torch.ones_like(boi, dtype=torch.bool))
-        return cache, positions, hidden
+        return self.forward.after_boi(contexts)
 
     def step_text(self, cache: KVCache, tokens: torch.Tensor, positions: torch.Tensor, active: torch.Tensor):
         """Feed one token per active row (padding for the others): -> hidden (B, D)."""
-        column = lambda x, fill: torch.where(active, x, fill)[:, None]  # noqa: E731
-        doc = column(torch.zeros_like(tokens), PAD_DOC)
-        hidden, _ = self.run(cache, column(tokens, self.tok.pad_id), column(positions, 0), doc,
-                             torch.full_like(doc, -1))
-        positions += active.long()
-        return hidden[:, 0]
+        return self.forward.step_text(cache, tokens, positions, active)
 
     def next_text(self, hidden: torch.Tensor, req: Request, generators, too_short: torch.Tensor) -> torch.Tensor:
         """Next text token per row from hidden states (B, D); rows ``too_short`` (B,) cannot end."""
@@ -126,7 +108,7 @@ class Engine:
         ``max_images`` images. ``force_image`` makes BOI the first generated token.
         """
         req = req.resolve(self.config, self.ae)
-        self.model.num_patches(self.ae.latent_shape(*req.image_size)[1:])  # a size the model cannot take fails first
+        self.model.num_patches(self.codec.latent_shape(req.image_size)[1:])  # a size the model cannot take fails first
         latents = self.encode(prompts)
         rows = [Row(list(p), list(lat)) for p, lat in zip(prompts, latents)]
         cache, positions, last = self.prefill(prompts, latents)
@@ -158,8 +140,8 @@ class Engine:
                 for r in idx.tolist():
                     rows[r].close_text(tok)
                 made = self.image_maker.make(cache, idx, positions, req, [generators[r] for r in idx.tolist()],
-                                        [rows[r] for r in idx.tolist()], hidden[idx])
-                pixels = self.image_maker.to_pixels(made).cpu()
+                                             [rows[r] for r in idx.tolist()], hidden[idx])
+                pixels = self.codec.to_pixels(made).cpu()
                 self.image_maker.write(cache, idx, made, positions)
                 for r, encoded, img in zip(idx.tolist(), made, pixels):
                     rows[r].add_image(Image(img), encoded)

@@ -61,7 +61,7 @@ class Transfusion(nn.Module):
         if image.objective == "tokens":
             codes = getattr(autoencoder, "codebook_size", 0)
             if not codes:
-                raise ValueError(f"image.objective=tokens needs a VQ autoencoder (image.autoencoder=train or a folder "
+                raise ValueError(f"image.objective=tokens needs a VQ autoencoder (autoencoder.name=train or a folder "
                                  f"from `transfusion autoencoder train --vq`), got a {type(autoencoder).__name__}")
         return cls(model, image, tokenizer.vocab_size, autoencoder.latent_channels, codes, seed)
 

@@ -223,7 +223,8 @@ def test_every_config_key_the_docs_name_is_a_field_of_the_config():
 def test_the_configuration_page_lists_every_section_and_preset_as_the_code_has_them():
     """docs/configuration.md: one row per config section, whose backticked keys are fields of that
     section; one row per preset, with the layers / width / heads it builds."""
-    from transfusion.config import PRESETS, load_config
+    from transfusion.config import load_config
+    from transfusion.presets import PRESETS
 
     fields = config_fields()
     text = (DOCS / "configuration.md").read_text()

@@ -134,9 +134,10 @@ def test_paper_presets_have_the_papers_sizes_and_256_latent_patches(preset):
     from diffusers import AutoencoderKL
 
     from transfusion.autoencoders import DiffusersAutoencoder
-    from transfusion.config import PAPER_AUTOENCODER, load_config
+    from transfusion.config import load_config
     from transfusion.engine import resolve_clip
     from transfusion.model.transfusion import Transfusion
+    from transfusion.presets import PAPER_AUTOENCODER
 
     cfg = load_config(preset)
     assert cfg.autoencoder.name == PAPER_AUTOENCODER and cfg.image.size == 256

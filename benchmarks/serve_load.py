@@ -1,12 +1,13 @@
 """Load on the web demo: 32 requests from 8 concurrent clients against `transfusion serve` on 127.0.0.1.
 
-    python benchmarks/serve_load.py RUN [--requests 32] [--clients 8] [--steps 25] [--sampler dpm++]
+    python benchmarks/serve_load.py RUN [--requests 32] [--clients 8] [--steps 25] [--sampler dpm++] [--max-batch 8]
 
-Starts the server as its own process (the command a user runs), sends text-to-image requests
-from concurrent clients, each polling its job to the end, and checks every answer: a PNG of
-the run's image size whose embedded settings carry the request's caption and seed. Prints
-the latency (submit -> result) median and 95th percentile, the throughput, and whether the
-server is still up; exits 1 if any request was lost or wrong.
+Starts the server as its own process (the command a user runs, with ``--max-batch``), sends
+text-to-image requests from concurrent clients, each polling its job to the end, and checks
+every answer: a PNG of the run's image size whose embedded settings carry the request's
+caption and seed. Prints the latency (submit -> result) median and 95th percentile, the
+throughput, the batches the server formed (from each job's view: the jobs it ran with), and
+whether the server is still up; exits 1 if any request was lost or wrong.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import argparse
 import base64
 import io
 import json
+from collections import Counter
 import socket
 import statistics
 import subprocess
@@ -40,6 +42,7 @@ def main() -> None:
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--sampler", default="dpm++")
+    p.add_argument("--max-batch", type=int, default=8, help="passed to transfusion serve (1: one job at a time)")
     args = p.parse_args()
 
     with socket.socket() as s:
@@ -47,7 +50,8 @@ def main() -> None:
         port = s.getsockname()[1]
     base = f"http://127.0.0.1:{port}"
     server = subprocess.Popen([sys.executable, "-m", "transfusion", "serve", args.run, "--port", str(port),
-                               "--max-queue", str(args.requests)], stdout=subprocess.DEVNULL)
+                               "--max-queue", str(args.requests), "--max-batch", str(args.max_batch)],
+                              stdout=subprocess.DEVNULL)
     try:
         for _ in range(600):
             try:
@@ -59,6 +63,7 @@ def main() -> None:
             raise SystemExit("the server did not start")
         size = info["image_size"]
         latencies: list[float] = []
+        batched_with: list[int] = []  # per answered request: the jobs of the batch it ran in
         failures: list[str] = []
         lock = threading.Lock()
         per_client = [list(range(k, args.requests, args.clients)) for k in range(args.clients)]
@@ -81,6 +86,7 @@ def main() -> None:
                 with lock:
                     if ok:
                         latencies.append(time.perf_counter() - start)
+                        batched_with.append(job["batch"]["jobs"])
                     else:
                         failures.append(f"request {i}: {job.get('error', job.get('status'))}")
 
@@ -105,6 +111,11 @@ def main() -> None:
     if latencies:
         print(f"latency: median {statistics.median(latencies):.2f} s, p95 {p95:.2f} s; "
               f"{args.requests / wall:.2f} requests/s over {wall:.1f} s")
+    if batched_with:  # k requests ran in a batch of k jobs: one batch
+        sizes = sorted(Counter(batched_with).items())
+        batches = sum(count / k for k, count in sizes)
+        print(f"batches (--max-batch {args.max_batch}): {batches:.0f}, mean {len(batched_with) / batches:.2f} jobs; "
+              f"jobs per batch: {', '.join(f'{k} x{count / k:.0f}' for k, count in sizes)}")
     for failure in failures[:5]:
         print("  " + failure)
     if failures or not alive:

@@ -117,7 +117,8 @@ def test_a_decompression_bomb_is_refused_without_decoding_it():
 def test_the_queue_runs_one_job_at_a_time_and_survives_a_failing_one():
     running, peak, lock = [0], [0], threading.Lock()
 
-    def run(job):
+    def run(batch):
+        (job,) = batch  # max_batch 1: one job at a time
         with lock:
             running[0] += 1
             peak[0] = max(peak[0], running[0])
@@ -126,9 +127,9 @@ def test_the_queue_runs_one_job_at_a_time_and_survives_a_failing_one():
             running[0] -= 1
         if job.prompt == "fail":
             raise RuntimeError("boom")
-        return {"echo": job.prompt}
+        return [{"echo": job.prompt}]
 
-    q = JobQueue(run, Limits(max_queue=16))
+    q = JobQueue(run, Limits(max_queue=16, max_batch=1))
     jobs = [q.submit(Job(task="t2i", prompt=p)) for p in ["a", "fail", "b", "c"]]
     deadline = time.time() + 10
     while any(j.status in ("queued", "running") for j in jobs) and time.time() < deadline:
@@ -143,7 +144,7 @@ def test_the_queue_runs_one_job_at_a_time_and_survives_a_failing_one():
 
 def test_job_ids_are_unguessable_and_the_line_follows_arrival():
     release = threading.Event()
-    q = JobQueue(lambda job: release.wait(5), Limits(max_queue=32))
+    q = JobQueue(lambda batch: [release.wait(5)], Limits(max_queue=32, max_batch=1))
     jobs = [q.submit(Job(task="t2i", prompt=str(k))) for k in range(20)]
     try:
         ids = [j.id for j in jobs]
@@ -161,7 +162,7 @@ def test_job_ids_are_unguessable_and_the_line_follows_arrival():
 
 def test_a_full_queue_says_busy():
     release = threading.Event()
-    q = JobQueue(lambda job: release.wait(5), Limits(max_queue=1))
+    q = JobQueue(lambda batch: [release.wait(5)], Limits(max_queue=1))
     q.submit(Job(task="t2i"))  # taken by the worker
     time.sleep(0.05)
     q.submit(Job(task="t2i"))  # waits
@@ -367,6 +368,7 @@ def test_serve_names_the_hosts_it_answers_to_and_bounds_connections(debug_run, m
 
     served = {}
     monkeypatch.setattr(uvicorn, "run", lambda app, **options: served.update(app=app, **options))
+    monkeypatch.setenv("TRANSFUSION_API_KEY", "a-key")  # beyond loopback the OpenAI API needs one (test_openai_api)
     with pytest.raises(ValueError, match="--allowed-hosts"):
         COMMANDS["serve"]([str(debug_run), "--host", "0.0.0.0"])  # every interface: which names, then?
     assert not served

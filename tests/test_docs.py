@@ -6,13 +6,17 @@ The pages read are ``README.md`` and ``docs/*.md``; docs/contributing.md lists t
 
 import argparse
 import ast
+import contextlib
 import dataclasses
 import importlib.util
 import os
 import re
 import shlex
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from fnmatch import fnmatch
 from pathlib import Path
 
@@ -371,9 +375,37 @@ def test_the_python_blocks_run_on_a_trained_run(debug_run, tmp_path):
     for page, code in blocks:
         assert "runs/tiny" in code, f"{page}: a runnable block that reads no run"
         code = re.sub(r"\b(num_inference_steps|steps)=\d+", r"\1=2", code)
-        run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
-                             timeout=300)
+        with served_if_called(code, tmp_path, env) as code:
+            run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                                 timeout=300)
         assert run.returncode == 0, f"{page}:\n{code}\n{run.stderr[-3000:]}"
+
+
+@contextlib.contextmanager
+def served_if_called(code: str, cwd: Path, env: dict):
+    """A block that calls the server (``127.0.0.1:7860``) runs against ``transfusion serve runs/tiny``,
+    started on a free port (the block is rewritten to it) and stopped after it."""
+    if "127.0.0.1:7860" not in code:
+        yield code
+        return
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    process = subprocess.Popen([sys.executable, "-m", "transfusion", "serve", "runs/tiny", "--port", str(port)],
+                               cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/info", timeout=5).close()
+                break
+            except OSError:
+                assert process.poll() is None and time.time() < deadline, process.stderr.read()[-3000:]
+                time.sleep(0.2)
+        yield code.replace("127.0.0.1:7860", f"127.0.0.1:{port}")
+    finally:
+        process.terminate()
+        process.wait(30)
 
 
 # ---------------------------------------------------------------- (e) the README's figures

@@ -40,10 +40,16 @@ class Pipeline:
         self.engine = Engine(loaded.model, loaded.tokenizer, loaded.autoencoder, loaded.config)
 
     @classmethod
-    def from_pretrained(cls, path_or_repo_id, device: str = "cpu", ema: bool = False) -> "Pipeline":
+    def from_pretrained(cls, path_or_repo_id, device: str = "cpu", ema: bool = False, int8: bool = False) -> "Pipeline":
+        """``int8``: the trunk's linear layers in int8 on the CPU (``engine.speedups``; docs/speed.md)."""
         from transfusion.sharing import from_pretrained
 
-        return cls(from_pretrained(path_or_repo_id, device=device, ema=ema))
+        loaded = from_pretrained(path_or_repo_id, device=device, ema=ema)
+        if int8:
+            from transfusion.engine.speedups import with_int8_trunk
+
+            loaded = with_int8_trunk(loaded)
+        return cls(loaded)
 
     def save_pretrained(self, folder) -> None:
         from transfusion.sharing import save_pretrained

@@ -3,7 +3,9 @@
     GET  /                 the page (page.html: no asset is fetched from elsewhere)
     GET  /api/info         the run (its name, not its path), its defaults, whether it edits, the limits
     POST /api/jobs         a JSON request (``jobs.parse_request``) -> {"id": ...}; 4xx with {"error": ...}
-    GET  /api/jobs/{id}    status, queue position, denoising progress, and at the end the result
+    GET  /api/jobs/{id}    status, queue position, the batch it joined, denoising progress, at the end the result
+    DELETE /api/jobs/{id}  cancel a queued job (409 once it runs, 404 unknown)
+    /v1/...                the OpenAI API's shape over the same queue, behind a bearer key (openai_api.py)
 
 FastAPI rather than Gradio: the page is one self-contained HTML file with no fonts or scripts
 from a CDN, so the demo works with no network, and the API it calls is the one scripts and the
@@ -11,16 +13,17 @@ load benchmark call too.
 
 Other web pages the user visits must not drive it (docs/security.md): a POST must be
 ``application/json`` (415 otherwise), which a page can only send to another origin after a
-CORS pre-flight this server never grants, and a request whose ``Host`` is not one of the
-server's names is refused (421), so a rebound DNS name cannot reach it. A body is read with a
-size cap and a time limit, and an upload is decoded off the event loop, so one slow or heavy
-request does not hold up the others.
+CORS pre-flight this server never grants (a DELETE, never a "simple" request, needs one too),
+and a request whose ``Host`` is not one of the server's names is refused (421), so a rebound
+DNS name cannot reach it. A body is read with a size cap and a time limit, and an upload is
+decoded off the event loop, so one slow or heavy request does not hold up the others.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import json
 import re
 from importlib.resources import files
@@ -34,6 +37,7 @@ from starlette.concurrency import run_in_threadpool
 from transfusion.checkpoint import Loaded
 from transfusion.samplers import OBJECTIVE_SAMPLERS
 from transfusion.demo.jobs import Job, JobQueue, Limits, RequestError, parse_request, png_data_url
+from transfusion.demo.openai_api import add_openai_routes, require_api_key
 
 MAX_BODY_BYTES_OVER_UPLOAD = 64 * 1024  # room for the JSON fields around an upload
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
@@ -119,51 +123,67 @@ async def read_body(request: HTTPRequest, max_bytes: int, seconds: float) -> byt
 
 
 def run_job(loaded: Loaded, job: Job, limits: Limits) -> dict:
-    """Serve one job with the model: images (PNG data URLs, settings inside) and text."""
+    """Serve one job alone: ``run_jobs`` of a batch of one."""
+    return run_jobs(loaded, [job], limits)[0]
+
+
+def run_jobs(loaded: Loaded, jobs: list[Job], limits: Limits) -> list[dict]:
+    """Serve compatible jobs (one ``Job.batch_key``) with one task call, all their rows one engine
+    batch, row i of a job sampled with ``job.seed + i`` as it would be alone; one result per
+    job: images (PNG data URLs, settings inside) and text."""
     from transfusion.data.document import Image, Text
     from transfusion.engine import Engine, Request, tasks
 
-    cfg = loaded.config
-    # denoising passes: a request's n images are one batch; an interleaved row makes up to max_images in turn
+    cfg, job = loaded.config, jobs[0]  # the batch's settings: the same in every job
+    # denoising passes: a batch's images are one pass; an interleaved row makes up to max_images in turn
     total_images = limits.max_images if job.task == "interleaved" else 1
     done_images = [0]
 
     def progress(done: int, total: int) -> None:
-        job.progress = (done_images[0] * total + done, max(total_images, 1) * total)
+        steps = max(total_images, 1) * total  # batched interleaved rows may draw in more passes: capped
+        for each in jobs:
+            each.progress = (min(done_images[0] * total + done, steps), steps)
         if done == total:
             done_images[0] += 1
 
     engine = Engine(loaded.model, loaded.tokenizer, loaded.autoencoder, cfg, progress=progress)
+    max_new_tokens = job.max_new_tokens or (min(32, limits.max_new_tokens) if job.task == "i2t" else limits.max_new_tokens)
     req = Request(sampler=job.sampler, steps=job.steps, guidance=job.guidance, image_guidance=job.image_guidance,
-                  seed=job.seed, max_new_tokens=limits.max_new_tokens, max_images=limits.max_images)
-    one_batch = max(job.n, 1)
+                  seed=job.seed, max_new_tokens=max_new_tokens, max_images=0 if job.text_only else limits.max_images,
+                  temperature=job.temperature, top_p=job.top_p, stop=list(job.stop), strength=job.strength)
+    rows = [each for each in jobs for _ in range(each.n)]
+    prompts, images = [each.prompt for each in rows], [each.image for each in rows]
+    batch = {"batch_size": len(rows), "seeds": [each.seed + i for each in jobs for i in range(each.n)]}
     if job.task == "i2t":
-        req = dataclasses.replace(req, max_new_tokens=min(32, limits.max_new_tokens))
-        done = tasks.caption(engine, [[Image(job.image)]], req, prompt=job.prompt)
+        done = tasks.caption(engine, [[Image(x)] for x in images], req, prompt=prompts, **batch)
     elif job.task == "interleaved":
-        done = tasks.continue_documents(engine, [[Text(job.prompt)] if job.prompt else []], req, interactive=True)
+        done = tasks.continue_documents(engine, [[Text(p)] if p else [] for p in prompts], req, interactive=True,
+                                        **batch)
     elif job.task == "edit":
-        done = tasks.edit(engine, [job.image] * job.n, [job.prompt] * job.n, req, interactive=True,
-                          batch_size=one_batch)
+        done = tasks.edit(engine, images, prompts, req, interactive=True, **batch)
     else:
-        done = tasks.text_to_image(engine, [job.prompt] * job.n, req, interactive=True, batch_size=one_batch)
-    req = done.request
-    settings = {"task": job.task, "prompt": job.prompt, "checkpoint": checkpoint_name(loaded.path), "step": loaded.step,
-                **{k: v for k, v in req.settings().items() if k != "stop"}}
-    samples = [{"seed": sample.seed, "text": sample.text,
-                "images": [png_data_url(x, {**settings, "seed": sample.seed}) for x in sample.images]}
-               for sample in done.samples]
-    return {"settings": settings, "samples": samples}
+        done = tasks.text_to_image(engine, prompts, req, interactive=True, **batch)
+    shared = {k: v for k, v in done.request.settings().items() if k != "stop"}
+    results, samples = [], iter(done.samples)
+    for each in jobs:
+        settings = {"task": each.task, "prompt": each.prompt, "checkpoint": checkpoint_name(loaded.path),
+                    "step": loaded.step, **shared, "seed": each.seed}  # "seed" keeps its place, the job's value
+        results.append({"settings": settings, "samples": [
+            {"seed": sample.seed, "text": sample.text,
+             "images": [png_data_url(x, {**settings, "seed": sample.seed}) for x in sample.images]}
+            for sample in itertools.islice(samples, each.n)]})
+    return results
 
 
-def create_app(loaded: Loaded, limits: Limits = Limits(), allowed_hosts=LOOPBACK_HOSTS):
+def create_app(loaded: Loaded, limits: Limits = Limits(), allowed_hosts=LOOPBACK_HOSTS, api_key: str | None = None):
     """The FastAPI app serving ``loaded`` (one model; requests queue for it) to requests whose
-    Host is one of ``allowed_hosts`` (names, any port)."""
+    Host is one of ``allowed_hosts`` (names, any port); the OpenAI API's shape under /v1
+    (``openai_api``: requests bear ``api_key``, or any key where it is None)."""
     from transfusion.engine import Request, interactive_sampler
 
     app = FastAPI(title="transfusion demo", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(AllowedHosts, names=frozenset(allowed_hosts))
-    jobs = JobQueue(lambda job: run_job(loaded, job, limits), limits)
+    jobs = JobQueue(lambda batch: run_jobs(loaded, batch, limits), limits)
     page = files("transfusion.demo").joinpath("page.html").read_text()
     cfg = loaded.config
     objective = cfg.diffusion.objective
@@ -172,6 +192,8 @@ def create_app(loaded: Loaded, limits: Limits = Limits(), allowed_hosts=LOOPBACK
     edits = trained_on_edits(loaded)
     decoding = asyncio.Semaphore(DECODING_AT_ONCE)
     app.state.jobs = jobs
+    add_openai_routes(app, api_key, jobs=jobs, loaded=loaded, limits=limits, samplers=samplers, edits=edits,
+                      model=checkpoint_name(loaded.path), read_body=read_body, decoding=decoding)
 
     def error(err: RequestError) -> JSONResponse:
         return JSONResponse({"error": str(err)}, status_code=err.status)
@@ -208,24 +230,34 @@ def create_app(loaded: Loaded, limits: Limits = Limits(), allowed_hosts=LOOPBACK
             return error(err)
         return {"id": job.id}
 
-    @app.get("/api/jobs/{job_id}")
-    def status(job_id: str):
+    def on_job(act, job_id: str):
+        """``act(job_id)`` (``JobQueue.view`` or ``cancel``): the job's view, or the error."""
         try:
-            return jobs.view(job_id)
+            return act(job_id)
         except RequestError as err:
             return error(err)
+
+    @app.get("/api/jobs/{job_id}")
+    def status(job_id: str):
+        return on_job(jobs.view, job_id)
+
+    @app.delete("/api/jobs/{job_id}")
+    def cancel(job_id: str):  # a queued job only: 409 once it runs
+        return on_job(jobs.cancel, job_id)
 
     return app
 
 
 def serve(loaded: Loaded, host: str = "127.0.0.1", port: int = 7860, limits: Limits = Limits(),
-          allowed_hosts=()) -> None:
+          allowed_hosts=(), api_key: str | None = None) -> None:
     """Run the demo until interrupted (uvicorn, one process: the model is loaded once).
 
     It answers requests whose Host is a loopback name or one of ``allowed_hosts`` (default: the
-    bound ``host``; a wildcard bind must name them, ``allowed_host_names``).
+    bound ``host``; a wildcard bind must name them, ``allowed_host_names``); /v1 requests must
+    bear ``api_key``, which a ``host`` beyond loopback needs (``require_api_key``).
     """
     import uvicorn
 
-    app = create_app(loaded, limits, allowed_host_names(host, allowed_hosts))
+    require_api_key(host, api_key)
+    app = create_app(loaded, limits, allowed_host_names(host, allowed_hosts), api_key)
     uvicorn.run(app, host=host, port=port, log_level="warning", **UVICORN_LIMITS)

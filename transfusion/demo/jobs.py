@@ -1,12 +1,14 @@
 """The demo's work: requests checked against limits, and one queue served by one worker.
 
 Nothing here knows about HTTP: ``parse_request`` turns a JSON body into a ``Job`` or raises
-``RequestError`` (a message for the page and an HTTP status), and ``JobQueue`` runs jobs one at
-a time on a worker thread, so any number of users wait in line instead of running the model
-at once. A request names no file: images arrive as base64 data in the body, the checkpoint is
-fixed when the server starts. Every field's type and range is checked (an integer field takes
-a JSON integer, not a bool, a float or a string), and a job's id is 128 random bits, so only
-the client that submitted it can read it.
+``RequestError`` (a message for the page and an HTTP status), and ``JobQueue`` runs jobs on one
+worker thread, so any number of users wait in line instead of running the model at once;
+queued jobs that can share a forward pass (``Job.batch_key``) run together as one batch of up
+to ``Limits.max_batch`` rows, each keeping its own seeds, progress and result. A request names
+no file: images arrive as base64 data in the body, the checkpoint is fixed when the server
+starts. Every field's type and range is checked (an integer field takes a JSON integer, not a
+bool, a float or a string), and a job's id is 128 random bits, so only the client that
+submitted it can read it.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import io
 import itertools
 import json
 import math
-import queue
 import re
 import secrets
 import threading
@@ -45,6 +46,7 @@ class Limits:
     max_body_seconds: float = 30.0  # to send a request's body; a slower one is answered 408
     max_new_tokens: int = 128  # text tokens of a caption or an interleaved continuation
     max_queue: int = 32  # jobs waiting; more are refused with 503 (busy)
+    max_batch: int = 8  # rows (images or texts) of compatible queued jobs run as one batch; 1: one job at a time
     kept_results: int = 256  # finished jobs kept for their pages to fetch
 
 
@@ -67,9 +69,18 @@ class Job:
     guidance: float | None = None
     image_guidance: float | None = None
     seed: int = 0
+    strength: float = 1.0  # edit: < 1 starts from the source noised part of the way (image to image)
+    # text generation (i2t and interleaved): the limits' max_new_tokens when None; greedy at temperature 0
+    max_new_tokens: int | None = None
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: list[str] = field(default_factory=list)
+    text_only: bool = False  # interleaved: text only, no image (a chat completion)
     id: str = ""
     order: int = 0  # arrival: the queue's position counts the queued jobs of lower order
-    status: str = "queued"  # queued | running | done | error
+    status: str = "queued"  # queued | running | done | error | cancelled
+    batch: dict | None = None  # the batch it ran in: {"jobs": k, "rows": r}
+    ended: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)  # done, error, cancelled
     progress: tuple[int, int] = (0, 0)  # denoising steps done, of all the job's steps
     result: dict | None = None
     error: str | None = None
@@ -80,11 +91,19 @@ class Job:
         out = {"id": self.id, "task": self.task, "status": self.status, "progress": list(self.progress)}
         if position is not None:
             out["position"] = position
+        if self.batch is not None:
+            out["batch"] = dict(self.batch)
         if self.result is not None:
             out["result"] = self.result
         if self.error is not None:
             out["error"] = self.error
         return out
+
+    def batch_key(self) -> tuple:
+        """Jobs with equal keys share a forward pass: the same task and sampling settings (their
+        prompts, images, seeds and n may differ)."""
+        return (self.task, self.sampler, self.steps, self.guidance, self.image_guidance, self.strength,
+                self.max_new_tokens, self.temperature, self.top_p, tuple(self.stop), self.text_only)
 
 
 DATA_URL = re.compile(r"data:[^,]*;base64,", re.IGNORECASE)
@@ -162,13 +181,14 @@ def parse_request(body, image_size: int, limits: Limits, samplers=tuple(SAMPLER_
     """A JSON request body -> a ``Job``, or ``RequestError`` naming the field at fault.
 
     Fields: task (t2i | i2t | interleaved | edit), prompt, image (base64; i2t and edit only), n,
-    sampler (one of ``samplers``), steps, guidance, image_guidance, seed; null means the
-    default. Unknown fields are an error, so a typo is not silently ignored. ``edits``: whether
-    the run was trained on edits; if not, an edit is refused (its outputs would be noise).
+    sampler (one of ``samplers``), steps, guidance, image_guidance, seed, strength (edit only:
+    in (0, 1], 1 by default); null means the default. Unknown fields are an error, so a typo is
+    not silently ignored. ``edits``: whether the run was trained on edits; if not, an edit is
+    refused (its outputs would be noise).
     """
     if not isinstance(body, dict):
         raise RequestError("the request body must be a JSON object")
-    known = {"task", "prompt", "image", "n", "sampler", "steps", "guidance", "image_guidance", "seed"}
+    known = {"task", "prompt", "image", "n", "sampler", "steps", "guidance", "image_guidance", "seed", "strength"}
     unknown = sorted(set(body) - known)
     if unknown:
         raise RequestError(f"unknown field(s) {', '.join(unknown)}; expected {', '.join(sorted(known))}")
@@ -203,6 +223,11 @@ def parse_request(body, image_size: int, limits: Limits, samplers=tuple(SAMPLER_
     guidance = _real(body, "guidance", 0.0, 20.0, None)
     image_guidance = _real(body, "image_guidance", 0.0, 20.0, None)
     seed = _integer(body, "seed", 0, 2**31 - 1, 0)
+    strength = body.get("strength")
+    if strength is not None and task != "edit":
+        raise RequestError(f"strength is only read by the edit task, not {task}")
+    if strength is not None and (type(strength) not in (int, float) or not 0 < strength <= 1):  # NaN fails too
+        raise RequestError(f"strength must be a number in (0, 1], got {_shown(strength)}")
     image = None
     if task in ("i2t", "edit"):
         if body.get("image") is None or body.get("image") == "":
@@ -211,7 +236,7 @@ def parse_request(body, image_size: int, limits: Limits, samplers=tuple(SAMPLER_
     elif body.get("image") is not None:
         raise RequestError(f"image is only read by the i2t and edit tasks, not {task}")
     return Job(task=task, prompt=prompt, image=image, sampler=sampler, n=n, steps=steps, guidance=guidance,
-               image_guidance=image_guidance, seed=seed)
+               image_guidance=image_guidance, seed=seed, strength=1.0 if strength is None else float(strength))
 
 
 def png_data_url(pixels: torch.Tensor, settings: dict) -> str:
@@ -228,56 +253,97 @@ def png_data_url(pixels: torch.Tensor, settings: dict) -> str:
 
 
 class JobQueue:
-    """Jobs in arrival order, run one at a time by one worker thread with ``run(job)``.
+    """Jobs in arrival order, run by one worker thread, a batch of compatible jobs at a time.
+
+    The worker takes the first queued job, then the queued jobs behind it with the same
+    ``Job.batch_key``, in arrival order, while their rows (``n`` each) fit in
+    ``limits.max_batch``; one that does not fit stays queued for a later batch, and the first
+    job always runs (alone if its own ``n`` is over the limit), so none waits for ever.
+    ``run(jobs)`` serves a batch and returns one result per job, in order (and may update each
+    ``job.progress``); an exception it raises becomes the error of every job of the batch, and
+    the worker goes on with the next batch. A queued job can be cancelled; it never runs.
 
     A job's id is 128 random bits (``secrets``), so ids cannot be guessed or enumerated; its
-    place in line comes from an arrival counter, never from the id. ``run`` sets ``job.result``
-    (and may update ``job.progress``); an exception it raises becomes the job's error, and the
-    worker goes on with the next job.
+    place in line comes from an arrival counter, never from the id.
     """
 
     def __init__(self, run, limits: Limits):
         self.run, self.limits = run, limits
-        self.waiting: queue.Queue[Job] = queue.Queue(maxsize=limits.max_queue)
+        self.waiting: list[Job] = []  # queued, in arrival order
         self.jobs: OrderedDict[str, Job] = OrderedDict()
         self.lock = threading.Lock()
+        self.arrived = threading.Condition(self.lock)
         self.arrivals = itertools.count()
         self.worker = threading.Thread(target=self._work, name="transfusion-demo-worker", daemon=True)
         self.worker.start()
 
     def submit(self, job: Job) -> Job:
         with self.lock:
-            job.id, job.order = secrets.token_urlsafe(16), next(self.arrivals)
-            try:
-                self.waiting.put_nowait(job)
-            except queue.Full:
+            if len(self.waiting) >= self.limits.max_queue:
                 raise RequestError(f"the server is busy ({self.limits.max_queue} jobs waiting); try again shortly",
-                                   503) from None
+                                   503)
+            job.id, job.order = secrets.token_urlsafe(16), next(self.arrivals)
+            self.waiting.append(job)
             self.jobs[job.id] = job
             while len(self.jobs) > self.limits.kept_results + self.limits.max_queue:
                 oldest = next(iter(self.jobs))
                 if self.jobs[oldest].status in ("queued", "running"):
                     break
                 self.jobs.pop(oldest)
+            self.arrived.notify()
+        return job
+
+    def _job(self, job_id: str) -> Job:
+        job = self.jobs.get(job_id)
+        if job is None:
+            raise RequestError(f"no job {_shown(job_id)} (finished jobs are kept for a while only)", 404)
         return job
 
     def view(self, job_id: str) -> dict:
         with self.lock:
-            job = self.jobs.get(job_id)
-            if job is None:
-                raise RequestError(f"no job {_shown(job_id)} (finished jobs are kept for a while only)", 404)
-            ahead = sum(1 for j in self.jobs.values() if j.status == "queued" and j.order < job.order)
-            return job.view(ahead if job.status == "queued" else None)
+            job = self._job(job_id)
+            return job.view(self.waiting.index(job) if job.status == "queued" else None)
+
+    def cancel(self, job_id: str) -> dict:
+        """Take a queued job out of the line (status ``cancelled``); 409 once it runs or has run."""
+        with self.lock:
+            job = self._job(job_id)
+            if job.status != "queued":
+                raise RequestError(f"job {_shown(job_id)} is {job.status}: only a queued job can be cancelled", 409)
+            self.waiting.remove(job)
+            job.status, job.image = "cancelled", None
+            job.ended.set()
+            return job.view(None)
+
+    def next_batch(self) -> list[Job]:
+        """Wait for a queued job, then take it and the compatible queued jobs that fit behind it."""
+        with self.lock:
+            while not self.waiting:
+                self.arrived.wait()
+            first = self.waiting[0]
+            batch, rows = [first], first.n
+            for job in self.waiting[1:]:
+                if job.batch_key() == first.batch_key() and rows + job.n <= self.limits.max_batch:
+                    batch.append(job)
+                    rows += job.n
+            for job in batch:
+                self.waiting.remove(job)
+                job.status, job.batch = "running", {"jobs": len(batch), "rows": rows}
+            return batch
 
     def _work(self) -> None:
         while True:
-            job = self.waiting.get()
-            job.status = "running"
+            batch = self.next_batch()
             try:
-                job.result = self.run(job)
-                job.status = "done"
-            except Exception as err:  # a failed job must not stop the server
-                job.error = str(err) or type(err).__name__
-                job.status = "error"
+                results = self.run(batch)
+                if len(results) != len(batch):
+                    raise RuntimeError(f"a batch of {len(batch)} jobs got {len(results)} results")
+                for job, result in zip(batch, results):
+                    job.result, job.status = result, "done"
+            except Exception as err:  # a failed batch must not stop the server
+                for job in batch:
+                    job.error, job.status = str(err) or type(err).__name__, "error"
             finally:
-                job.image = None  # the upload is not kept once served
+                for job in batch:
+                    job.image = None  # the upload is not kept once served
+                    job.ended.set()

@@ -101,19 +101,24 @@ class Engine:
         return choose_token(logits, generators, req.temperature, req.top_k, req.top_p)
 
     @torch.no_grad()
-    def generate(self, prompts: list[list], req: Request = Request(), force_image: bool = False) -> list[list]:
+    def generate(self, prompts: list[list], req: Request = Request(), force_image: bool = False,
+                 seeds: list[int] | None = None) -> list[list]:
         """Continue each prompt with text and images; returns the generated Text / Image segments per row.
 
         A row stops at EOS, a stop string, ``max_new_tokens`` or when it asks for more than
-        ``max_images`` images. ``force_image`` makes BOI the first generated token.
+        ``max_images`` images. ``force_image`` makes BOI the first generated token. Row b samples
+        with seed ``seeds[b]`` (default ``req.seed + b``), as it would alone with that seed.
         """
+        seeds = [req.seed + b for b in range(len(prompts))] if seeds is None else list(seeds)
+        if len(seeds) != len(prompts):
+            raise ValueError(f"one seed per prompt: {len(seeds)} seeds for {len(prompts)} prompts")
         req = req.resolve(self.config, self.ae)
         self.model.num_patches(self.codec.latent_shape(req.image_size)[1:])  # a size the model cannot take fails first
         latents = self.encode(prompts)
         rows = [Row(list(p), list(lat)) for p, lat in zip(prompts, latents)]
         cache, positions, last = self.prefill(prompts, latents)
         B, tok = len(prompts), self.tok
-        generators = [torch.Generator().manual_seed(req.seed + b) for b in range(B)]
+        generators = [torch.Generator().manual_seed(seed) for seed in seeds]
         produced = torch.zeros(B, dtype=torch.long, device=self.device)  # text tokens generated per row
         fed = self.next_text(last, req, generators, produced < req.min_new_tokens)
         if force_image:

@@ -8,8 +8,9 @@ evaluation) is an adapter over these.
 
 Each task sets the token and image limits it needs (a caption says at least one token and
 draws no image; text to image and edit force one image), resolves the request against the
-run once, and runs its rows in chunks of ``batch_size``: row i samples with ``req.seed + i``
-however it is chunked (the engine's rule inside a chunk, the chunk's offset across them).
+run once, and runs its rows in chunks of ``batch_size``: row i samples with ``seeds[i]``
+(default ``req.seed + i``) however it is chunked, so rows of several requests batched together
+(the web demo's queue) sample as each would alone.
 ``interactive=True`` picks the measured fast sampler when the request names none
 (``interactive_sampler``); evaluation leaves the run's own (the paper's DDPM 250).
 Every task returns ``Generated``: the request as it ran and one ``Sample`` per row.
@@ -67,18 +68,21 @@ class Generated:
 
 
 def _run(engine: Engine, prompts: list[list], req: Request, force_image: bool, batch_size: int,
-         progress: bool) -> Generated:
-    """Resolve ``req`` once, then generate ``prompts`` chunk by chunk with the chunk's seed offset."""
+         progress: bool, seeds: list[int] | None) -> Generated:
+    """Resolve ``req`` once, then generate ``prompts`` chunk by chunk, row i with ``seeds[i]``."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    seeds = [req.seed + i for i in range(len(prompts))] if seeds is None else list(seeds)
+    if len(seeds) != len(prompts):
+        raise ValueError(f"one seed per prompt: {len(seeds)} seeds for {len(prompts)} prompts")
     req = req.resolve(engine.config, engine.ae)
     samples = []
     starts = range(0, len(prompts), batch_size)
     for start in tqdm(starts, desc="batches", unit="batch", disable=not progress or len(starts) < 2):
+        chunk = seeds[start : start + batch_size]
         with torch.inference_mode():
-            outputs = engine.generate(prompts[start : start + batch_size],
-                                      dataclasses.replace(req, seed=req.seed + start), force_image=force_image)
-        samples += [Sample(req.seed + start + i, out) for i, out in enumerate(outputs)]
+            outputs = engine.generate(prompts[start : start + batch_size], req, force_image=force_image, seeds=chunk)
+        samples += [Sample(seed, out) for seed, out in zip(chunk, outputs)]
     return Generated(req, samples)
 
 
@@ -89,38 +93,44 @@ def _with_sampler(req: Request, engine: Engine, interactive: bool) -> Request:
 
 
 def text_to_image(engine: Engine, captions: list[str], req: Request = Request(), context: list = (),
-                  interactive: bool = False, batch_size: int = BATCH_SIZE, progress: bool = False) -> Generated:
+                  interactive: bool = False, batch_size: int = BATCH_SIZE, progress: bool = False,
+                  seeds: list[int] | None = None) -> Generated:
     """One image per caption (an empty caption: unconditional), after the ``context`` segments
     (images placed before each caption: editing-style prompts)."""
     prompts = [list(context) + ([Text(c)] if c else []) for c in captions]
     req = dataclasses.replace(_with_sampler(req, engine, interactive), max_new_tokens=1, max_images=1)
-    return _run(engine, prompts, req, True, batch_size, progress)
+    return _run(engine, prompts, req, True, batch_size, progress, seeds)
 
 
-def caption(engine: Engine, images: list[list[Image]], req: Request = Request(max_new_tokens=32), prompt: str = "",
-            batch_size: int = BATCH_SIZE, progress: bool = False) -> Generated:
-    """Text for each group of images (clean, in the run's size), after which ``prompt`` is
-    continued; at least one token (training also shows images with no caption after them, so an
-    unconstrained greedy decoder may rightly end the document at once), no image."""
-    prompts = [list(group) + ([Text(prompt)] if prompt else []) for group in images]
+def caption(engine: Engine, images: list[list[Image]], req: Request = Request(max_new_tokens=32),
+            prompt: str | list[str] = "", batch_size: int = BATCH_SIZE, progress: bool = False,
+            seeds: list[int] | None = None) -> Generated:
+    """Text for each group of images (clean, in the run's size), after which ``prompt`` (one for
+    every group, or a list: one per group) is continued; at least one token (training also shows
+    images with no caption after them, so an unconstrained greedy decoder may rightly end the
+    document at once), no image."""
+    texts = [prompt] * len(images) if isinstance(prompt, str) else prompt
+    prompts = [list(group) + ([Text(text)] if text else []) for group, text in zip(images, texts, strict=True)]
     req = dataclasses.replace(req, max_images=0, min_new_tokens=max(1, req.min_new_tokens))
-    return _run(engine, prompts, req, False, batch_size, progress)
+    return _run(engine, prompts, req, False, batch_size, progress, seeds)
 
 
 def continue_documents(engine: Engine, prompts: list[list], req: Request = Request(), interactive: bool = False,
-                       batch_size: int = BATCH_SIZE, progress: bool = False) -> Generated:
+                       batch_size: int = BATCH_SIZE, progress: bool = False,
+                       seeds: list[int] | None = None) -> Generated:
     """Continue each prompt (Text and Image segments) with text and images, up to
     ``req.max_new_tokens`` tokens and ``req.max_images`` images: the model decides where they go."""
     return _run(engine, [list(p) for p in prompts], _with_sampler(req, engine, interactive), False, batch_size,
-                progress)
+                progress, seeds)
 
 
 def edit(engine: Engine, sources: list[torch.Tensor], instructions: list[str], req: Request = Request(),
-         interactive: bool = False, batch_size: int = BATCH_SIZE, progress: bool = False) -> Generated:
+         interactive: bool = False, batch_size: int = BATCH_SIZE, progress: bool = False,
+         seeds: list[int] | None = None) -> Generated:
     """One edited image per source image (C, H, W) in [-1, 1] and instruction: the prompt
     ``[source, instruction]``, then an image fed the source (``image.edit_reference``). With
     ``req.image_guidance`` set, guidance combines unconditional, image-only and image +
     instruction branches (InstructPix2Pix)."""
     prompts = [[Image(pixels), Text(text)] for pixels, text in zip(sources, instructions, strict=True)]
     req = dataclasses.replace(_with_sampler(req, engine, interactive), max_new_tokens=1, max_images=1, edit=True)
-    return _run(engine, prompts, req, True, batch_size, progress)
+    return _run(engine, prompts, req, True, batch_size, progress, seeds)

@@ -20,7 +20,7 @@ its own images, mixed 1:1 by tokens with real English text; both arms sampled fa
 
 import shutil
 
-from common import ALL_METRICS, DOCS, FID, RUNS, SHORT, T2I_N, Row, Run, i2t, main, run_claim, t2i, train
+from common import ALL_METRICS, DOCS, FID, SHORT, T2I_N, Row, Run, i2t, main, run_claim, t2i, train
 from verdict import save_verdicts, verdicts
 
 TRANSFUSION = Row("mnist_linear", "Transfusion (linear 2x2, DPM++ 25)")

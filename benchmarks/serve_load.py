@@ -1,6 +1,6 @@
 """Load on the web demo: 32 requests from 8 concurrent clients against `transfusion serve` on 127.0.0.1.
 
-    python benchmarks/serve_load.py RUN [--requests 32] [--clients 8] [--steps 25] [--sampler dpm++] [--max-batch 8]
+    python benchmarks/serve_load.py RUN [--requests 32] [--clients 8] [--steps 25] [--sampler dpm++] [--max-batch 8] [--batch-wait 0.1]
 
 Starts the server as its own process (the command a user runs, with ``--max-batch``), sends
 text-to-image requests from concurrent clients, each polling its job to the end, and checks
@@ -43,6 +43,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--sampler", default="dpm++")
     p.add_argument("--max-batch", type=int, default=8, help="passed to transfusion serve (1: one job at a time)")
+    p.add_argument("--batch-wait", type=float, default=0.1, help="passed to transfusion serve (seconds)")
     args = p.parse_args()
 
     with socket.socket() as s:
@@ -50,7 +51,8 @@ def main() -> None:
         port = s.getsockname()[1]
     base = f"http://127.0.0.1:{port}"
     server = subprocess.Popen([sys.executable, "-m", "transfusion", "serve", args.run, "--port", str(port),
-                               "--max-queue", str(args.requests), "--max-batch", str(args.max_batch)],
+                               "--max-queue", str(args.requests), "--max-batch", str(args.max_batch),
+                               "--batch-wait", str(args.batch_wait)],
                               stdout=subprocess.DEVNULL)
     try:
         for _ in range(600):

@@ -161,10 +161,10 @@ def test_job_ids_are_unguessable_and_the_line_follows_arrival():
 
 
 def test_a_full_queue_says_busy():
-    release = threading.Event()
-    q = JobQueue(lambda batch: [release.wait(5)], Limits(max_queue=1))
+    started, release = threading.Event(), threading.Event()
+    q = JobQueue(lambda batch: [started.set(), release.wait(5)][1:], Limits(max_queue=1, batch_wait=0))
     q.submit(Job(task="t2i"))  # taken by the worker
-    time.sleep(0.05)
+    assert started.wait(10)
     q.submit(Job(task="t2i"))  # waits
     with pytest.raises(RequestError, match="busy") as err:
         q.submit(Job(task="t2i"))

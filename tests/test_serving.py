@@ -55,6 +55,22 @@ def held_queue(limits: Limits = Limits()) -> tuple[JobQueue, Recorder]:
     return q, recorder
 
 
+def test_an_idle_worker_waits_batch_wait_for_companions_and_a_full_batch_not_at_all():
+    recorder = Recorder()
+    q = JobQueue(recorder, Limits(max_batch=8, batch_wait=0.5))
+    a, b = q.submit(Job(task="t2i", prompt="a")), q.submit(Job(task="t2i", prompt="b"))  # b well inside a's wait
+    assert a.ended.wait(10) and b.ended.wait(10)
+    assert recorder.batches == [["a", "b"]] and a.batch == {"jobs": 2, "rows": 2}
+    recorder = Recorder()
+    q = JobQueue(recorder, Limits(max_batch=2, batch_wait=60))  # full at once: no wait
+    jobs = [q.submit(Job(task="t2i", prompt=p)) for p in ("c", "d")]
+    assert all(job.ended.wait(10) for job in jobs) and recorder.batches == [["c", "d"]]
+    recorder = Recorder()
+    q = JobQueue(recorder, Limits(max_batch=8, batch_wait=0))  # no wait: a lone job starts at once
+    e = q.submit(Job(task="t2i", prompt="e"))
+    assert e.ended.wait(10) and recorder.batches == [["e"]]
+
+
 def test_the_worker_runs_compatible_queued_jobs_as_one_batch_in_arrival_order():
     q, run = held_queue(Limits(max_batch=8))
     specs = [("a", 2, {}), ("b", 1, {"steps": 5}), ("c", 4, {}), ("d", 3, {}), ("e", 2, {}), ("f", 1, {"task": "i2t"})]

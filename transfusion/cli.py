@@ -431,6 +431,9 @@ def _serve(argv: list[str]) -> None:
     p.add_argument("--max-batch", type=int, default=defaults.max_batch,
                    help="rows (images, texts) of queued jobs with the same task and settings run as one batch "
                         "(1: one job at a time)")
+    p.add_argument("--batch-wait", type=float, default=defaults.batch_wait, metavar="SECONDS",
+                   help="how long after a job arrives the worker waits for others to batch with it, while the "
+                        "batch has room")
     args = p.parse_args(argv)
     try:
         from transfusion.demo.app import allowed_host_names, serve
@@ -438,7 +441,8 @@ def _serve(argv: list[str]) -> None:
     except ImportError as err:
         raise ValueError(f"the demo needs its extra: pip install -e \".[demo]\" ({err})") from None
     limits = Limits(max_images=args.max_images, max_steps=args.max_steps, max_prompt_chars=args.max_prompt_chars,
-                    max_upload_bytes=args.max_upload_kib * 1024, max_queue=args.max_queue, max_batch=args.max_batch)
+                    max_upload_bytes=args.max_upload_kib * 1024, max_queue=args.max_queue, max_batch=args.max_batch,
+                    batch_wait=args.batch_wait)
     hosts = [name.strip() for name in args.allowed_hosts.split(",") if name.strip()]
     allowed_host_names(args.host, hosts)  # a wildcard bind with no names fails here, before the model loads
     api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV)

@@ -47,6 +47,10 @@ class Limits:
     max_new_tokens: int = 128  # text tokens of a caption or an interleaved continuation
     max_queue: int = 32  # jobs waiting; more are refused with 503 (busy)
     max_batch: int = 8  # rows (images or texts) of compatible queued jobs run as one batch; 1: one job at a time
+    # seconds after a job's arrival that the worker waits for companions while its batch has room: clients
+    # answered by one batch come back at nearly the same time, and without a wait the first of them would
+    # run alone while the others queue behind it
+    batch_wait: float = 0.1
     kept_results: int = 256  # finished jobs kept for their pages to fetch
 
 
@@ -315,17 +319,28 @@ class JobQueue:
             job.ended.set()
             return job.view(None)
 
+    def _fitting(self) -> tuple[list[Job], int]:
+        """The first queued job and the compatible queued jobs that fit behind it; their rows."""
+        first = self.waiting[0]
+        batch, rows = [first], first.n
+        for job in self.waiting[1:]:
+            if job.batch_key() == first.batch_key() and rows + job.n <= self.limits.max_batch:
+                batch.append(job)
+                rows += job.n
+        return batch, rows
+
     def next_batch(self) -> list[Job]:
-        """Wait for a queued job, then take it and the compatible queued jobs that fit behind it."""
+        """Wait for a queued job and, up to ``limits.batch_wait`` seconds after its arrival, for
+        companions while its batch has room; then take it and the compatible jobs that fit behind it."""
         with self.lock:
-            while not self.waiting:
-                self.arrived.wait()
-            first = self.waiting[0]
-            batch, rows = [first], first.n
-            for job in self.waiting[1:]:
-                if job.batch_key() == first.batch_key() and rows + job.n <= self.limits.max_batch:
-                    batch.append(job)
-                    rows += job.n
+            while True:
+                while not self.waiting:
+                    self.arrived.wait()
+                batch, rows = self._fitting()
+                left = batch[0].created + self.limits.batch_wait - time.time()
+                if rows >= self.limits.max_batch or left <= 0:
+                    break
+                self.arrived.wait(left)  # (the first job may be cancelled meanwhile: chosen again)
             for job in batch:
                 self.waiting.remove(job)
                 job.status, job.batch = "running", {"jobs": len(batch), "rows": rows}

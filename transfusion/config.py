@@ -298,8 +298,9 @@ def _renamed(updates: dict) -> dict:
     """``updates`` (a whole config's mapping) with keys of ``RENAMED`` under their current names."""
     out = {k: dict(v) if isinstance(v, dict) else v for k, v in updates.items()}
     for (section, key), (new_section, new_key) in RENAMED.items():
-        if isinstance(out.get(section), dict) and key in out[section]:
-            out.setdefault(new_section, {})[new_key] = out[section].pop(key)
+        old, new = out.get(section), out.setdefault(new_section, {})
+        if isinstance(old, dict) and key in old and isinstance(new, dict):  # else _merge names what is wrong
+            new[new_key] = old.pop(key)
     return out
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
-import json
 import re
 from importlib.resources import files
 from pathlib import Path
@@ -36,8 +35,8 @@ from starlette.concurrency import run_in_threadpool
 
 from transfusion.checkpoint import Loaded
 from transfusion.samplers import OBJECTIVE_SAMPLERS
-from transfusion.demo.jobs import Job, JobQueue, Limits, RequestError, parse_request, png_data_url
-from transfusion.demo.openai_api import add_openai_routes, require_api_key
+from transfusion.demo.jobs import Job, JobQueue, Limits, RequestError, json_object, parse_request, png_data_url
+from transfusion.demo.openai_api import add_openai_routes, content_type, require_api_key
 
 MAX_BODY_BYTES_OVER_UPLOAD = 64 * 1024  # room for the JSON fields around an upload
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
@@ -199,11 +198,7 @@ def create_app(loaded: Loaded, limits: Limits = Limits(), allowed_hosts=LOOPBACK
         return JSONResponse({"error": str(err)}, status_code=err.status)
 
     def parse(body: bytes) -> Job:
-        try:
-            parsed = json.loads(body)
-        except (ValueError, RecursionError):  # not JSON, not UTF-8, nested too deep, an integer too long
-            raise RequestError("the request body is not JSON") from None
-        return parse_request(parsed, cfg.image.size, limits, samplers, edits)
+        return parse_request(json_object(body), cfg.image.size, limits, samplers, edits)
 
     @app.get("/", response_class=HTMLResponse)
     def index() -> str:
@@ -219,7 +214,7 @@ def create_app(loaded: Loaded, limits: Limits = Limits(), allowed_hosts=LOOPBACK
     @app.post("/api/jobs")
     async def submit(request: HTTPRequest):
         try:
-            kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+            kind = content_type(request)
             if kind != "application/json":
                 raise RequestError(f"a request must be sent as application/json, not {kind[:80] or 'untyped'}", 415)
             body = await read_body(request, limits.max_upload_bytes * 4 // 3 + MAX_BODY_BYTES_OVER_UPLOAD,

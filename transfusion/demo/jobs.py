@@ -181,6 +181,17 @@ def _real(body: dict, key: str, low: float, high: float, default):
     return float(value)
 
 
+def json_object(body: bytes) -> dict:
+    """A request body -> the JSON object it holds, or ``RequestError``."""
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, nested too deep, an integer too long
+        raise RequestError("the request body is not JSON") from None
+    if not isinstance(data, dict):
+        raise RequestError("the request body must be a JSON object")
+    return data
+
+
 def parse_request(body, image_size: int, limits: Limits, samplers=tuple(SAMPLER_STEPS), edits: bool = True) -> Job:
     """A JSON request body -> a ``Job``, or ``RequestError`` naming the field at fault.
 

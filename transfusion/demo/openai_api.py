@@ -38,7 +38,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
-from transfusion.demo.jobs import Job, RequestError, _integer, _real, _shown, parse_request
+from transfusion.demo.jobs import Job, RequestError, _integer, _real, _shown, json_object, parse_request
 
 API_KEY_ENV = "TRANSFUSION_API_KEY"
 FIELDS_BYTES = 64 * 1024  # room for the fields around an upload, and the most one form field may hold
@@ -418,16 +418,6 @@ class OpenAIRoutes:
 
 def content_type(request: HTTPRequest) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
-
-
-def json_object(body: bytes) -> dict:
-    try:
-        data = json.loads(body)
-    except (ValueError, RecursionError):  # not JSON, not UTF-8, nested too deep, an integer too long
-        raise APIError("the request body is not JSON") from None
-    if not isinstance(data, dict):
-        raise APIError("the request body must be a JSON object")
-    return data
 
 
 def add_openai_routes(app: FastAPI, api_key: str | None, *, jobs, loaded, limits, samplers, edits: bool, model: str,

@@ -1,7 +1,7 @@
 """CPU inference speed against quality: fp32 eager (today's default) against thread counts,
 int8 dynamic quantisation of the trunk and torch.compile (``engine/speedups.py``).
 
-    python benchmarks/inference_speed.py RUN [--variants fp32 threads1 int8 compile] [--repeats 5]
+    python benchmarks/inference_speed.py RUN [--variants fp32 threads1 int8 bf16 compile] [--repeats 5]
         [--quality 1000] [--out docs/measurements/inference_speed_RUN.json]
 
 For each variant: seconds per image (one caption, SDE-DPM-Solver++ 25 steps, guidance 3, the
@@ -26,10 +26,10 @@ import torch
 from transfusion.checkpoint import load_checkpoint
 from transfusion.data.document import Image
 from transfusion.engine import Engine, Request, tasks
-from transfusion.engine.speedups import compiled, quantized_trunk
+from transfusion.engine.speedups import bf16_trunk, compiled, quantized_trunk
 from transfusion.evaluate import evaluate
 
-VARIANTS = {"fp32": lambda m: m, "threads1": lambda m: m, "int8": quantized_trunk,
+VARIANTS = {"fp32": lambda m: m, "threads1": lambda m: m, "int8": quantized_trunk, "bf16": bf16_trunk,
             "int8-tensor": lambda m: quantized_trunk(m, per_channel=False), "compile": compiled,
             "int8+compile": lambda m: compiled(quantized_trunk(m))}
 THREADS = {"threads1": 1}  # variant -> torch threads (else the default)

@@ -127,6 +127,42 @@ def test_a_queued_job_can_be_cancelled_and_never_runs():
         q.cancel(b.id)
 
 
+def test_until_ended_is_woken_by_the_worker_or_times_out_and_leaves_no_watcher():
+    import asyncio
+
+    q, run = held_queue()
+    a = q.submit(Job(task="t2i", prompt="a"))
+
+    async def scenario():
+        assert not await q.until_ended(a.id, 0.05)  # still queued behind "hold": the wait times out
+        assert a.watchers == []
+        waiting = asyncio.ensure_future(q.until_ended(a.id, 30))
+        await asyncio.sleep(0.05)
+        assert not waiting.done() and len(a.watchers) == 1
+        run.release.set()  # the worker ends "hold", then runs a and wakes the waiter
+        assert await asyncio.wait_for(waiting, 10) and a.status == "done" and a.watchers == []
+        assert await q.until_ended(a.id, 0)  # already ended: at once
+
+    asyncio.run(scenario())
+    with pytest.raises(RequestError, match="no job"):
+        asyncio.run(q.until_ended("nope", 1))
+
+
+def test_a_long_poll_answers_when_the_job_ends_and_refuses_a_bad_wait(loaded):
+    app, entered, release = held_app(loaded)
+    client = client_for(app)
+    job_id = submit(client, {"task": "t2i", "prompt": "a red circle", "steps": 2})
+    assert entered.wait(60)
+    assert client.get(f"/api/jobs/{job_id}?wait=0.1").json()["status"] == "running"  # timed out: as it is
+    threading.Timer(0.5, release.set).start()
+    view = client.get(f"/api/jobs/{job_id}?wait=60").json()  # one request, answered when the job ends
+    assert view["status"] == "done" and view["result"]["samples"][0]["images"]
+    for wait in ("-1", "61", "nan", "soon"):
+        response = client.get(f"/api/jobs/{job_id}?wait={wait}")
+        assert response.status_code == 400 and "wait must be a number of seconds in [0, 60]" in response.json()["error"]
+    assert client.get("/api/jobs/nope?wait=1").status_code == 404
+
+
 @pytest.mark.parametrize("value, message", [
     (0, r"strength must be a number in \(0, 1\], got 0"), (1.5, "got 1.5"), (-0.25, "got -0.25"),
     ("0.5", "got '0.5'"), (True, "got True"), (float("nan"), "got nan"), (10**400, "got 1000"),
@@ -346,9 +382,13 @@ def test_the_page_shows_the_line_cancels_shows_the_batch_and_sends_the_strength(
             browser.quit()
 
 
-def test_the_load_benchmark_reports_the_batches_that_formed(debug_run):
+@pytest.mark.parametrize("client", ["poll", "wait", "openai"])
+def test_the_load_benchmark_reports_the_batches_that_formed(debug_run, client):
+    if client == "openai":
+        pytest.importorskip("openai")
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "serve_load.py"), str(debug_run), "--requests",
-                             "6", "--clients", "3", "--steps", "2", "--max-batch", "4"],
+                             "6", "--clients", "3", "--steps", "2", "--max-batch", "4", "--client", client],
                             capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "answered correctly: 6/6" in result.stdout and "batches (--max-batch 4): " in result.stdout
+    assert "answered correctly: 6/6" in result.stdout
+    assert ("batches (--max-batch 4): " in result.stdout) == (client != "openai")  # the OpenAI answer does not say

@@ -38,14 +38,14 @@ from transfusion.samplers import SAMPLER_STEPS
 
 
 # ---------------------------------------------------------------- shared flag groups
-def _checkpoint_flags(p: argparse.ArgumentParser, int8: bool = True) -> None:
+def _checkpoint_flags(p: argparse.ArgumentParser, precision: str | None = "auto") -> None:
     p.add_argument("checkpoint", help="a run folder (its latest checkpoint) or a checkpoint folder")
     p.add_argument("--ema", action="store_true", help="use the EMA of the weights (runs with train.ema_decay > 0)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU) | cpu | cuda | cuda:N")
-    if int8:
-        p.add_argument("--int8", action="store_true",
-                       help="CPU: the trunk's linear layers in int8 (dynamic quantisation): about 1.4x faster "
-                            "images, scores within 2 points of fp32 (docs/speed.md)")
+    if precision:
+        p.add_argument("--precision", default=precision, choices=["auto", "fp32", "bf16", "int8"],
+                       help=f"the trunk's products (default {precision}): auto is bf16 on a CPU with native bf16, "
+                            "else fp32; int8 (CPU) is faster, scores within 2 points of fp32 (docs/speed.md)")
 
 
 def _sampling_flags(p: argparse.ArgumentParser, interactive: bool = False) -> None:
@@ -79,10 +79,10 @@ def _load(args):
     from transfusion.distributed import resolve_device
 
     loaded = load_checkpoint(args.checkpoint, device=resolve_device(args.device), ema=args.ema)
-    if getattr(args, "int8", False):
-        from transfusion.engine.speedups import with_int8_trunk
+    if getattr(args, "precision", None):
+        from transfusion.engine.speedups import with_precision
 
-        loaded = with_int8_trunk(loaded)
+        loaded = with_precision(loaded, args.precision)
     return loaded
 
 
@@ -249,7 +249,7 @@ def _evaluate(argv: list[str]) -> None:
     from transfusion.visualize import edit_grid, image_grid, interleaved_grid
 
     p = _parser("eval", "Score a checkpoint on held-out data: report.json, report.md and sample grids.")
-    _checkpoint_flags(p)
+    _checkpoint_flags(p, precision="fp32")  # scores measure the model as trained
     p.add_argument("--suite", nargs="+", default=None, choices=SUITES,
                    help="(default: every suite that applies) text: perplexity; t2i: FID and prompt following; "
                         "i2t: CIDEr-D and caption accuracy; interleaved: each image of a multi-image shapes document "
@@ -458,7 +458,7 @@ def _export_hf(argv: list[str]) -> None:
     p = _parser("export-hf", "Write the text part of a checkpoint (embedding, trunk, LM head) as a Hugging Face "
                 "transformers folder (Llama, Qwen2 or Qwen3) that AutoModelForCausalLM.from_pretrained loads; "
                 "images stay this library's own.")
-    _checkpoint_flags(p, int8=False)
+    _checkpoint_flags(p, precision=None)
     p.add_argument("out", help="folder to write (config.json, model.safetensors, the tokenizer files)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT even if it holds other files (never a run)")
     args = p.parse_args(argv)

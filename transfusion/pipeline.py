@@ -40,16 +40,14 @@ class Pipeline:
         self.engine = Engine(loaded.model, loaded.tokenizer, loaded.autoencoder, loaded.config)
 
     @classmethod
-    def from_pretrained(cls, path_or_repo_id, device: str = "cpu", ema: bool = False, int8: bool = False) -> "Pipeline":
-        """``int8``: the trunk's linear layers in int8 on the CPU (``engine.speedups``; docs/speed.md)."""
+    def from_pretrained(cls, path_or_repo_id, device: str = "cpu", ema: bool = False,
+                        precision: str = "auto") -> "Pipeline":
+        """``precision``: the trunk's products, ``auto`` (bf16 on a CPU with native bf16, else fp32),
+        ``fp32``, ``bf16`` or ``int8`` (CPU) (``engine.speedups.with_precision``; docs/speed.md)."""
+        from transfusion.engine.speedups import with_precision
         from transfusion.sharing import from_pretrained
 
-        loaded = from_pretrained(path_or_repo_id, device=device, ema=ema)
-        if int8:
-            from transfusion.engine.speedups import with_int8_trunk
-
-            loaded = with_int8_trunk(loaded)
-        return cls(loaded)
+        return cls(with_precision(from_pretrained(path_or_repo_id, device=device, ema=ema), precision))
 
     def save_pretrained(self, folder) -> None:
         from transfusion.sharing import save_pretrained

@@ -25,6 +25,7 @@ import asyncio
 import dataclasses
 import itertools
 import re
+import math
 from importlib.resources import files
 from pathlib import Path
 
@@ -119,6 +120,22 @@ async def read_body(request: HTTPRequest, max_bytes: int, seconds: float) -> byt
     except asyncio.TimeoutError:
         raise RequestError(f"the request body took longer than {seconds:g} s to arrive", 408) from None
     return bytes(body)
+
+
+MAX_WAIT_SECONDS = 60.0
+
+
+def wait_seconds(text: str | None) -> float:
+    """The ``wait`` query parameter of a job's status: seconds in [0, ``MAX_WAIT_SECONDS``], 0 if absent."""
+    if text is None:
+        return 0.0
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not 0 <= seconds <= MAX_WAIT_SECONDS:  # NaN fails too
+        raise RequestError(f"wait must be a number of seconds in [0, {MAX_WAIT_SECONDS:g}], got {text[:40]!r}")
+    return seconds
 
 
 def run_job(loaded: Loaded, job: Job, limits: Limits) -> dict:
@@ -233,8 +250,16 @@ def create_app(loaded: Loaded, limits: Limits = Limits(), allowed_hosts=LOOPBACK
             return error(err)
 
     @app.get("/api/jobs/{job_id}")
-    def status(job_id: str):
-        return on_job(jobs.view, job_id)
+    async def status(job_id: str, request: HTTPRequest):
+        """The job's view; with ``?wait=S`` (up to 60 s), once it has ended or S seconds have passed
+        (a long poll: a script waits for its result with one request, not many)."""
+        try:
+            wait = wait_seconds(request.query_params.get("wait"))
+            if wait:
+                await jobs.until_ended(job_id, wait)
+            return jobs.view(job_id)
+        except RequestError as err:
+            return error(err)
 
     @app.delete("/api/jobs/{job_id}")
     def cancel(job_id: str):  # a queued job only: 409 once it runs

@@ -13,6 +13,7 @@ submitted it can read it.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import io
@@ -85,6 +86,7 @@ class Job:
     status: str = "queued"  # queued | running | done | error | cancelled
     batch: dict | None = None  # the batch it ran in: {"jobs": k, "rows": r}
     ended: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)  # done, error, cancelled
+    watchers: list = field(default_factory=list, repr=False, compare=False)  # called once when it ends
     progress: tuple[int, int] = (0, 0)  # denoising steps done, of all the job's steps
     result: dict | None = None
     error: str | None = None
@@ -327,8 +329,42 @@ class JobQueue:
                 raise RequestError(f"job {_shown(job_id)} is {job.status}: only a queued job can be cancelled", 409)
             self.waiting.remove(job)
             job.status, job.image = "cancelled", None
-            job.ended.set()
+            self._end(job)
             return job.view(None)
+
+    @staticmethod
+    def _end(job: Job) -> None:
+        job.ended.set()
+        for wake in job.watchers:
+            wake()
+        job.watchers.clear()
+
+    async def until_ended(self, job_id: str, seconds: float) -> bool:
+        """Wait, without blocking the event loop and without polling, up to ``seconds`` for the job
+        to end (done, error or cancelled); whether it has. ``RequestError`` (404) for an unknown id."""
+        loop = asyncio.get_running_loop()
+        ended = asyncio.Event()
+
+        def wake() -> None:  # on the worker's thread
+            try:
+                loop.call_soon_threadsafe(ended.set)
+            except RuntimeError:  # the event loop has closed: nobody is waiting
+                pass
+
+        with self.lock:
+            job = self._job(job_id)
+            if job.ended.is_set():
+                return True
+            job.watchers.append(wake)
+        try:
+            await asyncio.wait_for(ended.wait(), seconds)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            with self.lock:
+                if wake in job.watchers:
+                    job.watchers.remove(wake)
 
     def _fitting(self) -> tuple[list[Job], int]:
         """The first queued job and the compatible queued jobs that fit behind it; their rows."""
@@ -370,6 +406,7 @@ class JobQueue:
                 for job in batch:
                     job.error, job.status = str(err) or type(err).__name__, "error"
             finally:
-                for job in batch:
-                    job.image = None  # the upload is not kept once served
-                    job.ended.set()
+                with self.lock:
+                    for job in batch:
+                        job.image = None  # the upload is not kept once served
+                        self._end(job)

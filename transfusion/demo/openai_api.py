@@ -8,8 +8,9 @@ package among them) draw, edit and caption with the served run:
     POST /v1/chat/completions     an image in a user message -> its caption; text only -> its continuation
 
 Each request becomes a ``Job`` on the page's own ``JobQueue``, so it waits in the same line and
-is batched with the page's jobs; its handler polls the job without blocking the event loop
-(and takes a still-queued job out of the line if the client goes away). Bodies are read with
+is batched with the page's jobs; its handler waits for the job without blocking the event loop
+(the worker wakes it, ``JobQueue.until_ended``) and takes a still-queued job out of the line if
+the client goes away. Bodies are read with
 the page's size and time caps, uploads decoded off the event loop with the page's checks
 (``jobs.parse_request``, ``jobs.decode_image``), and nothing is ever fetched: an image comes
 as a data URL or an uploaded file, never as an http(s) URL.
@@ -42,7 +43,7 @@ from transfusion.demo.jobs import Job, RequestError, _integer, _real, _shown, js
 
 API_KEY_ENV = "TRANSFUSION_API_KEY"
 FIELDS_BYTES = 64 * 1024  # room for the fields around an upload, and the most one form field may hold
-POLL_SECONDS = 0.05  # how often a request looks at its job
+DISCONNECT_SECONDS = 1.0  # how often a request waiting for its job checks that its client is still there
 MAX_STOPS = 4  # stop strings, as the API allows
 # options of the API that change nothing here at these values (so a client that sends its
 # defaults works); any other value is refused with 400 naming the option; null is "not given"
@@ -308,14 +309,13 @@ class OpenAIRoutes:
     async def finished(self, request: HTTPRequest, job: Job) -> dict:
         """Queue ``job`` and wait for it; a client that goes away takes its queued job out of the line."""
         self.jobs.submit(job)
-        while job.status in ("queued", "running"):
+        while not await self.jobs.until_ended(job.id, DISCONNECT_SECONDS):  # woken by the worker, not polled
             if await request.is_disconnected():
                 try:
                     self.jobs.cancel(job.id)
                 except RequestError:
                     pass  # already running: its result is dropped
                 raise APIError("the client closed the connection", 499)
-            await asyncio.sleep(POLL_SECONDS)
         if job.status != "done":
             raise APIError(f"the job {job.status}: {job.error or 'no result'}", 500, code="generation_failed")
         return job.result

@@ -236,7 +236,7 @@ def png_pixels(job: dict) -> list[np.ndarray]:
 
 
 def test_a_request_gets_the_same_images_alone_or_batched_with_others(loaded):
-    app, entered, release = held_app(loaded)
+    app, entered, release = held_app(loaded)  # fp32, the server's default (at bf16 a batch moves pixels more)
     client = client_for(app)
     common = {"task": "t2i", "sampler": "dpm++sde", "steps": 3}  # stochastic: every step draws the row's noise
     requests = [{"prompt": "a red circle", "seed": 3},

@@ -412,7 +412,7 @@ def _serve(argv: list[str]) -> None:
     defaults = Limits()
     p = _parser("serve", "A web demo of a checkpoint: text to image, image to text, interleaved generation and "
                 "editing on one page (pip install -e \".[demo]\").")
-    _checkpoint_flags(p)
+    _checkpoint_flags(p, precision="fp32")  # a batched image equals the one made alone
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--allowed-hosts", default="", metavar="NAMES",

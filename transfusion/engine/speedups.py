@@ -3,14 +3,16 @@
     model = bf16_trunk(model)           # the trunk's products in bf16 (--precision bf16; auto where native)
     model = quantized_trunk(model)      # int8 dynamic quantisation of the trunk's linear layers (--precision int8)
     model = compiled(model)             # torch.compile of the forward (prefill, text steps, image steps)
-    loaded = with_precision(loaded, "auto")   # what generate, caption, edit, serve and Pipeline do
+    loaded = with_precision(loaded, "auto")   # what generate, caption, edit and Pipeline do
 
 Each returns a new model and leaves the given one as it was. ``benchmarks/inference_speed.py``
 measures them (and thread counts) against the fp32 eager model: time per image and per caption,
 and the attribute reader's scores of the images and captions they make. The default, ``auto``,
-is bf16 on a CPU that multiplies bf16 natively (AVX512-BF16 or AMX): 1.27x faster images on
-this library's models with every attribute score within 1 point of fp32; int8 is faster still
-but moves some scores by up to 1.7 points, so it is an option (docs/speed.md).
+is bf16 on a CPU that multiplies bf16 natively (AVX512-BF16 or AMX): 1.2x to 1.3x faster images
+on this library's models with every attribute score within 1 point of fp32; int8 is faster
+still but moves some scores by up to 1.7 points, so it is an option. ``eval`` and ``serve``
+default to fp32 (scores of the model as trained; a served image that does not depend on its
+batch companions, which bf16's rounding breaks by a few levels of 255). See docs/speed.md.
 """
 
 from __future__ import annotations

@@ -265,3 +265,25 @@ def test_flex_attention_training_on_cpu_is_refused(tmp_path):
     with pytest.raises(ValueError, match="flex trains on CUDA only"):
         COMMANDS["train"](["--preset", "debug", "--out", str(tmp_path / "r"), "model.attention=flex", *FAST])
     assert not (tmp_path / "r").exists()  # refused before anything is written
+
+
+def test_the_ema_warmup_averages_the_recent_steps_not_the_random_start():
+    """``train.ema_warmup``: decay min(ema_decay, (1 + t) / (10 + t)) at step t."""
+    from transfusion.distributed import EMA
+
+    def averaged(warmup: bool) -> float:
+        layer = torch.nn.Linear(1, 1, bias=False)
+        layer.weight.data.fill_(-100.0)  # the random start
+        ema = EMA(layer, 0.999, warmup)
+        for step in range(200):
+            layer.weight.data.fill_(float(step))
+            ema.update(layer, step)
+        return ema.weights["weight"].item()
+
+    expected = -100.0
+    for step in range(200):
+        decay = min(0.999, (1 + step) / (10 + step))
+        expected = decay * expected + (1 - decay) * step
+    assert abs(averaged(True) - expected) < 1e-3 and expected > 170  # about the last tenth of the run
+    assert averaged(False) < -60  # a constant 0.999 still holds 82% of the start after 200 steps
+    assert EMA(torch.nn.Linear(1, 1), 0.999, True).decay_at(0) == 0.1

@@ -199,6 +199,9 @@ class TrainConfig:
     precision: Literal["fp32", "bf16"] = execution("fp32")  # bf16: autocast (on CUDA)
     activation_checkpointing: bool = execution(False)  # recompute each block in backward: less memory, ~1/3 more
     ema_decay: float = recipe(0.0)  # > 0: keep an EMA of the weights (sharded like them), saved as ema.safetensors
+    # the EMA's decay at step t is min(ema_decay, (1 + t) / (10 + t)): it averages about the last tenth of
+    # a short run instead of keeping the random start in the mean (0.999^2000 = 14% of it, without)
+    ema_warmup: bool = recipe(False)
     # fine-tuning: a run or checkpoint folder whose weights start this run (a new optimizer and schedule); its
     # architecture fields (model.*, image.*, autoencoder.*, the diffusion process), tokenizer and autoencoder
     # are kept

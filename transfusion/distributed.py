@@ -203,17 +203,22 @@ def sampling_model(model, core: Transfusion, cfg: Config, tokenizer, autoencoder
 class EMA:
     """An exponential moving average of the weights, each kept sharded like its weight."""
 
-    def __init__(self, core: torch.nn.Module, decay: float):
-        self.decay = decay
+    def __init__(self, core: torch.nn.Module, decay: float, warmup: bool = False):
+        self.decay, self.warmup = decay, warmup
         self.names = [n for n, p in core.named_parameters() if p.requires_grad]
         params = dict(core.named_parameters())
         self.weights = {n: params[n].detach().clone() for n in self.names}
 
+    def decay_at(self, step: int) -> float:
+        """The decay of the update after optimizer step ``step`` (0-based): ``decay``, or with
+        ``warmup`` min(decay, (1 + step) / (10 + step)) (``train.ema_warmup``)."""
+        return min(self.decay, (1 + step) / (10 + step)) if self.warmup else self.decay
+
     @torch.no_grad()
-    def update(self, core: torch.nn.Module) -> None:
+    def update(self, core: torch.nn.Module, step: int = 0) -> None:
         params = dict(core.named_parameters())
         torch._foreach_lerp_([local(self.weights[n]) for n in self.names],
-                             [local(params[n].detach()) for n in self.names], 1 - self.decay)
+                             [local(params[n].detach()) for n in self.names], 1 - self.decay_at(step))
 
     def full_state(self) -> dict[str, torch.Tensor]:
         """Every EMA weight whole, on the CPU (a collective when sharded)."""

@@ -34,15 +34,15 @@ from transfusion.metrics.judges import judge_for
 CHUNK = 32  # prompts per generation batch
 
 
-def held_out_pairs(loaded: Loaded, n: int) -> list[Document]:
-    """The first ``n`` caption + image documents of the run's test split (a corpus of
-    precomputed latents is decoded back to pixels by the run's autoencoder)."""
+def held_out_pairs(loaded: Loaded, n: int, split: str = "test") -> list[Document]:
+    """The first ``n`` caption + image documents of the run's test (or validation) split (a
+    corpus of precomputed latents is decoded back to pixels by the run's autoencoder)."""
     from transfusion.data.registry import load_dataset
     from transfusion.data.shards import is_latent_corpus
 
     cfg = loaded.config
     spec = cfg.data.dataset
-    data = load_dataset(spec, "test", cfg.image.size)
+    data = load_dataset(spec, split, cfg.image.size)
     docs = []
     for i in range(len(data)):
         doc = data[i]
@@ -51,8 +51,8 @@ def held_out_pairs(loaded: Loaded, n: int) -> list[Document]:
             if len(docs) == n:
                 break
     if not docs:
-        raise ValueError(f"the test split of {spec!r} holds no caption + image documents")
-    if is_latent_corpus(spec.replace("{split}", "test")):
+        raise ValueError(f"the {split} split of {spec!r} holds no caption + image documents")
+    if is_latent_corpus(spec.replace("{split}", split)):
         ae = loaded.autoencoder
         with torch.no_grad():
             docs = [Document.pair(d.caption, ae.decode(d.images[0].latents[None].to(_device(loaded)))[0].cpu(), **d.meta)
@@ -73,16 +73,20 @@ def prompt_following(loaded: Loaded, docs: list[Document], req: Request = Reques
 
     Caption i is sampled with seed ``req.seed + i`` whatever the batching.
     """
+    from transfusion.samplers import counting_clamps
+
     judge = judge_for(loaded.config.data.dataset)
     captions = [doc.caption for doc in docs]
-    done = tasks.text_to_image(_engine(loaded), captions, req, batch_size=CHUNK)
+    with counting_clamps() as clamps:  # how often the x0 clamp fired (diffusion only)
+        done = tasks.text_to_image(_engine(loaded), captions, req, batch_size=CHUNK)
     req, images = done.request, done.images
     return {
         "settings": {"data": f"{loaded.config.data.dataset}/test", "samples": len(docs), "step": loaded.step,
                      "objective": loaded.config.image.objective,
-                     **{k: getattr(req, k) for k in (("image_temperature",) if loaded.model.image_codes else
+                     **{k: getattr(req, k) for k in (("image_temperature", "top_k") if loaded.model.image_codes else
                                                      ("sampler", "steps", "eta", "clip")) + ("guidance", "seed", "image_size")},
                      "judge": judge.name if judge else None},
+        **({} if loaded.model.image_codes or not req.clip else {"clamp": clamps.summary()}),
         "accuracy": judge.images(torch.stack(images), docs) if judge else {},
         "captions": captions,
         "images": torch.stack(images),
@@ -205,13 +209,14 @@ def editing(loaded: Loaded, docs: list[Document], req: Request = Request()) -> d
             "outputs": torch.stack(outputs), "truths": torch.stack(truths)}
 
 
-def held_out_interleaved(loaded: Loaded, n: int) -> list[Document]:
-    """The first ``n`` interleaved documents of the shapes test split (text, then one image per phrase)."""
+def held_out_interleaved(loaded: Loaded, n: int, split: str = "test") -> list[Document]:
+    """The first ``n`` interleaved documents of the shapes test (or validation) split (text, then one
+    image per phrase)."""
     from transfusion.data.shapes import ShapesDataset
 
     if loaded.config.data.dataset != "shapes":
         raise ValueError(f"the interleaved suite needs shapes documents; this run trained on {loaded.config.data.dataset!r}")
-    data = ShapesDataset("test", size=loaded.config.image.size, kinds=["interleaved"])
+    data = ShapesDataset(split, size=loaded.config.image.size, kinds=["interleaved"])
     return [data[i] for i in range(min(n, len(data)))]
 
 
@@ -238,28 +243,62 @@ def interleaved(loaded: Loaded, docs: list[Document], req: Request = Request(), 
     return {"settings": settings, "accuracy": accuracy, "generated_text": texts, "rows": rows}
 
 
-SUITES = ("text", "t2i", "i2t", "interleaved", "edit")
+SUITES = ("text", "t2i", "i2t", "interleaved", "edit", "floor")
+SPLIT_SUITES = ("t2i", "i2t", "interleaved", "floor")  # the suites that can score the validation split
 
 
 def default_suites(cfg) -> tuple[str, ...]:
-    """The suites that apply to a run: all of them, less ``interleaved`` when it did not train on shapes."""
-    return tuple(s for s in SUITES if s != "interleaved" or cfg.data.dataset == "shapes")
+    """The suites that apply to a run: the model's (``floor`` scores its autoencoder, when asked),
+    less ``interleaved`` when it did not train on shapes."""
+    return tuple(s for s in SUITES if s != "floor" and (s != "interleaved" or cfg.data.dataset == "shapes"))
+
+
+def reconstruction_floor(loaded: Loaded, docs: list[Document], fid: bool = True) -> dict:
+    """The autoencoder's floor: the FID and mean squared error of its reconstructions (encode, then
+    decode; a VQ autoencoder through its codes) of the held-out images against those images, the
+    reference set of the t2i suite's FID. No model's images can score better than their
+    autoencoder lets them."""
+    ae, device = loaded.autoencoder, _device(loaded)
+    real = torch.stack([doc.images[0].pixels for doc in docs])
+    recon = []
+    with torch.no_grad():
+        for start in range(0, len(real), CHUNK):
+            chunk = real[start:start + CHUNK].to(device)
+            recon.append(ae.decode(ae.encode(chunk)).clamp(-1, 1).cpu())
+    recon = torch.cat(recon)
+    entry = {"settings": {"data": f"{loaded.config.data.dataset}/test", "samples": len(docs),
+                         "autoencoder": loaded.config.autoencoder.name},
+             "mse": float((recon - real).square().mean()), "l1": float((recon - real).abs().mean())}
+    if fid:
+        from transfusion.metrics.fid import InceptionFeatures, fid as frechet
+
+        features = InceptionFeatures(device=device)
+        real_features, recon_features = features.cached(real), features(recon)
+        entry["fid"] = frechet(real_features, recon_features)
+        if len(docs) > 256:
+            entry["fid_256"] = frechet(real_features[:256], recon_features[:256])
+    return {**entry, "images": recon}
 
 
 EDIT_RESULTS = ("model", "source_unchanged", "text_to_image")
 
 
-def evaluate(loaded: Loaded, suites=None, n: int = 256, req: Request = Request(), fid: bool = True) -> tuple[dict, dict]:
-    """Run ``suites`` (default: those that apply) on ``n`` held-out documents each: (JSON-ready
-    report, samples for pictures)."""
+def evaluate(loaded: Loaded, suites=None, n: int = 256, req: Request = Request(), fid: bool = True,
+             split: str = "test") -> tuple[dict, dict]:
+    """Run ``suites`` (default: those that apply) on ``n`` held-out documents each of ``split``
+    ("test", or "validation" for tuning: ``SPLIT_SUITES`` only): (JSON-ready report, samples for
+    pictures)."""
     suites = default_suites(loaded.config) if suites is None else suites
     unknown = set(suites) - set(SUITES)
     if unknown:
         raise ValueError(f"unknown suite(s) {', '.join(sorted(unknown))}; choose from {', '.join(SUITES)}")
+    if split != "test" and set(suites) - set(SPLIT_SUITES):
+        raise ValueError(f"the {split} split scores the {', '.join(SPLIT_SUITES)} suites; "
+                         f"not {', '.join(sorted(set(suites) - set(SPLIT_SUITES)))}")
     cfg = loaded.config
-    report: dict = {"checkpoint": str(loaded.path), "step": loaded.step, "dataset": cfg.data.dataset}
+    report: dict = {"checkpoint": str(loaded.path), "step": loaded.step, "dataset": cfg.data.dataset, "split": split}
     samples: dict = {}
-    docs = held_out_pairs(loaded, n) if {"t2i", "i2t"} & set(suites) else []
+    docs = held_out_pairs(loaded, n, split) if {"t2i", "i2t", "floor"} & set(suites) else []
     if "text" in suites:
         from transfusion.data.registry import load_dataset
 
@@ -275,7 +314,8 @@ def evaluate(loaded: Loaded, suites=None, n: int = 256, req: Request = Request()
         }
     if "t2i" in suites:
         t2i = prompt_following(loaded, docs, req)
-        entry = {"settings": t2i["settings"], "accuracy": t2i["accuracy"]}
+        entry = {"settings": t2i["settings"], "accuracy": t2i["accuracy"],
+                 **({"clamp": t2i["clamp"]} if "clamp" in t2i else {})}
         if fid:
             from transfusion.metrics.fid import InceptionFeatures, fid as frechet
 
@@ -297,13 +337,19 @@ def evaluate(loaded: Loaded, suites=None, n: int = 256, req: Request = Request()
         report["i2t"] = {"settings": i2t["settings"], "accuracy": i2t["accuracy"], "cider_d": corpus}
         samples["i2t"] = i2t
     if "interleaved" in suites:
-        result = interleaved(loaded, held_out_interleaved(loaded, n), req)
+        result = interleaved(loaded, held_out_interleaved(loaded, n, split), req)
         report["interleaved"] = {k: result[k] for k in ("settings", "accuracy")}
         samples["interleaved"] = result
     if "edit" in suites:
         edit = editing(loaded, held_out_edits(loaded, n), req)
         report["edit"] = {k: edit[k] for k in ("settings", *EDIT_RESULTS) if k in edit}
         samples["edit"] = edit
+    if "floor" in suites:
+        floor = reconstruction_floor(loaded, docs, fid)
+        report["floor"], samples["floor"] = {k: v for k, v in floor.items() if k != "images"}, floor
+    for entry in report.values():  # the data each suite read: the split's, not the test's
+        if isinstance(entry, dict) and isinstance(entry.get("settings"), dict) and split != "test":
+            entry["settings"]["data"] = entry["settings"]["data"].replace("/test", f"/{split}", 1)
     return report, samples
 
 
@@ -333,6 +379,14 @@ def report_card(report: dict) -> str:
                   "settings: " + ", ".join(f"{k}={v}" for k, v in r["settings"].items()), ""]
         if "fid_settings" in r:
             lines += ["FID: " + "; ".join(f"{k}: {v}" for k, v in r["fid_settings"].items()), ""]
+    if "floor" in report:
+        r = report["floor"]
+        cells = {**({"reconstruction FID": f"{r['fid']:.1f}"} if "fid" in r else {}),
+                 **({"FID (first 256)": f"{r['fid_256']:.1f}"} if "fid_256" in r else {}),
+                 "MSE": f"{r['mse']:.4f}", "L1": f"{r['l1']:.4f}"}
+        lines += ["## Autoencoder floor (its reconstructions of the held-out images)", "",
+                  "| " + " | ".join(cells) + " |", "|" + "---|" * len(cells), "| " + " | ".join(cells.values()) + " |",
+                  "", "settings: " + ", ".join(f"{k}={v}" for k, v in r["settings"].items()), ""]
     if "edit" in report:
         r = report["edit"]
         baselines = [b for b in EDIT_RESULTS[1:] if b in r]

@@ -26,6 +26,8 @@ time the network was trained on; the run's timestep shift is the schedulers' ``s
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Callable
 
 import torch
@@ -109,16 +111,57 @@ def make_flow_scheduler(name: str, flow: Flow, shift: float):
     return cls(num_train_timesteps=flow.T, shift=shift)
 
 
+class ClampCount:
+    """How often the x0 clamp fired while it was counted (``counting_clamps``): the share of
+    predicted x0 values it moved, and of (sample, step) pairs where it moved any."""
+
+    def __init__(self):
+        self.values = self.values_clamped = self.steps = self.steps_clamped = 0
+
+    def add(self, x0: torch.Tensor, clip: float) -> None:
+        over = x0.abs() > clip
+        self.values += over.numel()
+        self.values_clamped += int(over.sum())
+        per_step = over.flatten(1).any(1)
+        self.steps += per_step.numel()
+        self.steps_clamped += int(per_step.sum())
+
+    def summary(self) -> dict:
+        return {"x0_values_clamped": self.values_clamped / max(self.values, 1),
+                "steps_clamped": self.steps_clamped / max(self.steps, 1)}
+
+
+_CLAMPS: ContextVar[ClampCount | None] = ContextVar("transfusion_clamp_count", default=None)
+
+
+@contextmanager
+def counting_clamps():
+    """``with counting_clamps() as count:`` sampling in this thread (and context) adds to ``count``."""
+    count = ClampCount()
+    token = _CLAMPS.set(count)
+    try:
+        yield count
+    finally:
+        _CLAMPS.reset(token)
+
+
+def _clamped(x0: torch.Tensor, clip: float) -> torch.Tensor:
+    count = _CLAMPS.get()
+    if count is not None:
+        count.add(x0, clip)
+    return x0.clamp(-clip, clip)
+
+
 def clip_velocity(v: torch.Tensor, x: torch.Tensor, t: float, clip: float) -> torch.Tensor:
     """The velocity that makes the x0 prediction x - t v of (x_t, v) land in [-clip, clip]."""
-    x0 = (x - t * v).clamp(-clip, clip)
+    x0 = _clamped(x - t * v, clip)
     return (x - x0) / t
 
 
 def clip_noise(eps: torch.Tensor, x: torch.Tensor, alpha_bar: float, clip: float) -> torch.Tensor:
     """The noise that makes the x0 prediction of (x_t, eps) land in [-clip, clip]."""
     a, s = alpha_bar ** 0.5, (1 - alpha_bar) ** 0.5
-    x0 = ((x - s * eps) / a).clamp(-clip, clip)
+    x0 = _clamped((x - s * eps) / a, clip)
     return (x - a * x0) / s
 
 

@@ -290,7 +290,7 @@ def setup(cfg: Config, out: Path, world: World, device: torch.device) -> Run:
     if cfg.train.init_from:  # fine-tuning: a trained run's weights, a fresh optimizer and schedule
         load_start_weights(core, cfg.train.init_from, assign=assign_shard)
     optimizer = build_optimizer(model, cfg)
-    ema = EMA(core, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
+    ema = EMA(core, cfg.train.ema_decay, cfg.train.ema_warmup) if cfg.train.ema_decay > 0 else None
     parts = build_components(cfg, source=source, tokenizer=tokenizer, autoencoder=autoencoder, model=core)
     # (data.mix_by=tokens reweights the source: the builder's is the one that trains)
     return Run(cfg, out, world, device, rows, tokenizer, autoencoder, model, core, optimizer, ema, parts.source,
@@ -345,7 +345,7 @@ def step_once(run: Run, step: int, batches: list, diffusion) -> tuple[dict, floa
     check_step(losses, grad_norm, step, run.out)
     run.optimizer.step()
     if run.ema is not None:
-        run.ema.update(run.core)
+        run.ema.update(run.core, step)
     return {**losses, "lr": lr}, grad_norm, tokens
 
 

@@ -12,8 +12,9 @@
     load_dataset("hf/{split}", "train", 64)            # Parquet files of image bytes + captions (HF datasets)
 
 Every dataset has ``__len__`` and ``__getitem__(i) -> Document``. Built-in datasets carry
-a fixed train/test split. User data has none: a ``{split}`` in the path is replaced by the
-split name, and a path without it serves the same documents to both splits.
+a fixed train/test split; ``shapes`` also a validation split (1,000 documents of the training
+distribution, for tuning before a test). User data has none: a ``{split}`` in the path is
+replaced by the split name, and a path without it serves the same documents to every split.
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ from __future__ import annotations
 from pathlib import Path
 
 BUILTIN_NAMES = ("shapes", "mnist", "text", "edits")
+SPLITS = ("train", "validation", "test")
 EVAL_DOCUMENTS = 4096  # documents a sharded corpus lends to evaluation and autoencoder training
 
 
 def load_dataset(spec: str, split: str, image_size: int, on_error: str = "raise", streams: int = 0, seed: int = 0):
-    """The dataset named by ``spec`` for ``split`` ("train" or "test").
+    """The dataset named by ``spec`` for ``split`` ("train", "validation" or "test").
 
     ``spec`` is a built-in name (``BUILTIN_NAMES``), a path ending in ``.jsonl`` or an
     existing folder of captioned images; images come out as (3, image_size, image_size).
@@ -33,8 +35,11 @@ def load_dataset(spec: str, split: str, image_size: int, on_error: str = "raise"
     .tar shards give their first ``EVAL_DOCUMENTS`` documents, or with ``streams`` > 0 the
     whole ``ShardedCorpus``, read as that many streams in a shard order shuffled by ``seed``.
     """
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if split == "validation" and spec in BUILTIN_NAMES and spec != "shapes":
+        raise ValueError(f"the built-in {spec!r} data has no validation split (shapes has); "
+                         "tune on the train split's documents or a folder of your own")
     # imports are local: each dataset pulls in only what it needs
     if spec == "shapes":
         from transfusion.data.shapes import ShapesDataset

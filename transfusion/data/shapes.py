@@ -49,8 +49,10 @@ NUMBER_WORDS = {2: "two", 3: "three"}
 
 KIND_WEIGHTS = {"single": 0.6, "count": 0.2, "relation": 0.2, "interleaved": 0.2}
 DEFAULT_KINDS = ("single", "count", "relation")
-SPLIT_SEEDS = {"train": 20_240_001, "test": 20_240_002}
-DEFAULT_LENGTHS = {"train": 50_000, "test": 1_000}
+# validation: documents of the training distribution that neither training nor the test scores see (for
+# tuning sampling settings before a test)
+SPLIT_SEEDS = {"train": 20_240_001, "test": 20_240_002, "validation": 20_240_003}
+DEFAULT_LENGTHS = {"train": 50_000, "test": 1_000, "validation": 1_000}
 ATTRIBUTES = ("colour", "shape", "size", "position", "count", "relation", "exact")
 
 # Geometry on the 32-pixel reference image, as fractions of the side.

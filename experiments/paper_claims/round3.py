@@ -1,0 +1,368 @@
+"""The claims' third round: each arm tuned on a validation split, sampled from the EMA of its
+weights, scored against its autoencoder's floor, with autoencoders fixed per round.
+
+    python experiments/paper_claims/round3.py            # (a) images: train, tune, test, table
+    python experiments/paper_claims/round3.py --table    # only the tables, from the store
+
+Round two compared Transfusion and Chameleon at one shared guidance (5), without an EMA of the
+weights and with the autoencoders' own limits unmeasured. This round, for the arms it revisits:
+
+- **Protocol**: round two's (the ``tiny`` preset, text and image-caption data 1:1 by tokens,
+  three training seeds, equal training FLOPs), plus an EMA of the weights
+  (``train.ema_decay=0.999 train.ema_warmup=true``: at step t the decay is
+  min(0.999, (1 + t) / (10 + t)), an average of about the last tenth of the run); every score
+  samples from the EMA (``transfusion eval --ema``).
+- **Autoencoders**: the KL and the VQ autoencoder train for the same 1,500 steps. Both are
+  copied into the store the first time (``scores3/autoencoders/``) and restored from it, and a
+  score records the sha256 of the autoencoder it used: a table refuses to mix two.
+- **Floors**: ``transfusion eval --suite floor`` (each autoencoder's reconstructions of the
+  same 1,000 held-out test images the arms' FID uses) gives the best FID an arm could reach.
+- **Tuning**: at its largest budget, seed 0, each arm's sampling settings are swept on 256
+  documents of the shapes *validation* split (never the test documents), by FID: guidance
+  {1.5, 2, 3, 5, 7.5} for both; for Transfusion the x0 clamp on (3) or off and DPM-Solver++ 25
+  steps against DDPM 250 at the best of those; for Chameleon temperature {0.8, 1.0} and
+  top-k {off, 64}. Each arm is then scored on the test split at its own best settings (the
+  headline, as the paper tuned its own arm) and at the shared guidance 5 of round two.
+
+Every score and record is kept in ``experiments/paper_claims/scores3/`` (a fresh clone
+rebuilds the tables without training), the runs under ``runs/claims3/``; a rerun trains and
+scores only what the store lacks, and an interrupted one resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import statistics
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from common import LINEAR, LONG, PROTOCOL, ROOT, SEEDS, SMOKE, T2I_N, _read, _write, pm, sh
+
+RUNS = Path(os.environ.get("CLAIMS_RUNS", ROOT / "runs" / ("claims3_smoke" if SMOKE else "claims3")))
+STORE = Path(os.environ.get("CLAIMS_STORE", RUNS / "scores" if SMOKE else ROOT / "experiments" / "paper_claims" / "scores3"))
+DOCS = Path(os.environ.get("CLAIMS_DOCS", RUNS / "docs" if SMOKE else ROOT / "docs" / "results" / "round3"))
+EMA = ["train.ema_decay=0.999", "train.ema_warmup=true"]
+AE_STEPS = 20 if SMOKE else 1500  # both kinds, so neither has had longer to converge
+VALIDATION_N = 8 if SMOKE else 256
+GUIDANCES = (1.5, 3.0) if SMOKE else (1.5, 2.0, 3.0, 5.0, 7.5)
+FAST_STEPS, DDPM_STEPS = (4, 4) if SMOKE else (25, 250)
+SHARED = 5.0  # round two's guidance for both arms (the paper's, after Chameleon)
+
+
+def ae_dir(kind: str) -> Path:
+    return RUNS / f"ae_{kind}"
+
+
+ARMS = {
+    "linear": [*LINEAR],  # Table 3's Transfusion: linear 2x2 patches (16 per image), bidirectional within an image
+    "chameleon": ["image.objective=tokens", f"autoencoder.name={ae_dir('vq')}"],
+    "linear_causal": [*LINEAR, "image.attention=causal"],
+    "linear_p1": ["image.adapter=linear", "image.patch_size=1"],  # 64 patches per image
+    "linear_p1_causal": ["image.adapter=linear", "image.patch_size=1", "image.attention=causal"],
+}
+
+
+def is_codes(arm: str) -> bool:
+    return "image.objective=tokens" in ARMS[arm]
+
+
+def overrides(arm: str, seed: int) -> list[str]:
+    return [*PROTOCOL, *EMA, f"autoencoder.name={ae_dir('kl')}", *ARMS[arm], f"train.seed={seed}"]
+
+
+def sha256(folder: Path) -> str:
+    return hashlib.sha256((folder / "autoencoder.safetensors").read_bytes()).hexdigest()
+
+
+def autoencoders() -> dict[str, str]:
+    """The round's KL and VQ autoencoders: restored from the store, else trained (the same steps
+    each) and copied into it. {kind: sha256}."""
+    hashes = {}
+    for kind in ("kl", "vq"):
+        folder, kept = ae_dir(kind), STORE / "autoencoders" / kind
+        if not (folder / "autoencoder.json").is_file():
+            if (kept / "autoencoder.json").is_file():
+                shutil.copytree(kept, folder, dirs_exist_ok=True)
+            else:
+                vq = ["--vq", "--codebook-size", "512"] if kind == "vq" else []
+                sh(["transfusion", "autoencoder", "train", *vq, "--data", "shapes", "--out", folder,
+                    "--steps", str(AE_STEPS)])
+        if not (kept / "autoencoder.json").is_file():
+            kept.mkdir(parents=True, exist_ok=True)
+            for name in ("autoencoder.json", "autoencoder.safetensors"):
+                shutil.copy2(folder / name, kept / name)
+        hashes[kind] = sha256(folder)
+        if hashes[kind] != sha256(kept):
+            raise SystemExit(f"{folder} is not the autoencoder the stored scores used ({kept}); "
+                             f"delete {folder} to restore it from the store")
+    return hashes
+
+
+def flops_per_step(arm: str, seed: int) -> float:
+    """6 N x mean real tokens of the run's first 64 batches, kept in the store."""
+    path, key = STORE / "flops_per_step.json", f"{arm}_s{seed}"
+    known = _read(path)
+    if key not in known:
+        from transfusion.components import build_components
+        from transfusion.config import load_config
+
+        cfg = load_config("tiny", overrides=overrides(arm, seed))
+        run = build_components(cfg)
+        tokens = sum(run.batches.batch_at(s, cfg.train.seed).num_tokens for s in range(64)) / 64
+        known[key] = 6 * run.model.num_params(active=True) * tokens
+        _write(path, known)
+    return known[key]
+
+
+def eval_flags(settings: dict) -> list[str]:
+    """`transfusion eval` flags of a sampling setting: sampler, steps, cfg, clip, image_temperature, top_k."""
+    flags = []
+    for key, value in sorted(settings.items()):
+        flags += [f"--{key.replace('_', '-')}", str(value)]
+    return flags
+
+
+def setting_name(settings: dict) -> str:
+    return "_".join(f"{k}{v:g}" if isinstance(v, float) else f"{k}{v}" for k, v in sorted(settings.items()))
+
+
+@dataclass
+class Run:
+    """One training run of the round (EMA on), scored from its EMA weights."""
+
+    arm: str
+    seed: int
+    plan: dict  # {budget: checkpoint step}
+
+    @property
+    def name(self) -> str:
+        return f"{self.arm}_s{self.seed}_{max(self.plan):.0e}"
+
+    @property
+    def folder(self) -> Path:
+        return RUNS / self.name
+
+    def trained(self) -> Path:
+        if not (self.folder / "report.json").is_file():
+            autoencoders()
+            sh(["transfusion", "train", "--preset", "tiny", "--out", self.folder, *overrides(self.arm, self.seed),
+                f"train.steps={max(self.plan.values())}", f"train.checkpoint_every={min(self.plan.values())}",
+                "train.keep_checkpoints=0", "train.sample_every=0", "train.eval_samples=16"])
+        record = STORE / self.name / "run.json"
+        if not record.is_file():
+            saved = json.loads((self.folder / "report.json").read_text())
+            tokens = {str(step): json.loads((self.checkpoint(step) / "state.json").read_text())["tokens_seen"]
+                      for step in sorted(set(self.plan.values()))}
+            _write(record, {"active_parameters": saved.get("active_parameters", saved["model_parameters"]),
+                            "tokens_seen": tokens})
+        return self.folder
+
+    def checkpoint(self, step: int) -> Path:
+        return self.folder / "checkpoints" / f"step_{step:06d}"
+
+    def flops(self, step: int) -> float:
+        """Training FLOPs at ``step``: 6 N x the real tokens seen."""
+        path = STORE / self.name / "run.json"
+        if not path.is_file():
+            self.trained()
+        record = json.loads(path.read_text())
+        return 6 * record["active_parameters"] * record["tokens_seen"][str(step)]
+
+    def score(self, step: int, suite: str, n: int, settings: dict | None = None, split: str = "test") -> dict:
+        """`transfusion eval --ema` of one suite, from the store when it holds it; the report
+        records the sha256 of the autoencoder it used."""
+        tag = f"_{setting_name(settings)}" if settings else ""
+        name = f"step{step}_{suite}_{split}_n{n}{tag}.json"
+        stored = STORE / self.name / name
+        if not stored.is_file():
+            out = self.trained() / "eval" / name
+            if not out.is_file():
+                sh(["transfusion", "eval", self.checkpoint(step), "--ema", "--suite", suite, "--n", str(n),
+                    "--split", split, *eval_flags(settings or {}), "--out", out])
+            report = json.loads(out.read_text())
+            ae = "vq" if is_codes(self.arm) else "kl"
+            report["autoencoder_sha256"] = sha256(ae_dir(ae))
+            _write(stored, report)
+        return json.loads(stored.read_text())
+
+
+def train(arm: str, seed: int, budgets: tuple[float, ...] = LONG) -> Run:
+    """The run of ``arm`` and ``seed`` to the largest budget, a checkpoint at each."""
+    path = STORE / f"{arm}_s{seed}_{max(budgets):.0e}" / "plan.json"
+    if path.is_file():
+        plan = {float(k): v for k, v in json.loads(path.read_text()).items()}
+    else:
+        autoencoders()
+        first = round(budgets[0] / flops_per_step(arm, seed))
+        plan = {b: first * round(b / budgets[0]) for b in budgets}
+        _write(path, {str(k): v for k, v in plan.items()})
+    return Run(arm, seed, plan)
+
+
+# ---------------------------------------------------------------- tuning on the validation split
+def grid(arm: str) -> list[dict]:
+    """The first sweep's settings (DDPM 250 joins later, at the best of them, for diffusion arms)."""
+    if is_codes(arm):
+        return [{"cfg": g, "image_temperature": t, "top_k": k} for g in GUIDANCES for t in (0.8, 1.0) for k in (0, 64)]
+    return [{"sampler": "dpm++", "steps": FAST_STEPS, "cfg": g, "clip": c} for g in GUIDANCES for c in (3.0, 0.0)]
+
+
+def tuned(arm: str) -> dict:
+    """Each setting's validation FID (seed 0, largest budget) and the best; kept in the store."""
+    path = STORE / "tuning" / f"{arm}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    run = train(arm, 0)
+    step = run.plan[max(run.plan)]
+    rows = []
+    for settings in grid(arm):
+        report = run.score(step, "t2i", VALIDATION_N, settings, split="validation")
+        rows.append({"settings": settings, "fid": report["t2i"]["fid"], "accuracy": report["t2i"]["accuracy"],
+                     **({"clamp": report["t2i"]["clamp"]} if "clamp" in report["t2i"] else {})})
+    best = min(rows, key=lambda r: r["fid"])
+    if not is_codes(arm):  # DDPM 250 at the best guidance and clamp
+        slow = {**best["settings"], "sampler": "ddpm", "steps": DDPM_STEPS}
+        report = run.score(step, "t2i", VALIDATION_N, slow, split="validation")
+        rows.append({"settings": slow, "fid": report["t2i"]["fid"], "accuracy": report["t2i"]["accuracy"],
+                     **({"clamp": report["t2i"]["clamp"]} if "clamp" in report["t2i"] else {})})
+        best = min(rows, key=lambda r: r["fid"])
+    result = {"arm": arm, "run": run.name, "step": step, "split": "validation", "n": VALIDATION_N,
+              "rows": rows, "best": best["settings"]}
+    _write(path, result)
+    return result
+
+
+def shared(arm: str) -> dict:
+    """Round two's settings: guidance 5; Transfusion with DDPM 250 and the clamp at its default."""
+    if is_codes(arm):
+        return {"cfg": SHARED, "image_temperature": 1.0, "top_k": 0}
+    return {"sampler": "ddpm", "steps": DDPM_STEPS, "cfg": SHARED, "clip": 3.0}
+
+
+# ---------------------------------------------------------------- (a) images, tuned and shared
+A_ARMS = ("linear", "chameleon")
+
+
+def claim_a() -> None:
+    """Train both arms (seed 0 first, then tune, then the other seeds), score on the test split."""
+    autoencoders()
+    for arm in A_ARMS:
+        train(arm, 0).trained()
+    best = {arm: tuned(arm)["best"] for arm in A_ARMS}
+    for arm in A_ARMS:
+        floor(arm)
+    for seed in SEEDS:
+        for arm in A_ARMS:
+            run = train(arm, seed)
+            top = run.plan[max(run.plan)]
+            for budget, step in sorted(run.plan.items()):
+                run.score(step, "text", 8 if SMOKE else 256)
+                run.score(step, "i2t", 8 if SMOKE else 256)
+                run.score(step, "t2i", T2I_N if step == top else (8 if SMOKE else 256), best[arm])
+            run.score(top, "t2i", T2I_N, shared(arm))
+    table_a()
+
+
+def floor(arm: str) -> dict:
+    """The floor of ``arm``'s autoencoder on the test images of the arms' FID."""
+    run = train(arm, 0)
+    return run.score(run.plan[max(run.plan)], "floor", T2I_N)
+
+
+def collect(arm: str, settings_of) -> dict:
+    """{budget: [report per seed]} of ``arm``'s t2i (with settings_of(arm, step, top)), text and i2t."""
+    out: dict = {}
+    for seed in SEEDS:
+        run = train(arm, seed)
+        top = run.plan[max(run.plan)]
+        for budget, step in sorted(run.plan.items()):
+            settings = settings_of(arm, step == top)
+            if settings is None:
+                continue
+            n = T2I_N if step == top else (8 if SMOKE else 256)
+            scored = run.score(step, "t2i", n, settings)
+            report = {"t2i": scored["t2i"], "sha": scored["autoencoder_sha256"], "flops": run.flops(step), "step": step}
+            report["text"] = run.score(step, "text", 8 if SMOKE else 256)["text"]
+            report["i2t"] = run.score(step, "i2t", 8 if SMOKE else 256)["i2t"]
+            out.setdefault(budget, []).append(report)
+    return out
+
+
+def mean_sd(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+ATTRIBUTES = ("colour", "shape", "size", "position", "count", "relation", "exact")
+
+
+def table_a() -> str:
+    """The (a) table: each arm tuned and at the shared guidance, the floors, the tuning sweeps."""
+    best = {arm: json.loads((STORE / "tuning" / f"{arm}.json").read_text()) for arm in A_ARMS}
+    lines = ["### (a) Transfusion vs Chameleon, third round: tuned on validation, EMA, floors", ""]
+    header = ["arm", "settings", "budget", "FID", "FID 256", *[f"t2i {a}" for a in ATTRIBUTES], "text ppl",
+              "caption colour", "caption CIDEr-D"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    label = {"linear": "Transfusion (linear 2x2)", "chameleon": "Chameleon (VQ codes)"}
+    hashes = set()
+    for arm in A_ARMS:
+        for how, settings_of in (("tuned", lambda a, top: best[a]["best"]),
+                                 ("shared", lambda a, top: shared(a) if top else None)):
+            per_budget = collect(arm, settings_of)
+            for budget, reports in sorted(per_budget.items()):
+                hashes |= {(arm, r["sha"]) for r in reports}
+                t2i_fid = [r["t2i"]["fid"] for r in reports]
+                fid_256 = [r["t2i"].get("fid_256", r["t2i"]["fid"]) for r in reports]
+                cells = [label[arm], f"{how}: {setting_name(settings_of(arm, True))}", f"{budget:.2g}",
+                         pm(*mean_sd(t2i_fid)) if reports[0]["t2i"]["settings"]["samples"] == T2I_N else "-",
+                         pm(*mean_sd(fid_256))]
+                cells += [pm(*mean_sd([r["t2i"]["accuracy"][a] for r in reports]), True) for a in ATTRIBUTES]
+                cells += [pm(*mean_sd([r["text"]["english"]["perplexity"] for r in reports])),
+                          pm(*mean_sd([r["i2t"]["accuracy"]["colour"] for r in reports]), True),
+                          pm(*mean_sd([r["i2t"]["cider_d"] for r in reports]))]
+                lines.append("| " + " | ".join(cells) + " |")
+        f = floor(arm)["floor"]
+        cells = [f"{label[arm]}: its autoencoder's floor", f"reconstructions (MSE {f['mse']:.4f})", "-",
+                 f"{f['fid']:.1f}", f"{f.get('fid_256', f['fid']):.1f}"]
+        lines.append("| " + " | ".join(cells + ["-"] * (len(header) - len(cells))) + " |")
+    kinds = {}
+    for arm, sha in hashes:
+        kinds.setdefault(arm, set()).add(sha)
+    mixed = [arm for arm, shas in kinds.items() if len(shas) > 1]
+    if mixed:
+        raise SystemExit(f"scores of {', '.join(mixed)} were made with different autoencoders; refusing to mix them")
+    lines += ["", f"Mean +/- standard deviation over {len(SEEDS)} training seeds, sampled from the EMA of the "
+              f"weights. FID on {T2I_N} held-out test captions at the largest budget, on 256 below it. "
+              "Tuned: the arm's best validation-split setting (below); shared: round two's guidance 5.", ""]
+    for arm in A_ARMS:
+        t = best[arm]
+        lines += [f"Tuning of {label[arm]} ({t['run']}, step {t['step']}, {t['n']} validation documents):", "",
+                  "| settings | validation FID | colour | exact | clamp fired (share of x0 values / of steps) |",
+                  "|---|---|---|---|---|"]
+        for row in sorted(t["rows"], key=lambda r: r["fid"]):
+            clamp = row.get("clamp")
+            fired = f"{100 * clamp['x0_values_clamped']:.2f}% / {100 * clamp['steps_clamped']:.0f}%" if clamp else "-"
+            lines.append(f"| {setting_name(row['settings'])} | {row['fid']:.1f} | "
+                         f"{100 * row['accuracy']['colour']:.0f}% | {100 * row['accuracy']['exact']:.0f}% | {fired} |")
+        lines.append("")
+    text = "\n".join(lines)
+    DOCS.mkdir(parents=True, exist_ok=True)
+    (DOCS / "a_transfusion_vs_chameleon.md").write_text(text + "\n")
+    print(text)
+    return text
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--table", action="store_true", help="only the tables, from the store")
+    args = p.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)
+    table_a() if args.table else claim_a()
+
+
+if __name__ == "__main__":
+    main()

@@ -143,3 +143,35 @@ def test_the_sampler_sweep_scores_each_setting_against_ddpm_250_and_plots(debug_
     assert (tmp_path / "sampling" / "quality_vs_time.png").stat().st_size > 5000
     again = subprocess.run(args, capture_output=True, text=True, timeout=600)  # cached: nothing sampled again
     assert again.returncode == 0 and "$ transfusion eval" not in again.stdout
+
+
+def test_at_least_matches_is_judged_by_a_margin_stated_in_advance(claims):
+    import verdict
+
+    def c(ma, sa, mb, sb, lower=True):
+        return {"a": (ma, sa), "b": (mb, sb), "lower": lower, "metric": "FID", "budget": 1e14}
+
+    # B at 100: the 5% margin allows A up to 105
+    assert verdict.judged(c(102, 1, 100, 1), at_least_matches=True) == "reproduced (within the 5% margin)"  # 104
+    assert verdict.judged(c(104, 1, 100, 1), at_least_matches=True) == "inconclusive"  # worse end 106 > 105
+    assert verdict.judged(c(110, 1, 100, 1), at_least_matches=True) == "not reproduced (beyond the 5% margin)"
+    assert verdict.judged(c(90, 5, 100, 5), at_least_matches=True).startswith("reproduced")  # better: reproduced
+    # superiority stays strict: within the spread is inconclusive, never reproduced
+    assert verdict.judged(c(98, 2, 100, 2)) == "inconclusive" and verdict.judged(c(90, 2, 100, 2)) == "reproduced"
+    assert verdict.judged(c(0.9, 0.01, 0.8, 0.01, lower=False)) == "reproduced"
+
+
+def test_a_claim_over_attributes_names_the_ones_that_go_each_way(claims):
+    common, _ = claims
+    import verdict
+
+    a, b = common.Row("linear", "A"), common.Row("chameleon", "B")
+    values = {"colour": ((0.9, 0.9, 0.9), (0.5, 0.5, 0.5)), "shape": ((0.3, 0.3, 0.3), (0.6, 0.6, 0.6)),
+              "size": ((0.5, 0.6, 0.7), (0.6, 0.6, 0.6))}
+    metrics = {name: (common.t2i(name), False) for name in values}
+    reports = {row: {1e13: [{"t2i": {"accuracy": {k: v[i][seed] for k, v in values.items()}}} for seed in range(3)]}
+               for i, row in enumerate((a, b))}
+    row = verdict.attributes_row(common.Results([a, b], (1e13,), reports, metrics), a, b, ("A", "B"), "claim", "paper",
+                                 list(values), why="not tested")
+    assert row["verdict"] == "mixed" and row["why"] == "not tested"
+    assert "A ahead beyond the spread: colour; B ahead: shape; within the spread: size" in row["ours"]

@@ -347,7 +347,7 @@ class Results:
         better = (mb - ma) if lower else (ma - mb)
         outcome = "inconclusive" if abs(ma - mb) <= sa + sb else ("better" if better > 0 else "worse")
         return {"metric": metric, "budget": budget, "a": (ma, sa), "b": (mb, sb), "outcome": outcome,
-                "share": is_share(self.metrics, metric)}
+                "share": is_share(self.metrics, metric), "lower": lower}
 
     def shown(self, row: Row, budget: float, metric: str) -> str:
         """The table cell: mean +/- sd over seeds, accuracies as percentages."""

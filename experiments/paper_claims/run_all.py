@@ -43,9 +43,13 @@ def verdict_table() -> str:
     lines = [START, "", "| claim | paper | ours (mean +/- sd over seeds, largest budget) | verdict | why, where not reproduced |",
              "|---|---|---|---|---|"]
     lines += [f"| {r['claim']} | {r['paper']} | {r['ours']} | **{r['verdict']}** | {r.get('why', '')} |" for r in rows]
-    lines += ["", "A difference is called a result only when it exceeds the spread (the sum of the two standard "
-              "deviations over seeds); otherwise *inconclusive*. Wall clock of every command in the store so far: "
-              f"{seconds / 3600:.1f} hours on 2 CPU cores (experiments/paper_claims/scores/commands.jsonl).", "", END]
+    lines += ["", "A claim that A beats B is reproduced only when A is better by more than the spread (the sum of "
+              "the two standard deviations over seeds), not reproduced when worse by more, else *inconclusive*. A "
+              "claim that A at least matches B is reproduced when even the worse end of the spread keeps A within 5% "
+              "of B, not reproduced when A falls short by more than 5% at the better end, else *inconclusive*. A "
+              "claim over several attributes names those that go each way (*mixed* when both). Wall clock of every "
+              f"command in the store so far: {seconds / 3600:.1f} hours on 2 CPU cores "
+              "(experiments/paper_claims/scores/commands.jsonl).", "", END]
     return "\n".join(lines)
 
 

@@ -1,8 +1,8 @@
 """The claims' third round: each arm tuned on a validation split, sampled from the EMA of its
 weights, scored against its autoencoder's floor, with autoencoders fixed per round.
 
-    python experiments/paper_claims/round3.py            # (a) images: train, tune, test, table
-    python experiments/paper_claims/round3.py --table    # only the tables, from the store
+    python experiments/paper_claims/round3.py            # (a) then (b): train, tune, test, tables, verdicts
+    python experiments/paper_claims/round3.py --table    # only the tables and verdict lines, from the store
 
 Round two compared Transfusion and Chameleon at one shared guidance (5), without an EMA of the
 weights and with the autoencoders' own limits unmeasured. This round, for the arms it revisits:
@@ -23,6 +23,9 @@ weights and with the autoencoders' own limits unmeasured. This round, for the ar
   steps against DDPM 250 at the best of those; for Chameleon temperature {0.8, 1.0} and
   top-k {off, 64}. Each arm is then scored on the test split at its own best settings (the
   headline, as the paper tuned its own arm) and at the shared guidance 5 of round two.
+- **(b) where it can show**: bidirectional against causal attention within an image at the
+  paper's ablation guidance (3), with 16 patches per image (linear 2x2 on 8x8 latents) and 64
+  (linear 1x1), three seeds each.
 
 Every score and record is kept in ``experiments/paper_claims/scores3/`` (a fresh clone
 rebuilds the tables without training), the runs under ``runs/claims3/``; a rerun trains and
@@ -356,12 +359,111 @@ def table_a() -> str:
     return text
 
 
+# ---------------------------------------------------------------- (b) intra-image attention, where it can show
+B_PAIRS = (("linear", "linear_causal", "16 patches (linear 2x2)"), ("linear_p1", "linear_p1_causal", "64 patches (linear 1x1)"))
+B_SETTINGS = {"sampler": "dpm++", "steps": FAST_STEPS, "cfg": 3.0, "clip": 3.0}  # the paper's ablation guidance
+
+
+def claim_b() -> None:
+    for seed in SEEDS:
+        for pair in B_PAIRS:
+            for arm in pair[:2]:
+                run = train(arm, seed)
+                run.score(run.plan[max(run.plan)], "t2i", T2I_N, B_SETTINGS)
+    table_b()
+
+
+def stats_b(arm: str) -> dict:
+    """{metric: (mean, sd)} of ``arm``'s t2i at its largest budget with ``B_SETTINGS``, over seeds."""
+    reports = []
+    for seed in SEEDS:
+        run = train(arm, seed)
+        reports.append(run.score(run.plan[max(run.plan)], "t2i", T2I_N, B_SETTINGS)["t2i"])
+    out = {"FID": mean_sd([r["fid"] for r in reports])}
+    out.update({a: mean_sd([r["accuracy"][a] for r in reports]) for a in ATTRIBUTES})
+    return out
+
+
+def table_b() -> str:
+    header = ["patches per image", "attention", "FID", *[f"t2i {a}" for a in ATTRIBUTES]]
+    lines = ["### (b) Bidirectional vs causal attention within an image, third round (guidance 3, EMA)", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for bidirectional, causal, label in B_PAIRS:
+        for arm, how in ((bidirectional, "bidirectional"), (causal, "causal")):
+            st = stats_b(arm)
+            lines.append("| " + " | ".join([label, how, pm(*st["FID"]), *[pm(*st[a], True) for a in ATTRIBUTES]]) + " |")
+    lines += ["", f"Mean +/- standard deviation over {len(SEEDS)} training seeds at {max(LONG):.2g} training FLOPs, sampled from "
+              f"the EMA: {setting_name(B_SETTINGS)}, FID on {T2I_N} held-out test captions.", ""]
+    text = "\n".join(lines)
+    DOCS.mkdir(parents=True, exist_ok=True)
+    (DOCS / "b_intra_image_attention.md").write_text(text + "\n")
+    print(text)
+    return text
+
+
+# ---------------------------------------------------------------- verdicts
+def compared(a: tuple[float, float], b: tuple[float, float], metric: str, lower: bool, budget: float,
+             share: bool = False) -> dict:
+    return {"a": a, "b": b, "metric": metric, "lower": lower, "budget": budget, "share": share}
+
+
+def top_stats(arm: str, settings: dict, metric) -> tuple[float, float]:
+    values = []
+    for seed in SEEDS:
+        run = train(arm, seed)
+        values.append(metric(run.score(run.plan[max(run.plan)], "t2i", T2I_N, settings)["t2i"]))
+    return mean_sd(values)
+
+
+def verdict_rows() -> list[dict]:
+    """The round's lines of the verdict table: (a) images tuned and shared side by side, (b) at 16 and 64 patches."""
+    from verdict import verdict_row
+
+    rows = []
+    best = {arm: json.loads((STORE / "tuning" / f"{arm}.json").read_text()) for arm in A_ARMS}
+    floors = {arm: floor(arm)["floor"]["fid"] for arm in A_ARMS}
+    fid = lambda r: r["fid"]  # noqa: E731
+    budget = max(LONG)
+    for how, settings_of in (("each tuned on validation", lambda a: best[a]["best"]), ("shared guidance 5", shared)):
+        c = compared(top_stats("linear", settings_of("linear"), fid), top_stats("chameleon", settings_of("chameleon"), fid),
+                     "FID", True, budget)
+        measured = (f"measured: autoencoder floors (reconstruction FID) KL {floors['linear']:.1f}, VQ "
+                    f"{floors['chameleon']:.1f}; settings Transfusion {setting_name(settings_of('linear'))}, Chameleon "
+                    f"{setting_name(settings_of('chameleon'))}")
+        row = verdict_row(f"(a) images, round 3 ({how}, EMA): Transfusion beats Chameleon",
+                          "FID 16.8 vs 29.6 (7B, Table 3)", c, "Transfusion", "Chameleon", why=measured)
+        row["why"] = measured  # what decides it, whatever the outcome
+        rows.append(row)
+    for bidirectional, causal, label in B_PAIRS:
+        c = compared(stats_b(bidirectional)["FID"], stats_b(causal)["FID"], "FID", True, budget)
+        rows.append(verdict_row(f"(b) bidirectional beats causal within an image, round 3 ({label}, guidance 3, EMA)",
+                                "FID 20.3 vs 61.3 (0.76B, linear 2x2)", c, "bidirectional", "causal",
+                                why="not tested"))
+    return rows
+
+
+def claim() -> None:
+    """Everything of the round, in order of importance; then its tables and verdict lines."""
+    from verdict import save_verdicts
+
+    claim_a()
+    claim_b()
+    save_verdicts("round3", verdict_rows())
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--table", action="store_true", help="only the tables, from the store")
+    p.add_argument("--table", action="store_true", help="only the tables and verdict lines, from the store")
     args = p.parse_args()
     sys.stdout.reconfigure(line_buffering=True)
-    table_a() if args.table else claim_a()
+    if args.table:
+        from verdict import save_verdicts
+
+        table_a()
+        table_b()
+        save_verdicts("round3", verdict_rows())
+    else:
+        claim()
 
 
 if __name__ == "__main__":

@@ -175,3 +175,35 @@ def test_a_claim_over_attributes_names_the_ones_that_go_each_way(claims):
                                  list(values), why="not tested")
     assert row["verdict"] == "mixed" and row["why"] == "not tested"
     assert "A ahead beyond the spread: colour; B ahead: shape; within the spread: size" in row["ours"]
+
+
+def test_round_three_keeps_its_autoencoders_and_refuses_another(claims, tmp_path, monkeypatch):
+    import round3
+
+    monkeypatch.setattr(round3, "RUNS", tmp_path / "runs")
+    monkeypatch.setattr(round3, "STORE", tmp_path / "store")
+    for kind in ("kl", "vq"):  # as if trained: the round's folders
+        folder = tmp_path / "runs" / f"ae_{kind}"
+        folder.mkdir(parents=True)
+        (folder / "autoencoder.json").write_text("{}")
+        (folder / "autoencoder.safetensors").write_bytes(kind.encode())
+    first = round3.autoencoders()  # copied into the store
+    assert (tmp_path / "store" / "autoencoders" / "vq" / "autoencoder.safetensors").read_bytes() == b"vq"
+    shutil.rmtree(tmp_path / "runs")  # a fresh machine: restored from the store, not retrained
+    assert round3.autoencoders() == first and (tmp_path / "runs" / "ae_kl" / "autoencoder.json").is_file()
+    (tmp_path / "runs" / "ae_kl" / "autoencoder.safetensors").write_bytes(b"retrained")
+    with pytest.raises(SystemExit, match="is not the autoencoder the stored scores used"):
+        round3.autoencoders()
+
+
+def test_round_three_sweeps_the_settings_the_review_asked_for(claims):
+    import round3
+
+    diffusion, codes = round3.grid("linear"), round3.grid("chameleon")
+    assert {(s["cfg"], s["clip"]) for s in diffusion} == {(g, c) for g in (1.5, 2.0, 3.0, 5.0, 7.5) for c in (3.0, 0.0)}
+    assert {(s["cfg"], s["image_temperature"], s["top_k"]) for s in codes} == {
+        (g, t, k) for g in (1.5, 2.0, 3.0, 5.0, 7.5) for t in (0.8, 1.0) for k in (0, 64)}
+    assert round3.eval_flags({"cfg": 3.0, "top_k": 64, "image_temperature": 0.8}) == [
+        "--cfg", "3.0", "--image-temperature", "0.8", "--top-k", "64"]
+    assert round3.shared("linear") == {"sampler": "ddpm", "steps": 250, "cfg": 5.0, "clip": 3.0}
+    assert "train.ema_warmup=true" in round3.overrides("chameleon", 1) and "train.seed=1" in round3.overrides("chameleon", 1)

@@ -100,8 +100,9 @@ class Row:
         return FLOW if "diffusion.objective=flow" in ARMS[self.arm] else FAST
 
 
-def sh(args: list) -> None:
-    """Run a command, echoing it as a user would type it."""
+def sh(args: list, log: Path | None = None) -> None:
+    """Run a command, echoing it as a user would type it; its wall clock goes to ``log``
+    (default: the store's commands.jsonl)."""
     print("$ " + " ".join(shlex.quote(str(a)) for a in args), flush=True)
     typed = " ".join(str(a) for a in args)
     if args[0] == "transfusion":
@@ -110,9 +111,10 @@ def sh(args: list) -> None:
         args = [sys.executable, *args[1:]]
     start = time.time()
     subprocess.run([str(a) for a in args], check=True, cwd=ROOT)
-    STORE.mkdir(parents=True, exist_ok=True)
-    with open(STORE / "commands.jsonl", "a") as log:  # the wall clock of every finished command, for the totals
-        log.write(json.dumps({"command": typed, "seconds": round(time.time() - start, 1)}) + "\n")
+    log = log or STORE / "commands.jsonl"  # the wall clock of every finished command, for the totals
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a") as out:
+        out.write(json.dumps({"command": typed, "seconds": round(time.time() - start, 1)}) + "\n")
 
 
 def _read(path: Path) -> dict:

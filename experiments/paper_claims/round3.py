@@ -44,7 +44,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import LINEAR, LONG, PROTOCOL, ROOT, SEEDS, SMOKE, T2I_N, _read, _write, pm, sh
+import common
+from common import LINEAR, LONG, PROTOCOL, ROOT, SEEDS, SMOKE, T2I_N, _read, _write, pm
 
 RUNS = Path(os.environ.get("CLAIMS_RUNS", ROOT / "runs" / ("claims3_smoke" if SMOKE else "claims3")))
 STORE = Path(os.environ.get("CLAIMS_STORE", RUNS / "scores" if SMOKE else ROOT / "experiments" / "paper_claims" / "scores3"))
@@ -55,6 +56,17 @@ VALIDATION_N = 8 if SMOKE else 256
 GUIDANCES = (1.5, 3.0) if SMOKE else (1.5, 2.0, 3.0, 5.0, 7.5)
 FAST_STEPS, DDPM_STEPS = (4, 4) if SMOKE else (25, 250)
 SHARED = 5.0  # round two's guidance for both arms (the paper's, after Chameleon)
+
+
+def sh(args: list) -> None:
+    """``common.sh``, its wall clock logged in this round's store (scores3/commands.jsonl)."""
+    common.sh(args, STORE / "commands.jsonl")
+
+
+def hours() -> float:
+    """The wall clock of every command of the round so far, in hours."""
+    log = STORE / "commands.jsonl"
+    return sum(json.loads(line)["seconds"] for line in log.read_text().splitlines()) / 3600 if log.is_file() else 0.0
 
 
 def ae_dir(kind: str) -> Path:

@@ -1,4 +1,4 @@
-"""Every claim of the second round in one go, then the verdict table at the top of docs/results.md.
+"""Every claim of the second and third rounds in one go, then the verdict table at the top of docs/results.md.
 
     python experiments/paper_claims/run_all.py
     python experiments/paper_claims/run_all.py --verdicts   # only the table, from the claims finished so far
@@ -24,10 +24,11 @@ import e_flow_vs_ddpm
 import f_mot_vs_dense
 import g_lmfusion
 import h_interleaved
+import round3
 from common import DOCS, SMOKE, STORE, main
 
 # in order of importance: the headline comparison first, so an interrupted run has it
-CLAIMS = (a_transfusion_vs_chameleon, h_interleaved, b_intra_image_attention, c_linear_vs_unet, a_scaling,
+CLAIMS = (a_transfusion_vs_chameleon, round3, h_interleaved, b_intra_image_attention, c_linear_vs_unet, a_scaling,
           d_noise_capping, e_flow_vs_ddpm, f_mot_vs_dense, g_lmfusion, a_real_images)
 START, END = "<!-- verdict table: written by experiments/paper_claims/run_all.py -->", "<!-- end of the verdict table -->"
 
@@ -48,8 +49,9 @@ def verdict_table() -> str:
               "claim that A at least matches B is reproduced when even the worse end of the spread keeps A within 5% "
               "of B, not reproduced when A falls short by more than 5% at the better end, else *inconclusive*. A "
               "claim over several attributes names those that go each way (*mixed* when both). Wall clock of every "
-              f"command in the store so far: {seconds / 3600:.1f} hours on 2 CPU cores "
-              "(experiments/paper_claims/scores/commands.jsonl).", "", END]
+              f"command in the store so far: {seconds / 3600:.1f} hours on 2 CPU cores for round two "
+              "(experiments/paper_claims/scores/commands.jsonl), "
+              f"{round3.hours():.1f} hours for round three (experiments/paper_claims/scores3/commands.jsonl).", "", END]
     return "\n".join(lines)
 
 

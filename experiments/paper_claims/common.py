@@ -282,6 +282,18 @@ def dataset_of(arm: str) -> str:
     return next((d for d in DATASETS if f"data.dataset={DATASETS[d]}" in ARMS[arm]), "shapes")
 
 
+def budget_plan(path: Path, budgets: tuple[float, ...], per_step, prepare=lambda: None) -> dict:
+    """{budget: checkpoint step}, kept at ``path``: the first budget's steps (``budgets[0] /
+    per_step()``, the FLOPs of a step) and their multiples for the larger budgets."""
+    if path.is_file():
+        return {float(k): v for k, v in json.loads(path.read_text()).items()}
+    prepare()
+    first = round(budgets[0] / per_step())
+    plan = {b: first * round(b / budgets[0]) for b in budgets}
+    _write(path, {str(k): v for k, v in plan.items()})
+    return plan
+
+
 def train(arm: str, seed: int, budgets: tuple[float, ...]) -> Run:
     """The run of ``arm`` with ``seed`` to the largest of ``budgets`` (multiples of the first),
     with a checkpoint at each: ``Run.plan`` is {budget: step of its checkpoint}."""
@@ -292,13 +304,7 @@ def train(arm: str, seed: int, budgets: tuple[float, ...]) -> Run:
         autoencoders(dataset_of(arm))
         PREPARE.get(arm, lambda: None)()
 
-    if plan_path.is_file():
-        plan = {float(k): v for k, v in json.loads(plan_path.read_text()).items()}
-    else:
-        prepare()
-        first = round(budgets[0] / flops_per_step(arm, seed))
-        plan = {b: first * round(b / budgets[0]) for b in budgets}
-        _write(plan_path, {str(k): v for k, v in plan.items()})
+    plan = budget_plan(plan_path, budgets, lambda: flops_per_step(arm, seed), prepare)
     args = [*overrides(arm, seed), f"train.steps={max(plan.values())}", f"train.checkpoint_every={min(plan.values())}",
             "train.keep_checkpoints=0", "train.sample_every=0", "train.eval_samples=16"]
     return Run(name, args, plan, prepare=prepare)

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import common
-from common import LINEAR, LONG, PROTOCOL, ROOT, SEEDS, SMOKE, T2I_N, _read, _write, pm
+from common import LINEAR, LONG, PROTOCOL, ROOT, SEEDS, SMOKE, T2I_N, _read, _write, budget_plan, pm
 
 RUNS = Path(os.environ.get("CLAIMS_RUNS", ROOT / "runs" / ("claims3_smoke" if SMOKE else "claims3")))
 STORE = Path(os.environ.get("CLAIMS_STORE", RUNS / "scores" if SMOKE else ROOT / "experiments" / "paper_claims" / "scores3"))
@@ -209,14 +209,7 @@ class Run:
 def train(arm: str, seed: int, budgets: tuple[float, ...] = LONG) -> Run:
     """The run of ``arm`` and ``seed`` to the largest budget, a checkpoint at each."""
     path = STORE / f"{arm}_s{seed}_{max(budgets):.0e}" / "plan.json"
-    if path.is_file():
-        plan = {float(k): v for k, v in json.loads(path.read_text()).items()}
-    else:
-        autoencoders()
-        first = round(budgets[0] / flops_per_step(arm, seed))
-        plan = {b: first * round(b / budgets[0]) for b in budgets}
-        _write(path, {str(k): v for k, v in plan.items()})
-    return Run(arm, seed, plan)
+    return Run(arm, seed, budget_plan(path, budgets, lambda: flops_per_step(arm, seed), autoencoders))
 
 
 # ---------------------------------------------------------------- tuning on the validation split

@@ -68,7 +68,7 @@ def _engine(loaded: Loaded) -> Engine:
     return Engine(loaded.model, loaded.tokenizer, loaded.autoencoder, loaded.config)
 
 
-def prompt_following(loaded: Loaded, docs: list[Document], req: Request = Request()) -> dict:
+def prompt_following(loaded: Loaded, docs: list[Document], req: Request = Request(), split: str = "test") -> dict:
     """Generate one image for each document's caption; score it where the reader applies.
 
     Caption i is sampled with seed ``req.seed + i`` whatever the batching.
@@ -81,7 +81,7 @@ def prompt_following(loaded: Loaded, docs: list[Document], req: Request = Reques
         done = tasks.text_to_image(_engine(loaded), captions, req, batch_size=CHUNK)
     req, images = done.request, done.images
     return {
-        "settings": {"data": f"{loaded.config.data.dataset}/test", "samples": len(docs), "step": loaded.step,
+        "settings": {"data": f"{loaded.config.data.dataset}/{split}", "samples": len(docs), "step": loaded.step,
                      "objective": loaded.config.image.objective,
                      **{k: getattr(req, k) for k in (("image_temperature", "top_k") if loaded.model.image_codes else
                                                      ("sampler", "steps", "eta", "clip")) + ("guidance", "seed", "image_size")},
@@ -93,7 +93,7 @@ def prompt_following(loaded: Loaded, docs: list[Document], req: Request = Reques
     }
 
 
-def captioning(loaded: Loaded, docs: list[Document], max_new_tokens: int = 24) -> dict:
+def captioning(loaded: Loaded, docs: list[Document], max_new_tokens: int = 24, split: str = "test") -> dict:
     """Greedy captions for each document's image; compared with the truth where the reader applies.
 
     A caption has at least one token: training also shows images with no caption after
@@ -103,7 +103,7 @@ def captioning(loaded: Loaded, docs: list[Document], max_new_tokens: int = 24) -
     texts = tasks.caption(_engine(loaded), [[doc.images[0]] for doc in docs], Request(max_new_tokens=max_new_tokens),
                           batch_size=CHUNK).texts
     return {
-        "settings": {"data": f"{loaded.config.data.dataset}/test", "samples": len(docs), "decoding": "greedy",
+        "settings": {"data": f"{loaded.config.data.dataset}/{split}", "samples": len(docs), "decoding": "greedy",
                      "min_new_tokens": 1, "max_new_tokens": max_new_tokens, "step": loaded.step,
                      "judge": judge.name if judge else None},
         "accuracy": judge.captions(texts, docs) if judge else {},
@@ -220,7 +220,8 @@ def held_out_interleaved(loaded: Loaded, n: int, split: str = "test") -> list[Do
     return [data[i] for i in range(min(n, len(data)))]
 
 
-def interleaved(loaded: Loaded, docs: list[Document], req: Request = Request(), max_new_tokens: int = 16) -> dict:
+def interleaved(loaded: Loaded, docs: list[Document], req: Request = Request(), max_new_tokens: int = 16,
+                split: str = "test") -> dict:
     """Continue each document from its text alone (up to one image more than it has phrases) and
     score every image against its own phrase (``shapes_reader.score_interleaved``); also the
     share of documents that write no text of their own around the images, as training shows
@@ -237,7 +238,7 @@ def interleaved(loaded: Loaded, docs: list[Document], req: Request = Request(), 
         rows.append((doc.segments[0].text, sample.images))
     accuracy = summarise_interleaved(scores)
     accuracy["no_stray_text"] = sum(not t.strip() for t in texts) / len(texts)
-    settings = {"data": f"{loaded.config.data.dataset}/test interleaved", "samples": len(docs), "step": loaded.step,
+    settings = {"data": f"{loaded.config.data.dataset}/{split} interleaved", "samples": len(docs), "step": loaded.step,
                 **{k: getattr(req, k) for k in ("sampler", "steps", "eta", "clip", "guidance", "seed", "max_images")},
                 "judge": "shapes attribute reader"}
     return {"settings": settings, "accuracy": accuracy, "generated_text": texts, "rows": rows}
@@ -253,7 +254,7 @@ def default_suites(cfg) -> tuple[str, ...]:
     return tuple(s for s in SUITES if s != "floor" and (s != "interleaved" or cfg.data.dataset == "shapes"))
 
 
-def reconstruction_floor(loaded: Loaded, docs: list[Document], fid: bool = True) -> dict:
+def reconstruction_floor(loaded: Loaded, docs: list[Document], fid: bool = True, split: str = "test") -> dict:
     """The autoencoder's floor: the FID and mean squared error of its reconstructions (encode, then
     decode; a VQ autoencoder through its codes) of the held-out images against those images, the
     reference set of the t2i suite's FID. No model's images can score better than their
@@ -266,7 +267,7 @@ def reconstruction_floor(loaded: Loaded, docs: list[Document], fid: bool = True)
             chunk = real[start:start + CHUNK].to(device)
             recon.append(ae.decode(ae.encode(chunk)).clamp(-1, 1).cpu())
     recon = torch.cat(recon)
-    entry = {"settings": {"data": f"{loaded.config.data.dataset}/test", "samples": len(docs),
+    entry = {"settings": {"data": f"{loaded.config.data.dataset}/{split}", "samples": len(docs),
                          "autoencoder": loaded.config.autoencoder.name},
              "mse": float((recon - real).square().mean()), "l1": float((recon - real).abs().mean())}
     if fid:
@@ -313,7 +314,7 @@ def evaluate(loaded: Loaded, suites=None, n: int = 256, req: Request = Request()
                          **perplexity(loaded, caption_docs, before_image=True)},
         }
     if "t2i" in suites:
-        t2i = prompt_following(loaded, docs, req)
+        t2i = prompt_following(loaded, docs, req, split)
         entry = {"settings": t2i["settings"], "accuracy": t2i["accuracy"],
                  **({"clamp": t2i["clamp"]} if "clamp" in t2i else {})}
         if fid:
@@ -332,12 +333,12 @@ def evaluate(loaded: Loaded, suites=None, n: int = 256, req: Request = Request()
     if "i2t" in suites:
         from transfusion.metrics.cider import cider_d
 
-        i2t = captioning(loaded, docs)
+        i2t = captioning(loaded, docs, split=split)
         corpus, _ = cider_d(i2t["generated"], [[ref] for ref in i2t["references"]])
         report["i2t"] = {"settings": i2t["settings"], "accuracy": i2t["accuracy"], "cider_d": corpus}
         samples["i2t"] = i2t
     if "interleaved" in suites:
-        result = interleaved(loaded, held_out_interleaved(loaded, n, split), req)
+        result = interleaved(loaded, held_out_interleaved(loaded, n, split), req, split=split)
         report["interleaved"] = {k: result[k] for k in ("settings", "accuracy")}
         samples["interleaved"] = result
     if "edit" in suites:
@@ -345,11 +346,8 @@ def evaluate(loaded: Loaded, suites=None, n: int = 256, req: Request = Request()
         report["edit"] = {k: edit[k] for k in ("settings", *EDIT_RESULTS) if k in edit}
         samples["edit"] = edit
     if "floor" in suites:
-        floor = reconstruction_floor(loaded, docs, fid)
+        floor = reconstruction_floor(loaded, docs, fid, split)
         report["floor"], samples["floor"] = {k: v for k, v in floor.items() if k != "images"}, floor
-    for entry in report.values():  # the data each suite read: the split's, not the test's
-        if isinstance(entry, dict) and isinstance(entry.get("settings"), dict) and split != "test":
-            entry["settings"]["data"] = entry["settings"]["data"].replace("/test", f"/{split}", 1)
     return report, samples
 
 

@@ -207,3 +207,35 @@ def test_round_three_sweeps_the_settings_the_review_asked_for(claims):
         "--cfg", "3.0", "--image-temperature", "0.8", "--top-k", "64"]
     assert round3.shared("linear") == {"sampler": "ddpm", "steps": 250, "cfg": 5.0, "clip": 3.0}
     assert "train.ema_warmup=true" in round3.overrides("chameleon", 1) and "train.seed=1" in round3.overrides("chameleon", 1)
+
+
+def test_round_three_tables_from_a_partial_store_run_nothing(claims, tmp_path, monkeypatch):
+    """``round3.py --table`` while the round is under way: what the store holds is shown, the
+    rest is marked "not yet measured", and no command (training or eval) is started."""
+    common, _ = claims
+    import round3
+
+    for name in ("RUNS", "STORE", "DOCS"):
+        monkeypatch.setattr(round3, name, tmp_path / name.lower())
+    monkeypatch.setattr(round3, "STORE_ONLY", True)
+    monkeypatch.setattr(common, "sh", lambda *a, **k: pytest.fail(f"ran {a}"))
+    store = tmp_path / "store"
+    for kind in ("kl", "vq"):  # the round's autoencoders, kept
+        (store / "autoencoders" / kind).mkdir(parents=True)
+        (store / "autoencoders" / kind / "autoencoder.json").write_text("{}")
+        (store / "autoencoders" / kind / "autoencoder.safetensors").write_bytes(kind.encode())
+    accuracy = {a: 0.5 for a in round3.ATTRIBUTES}
+    for arm in round3.A_ARMS:  # seed 0 planned, tuned and its floor scored; nothing else
+        run = f"{arm}_s0_1e+14"
+        common._write(store / run / "plan.json", {"25000000000000.0": 10, "100000000000000.0": 40})
+        rows = [{"settings": s, "fid": 100.0 + i, "accuracy": accuracy} for i, s in enumerate(round3.grid(arm))]
+        common._write(store / "tuning" / f"{arm}.json", {"arm": arm, "run": run, "step": 40, "split": "validation",
+                                                         "n": 256, "rows": rows, "best": rows[0]["settings"]})
+        common._write(store / run / "step40_floor_test_n1000.json",
+                      {"floor": {"fid": 40.0, "fid_256": 50.0, "mse": 0.004, "settings": {"samples": 1000}}})
+    text = round3.table_a()
+    assert text.count("not yet measured") == 4  # tuned and shared, each arm
+    assert "its autoencoder's floor | reconstructions (MSE 0.0040) | - | 40.0 | 50.0" in text
+    assert (tmp_path / "docs" / "a_tuning.png").is_file() and "not yet sampled" in text
+    assert round3.table_b().count("not yet measured") == 4
+    assert round3.verdict_rows() == []  # no line until both arms' seeds are scored

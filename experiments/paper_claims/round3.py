@@ -58,8 +58,17 @@ FAST_STEPS, DDPM_STEPS = (4, 4) if SMOKE else (25, 250)
 SHARED = 5.0  # round two's guidance for both arms (the paper's, after Chameleon)
 
 
+class NotInStore(Exception):
+    """A score the store lacks, asked for while only the tables are rebuilt (``--table``)."""
+
+
+STORE_ONLY = False  # --table: read the store, run nothing
+
+
 def sh(args: list) -> None:
     """``common.sh``, its wall clock logged in this round's store (scores3/commands.jsonl)."""
+    if STORE_ONLY:
+        raise NotInStore(" ".join(map(str, args[:3])))
     common.sh(args, STORE / "commands.jsonl")
 
 
@@ -209,6 +218,8 @@ class Run:
 def train(arm: str, seed: int, budgets: tuple[float, ...] = LONG) -> Run:
     """The run of ``arm`` and ``seed`` to the largest budget, a checkpoint at each."""
     path = STORE / f"{arm}_s{seed}_{max(budgets):.0e}" / "plan.json"
+    if STORE_ONLY and not path.is_file():
+        raise NotInStore(f"{arm} seed {seed}")
     return Run(arm, seed, budget_plan(path, budgets, lambda: flops_per_step(arm, seed), autoencoders))
 
 
@@ -320,7 +331,12 @@ def table_a() -> str:
     for arm in A_ARMS:
         for how, settings_of in (("tuned", lambda a, top: best[a]["best"]),
                                  ("shared", lambda a, top: shared(a) if top else None)):
-            per_budget = collect(arm, settings_of)
+            try:
+                per_budget = collect(arm, settings_of)
+            except NotInStore:
+                lines.append("| " + " | ".join([label[arm], f"{how}: {setting_name(settings_of(arm, True))}",
+                                                "not yet measured"] + ["-"] * (len(header) - 3)) + " |")
+                continue
             for budget, reports in sorted(per_budget.items()):
                 hashes |= {(arm, r["sha"]) for r in reports}
                 t2i_fid = [r["t2i"]["fid"] for r in reports]
@@ -357,11 +373,71 @@ def table_a() -> str:
             lines.append(f"| {setting_name(row['settings'])} | {row['fid']:.1f} | "
                          f"{100 * row['accuracy']['colour']:.0f}% | {100 * row['accuracy']['exact']:.0f}% | {fired} |")
         lines.append("")
+    lines += ["![validation FID and exact matches against guidance, each arm's settings](a_tuning.png)", "",
+              "Test-caption samples of seed 0 at the largest budget, tuned (left) and shared guidance 5 (right):", ""]
+    for arm in A_ARMS:
+        grids = [grid_copy(arm, settings) for settings in (best[arm]["best"], shared(arm))]
+        shown = [f"![{label[arm]}, {how}]({name})" for name, how in zip(grids, ("tuned", "shared guidance 5")) if name]
+        lines.append(f"{label[arm]}: " + (" ".join(shown) if shown else "not yet sampled"))
+    lines.append("")
     text = "\n".join(lines)
     DOCS.mkdir(parents=True, exist_ok=True)
     (DOCS / "a_transfusion_vs_chameleon.md").write_text(text + "\n")
+    plot_tuning(best, {arm: floor(arm)["floor"] for arm in A_ARMS})
     print(text)
     return text
+
+
+def grid_copy(arm: str, settings: dict) -> str | None:
+    """The t2i sample grid of seed 0 at the largest budget with ``settings``, copied beside the
+    tables (kept there once made: the grid is not in the store); its file name, or None."""
+    run = train(arm, 0)
+    step = run.plan[max(run.plan)]
+    name = f"a_{arm}_{setting_name(settings)}.png"
+    made = run.folder / "eval" / f"step{step}_t2i_test_n{T2I_N}_{setting_name(settings)}_t2i.png"
+    if made.is_file():
+        DOCS.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(made, DOCS / name)
+    return name if (DOCS / name).is_file() else None
+
+
+def plot_tuning(best: dict, floors: dict) -> None:
+    """Validation FID (top) and exact matches (bottom) against guidance, one line per other
+    setting, each arm's autoencoder floor dashed (its FID on as many test images as the sweep
+    used: FID rises as N falls): ``a_tuning.png``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, len(A_ARMS), figsize=(5.2 * len(A_ARMS), 6.4), sharex=True)
+    titles = {"linear": "Transfusion (linear 2x2)", "chameleon": "Chameleon (VQ codes)"}
+    for col, arm in enumerate(A_ARMS):
+        lines: dict = {}
+        for row in best[arm]["rows"]:
+            rest = {k: v for k, v in row["settings"].items() if k != "cfg"}
+            lines.setdefault(setting_name(rest), []).append(row)
+        for name, rows in sorted(lines.items()):
+            rows.sort(key=lambda r: r["settings"]["cfg"])
+            xs = [r["settings"]["cfg"] for r in rows]
+            style = dict(marker="o", label=name, linestyle="-" if len(rows) > 1 else "none")
+            axes[0, col].plot(xs, [r["fid"] for r in rows], **style)
+            axes[1, col].plot(xs, [100 * r["accuracy"]["exact"] for r in rows], **style)
+        on_256 = best[arm]["n"] == 256 and "fid_256" in floors[arm]
+        level = floors[arm]["fid_256"] if on_256 else floors[arm]["fid"]
+        axes[0, col].axhline(level, color="grey", linestyle="--",
+                             label=f"autoencoder floor ({256 if on_256 else floors[arm]['settings']['samples']} test images)")
+        axes[0, col].set_yscale("log")
+        axes[0, col].set_title(f"{titles[arm]}: validation FID (lower is better)", fontsize=9)
+        axes[1, col].set_title("exact matches, % (higher is better)", fontsize=9)
+        axes[1, col].set_xlabel("guidance")
+        axes[0, col].legend(fontsize=7)
+        for ax in axes[:, col]:
+            ax.grid(alpha=0.3)
+    fig.suptitle(f"Sampling sweeps on {best[A_ARMS[0]]['n']} validation documents (seed 0, largest budget, EMA)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(DOCS / "a_tuning.png", dpi=100)
+    plt.close(fig)
 
 
 # ---------------------------------------------------------------- (b) intra-image attention, where it can show
@@ -395,7 +471,11 @@ def table_b() -> str:
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for bidirectional, causal, label in B_PAIRS:
         for arm, how in ((bidirectional, "bidirectional"), (causal, "causal")):
-            st = stats_b(arm)
+            try:
+                st = stats_b(arm)
+            except NotInStore:
+                lines.append("| " + " | ".join([label, how, "not yet measured"] + ["-"] * len(ATTRIBUTES)) + " |")
+                continue
             lines.append("| " + " | ".join([label, how, pm(*st["FID"]), *[pm(*st[a], True) for a in ATTRIBUTES]]) + " |")
     lines += ["", f"Mean +/- standard deviation over {len(SEEDS)} training seeds at {max(LONG):.2g} training FLOPs, sampled from "
               f"the EMA: {setting_name(B_SETTINGS)}, FID on {T2I_N} held-out test captions.", ""]
@@ -430,17 +510,28 @@ def verdict_rows() -> list[dict]:
     fid = lambda r: r["fid"]  # noqa: E731
     budget = max(LONG)
     for how, settings_of in (("each tuned on validation", lambda a: best[a]["best"]), ("shared guidance 5", shared)):
-        c = compared(top_stats("linear", settings_of("linear"), fid), top_stats("chameleon", settings_of("chameleon"), fid),
-                     "FID", True, budget)
-        measured = (f"measured: autoencoder floors (reconstruction FID) KL {floors['linear']:.1f}, VQ "
-                    f"{floors['chameleon']:.1f}; settings Transfusion {setting_name(settings_of('linear'))}, Chameleon "
-                    f"{setting_name(settings_of('chameleon'))}")
+        try:
+            c = compared(top_stats("linear", settings_of("linear"), fid), top_stats("chameleon", settings_of("chameleon"), fid),
+                         "FID", True, budget)
+        except NotInStore:
+            continue
+        clamp = top_stats("linear", settings_of("linear"), lambda r: r["clamp"]["steps_clamped"])[0]
+        unclamped = min(r["fid"] for r in best["linear"]["rows"] if r["settings"].get("clip") == 0)
+        measured = (f"measured: FID above its autoencoder's floor (reconstructions of the same test images): "
+                    f"Transfusion {c['a'][0] - floors['linear']:.1f} (KL floor {floors['linear']:.1f}), Chameleon "
+                    f"{c['b'][0] - floors['chameleon']:.1f} (VQ floor {floors['chameleon']:.1f}); Transfusion's x0 "
+                    f"clamp fired on {100 * clamp:.0f}% of its sampling steps, and without it validation FID is "
+                    f"{unclamped:.0f} or worse; settings Transfusion {setting_name(settings_of('linear'))}, "
+                    f"Chameleon {setting_name(settings_of('chameleon'))}")
         row = verdict_row(f"(a) images, round 3 ({how}, EMA): Transfusion beats Chameleon",
                           "FID 16.8 vs 29.6 (7B, Table 3)", c, "Transfusion", "Chameleon", why=measured)
         row["why"] = measured  # what decides it, whatever the outcome
         rows.append(row)
     for bidirectional, causal, label in B_PAIRS:
-        c = compared(stats_b(bidirectional)["FID"], stats_b(causal)["FID"], "FID", True, budget)
+        try:
+            c = compared(stats_b(bidirectional)["FID"], stats_b(causal)["FID"], "FID", True, budget)
+        except NotInStore:
+            continue
         rows.append(verdict_row(f"(b) bidirectional beats causal within an image, round 3 ({label}, guidance 3, EMA)",
                                 "FID 20.3 vs 61.3 (0.76B, linear 2x2)", c, "bidirectional", "causal",
                                 why="not tested"))
@@ -464,6 +555,8 @@ def main() -> None:
     if args.table:
         from verdict import save_verdicts
 
+        global STORE_ONLY
+        STORE_ONLY = True
         table_a()
         table_b()
         save_verdicts("round3", verdict_rows())

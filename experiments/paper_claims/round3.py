@@ -265,6 +265,7 @@ def shared(arm: str) -> dict:
 
 # ---------------------------------------------------------------- (a) images, tuned and shared
 A_ARMS = ("linear", "chameleon")
+LABEL = {"linear": "Transfusion (linear 2x2)", "chameleon": "Chameleon (VQ codes)"}
 
 
 def claim_a() -> None:
@@ -326,7 +327,6 @@ def table_a() -> str:
     header = ["arm", "settings", "budget", "FID", "FID 256", *[f"t2i {a}" for a in ATTRIBUTES], "text ppl",
               "caption colour", "caption CIDEr-D"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    label = {"linear": "Transfusion (linear 2x2)", "chameleon": "Chameleon (VQ codes)"}
     hashes = set()
     for arm in A_ARMS:
         for how, settings_of in (("tuned", lambda a, top: best[a]["best"]),
@@ -334,14 +334,14 @@ def table_a() -> str:
             try:
                 per_budget = collect(arm, settings_of)
             except NotInStore:
-                lines.append("| " + " | ".join([label[arm], f"{how}: {setting_name(settings_of(arm, True))}",
+                lines.append("| " + " | ".join([LABEL[arm], f"{how}: {setting_name(settings_of(arm, True))}",
                                                 "not yet measured"] + ["-"] * (len(header) - 3)) + " |")
                 continue
             for budget, reports in sorted(per_budget.items()):
                 hashes |= {(arm, r["sha"]) for r in reports}
                 t2i_fid = [r["t2i"]["fid"] for r in reports]
                 fid_256 = [r["t2i"].get("fid_256", r["t2i"]["fid"]) for r in reports]
-                cells = [label[arm], f"{how}: {setting_name(settings_of(arm, True))}", f"{budget:.2g}",
+                cells = [LABEL[arm], f"{how}: {setting_name(settings_of(arm, True))}", f"{budget:.2g}",
                          pm(*mean_sd(t2i_fid)) if reports[0]["t2i"]["settings"]["samples"] == T2I_N else "-",
                          pm(*mean_sd(fid_256))]
                 cells += [pm(*mean_sd([r["t2i"]["accuracy"][a] for r in reports]), True) for a in ATTRIBUTES]
@@ -350,7 +350,7 @@ def table_a() -> str:
                           pm(*mean_sd([r["i2t"]["cider_d"] for r in reports]))]
                 lines.append("| " + " | ".join(cells) + " |")
         f = floor(arm)["floor"]
-        cells = [f"{label[arm]}: its autoencoder's floor", f"reconstructions (MSE {f['mse']:.4f})", "-",
+        cells = [f"{LABEL[arm]}: its autoencoder's floor", f"reconstructions (MSE {f['mse']:.4f})", "-",
                  f"{f['fid']:.1f}", f"{f.get('fid_256', f['fid']):.1f}"]
         lines.append("| " + " | ".join(cells + ["-"] * (len(header) - len(cells))) + " |")
     kinds = {}
@@ -364,7 +364,7 @@ def table_a() -> str:
               "Tuned: the arm's best validation-split setting (below); shared: round two's guidance 5.", ""]
     for arm in A_ARMS:
         t = best[arm]
-        lines += [f"Tuning of {label[arm]} ({t['run']}, step {t['step']}, {t['n']} validation documents):", "",
+        lines += [f"Tuning of {LABEL[arm]} ({t['run']}, step {t['step']}, {t['n']} validation documents):", "",
                   "| settings | validation FID | colour | exact | clamp fired (share of x0 values / of steps) |",
                   "|---|---|---|---|---|"]
         for row in sorted(t["rows"], key=lambda r: r["fid"]):
@@ -377,8 +377,8 @@ def table_a() -> str:
               "Test-caption samples of seed 0 at the largest budget, tuned (left) and shared guidance 5 (right):", ""]
     for arm in A_ARMS:
         grids = [grid_copy(arm, settings) for settings in (best[arm]["best"], shared(arm))]
-        shown = [f"![{label[arm]}, {how}]({name})" for name, how in zip(grids, ("tuned", "shared guidance 5")) if name]
-        lines.append(f"{label[arm]}: " + (" ".join(shown) if shown else "not yet sampled"))
+        shown = [f"![{LABEL[arm]}, {how}]({name})" for name, how in zip(grids, ("tuned", "shared guidance 5")) if name]
+        lines.append(f"{LABEL[arm]}: " + (" ".join(shown) if shown else "not yet sampled"))
     lines.append("")
     text = "\n".join(lines)
     DOCS.mkdir(parents=True, exist_ok=True)
@@ -411,7 +411,6 @@ def plot_tuning(best: dict, floors: dict) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(2, len(A_ARMS), figsize=(5.2 * len(A_ARMS), 6.4), sharex=True)
-    titles = {"linear": "Transfusion (linear 2x2)", "chameleon": "Chameleon (VQ codes)"}
     for col, arm in enumerate(A_ARMS):
         lines: dict = {}
         for row in best[arm]["rows"]:
@@ -428,7 +427,7 @@ def plot_tuning(best: dict, floors: dict) -> None:
         axes[0, col].axhline(level, color="grey", linestyle="--",
                              label=f"autoencoder floor ({256 if on_256 else floors[arm]['settings']['samples']} test images)")
         axes[0, col].set_yscale("log")
-        axes[0, col].set_title(f"{titles[arm]}: validation FID (lower is better)", fontsize=9)
+        axes[0, col].set_title(f"{LABEL[arm]}: validation FID (lower is better)", fontsize=9)
         axes[1, col].set_title("exact matches, % (higher is better)", fontsize=9)
         axes[1, col].set_xlabel("guidance")
         axes[0, col].legend(fontsize=7)
@@ -515,7 +514,7 @@ def verdict_rows() -> list[dict]:
                          "FID", True, budget)
         except NotInStore:
             continue
-        clamp = top_stats("linear", settings_of("linear"), lambda r: r["clamp"]["steps_clamped"])[0]
+        clamp = top_stats("linear", settings_of("linear"), lambda r: r.get("clamp", {}).get("steps_clamped", 0.0))[0]
         unclamped = min(r["fid"] for r in best["linear"]["rows"] if r["settings"].get("clip") == 0)
         measured = (f"measured: FID above its autoencoder's floor (reconstructions of the same test images): "
                     f"Transfusion {c['a'][0] - floors['linear']:.1f} (KL floor {floors['linear']:.1f}), Chameleon "

@@ -178,35 +178,35 @@ def test_a_claim_over_attributes_names_the_ones_that_go_each_way(claims):
 
 
 def test_round_three_keeps_its_autoencoders_and_refuses_another(claims, tmp_path, monkeypatch):
-    import round3
+    import round3_runs
 
-    monkeypatch.setattr(round3, "RUNS", tmp_path / "runs")
-    monkeypatch.setattr(round3, "STORE", tmp_path / "store")
+    monkeypatch.setattr(round3_runs, "RUNS", tmp_path / "runs")
+    monkeypatch.setattr(round3_runs, "STORE", tmp_path / "store")
     for kind in ("kl", "vq"):  # as if trained: the round's folders
         folder = tmp_path / "runs" / f"ae_{kind}"
         folder.mkdir(parents=True)
         (folder / "autoencoder.json").write_text("{}")
         (folder / "autoencoder.safetensors").write_bytes(kind.encode())
-    first = round3.autoencoders()  # copied into the store
+    first = round3_runs.autoencoders()  # copied into the store
     assert (tmp_path / "store" / "autoencoders" / "vq" / "autoencoder.safetensors").read_bytes() == b"vq"
     shutil.rmtree(tmp_path / "runs")  # a fresh machine: restored from the store, not retrained
-    assert round3.autoencoders() == first and (tmp_path / "runs" / "ae_kl" / "autoencoder.json").is_file()
+    assert round3_runs.autoencoders() == first and (tmp_path / "runs" / "ae_kl" / "autoencoder.json").is_file()
     (tmp_path / "runs" / "ae_kl" / "autoencoder.safetensors").write_bytes(b"retrained")
     with pytest.raises(SystemExit, match="is not the autoencoder the stored scores used"):
-        round3.autoencoders()
+        round3_runs.autoencoders()
 
 
 def test_round_three_sweeps_the_settings_the_review_asked_for(claims):
-    import round3
+    import round3_runs
 
-    diffusion, codes = round3.grid("linear"), round3.grid("chameleon")
+    diffusion, codes = round3_runs.grid("linear"), round3_runs.grid("chameleon")
     assert {(s["cfg"], s["clip"]) for s in diffusion} == {(g, c) for g in (1.5, 2.0, 3.0, 5.0, 7.5) for c in (3.0, 0.0)}
     assert {(s["cfg"], s["image_temperature"], s["top_k"]) for s in codes} == {
         (g, t, k) for g in (1.5, 2.0, 3.0, 5.0, 7.5) for t in (0.8, 1.0) for k in (0, 64)}
-    assert round3.eval_flags({"cfg": 3.0, "top_k": 64, "image_temperature": 0.8}) == [
+    assert round3_runs.eval_flags({"cfg": 3.0, "top_k": 64, "image_temperature": 0.8}) == [
         "--cfg", "3.0", "--image-temperature", "0.8", "--top-k", "64"]
-    assert round3.shared("linear") == {"sampler": "ddpm", "steps": 250, "cfg": 5.0, "clip": 3.0}
-    assert "train.ema_warmup=true" in round3.overrides("chameleon", 1) and "train.seed=1" in round3.overrides("chameleon", 1)
+    assert round3_runs.shared("linear") == {"sampler": "ddpm", "steps": 250, "cfg": 5.0, "clip": 3.0}
+    assert "train.ema_warmup=true" in round3_runs.overrides("chameleon", 1) and "train.seed=1" in round3_runs.overrides("chameleon", 1)
 
 
 def test_round_three_tables_from_a_partial_store_run_nothing(claims, tmp_path, monkeypatch):
@@ -214,10 +214,12 @@ def test_round_three_tables_from_a_partial_store_run_nothing(claims, tmp_path, m
     rest is marked "not yet measured", and no command (training or eval) is started."""
     common, _ = claims
     import round3
+    import round3_runs
 
-    for name in ("RUNS", "STORE", "DOCS"):
-        monkeypatch.setattr(round3, name, tmp_path / name.lower())
-    monkeypatch.setattr(round3, "STORE_ONLY", True)
+    for name in ("RUNS", "STORE"):
+        monkeypatch.setattr(round3_runs, name, tmp_path / name.lower())
+    monkeypatch.setattr(round3, "DOCS", tmp_path / "docs")
+    monkeypatch.setattr(round3_runs, "STORE_ONLY", True)
     monkeypatch.setattr(common, "sh", lambda *a, **k: pytest.fail(f"ran {a}"))
     store = tmp_path / "store"
     for kind in ("kl", "vq"):  # the round's autoencoders, kept
@@ -228,7 +230,7 @@ def test_round_three_tables_from_a_partial_store_run_nothing(claims, tmp_path, m
     for arm in round3.A_ARMS:  # seed 0 planned, tuned and its floor scored; nothing else
         run = f"{arm}_s0_1e+14"
         common._write(store / run / "plan.json", {"25000000000000.0": 10, "100000000000000.0": 40})
-        rows = [{"settings": s, "fid": 100.0 + i, "accuracy": accuracy} for i, s in enumerate(round3.grid(arm))]
+        rows = [{"settings": s, "fid": 100.0 + i, "accuracy": accuracy} for i, s in enumerate(round3_runs.grid(arm))]
         common._write(store / "tuning" / f"{arm}.json", {"arm": arm, "run": run, "step": 40, "split": "validation",
                                                          "n": 256, "rows": rows, "best": rows[0]["settings"]})
         common._write(store / run / "step40_floor_test_n1000.json",

@@ -25,6 +25,7 @@ import f_mot_vs_dense
 import g_lmfusion
 import h_interleaved
 import round3
+import round3_runs
 from common import DOCS, SMOKE, STORE, main
 
 # in order of importance: the headline comparison first, so an interrupted run has it
@@ -51,7 +52,7 @@ def verdict_table() -> str:
               "claim over several attributes names those that go each way (*mixed* when both). Wall clock of every "
               f"command in the store so far: {seconds / 3600:.1f} hours on 2 CPU cores for round two "
               "(experiments/paper_claims/scores/commands.jsonl), "
-              f"{round3.hours():.1f} hours for round three (experiments/paper_claims/scores3/commands.jsonl).", "", END]
+              f"{round3_runs.hours():.1f} hours for round three (experiments/paper_claims/scores3/commands.jsonl).", "", END]
     return "\n".join(lines)
 
 

@@ -181,6 +181,20 @@ class OptimConfig:
 
 
 @dataclass
+class LoraConfig:
+    """Low-rank adapters (Hu et al. 2021, arXiv 2106.09685) through peft: with ``rank`` > 0 only the
+    adapters train, and a run's checkpoints hold them alone (``transfusion/model/lora.py``)."""
+
+    rank: int = recipe(0)  # 0: off (every weight trains)
+    alpha: float = recipe(16.0)  # the update is scaled by alpha / rank
+    dropout: float = recipe(0.0)  # on an adapter's input
+    # which layers get one: the trunk's attention (q/k/v and output) and MLP projections, the image layers
+    # (the linear and U-Net adapters' linear and convolution layers)
+    modules: list[Literal["attention", "mlp", "image"]] = recipe(factory=lambda: ["attention", "mlp"])
+    modality: Literal["both", "text", "image"] = recipe("both")  # under model.mot: which copy of each trunk layer
+
+
+@dataclass
 class TrainConfig:
     steps: int = execution(1000)
     seed: int = recipe(0)
@@ -206,6 +220,7 @@ class TrainConfig:
     # architecture fields (model.*, image.*, autoencoder.*, the diffusion process), tokenizer and autoencoder
     # are kept
     init_from: str = recipe("")
+    lora: LoraConfig = recipe(factory=LoraConfig)
 
 
 @dataclass
@@ -418,6 +433,13 @@ def validate(cfg: Config) -> None:
     t = cfg.train
     if t.grad_accum < 1 or not 0 <= t.ema_decay < 1:
         raise ValueError(f"train.grad_accum={t.grad_accum} must be >= 1 and train.ema_decay={t.ema_decay} in [0, 1)")
+    lo = t.lora
+    if lo.rank < 0 or lo.alpha <= 0 or not 0 <= lo.dropout < 1 or (lo.rank and not lo.modules):
+        raise ValueError(f"train.lora: rank={lo.rank} must be >= 0 (0: off), alpha={lo.alpha} positive, "
+                         f"dropout={lo.dropout} in [0, 1) and modules={lo.modules} not empty")
+    if lo.rank and lo.modality != "both" and not m.mot:
+        raise ValueError(f"train.lora.modality={lo.modality} picks one copy of a Mixture-of-Transformers trunk: "
+                         "it needs model.mot=true")
     shares = (cfg.data.text_fraction, cfg.data.interleaved_fraction, cfg.data.edit_fraction)
     if not all(0 <= f <= 1 for f in shares) or sum(shares) > 1:
         raise ValueError(f"data.text_fraction, data.interleaved_fraction and data.edit_fraction must be in [0, 1] "

@@ -17,6 +17,7 @@ from transfusion.batch import ImageGroup
 from transfusion.config import ImageConfig, ModelConfig
 from transfusion.model.attention import ChunkedMask, flex_block_mask, transfusion_mask
 from transfusion.model.image import build_image_adapter
+from transfusion.model.lora import base_name
 from transfusion.model.transformer import ByModality, Transformer
 
 
@@ -71,18 +72,21 @@ class Transfusion(nn.Module):
         A weight's values depend on nothing else, so a model built on the meta device and
         sharded over any number of processes starts exactly where a single-process one
         does: ``assign(param, whole_value)`` writes each value (``distributed.py`` passes
-        one that keeps this process's shard).
+        one that keeps this process's shard). A layer with a LoRA adapter keeps its base's
+        values; the adapter's ``B`` starts at zero, ``A`` as peft starts it.
         """
         residual = {f"trunk.blocks.{i}.{name}.weight" for i in range(len(self.trunk.blocks))
                     for name in ("attn.out", "mlp.down")}
         std = 0.02 / (2 * self.model_cfg.n_layers) ** 0.5  # residual projections shrink with depth (GPT-2)
         for module_name, module in self.named_modules():
             for name, param in module.named_parameters(recurse=False):
-                full_name = f"{module_name}.{name}" if module_name else name
+                full_name = base_name(f"{module_name}.{name}" if module_name else name)
                 g = torch.Generator().manual_seed(zlib.crc32(f"{seed}/{full_name}".encode()))
                 full = torch.empty(param.shape, dtype=torch.float32)
-                if ".reference_in." in f".{full_name}":  # an edit's source enters at zero (InstructPix2Pix)
-                    nn.init.zeros_(full)
+                if ".reference_in." in f".{full_name}" or ".lora_B." in full_name:  # start adding nothing
+                    nn.init.zeros_(full)  # (an edit's source enters at zero, as in InstructPix2Pix)
+                elif ".lora_A." in full_name:
+                    nn.init.kaiming_uniform_(full, a=math.sqrt(5), generator=g)
                 elif isinstance(module, (nn.Linear, nn.Embedding)) and name == "weight":
                     plain = full_name.replace(".text.", ".").replace(".image.", ".")  # either copy of a MoT layer
                     nn.init.normal_(full, std=std if plain in residual else 0.02, generator=g)

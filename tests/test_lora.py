@@ -1,0 +1,133 @@
+"""LoRA through peft (``train.lora.*``, ``transfusion/model/lora.py``): fresh adapters compute the
+base model exactly, only they train, and what is saved is peft's own format."""
+
+import copy
+import json
+
+import pytest
+import torch
+
+from transfusion.autoencoders import IdentityAutoencoder
+from transfusion.components import build_components
+from transfusion.config import load_config
+from transfusion.diffusion import Diffusion
+from transfusion.model.lora import add_lora, adapter_weights, load_adapter, merge_lora, target_modules, write_adapter
+from transfusion.model.transfusion import Transfusion
+from transfusion.objective import compute_losses
+from transfusion.tokenizer import ByteTokenizer
+
+peft = pytest.importorskip("peft")
+EVERYTHING = ["train.lora.rank=4", "train.lora.modules=[attention,mlp,image]"]
+
+
+def build(*overrides):
+    cfg = load_config("debug", overrides=list(overrides))
+    return cfg, Transfusion(cfg.model, cfg.image, ByteTokenizer().vocab_size, 3, seed=0)
+
+
+def a_batch(cfg, model):
+    parts = build_components(cfg, tokenizer=ByteTokenizer(), autoencoder=IdentityAutoencoder(), model=model)
+    batch = parts.batches.batch_at(0, seed=0)
+    assert batch.latents and batch.num_text_targets > 0
+    return batch
+
+
+def run(model, batch):
+    groups = [batch.image_group(ids, torch.stack([batch.latents[i] for i in ids]), batch.t[ids])
+              for ids in batch.shape_groups()]
+    hidden, noise = model(batch.tokens, batch.positions, batch.doc_ids, batch.image_ids, groups)
+    return torch.cat([hidden.flatten(), *[n.flatten() for n in noise]])
+
+
+def train_a_little(model, cfg, batch, steps=3):
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(steps):
+        torch.manual_seed(0)
+        compute_losses(model, batch, Diffusion(), 5.0)["total"].backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+
+@pytest.mark.parametrize("extra", [[], ["model.mot=true"], ["image.adapter=unet"]], ids=["dense", "mot", "unet"])
+def test_fresh_adapters_compute_exactly_the_base_model(extra):
+    cfg, base = build(*extra, *EVERYTHING)
+    batch = a_batch(cfg, base)
+    with torch.no_grad():
+        expected = run(base, batch)
+        adapted = add_lora(copy.deepcopy(base), cfg.train.lora)
+        assert any(".lora_A." in n for n, _ in adapted.named_parameters())
+        assert torch.equal(run(adapted, batch), expected)
+
+
+def test_the_settings_pick_the_layers_and_either_copy_of_a_mot_trunk():
+    cfg, mot = build("model.mot=true", "train.lora.rank=4", "train.lora.modality=image", "train.lora.modules=[mlp]")
+    names = target_modules(cfg.train.lora, mot)
+    assert names and all(".mlp.image." in n for n in names) and len(names) == 2 * cfg.model.n_layers
+    cfg, dense = build(*EVERYTHING)
+    names = target_modules(cfg.train.lora, dense)
+    assert {n.split(".")[-1] for n in names if n.startswith("trunk")} == {"qkv", "out", "gate_up", "down"}
+    assert any(n.startswith("image.") for n in names)
+    with pytest.raises(ValueError, match="needs model.mot=true"):
+        load_config("debug", overrides=["train.lora.rank=4", "train.lora.modality=text"])
+    with pytest.raises(ValueError, match="must be one of"):
+        load_config("debug", overrides=["train.lora.modules=[attn]"])
+
+
+def test_only_the_adapters_train():
+    cfg, model = build("model.mot=true", *EVERYTHING)
+    batch = a_batch(cfg, model)
+    add_lora(model, cfg.train.lora)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    train_a_little(model, cfg, batch)
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and all(".lora_" in n for n in changed)
+    assert {n for n in changed if ".lora_B." in n}  # B leaves zero: the adapted model now differs
+    assert all(not p.requires_grad for n, p in model.named_parameters() if ".lora_" not in n)
+
+
+def test_save_load_and_merge_agree_and_peft_reads_the_files(tmp_path):
+    cfg, base = build(*EVERYTHING)
+    batch = a_batch(cfg, base)
+    tuned = add_lora(copy.deepcopy(base), cfg.train.lora, base="runs/base")
+    train_a_little(tuned, cfg, batch)
+    write_adapter(adapter_weights(tuned.state_dict()), tuned.lora_config, tmp_path / "adapter")
+    assert json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["peft_type"] == "LORA"
+    with torch.no_grad():
+        expected = run(tuned, batch)
+        assert not torch.allclose(expected, run(base, batch))  # training moved it
+        loaded = load_adapter(copy.deepcopy(base), tmp_path / "adapter")
+        assert torch.equal(run(loaded, batch), expected)
+        merged = merge_lora(loaded)
+        assert set(merged.state_dict()) == set(base.state_dict())  # the base model's names again
+        torch.testing.assert_close(run(merged, batch), expected, rtol=1e-4, atol=1e-5)
+        by_peft = peft.PeftModel.from_pretrained(copy.deepcopy(base), str(tmp_path / "adapter"))
+        assert torch.equal(run(by_peft.base_model.model, batch), expected)
+
+
+def test_an_adapter_for_another_model_is_refused(tmp_path):
+    cfg, base = build(*EVERYTHING)
+    tuned = add_lora(copy.deepcopy(base), cfg.train.lora)
+    write_adapter(adapter_weights(tuned.state_dict()), tuned.lora_config, tmp_path / "adapter")
+    _, wider = build("model.dim=96", *EVERYTHING)
+    with pytest.raises(ValueError, match="does not fit this model"):
+        load_adapter(wider, tmp_path / "adapter")
+    with pytest.raises(FileNotFoundError, match="holds no LoRA adapter"):
+        load_adapter(copy.deepcopy(base), tmp_path)
+    (tmp_path / "adapter" / "adapter_config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        load_adapter(copy.deepcopy(base), tmp_path / "adapter")
+
+
+def test_a_model_built_on_the_meta_device_with_adapters_starts_where_the_base_does():
+    """How a sharded run builds it: adapters added on the meta device, then every weight
+    initialised by name (the base layers as without adapters, B at zero)."""
+    cfg, base = build(*EVERYTHING)
+    with torch.device("meta"):
+        meta = Transfusion(cfg.model, cfg.image, ByteTokenizer().vocab_size, 3, seed=0)
+    add_lora(meta, cfg.train.lora)
+    meta.to_empty(device="cpu")
+    meta.init_weights(0)
+    batch = a_batch(cfg, base)
+    with torch.no_grad():
+        assert torch.equal(run(meta, batch), run(base, batch))
+    assert all(torch.count_nonzero(p) == 0 for n, p in meta.named_parameters() if ".lora_B." in n)

@@ -40,10 +40,10 @@ def weights(out, step, name="model"):
     return load_file(out / "checkpoints" / f"step_{step:06d}" / f"{name}.safetensors")
 
 
-def assert_same_run(a, b, step=6):
+def assert_same_run(a, b, step=6, name="model"):
     for (s1, lm1, d1), (s2, lm2, d2) in zip(losses(a), losses(b), strict=True):
         assert s1 == s2 and lm1 == pytest.approx(lm2, rel=1e-5) and d1 == pytest.approx(d2, rel=1e-5)
-    wa, wb = weights(a, step), weights(b, step)
+    wa, wb = weights(a, step, name), weights(b, step, name)
     assert wa.keys() == wb.keys()
     worst = max((wa[k] - wb[k]).abs().max().item() for k in wa)
     assert worst < 1e-5, worst
@@ -104,6 +104,19 @@ def test_fsdp_with_flow_matching_and_mot_trains_what_one_process_does(tmp_path):
     one, two = train(tmp_path / "one", *options), train(tmp_path / "two", *options, "train.parallel=fsdp", processes=2)
     assert_same_run(one, two)
     assert any(".image." in k for k in weights(two, 6)) and "flow" in (two / "metrics.jsonl").read_text()
+
+
+@pytest.mark.slow
+def test_lora_under_fsdp_and_ddp_trains_what_one_process_does(single, tmp_path):
+    """A LoRA fine-tune of a run: the adapters are sharded (FSDP2) or replicated (DDP) with their
+    layers, the frozen weights get no gradient, and two processes train what one does."""
+    lora = [f"train.init_from={single}", "train.lora.rank=4", "train.lora.modules=[attention,mlp,image]",
+            "optim.warmup_steps=0"]
+    one = train(tmp_path / "one", *lora)
+    for parallel in ("fsdp", "ddp"):
+        two = train(tmp_path / parallel, *lora, f"train.parallel={parallel}", processes=2)
+        assert_same_run(one, two, name="adapter_model")
+        assert not (two / "checkpoints" / "step_000006" / "model.safetensors").exists()
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@ base model exactly, only they train, and what is saved is peft's own format."""
 
 import copy
 import json
+import shutil
 
 import pytest
 import torch
@@ -17,7 +18,7 @@ from transfusion.objective import compute_losses
 from transfusion.tokenizer import ByteTokenizer
 
 peft = pytest.importorskip("peft")
-EVERYTHING = ["train.lora.rank=4", "train.lora.modules=[attention,mlp,image]"]
+EVERYTHING = ["train.lora.rank=4", "train.lora.modules=[attention,mlp,image]", "train.init_from=runs/base"]
 
 
 def build(*overrides):
@@ -60,7 +61,7 @@ def test_fresh_adapters_compute_exactly_the_base_model(extra):
 
 
 def test_the_settings_pick_the_layers_and_either_copy_of_a_mot_trunk():
-    cfg, mot = build("model.mot=true", "train.lora.rank=4", "train.lora.modality=image", "train.lora.modules=[mlp]")
+    cfg, mot = build("model.mot=true", *EVERYTHING, "train.lora.modality=image", "train.lora.modules=[mlp]")
     names = target_modules(cfg.train.lora, mot)
     assert names and all(".mlp.image." in n for n in names) and len(names) == 2 * cfg.model.n_layers
     cfg, dense = build(*EVERYTHING)
@@ -68,7 +69,9 @@ def test_the_settings_pick_the_layers_and_either_copy_of_a_mot_trunk():
     assert {n.split(".")[-1] for n in names if n.startswith("trunk")} == {"qkv", "out", "gate_up", "down"}
     assert any(n.startswith("image.") for n in names)
     with pytest.raises(ValueError, match="needs model.mot=true"):
-        load_config("debug", overrides=["train.lora.rank=4", "train.lora.modality=text"])
+        load_config("debug", overrides=[*EVERYTHING, "train.lora.modality=text"])
+    with pytest.raises(ValueError, match="name it with train.init_from"):
+        load_config("debug", overrides=["train.lora.rank=4"])
     with pytest.raises(ValueError, match="must be one of"):
         load_config("debug", overrides=["train.lora.modules=[attn]"])
 
@@ -131,3 +134,34 @@ def test_a_model_built_on_the_meta_device_with_adapters_starts_where_the_base_do
     with torch.no_grad():
         assert torch.equal(run(meta, batch), run(base, batch))
     assert all(torch.count_nonzero(p) == 0 for n, p in meta.named_parameters() if ".lora_B." in n)
+
+
+def test_a_lora_fine_tune_saves_its_adapters_alone_and_loads_merged_on_its_start(debug_run, tmp_path):
+    from safetensors.torch import load_file
+
+    from transfusion.checkpoint import load_checkpoint, resolve_checkpoint
+    from transfusion.cli import COMMANDS
+
+    out = tmp_path / "lora"
+    args = [f"train.init_from={debug_run}", "train.lora.rank=4", "train.steps=3", "train.checkpoint_every=1",
+            "train.keep_checkpoints=0", "train.eval_samples=2", "sampling.steps=2", "train.ema_decay=0.9",
+            "optim.warmup_steps=0"]
+    COMMANDS["train"](["--preset", "debug", "--out", str(out), *args])
+    ckpt, start = resolve_checkpoint(out), resolve_checkpoint(debug_run)
+    assert ckpt.name == "step_000003" and not (ckpt / "model.safetensors").exists()
+    saved = load_file(ckpt / "adapter_model.safetensors")
+    assert saved and all(k.startswith("base_model.model.trunk.") and ".lora_" in k for k in saved)
+    assert set(load_file(ckpt / "ema.safetensors")) == set(saved)
+    assert (ckpt / "adapter_model.safetensors").stat().st_size < (start / "model.safetensors").stat().st_size / 4
+    base, tuned = load_checkpoint(debug_run).model.state_dict(), load_checkpoint(out).model.state_dict()
+    assert set(tuned) == set(base)
+    moved = {k for k in base if not torch.equal(base[k], tuned[k])}
+    assert moved and all(k.startswith("trunk.") and k.split(".")[-2] in ("qkv", "out", "gate_up", "down") for k in moved)
+    assert load_checkpoint(out, ema=True).step == 3
+
+    resumed = tmp_path / "resumed"  # stopped after step 2: resumes from its adapters and their optimizer state
+    shutil.copytree(out, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "step_000003")
+    COMMANDS["train"](["--preset", "debug", "--out", str(resumed), *args])
+    again = load_file(resolve_checkpoint(resumed) / "adapter_model.safetensors")
+    assert again.keys() == saved.keys() and all(torch.equal(again[k], saved[k]) for k in saved)

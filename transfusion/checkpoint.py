@@ -4,6 +4,9 @@ A checkpoint is a folder ``RUN/checkpoints/step_000250/`` holding
 
     model.safetensors     the weights, whole
     ema.safetensors       their exponential moving average (with train.ema_decay > 0)
+    adapter_config.json   in place of model.safetensors for a LoRA run (train.lora.rank > 0):
+    adapter_model.safetensors  the adapters alone, in peft's format, on the run that
+                          train.init_from names (ema.safetensors: the adapters' average)
     config.yaml           the resolved config
     tokenizer.json        the tokenizer
     autoencoder/          the frozen autoencoder (absent for the identity)
@@ -32,6 +35,7 @@ from safetensors.torch import load_file
 from transfusion.autoencoders import Autoencoder, IdentityAutoencoder, load_autoencoder
 from transfusion.config import Config, fields_of, from_dict, with_fields
 from transfusion.hub import CHECKPOINT_FILES, local_folder
+from transfusion.model.lora import CONFIG_FILE, WEIGHTS_FILE, base_name, is_adapter_weight, load_adapter, merge_lora
 from transfusion.model.transfusion import Transfusion
 from transfusion.tokenizer import Tokenizer, tokenizer_from_json
 
@@ -48,12 +52,22 @@ class Loaded:
     path: Path
 
 
-REQUIRED = ("model.safetensors", "config.yaml", "tokenizer.json", "state.json")
+REQUIRED = ("config.yaml", "tokenizer.json", "state.json")
+WEIGHTS = (("model.safetensors",), (CONFIG_FILE, WEIGHTS_FILE))  # whole weights, or a LoRA adapter
+
+
+def has_weights(ckpt: Path) -> bool:
+    return any(all((ckpt / name).is_file() for name in files) for files in WEIGHTS)
+
+
+def is_adapter(ckpt: Path) -> bool:
+    """A LoRA run's checkpoint: adapters on another checkpoint's weights."""
+    return not (ckpt / "model.safetensors").is_file() and (ckpt / CONFIG_FILE).is_file()
 
 
 def is_complete(ckpt: Path) -> bool:
     """Every file a checkpoint needs is there (a folder left half-deleted by a kill is not)."""
-    if not all((ckpt / name).is_file() for name in REQUIRED):
+    if not (all((ckpt / name).is_file() for name in REQUIRED) and has_weights(ckpt)):
         return False
     return not (ckpt / "train_state").exists() or (ckpt / "train_state" / ".metadata").is_file()
 
@@ -72,7 +86,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint folder, or a run folder (its latest checkpoint), or the Hub repo id of a folder
     written by ``save_pretrained``, -> the checkpoint folder."""
     path = local_folder(path, CHECKPOINT_FILES, "checkpoint or run folder")
-    if (path / "model.safetensors").is_file():
+    if has_weights(path):
         return path
     for folder in (path / "checkpoints", path):
         found = list_checkpoints(folder)
@@ -80,11 +94,15 @@ def resolve_checkpoint(path: str | Path) -> Path:
             return found[-1]
     if not path.exists():
         raise FileNotFoundError(f"no such checkpoint or run folder: {path}")
-    raise FileNotFoundError(f"{path} holds no checkpoint (expected model.safetensors or checkpoints/step_*)")
+    raise FileNotFoundError(f"{path} holds no checkpoint (expected model.safetensors, a LoRA adapter or "
+                            f"checkpoints/step_*)")
 
 
 def read_weights(ckpt: Path, cfg: Config, device: str | torch.device = "cpu", ema: bool = False) -> dict:
-    """A checkpoint's weights by name (the EMA's over them with ``ema``), a tied LM head restored."""
+    """A checkpoint's weights by name (the EMA's over them with ``ema``), a tied LM head restored;
+    a LoRA run's: its adapters merged into its start's weights."""
+    if is_adapter(ckpt):
+        return load_checkpoint(ckpt, device, ema).model.state_dict()
     weights = load_file(ckpt / "model.safetensors", device=str(device))
     if ema:
         weights.update(load_file(ckpt / "ema.safetensors", device=str(device)))
@@ -103,16 +121,35 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", ema: b
     cfg = from_dict(yaml.safe_load((ckpt / "config.yaml").read_text()))
     tokenizer = tokenizer_from_json((ckpt / "tokenizer.json").read_text())
     autoencoder = load_autoencoder(ckpt / "autoencoder") if (ckpt / "autoencoder").is_dir() else IdentityAutoencoder()
-    model = Transfusion.build(cfg.model, cfg.image, tokenizer, autoencoder)
     if ema and not (ckpt / "ema.safetensors").is_file():
         raise FileNotFoundError(f"checkpoint {ckpt} holds no EMA weights (trained with train.ema_decay=0)")
-    try:
-        model.load_state_dict(read_weights(ckpt, cfg, device, ema))
-    except Exception as err:
-        raise ValueError(f"checkpoint {ckpt}: weights do not match its config.yaml ({err})") from err
+    if is_adapter(ckpt):
+        model = adapted_model(ckpt, cfg, device, ema)
+    else:
+        model = Transfusion.build(cfg.model, cfg.image, tokenizer, autoencoder)
+        try:
+            model.load_state_dict(read_weights(ckpt, cfg, device, ema))
+        except Exception as err:
+            raise ValueError(f"checkpoint {ckpt}: weights do not match its config.yaml ({err})") from err
     model.to(device).eval()
     step = json.loads((ckpt / "state.json").read_text())["step"]
     return Loaded(model, tokenizer, autoencoder.to(device).eval(), cfg, step, ckpt)
+
+
+def adapted_model(ckpt: Path, cfg: Config, device: str | torch.device = "cpu", ema: bool = False) -> Transfusion:
+    """A LoRA run's model: its start (``train.init_from``, read as it is there) with the
+    checkpoint's adapters (their EMA with ``ema``) merged in."""
+    start = cfg.train.init_from
+    if not start:
+        raise ValueError(f"checkpoint {ckpt} holds LoRA adapters but names no start (train.init_from) to adapt")
+    try:
+        base = load_checkpoint(start, device).model
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"checkpoint {ckpt} holds LoRA adapters on {start}, which cannot be read ({err}); "
+                                f"put that checkpoint back, or merge the adapters where it is "
+                                f"(`transfusion merge-lora`)") from None
+    load_adapter(base, ckpt, weights="ema.safetensors" if ema else WEIGHTS_FILE)
+    return merge_lora(base)
 
 
 # the diffusion fields that define what a model predicts: a fine-tuned run keeps its start's
@@ -140,7 +177,7 @@ def load_start_weights(model: Transfusion, path: str | Path, assign=None) -> Non
     ckpt = resolve_checkpoint(path)
     weights = read_weights(ckpt, from_dict(yaml.safe_load((ckpt / "config.yaml").read_text())))
     assign = assign or (lambda param, value: param.copy_(value))
-    own = model.state_dict(keep_vars=True)
+    own = {base_name(k): v for k, v in model.state_dict(keep_vars=True).items() if not is_adapter_weight(k)}
     added = {k for k in own.keys() - weights.keys() if ".reference_in." in k}  # image.edit_reference, new here
     own = {k: v for k, v in own.items() if k not in added}
     if own.keys() != weights.keys():

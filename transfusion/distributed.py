@@ -24,6 +24,7 @@ import torch.distributed as dist
 from torch.distributed.tensor import DTensor, distribute_tensor
 
 from transfusion.config import Config
+from transfusion.model.lora import add_lora, has_lora
 from transfusion.model.transfusion import Transfusion
 
 
@@ -123,6 +124,8 @@ def build_model(cfg: Config, tokenizer, autoencoder, world: World, device: torch
     with torch.device("meta"):
         core = Transfusion.build(cfg.model, cfg.image, tokenizer, autoencoder)
     t = cfg.train
+    if t.lora.rank:  # before sharding: the adapters are sharded, initialised and wrapped with their layers
+        add_lora(core, t.lora, base=t.init_from)
     core.trunk.checkpointing = t.activation_checkpointing
     if t.compile:
         for block in core.trunk.blocks:
@@ -196,6 +199,8 @@ def sampling_model(model, core: Transfusion, cfg: Config, tokenizer, autoencoder
     if not world.main:
         return None
     whole = Transfusion.build(cfg.model, cfg.image, tokenizer, autoencoder)
+    if has_lora(core):
+        add_lora(whole, cfg.train.lora, config=core.lora_config)
     whole.load_state_dict(weights)
     return whole.to(device)
 

@@ -32,6 +32,7 @@ from safetensors import safe_open
 
 from transfusion.config import fields_of, with_fields
 from transfusion.hub import LM_FILES, local_folder
+from transfusion.model.lora import base_name
 from transfusion.model.transformer import head_size
 
 FAMILIES = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3"}
@@ -232,7 +233,7 @@ def load_text_weights(model, folder: str | Path, new_ids: Iterable[int] = (), as
     params = dict(model.named_parameters(remove_duplicate=False))
     new_ids = sorted(new_ids)
     for name, value in weights.items():
-        targets = [n for n in params if n.replace(".text.", ".").replace(".image.", ".") == name]
+        targets = [n for n in params if base_name(n).replace(".text.", ".").replace(".image.", ".") == name]
         if not targets:
             raise ValueError(f"{folder}: weight {name} has no place in this model (is it built with model_fields?)")
         for target in targets:

@@ -23,8 +23,8 @@ from pathlib import Path
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
 
 # what each reader needs from a repo
-CHECKPOINT_FILES = ["model.safetensors", "ema.safetensors", "config.yaml", "tokenizer.json", "state.json",
-                    "README.md", "autoencoder/*", "eval/report.json"]
+CHECKPOINT_FILES = ["model.safetensors", "ema.safetensors", "adapter_config.json", "adapter_model.safetensors",
+                    "config.yaml", "tokenizer.json", "state.json", "README.md", "autoencoder/*", "eval/report.json"]
 LM_FILES = ["config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json",
             "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
 AUTOENCODER_FILES = ["config.json", "*.safetensors", "vae/config.json", "vae/*.safetensors", "autoencoder.json"]

@@ -28,6 +28,7 @@ from transfusion.card import model_card
 from transfusion.checkpoint import PREFIX, list_checkpoints
 from transfusion.config import Config, config_yaml
 from transfusion.distributed import unwrap
+from transfusion.model.lora import adapter_weights, has_lora, write_adapter
 from transfusion.fileio import DiskFullError, atomic_folder, remove_folder
 from transfusion.tokenizer import Tokenizer
 
@@ -71,18 +72,24 @@ def save_checkpoint(
                 with _single_process_is_fine(), _disk_full_as_such(tmp / "train_state"):
                     dcp.save(_training_state(model, optimizer, ema), checkpoint_id=tmp / "train_state",
                              no_dist=not dist.is_initialized())
-            weights = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+            core = unwrap(model)
+            weights = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True,
+                                                                           ignore_frozen_params=has_lora(core)))
             ema_weights = ema.full_state() if ema is not None else None
-            if main:
+            if main and has_lora(core):  # the adapters alone, in peft's format; the start's weights stay there
+                write_adapter(adapter_weights(weights), core.lora_config, tmp)
+                if ema_weights is not None:
+                    save_file(adapter_weights(ema_weights), tmp / "ema.safetensors", metadata={"format": "pt"})
+            elif main:
                 save_file(_untied(weights, config), tmp / "model.safetensors")
                 if ema_weights is not None:
                     save_file({k: v.contiguous() for k, v in ema_weights.items()}, tmp / "ema.safetensors")
+            if main:
                 (tmp / "config.yaml").write_text(config_yaml(config))
                 (tmp / "tokenizer.json").write_text(tokenizer.to_json())
                 if not isinstance(autoencoder, IdentityAutoencoder):
                     save_autoencoder(autoencoder, tmp / "autoencoder")
                 (tmp / "state.json").write_text(json.dumps({"step": step, **(extra_state or {})}))
-                core = unwrap(model)
                 (tmp / "README.md").write_text(model_card(config, step, core.num_params(), core.num_params(active=True)))
     except DiskFullError:
         good = list_checkpoints(folder)
@@ -155,11 +162,20 @@ def _training_state(model, optimizer, ema) -> dict:
     """What ``train_state/`` holds, as (possibly sharded) tensors keyed by parameter name."""
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
-    weights, optim = get_state_dict(model, optimizer)
+    weights, optim = get_state_dict(model, optimizer, options=_options(model))
     state = {"model": weights, "optim": optim}
     if ema is not None:
         state["ema"] = ema.weights
     return state
+
+
+def _options(model):
+    """How the training state reads the model: a LoRA run's holds its adapters, not the frozen
+    weights (which its start gives back)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    lora = has_lora(unwrap(model))
+    return StateDictOptions(ignore_frozen_params=lora, strict=not lora)
 
 
 def load_training_state(ckpt: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, ema=None) -> dict:
@@ -175,7 +191,8 @@ def load_training_state(ckpt: Path, model: torch.nn.Module, optimizer: torch.opt
     with _single_process_is_fine():
         dcp.load(state, storage_reader=_DataOnlyReader(ckpt / "train_state"), planner=_DataOnlyPlanner(),
                  no_dist=not dist.is_initialized())
-    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],
+                   options=_options(model))
     return json.loads((ckpt / "state.json").read_text())
 
 

@@ -115,12 +115,13 @@ def read_adapter_config(folder: str | Path):
     return peft.LoraConfig.from_pretrained(str(folder))
 
 
-def load_adapter(model: nn.Module, folder: str | Path) -> nn.Module:
-    """The adapter saved in ``folder`` added to ``model`` (its base), its weights loaded."""
+def load_adapter(model: nn.Module, folder: str | Path, weights: str = WEIGHTS_FILE) -> nn.Module:
+    """The adapter saved in ``folder`` added to ``model`` (its base), its weights loaded from
+    ``weights`` there (a training run's checkpoint also holds their EMA, ``ema.safetensors``)."""
     config = read_adapter_config(folder)
-    path = Path(folder) / WEIGHTS_FILE
+    path = Path(folder) / weights
     if not path.is_file():
-        raise FileNotFoundError(f"{folder} holds no adapter weights ({WEIGHTS_FILE} is missing)")
+        raise FileNotFoundError(f"{folder} holds no adapter weights ({weights} is missing)")
     saved = load_file(path)
     try:
         add_lora(model, LoraConfig(), config=config)

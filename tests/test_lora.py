@@ -165,3 +165,53 @@ def test_a_lora_fine_tune_saves_its_adapters_alone_and_loads_merged_on_its_start
     COMMANDS["train"](["--preset", "debug", "--out", str(resumed), *args])
     again = load_file(resolve_checkpoint(resumed) / "adapter_model.safetensors")
     assert again.keys() == saved.keys() and all(torch.equal(again[k], saved[k]) for k in saved)
+
+
+@pytest.fixture(scope="module")
+def lora_run(debug_run, tmp_path_factory):
+    from transfusion.cli import COMMANDS
+
+    out = tmp_path_factory.mktemp("lora") / "run"
+    COMMANDS["train"](["--preset", "debug", "--out", str(out), f"train.init_from={debug_run}", "train.lora.rank=4",
+                       "train.steps=2", "train.eval_samples=2", "sampling.steps=2", "optim.warmup_steps=0"])
+    return out
+
+
+def test_lora_flag_pipeline_and_merge_lora_give_the_same_weights(debug_run, lora_run, tmp_path):
+    from safetensors.torch import load_file
+
+    from transfusion import Pipeline
+    from transfusion.checkpoint import load_checkpoint, resolve_checkpoint
+    from transfusion.cli import COMMANDS
+
+    expected = load_checkpoint(lora_run).model.state_dict()
+    by_flag = load_checkpoint(debug_run, lora=lora_run).model.state_dict()  # an adapter on a named base
+    by_peft_folder = load_checkpoint(debug_run, lora=resolve_checkpoint(lora_run)).model.state_dict()
+    piped = Pipeline.from_pretrained(debug_run, lora=lora_run, precision="fp32").loaded.model.state_dict()
+    for weights in (by_flag, by_peft_folder, piped):
+        assert weights.keys() == expected.keys() and all(torch.equal(weights[k], expected[k]) for k in expected)
+
+    COMMANDS["merge-lora"]([str(lora_run), str(tmp_path / "merged")])
+    merged = load_checkpoint(tmp_path / "merged")
+    assert merged.config.train.lora.rank == 0 and (tmp_path / "merged" / "model.safetensors").is_file()
+    assert all(torch.equal(merged.model.state_dict()[k], expected[k]) for k in expected)
+    assert "lm_head.weight" in load_file(tmp_path / "merged" / "model.safetensors") or merged.config.model.tie_embeddings
+
+    COMMANDS["generate"]([str(debug_run), "a red circle", "--lora", str(lora_run), "--steps", "2",
+                          "--out", str(tmp_path / "samples")])
+    assert list((tmp_path / "samples").glob("*.png"))
+
+
+def test_merge_lora_refuses_what_it_cannot_do_and_leaves_folders_alone(debug_run, lora_run, tmp_path):
+    from transfusion.cli import main
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    for argv in (["merge-lora", str(lora_run), str(mine)],  # a folder holding the user's files
+                 ["merge-lora", str(debug_run), str(tmp_path / "x")],  # whole weights, no adapter named
+                 ["generate", str(debug_run), "a red circle", "--lora", str(debug_run), "--out", str(tmp_path / "y")]):
+        with pytest.raises(SystemExit) as stop:
+            main(argv)
+        assert stop.value.code == 1
+    assert (mine / "notes.txt").read_text() == "keep me" and not (tmp_path / "x").exists()

@@ -111,9 +111,17 @@ def read_weights(ckpt: Path, cfg: Config, device: str | torch.device = "cpu", em
     return weights
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", ema: bool = False) -> Loaded:
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", ema: bool = False,
+                    lora: str | Path | None = None) -> Loaded:
     """Rebuild model, tokenizer and autoencoder from a checkpoint (or a run's latest one);
-    with ``ema`` the model holds the moving average of the weights."""
+    with ``ema`` the model holds the moving average of the weights. ``lora``: a LoRA adapter
+    (peft's folder, or a LoRA run or checkpoint) merged into these weights (its EMA with ``ema``)."""
+    if lora:
+        loaded = load_checkpoint(path, device)
+        folder = adapter_folder(lora)
+        load_adapter(loaded.model, folder, weights="ema.safetensors" if ema else WEIGHTS_FILE)
+        merge_lora(loaded.model).eval()
+        return loaded
     ckpt = resolve_checkpoint(path)
     for name in REQUIRED:
         if not (ckpt / name).is_file():
@@ -134,6 +142,18 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", ema: b
     model.to(device).eval()
     step = json.loads((ckpt / "state.json").read_text())["step"]
     return Loaded(model, tokenizer, autoencoder.to(device).eval(), cfg, step, ckpt)
+
+
+def adapter_folder(path: str | Path) -> Path:
+    """A LoRA adapter's folder: peft's own (``adapter_config.json`` there), or a LoRA run's
+    checkpoint (a run folder: its latest)."""
+    folder = local_folder(path, CHECKPOINT_FILES, "LoRA adapter folder")
+    if (folder / CONFIG_FILE).is_file():
+        return folder
+    ckpt = resolve_checkpoint(folder)
+    if not is_adapter(ckpt):
+        raise ValueError(f"{path} holds no LoRA adapter ({CONFIG_FILE}): it is a checkpoint of whole weights")
+    return ckpt
 
 
 def adapted_model(ckpt: Path, cfg: Config, device: str | torch.device = "cpu", ema: bool = False) -> Transfusion:

@@ -41,13 +41,15 @@ class Pipeline:
 
     @classmethod
     def from_pretrained(cls, path_or_repo_id, device: str = "cpu", ema: bool = False,
-                        precision: str = "auto") -> "Pipeline":
+                        precision: str = "auto", lora=None) -> "Pipeline":
         """``precision``: the trunk's products, ``auto`` (bf16 on a CPU with native bf16, else fp32),
-        ``fp32``, ``bf16`` or ``int8`` (CPU) (``engine.speedups.with_precision``; docs/speed.md)."""
+        ``fp32``, ``bf16`` or ``int8`` (CPU) (``engine.speedups.with_precision``; docs/speed.md);
+        ``lora``: a LoRA adapter (peft's folder or a LoRA run) merged into the weights."""
         from transfusion.engine.speedups import with_precision
         from transfusion.sharing import from_pretrained
 
-        return cls(with_precision(from_pretrained(path_or_repo_id, device=device, ema=ema), precision))
+        loaded = from_pretrained(path_or_repo_id, device=device, ema=ema, lora=lora)
+        return cls(with_precision(loaded, precision))
 
     def save_pretrained(self, folder) -> None:
         from transfusion.sharing import save_pretrained

@@ -18,8 +18,10 @@ from pathlib import Path
 from transfusion.card import model_card
 from transfusion.checkpoint import Loaded, load_checkpoint, resolve_checkpoint
 from transfusion.fileio import atomic_folder, check_export_target
+from transfusion.model.lora import CONFIG_FILE, WEIGHTS_FILE
 
-INFERENCE_FILES = ("model.safetensors", "ema.safetensors", "config.yaml", "tokenizer.json", "state.json")
+INFERENCE_FILES = ("model.safetensors", "ema.safetensors", CONFIG_FILE, WEIGHTS_FILE, "config.yaml", "tokenizer.json",
+                   "state.json")  # a LoRA run's: its adapters, on the start its config.yaml names
 SAVED_NAMES = {*INFERENCE_FILES, "README.md", "autoencoder", "eval"}  # all that save_pretrained writes
 
 
@@ -58,9 +60,42 @@ def save_pretrained(source: str | Path, folder: str | Path, repo_id: str | None 
     return folder
 
 
-def from_pretrained(spec: str | Path, device: str = "cpu", ema: bool = False) -> Loaded:
-    """A saved folder, a run, a checkpoint or a Hub repo id -> model, tokenizer, autoencoder, config."""
-    return load_checkpoint(spec, device=device, ema=ema)
+def save_merged(source: str | Path, folder: str | Path, lora: str | Path | None = None, ema: bool = False,
+                overwrite: bool = False) -> Path:
+    """Write ``source`` (a LoRA run or checkpoint; or whole weights with a ``lora`` adapter) as a
+    folder of whole weights with the adapters merged in: it loads without the start it adapted.
+    ``ema``: the adapters' EMA. ``folder`` as for ``save_pretrained``."""
+    from safetensors.torch import save_file
+
+    from transfusion.autoencoders import IdentityAutoencoder, save_autoencoder
+    from transfusion.checkpoint import is_adapter
+    from transfusion.config import LoraConfig, config_yaml, with_fields
+
+    ckpt = resolve_checkpoint(source)
+    if not lora and not is_adapter(ckpt):
+        raise ValueError(f"{source} holds whole weights, no LoRA adapter: name one with --lora, or use save-pretrained")
+    loaded = load_checkpoint(ckpt, ema=ema, lora=lora)
+    folder = check_export_target(folder, "merge-lora", SAVED_NAMES, overwrite)
+    config = with_fields(loaded.config, {"train": {"lora": LoraConfig()}})  # plain weights now
+    weights = {k: v.contiguous() for k, v in loaded.model.state_dict().items()}
+    if config.model.tie_embeddings:  # saved once, as the embedding
+        weights.pop("lm_head.weight")
+    with atomic_folder(folder) as tmp:
+        save_file(weights, tmp / "model.safetensors")
+        (tmp / "config.yaml").write_text(config_yaml(config))
+        (tmp / "tokenizer.json").write_text(loaded.tokenizer.to_json())
+        if not isinstance(loaded.autoencoder, IdentityAutoencoder):
+            save_autoencoder(loaded.autoencoder, tmp / "autoencoder")
+        shutil.copy2(ckpt / "state.json", tmp / "state.json")
+        (tmp / "README.md").write_text(model_card(config, loaded.step, loaded.model.num_params(),
+                                                  loaded.model.num_params(active=True)))
+    return folder
+
+
+def from_pretrained(spec: str | Path, device: str = "cpu", ema: bool = False, lora: str | Path | None = None) -> Loaded:
+    """A saved folder, a run, a checkpoint or a Hub repo id -> model, tokenizer, autoencoder, config;
+    ``lora``: a LoRA adapter merged into its weights."""
+    return load_checkpoint(spec, device=device, ema=ema, lora=lora)
 
 
 def push_to_hub(source: str | Path, repo_id: str, private: bool = False, token: str | None = None,

@@ -16,6 +16,7 @@ are in ``assets.py``, the flag groups they share in ``flags.py``).
     transfusion export-hf RUN_OR_CHECKPOINT OUT/ [--overwrite]   (the text part as a transformers Llama / Qwen folder)
     transfusion serve RUN_OR_CHECKPOINT [--host 127.0.0.1] [--port 7860]   (the web demo; the [demo] extra)
     transfusion save-pretrained RUN_OR_CHECKPOINT OUT/ [--overwrite] | --push-to-hub REPO_ID   (folder + model card)
+    transfusion merge-lora LORA_RUN OUT/ [--ema]   (a LoRA run's adapters merged into whole weights)
 
 An export writes only into a new or empty folder or an earlier export of the same kind (--overwrite: any
 folder), never into a run.
@@ -23,8 +24,8 @@ folder), never into a run.
 RUN_OR_CHECKPOINT may also be a Hugging Face Hub repo id (owner/name) of a saved folder.
     torchrun --nproc_per_node=8 -m transfusion.cli train ...      (multi-process: see transfusion/distributed.py)
 
-Every command that loads a checkpoint takes ``--device`` (default ``auto``: CUDA when present)
-and ``--ema``; a command finishes with a one-line error, not a traceback, on bad input.
+Every command that loads a checkpoint takes ``--device`` (default ``auto``: CUDA when present),
+``--ema`` and ``--lora FOLDER`` (a LoRA adapter merged into its weights); a command finishes with a one-line error, not a traceback, on bad input.
 """
 
 from __future__ import annotations
@@ -262,6 +263,20 @@ def _save_pretrained(argv: list[str]) -> None:
         print(f"wrote {save_pretrained(args.checkpoint, args.out, overwrite=args.overwrite)}")
 
 
+def _merge_lora(argv: list[str]) -> None:
+    from transfusion.sharing import save_merged
+
+    p = parser("merge-lora", "Write a LoRA run's adapters merged into the weights they adapt, as a folder of whole "
+                "weights that loads on its own.")
+    p.add_argument("checkpoint", help="a LoRA run or checkpoint (train.lora.rank > 0); or whole weights, with --lora")
+    p.add_argument("out", help="folder to write")
+    p.add_argument("--lora", metavar="FOLDER", default=None, help="a LoRA adapter (peft's folder) for CHECKPOINT")
+    p.add_argument("--ema", action="store_true", help="merge the adapters' EMA (runs with train.ema_decay > 0)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT even if it holds other files (never a run)")
+    args = p.parse_args(argv)
+    print(f"wrote {save_merged(args.checkpoint, args.out, lora=args.lora, ema=args.ema, overwrite=args.overwrite)}")
+
+
 def _serve(argv: list[str]) -> None:
     from transfusion.demo.jobs import Limits
 
@@ -335,6 +350,7 @@ COMMANDS = {
     "export-hf": _export_hf,
     "serve": _serve,
     "save-pretrained": _save_pretrained,
+    "merge-lora": _merge_lora,
 }
 
 

@@ -10,6 +10,9 @@ from transfusion.samplers import SAMPLER_STEPS
 def checkpoint_flags(p: argparse.ArgumentParser, precision: str | None = "auto") -> None:
     p.add_argument("checkpoint", help="a run folder (its latest checkpoint) or a checkpoint folder")
     p.add_argument("--ema", action="store_true", help="use the EMA of the weights (runs with train.ema_decay > 0)")
+    p.add_argument("--lora", metavar="FOLDER", default=None,
+                   help="a LoRA adapter to merge into the checkpoint's weights: peft's folder, or a LoRA run "
+                        "(train.lora.rank > 0); with --ema its EMA")
     p.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU) | cpu | cuda | cuda:N")
     if precision:
         p.add_argument("--precision", default=precision, choices=["auto", "fp32", "bf16", "int8"],
@@ -50,7 +53,7 @@ def load(args):
     from transfusion.checkpoint import load_checkpoint
     from transfusion.distributed import resolve_device
 
-    loaded = load_checkpoint(args.checkpoint, device=resolve_device(args.device), ema=args.ema)
+    loaded = load_checkpoint(args.checkpoint, device=resolve_device(args.device), ema=args.ema, lora=args.lora)
     if getattr(args, "precision", None):
         from transfusion.engine.speedups import with_precision
 

@@ -107,9 +107,10 @@ def test_fsdp_with_flow_matching_and_mot_trains_what_one_process_does(tmp_path):
 
 
 @pytest.mark.slow
-def test_lora_under_fsdp_and_ddp_trains_what_one_process_does(single, tmp_path):
-    """A LoRA fine-tune of a run: the adapters are sharded (FSDP2) or replicated (DDP) with their
-    layers, the frozen weights get no gradient, and two processes train what one does."""
+def test_lora_under_fsdp_and_ddp_trains_what_one_process_does(single, pretrained_lm_untied, tmp_path):
+    """A LoRA fine-tune of a run, and one from a pretrained language model (its image layers
+    train in full): the adapters are sharded (FSDP2) or replicated (DDP) with their layers, the
+    frozen weights get no gradient, and two processes train what one does."""
     lora = [f"train.init_from={single}", "train.lora.rank=4", "train.lora.modules=[attention,mlp,image]",
             "optim.warmup_steps=0"]
     one = train(tmp_path / "one", *lora)
@@ -117,6 +118,10 @@ def test_lora_under_fsdp_and_ddp_trains_what_one_process_does(single, tmp_path):
         two = train(tmp_path / parallel, *lora, f"train.parallel={parallel}", processes=2)
         assert_same_run(one, two, name="adapter_model")
         assert not (two / "checkpoints" / "step_000006" / "model.safetensors").exists()
+    from_lm = [f"model.init_from={pretrained_lm_untied[2]}", "model.mot=true", "train.lora.rank=4",
+               "train.lora.modality=text", "optim.warmup_steps=0"]
+    assert_same_run(train(tmp_path / "lm_one", *from_lm),
+                    train(tmp_path / "lm_fsdp", *from_lm, "train.parallel=fsdp", processes=2), name="adapter_model")
 
 
 @pytest.mark.slow

@@ -12,7 +12,7 @@ from transfusion.autoencoders import IdentityAutoencoder
 from transfusion.components import build_components
 from transfusion.config import load_config
 from transfusion.diffusion import Diffusion
-from transfusion.model.lora import add_lora, adapter_weights, load_adapter, merge_lora, target_modules, write_adapter
+from transfusion.model.lora import add_lora, load_adapter, merge_lora, target_modules, write_adapter
 from transfusion.model.transfusion import Transfusion
 from transfusion.objective import compute_losses
 from transfusion.tokenizer import ByteTokenizer
@@ -93,7 +93,7 @@ def test_save_load_and_merge_agree_and_peft_reads_the_files(tmp_path):
     batch = a_batch(cfg, base)
     tuned = add_lora(copy.deepcopy(base), cfg.train.lora, base="runs/base")
     train_a_little(tuned, cfg, batch)
-    write_adapter(adapter_weights(tuned.state_dict()), tuned.lora_config, tmp_path / "adapter")
+    write_adapter(tuned.state_dict(), tuned.lora_config, tmp_path / "adapter")
     assert json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["peft_type"] == "LORA"
     with torch.no_grad():
         expected = run(tuned, batch)
@@ -110,7 +110,7 @@ def test_save_load_and_merge_agree_and_peft_reads_the_files(tmp_path):
 def test_an_adapter_for_another_model_is_refused(tmp_path):
     cfg, base = build(*EVERYTHING)
     tuned = add_lora(copy.deepcopy(base), cfg.train.lora)
-    write_adapter(adapter_weights(tuned.state_dict()), tuned.lora_config, tmp_path / "adapter")
+    write_adapter(tuned.state_dict(), tuned.lora_config, tmp_path / "adapter")
     _, wider = build("model.dim=96", *EVERYTHING)
     with pytest.raises(ValueError, match="does not fit this model"):
         load_adapter(wider, tmp_path / "adapter")
@@ -215,3 +215,29 @@ def test_merge_lora_refuses_what_it_cannot_do_and_leaves_folders_alone(debug_run
             main(argv)
         assert stop.value.code == 1
     assert (mine / "notes.txt").read_text() == "keep me" and not (tmp_path / "x").exists()
+
+
+def test_a_lora_run_from_a_pretrained_language_model_trains_its_image_layers_in_full(pretrained_lm_untied, tmp_path):
+    from safetensors.torch import load_file
+
+    from transfusion.checkpoint import load_checkpoint, resolve_checkpoint
+    from transfusion.cli import COMMANDS
+
+    lm, out = pretrained_lm_untied[2], tmp_path / "from_lm"
+    COMMANDS["train"](["--preset", "debug", "--out", str(out), f"model.init_from={lm}", "train.lora.rank=4",
+                       "train.steps=2", "train.eval_samples=2", "sampling.steps=2", "optim.warmup_steps=0"])
+    ckpt = resolve_checkpoint(out)
+    saved = load_file(ckpt / "adapter_model.safetensors")
+    assert {k.split(".")[2] for k in saved} == {"trunk", "image"}  # base_model.model.<module>...
+    assert all(".lora_" in k for k in saved if ".trunk." in k)
+    config = json.loads((ckpt / "adapter_config.json").read_text())
+    assert config["modules_to_save"] == ["image"] and config["base_model_name_or_path"] == str(lm)
+
+    loaded = load_checkpoint(out)  # the language model, the image layers it trained, the adapters merged
+    own = loaded.model.state_dict()
+    images = {k.removeprefix("base_model.model."): v for k, v in saved.items() if ".image." in k}
+    assert all(torch.equal(own[k], v) for k, v in images.items())
+    fresh = Transfusion.build(loaded.config.model, loaded.config.image, loaded.tokenizer, loaded.autoencoder)
+    by_peft = peft.PeftModel.from_pretrained(fresh, str(ckpt)).base_model.model
+    copy_of_image = by_peft.image.modules_to_save["default"].state_dict()
+    assert all(torch.equal(copy_of_image[k.removeprefix("image.")], v) for k, v in images.items())

@@ -132,7 +132,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", ema: b
     if ema and not (ckpt / "ema.safetensors").is_file():
         raise FileNotFoundError(f"checkpoint {ckpt} holds no EMA weights (trained with train.ema_decay=0)")
     if is_adapter(ckpt):
-        model = adapted_model(ckpt, cfg, device, ema)
+        model = adapted_model(ckpt, cfg, tokenizer, autoencoder, device, ema)
     else:
         model = Transfusion.build(cfg.model, cfg.image, tokenizer, autoencoder)
         try:
@@ -156,20 +156,27 @@ def adapter_folder(path: str | Path) -> Path:
     return ckpt
 
 
-def adapted_model(ckpt: Path, cfg: Config, device: str | torch.device = "cpu", ema: bool = False) -> Transfusion:
-    """A LoRA run's model: its start (``train.init_from``, read as it is there) with the
+def adapted_model(ckpt: Path, cfg: Config, tokenizer: Tokenizer, autoencoder: Autoencoder,
+                  device: str | torch.device = "cpu", ema: bool = False) -> Transfusion:
+    """A LoRA run's model: its start (``train.init_from``, read as it is there; or a pretrained
+    language model, ``model.init_from``, with the image layers the run trained in full) with the
     checkpoint's adapters (their EMA with ``ema``) merged in."""
-    start = cfg.train.init_from
+    start = cfg.train.init_from or cfg.model.init_from
     if not start:
         raise ValueError(f"checkpoint {ckpt} holds LoRA adapters but names no start (train.init_from) to adapt")
     try:
-        base = load_checkpoint(start, device).model
+        if cfg.train.init_from:
+            base = load_checkpoint(start, device).model
+        else:  # as the run began: every weight initialised by name, then the language model's
+            from transfusion.hf import load_text_weights
+
+            base = Transfusion.build(cfg.model, cfg.image, tokenizer, autoencoder, cfg.train.seed)
+            load_text_weights(base, start, tokenizer.new_ids)
     except FileNotFoundError as err:
         raise FileNotFoundError(f"checkpoint {ckpt} holds LoRA adapters on {start}, which cannot be read ({err}); "
-                                f"put that checkpoint back, or merge the adapters where it is "
-                                f"(`transfusion merge-lora`)") from None
+                                f"put it back, or merge the adapters where it is (`transfusion merge-lora`)") from None
     load_adapter(base, ckpt, weights="ema.safetensors" if ema else WEIGHTS_FILE)
-    return merge_lora(base)
+    return merge_lora(base).to(device)
 
 
 # the diffusion fields that define what a model predicts: a fine-tuned run keeps its start's

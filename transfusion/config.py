@@ -437,8 +437,12 @@ def validate(cfg: Config) -> None:
     if lo.rank < 0 or lo.alpha <= 0 or not 0 <= lo.dropout < 1 or (lo.rank and not lo.modules):
         raise ValueError(f"train.lora: rank={lo.rank} must be >= 0 (0: off), alpha={lo.alpha} positive, "
                          f"dropout={lo.dropout} in [0, 1) and modules={lo.modules} not empty")
-    if lo.rank and not t.init_from:
-        raise ValueError("train.lora adapts a trained model: name it with train.init_from (a run or checkpoint)")
+    if lo.rank and not (t.init_from or m.init_from):
+        raise ValueError("train.lora adapts a trained model: name it with train.init_from (a run or checkpoint) "
+                         "or model.init_from (a pretrained language model)")
+    if lo.rank and m.init_from and not t.init_from and cfg.image.objective != "diffusion":
+        raise ValueError("train.lora from a pretrained language model needs image.objective=diffusion (the image "
+                         "codes' rows of the embedding would start untrained and stay frozen)")
     if lo.rank and m.freeze_text:
         raise ValueError("train.lora freezes every weight but the adapters: drop model.freeze_text")
     if lo.rank and lo.modality != "both" and not m.mot:

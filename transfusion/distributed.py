@@ -125,7 +125,7 @@ def build_model(cfg: Config, tokenizer, autoencoder, world: World, device: torch
         core = Transfusion.build(cfg.model, cfg.image, tokenizer, autoencoder)
     t = cfg.train
     if t.lora.rank:  # before sharding: the adapters are sharded, initialised and wrapped with their layers
-        add_lora(core, t.lora, base=t.init_from)
+        add_lora(core, t.lora, base=t.init_from or cfg.model.init_from, train_fully=untrained_layers(cfg, core))
     core.trunk.checkpointing = t.activation_checkpointing
     if t.compile:
         for block in core.trunk.blocks:
@@ -153,6 +153,12 @@ def build_model(cfg: Config, tokenizer, autoencoder, world: World, device: torch
 
         model = DistributedDataParallel(core, device_ids=[device.index] if device.type == "cuda" else None)
     return model, core
+
+
+def untrained_layers(cfg: Config, core: Transfusion) -> tuple[str, ...]:
+    """The layers a LoRA run trains in full: the image layers of a pretrained language model's
+    start (``model.init_from``), which start untrained."""
+    return ("image",) if cfg.model.init_from and not cfg.train.init_from and core.image is not None else ()
 
 
 def assign_shard(param: torch.Tensor, value: torch.Tensor) -> None:

@@ -77,9 +77,9 @@ def save_checkpoint(
                                                                            ignore_frozen_params=has_lora(core)))
             ema_weights = ema.full_state() if ema is not None else None
             if main and has_lora(core):  # the adapters alone, in peft's format; the start's weights stay there
-                write_adapter(adapter_weights(weights), core.lora_config, tmp)
+                write_adapter(weights, core.lora_config, tmp)
                 if ema_weights is not None:
-                    save_file(adapter_weights(ema_weights), tmp / "ema.safetensors", metadata={"format": "pt"})
+                    save_file(adapter_weights(ema_weights, core.lora_config), tmp / "ema.safetensors", metadata={"format": "pt"})
             elif main:
                 save_file(_untied(weights, config), tmp / "model.safetensors")
                 if ema_weights is not None:

@@ -1,7 +1,7 @@
 """Low-rank adapters on a Transfusion model, through peft (LoRA: Hu et al. 2021, arXiv 2106.09685).
 
     add_lora(model, cfg.train.lora)              # adapters in place; every other weight frozen
-    write_adapter(adapter_weights(model.state_dict()), model.lora_config, folder)
+    write_adapter(model.state_dict(), model.lora_config, folder)
     load_adapter(model, folder)                  # a saved adapter on a base model
     merge_lora(model)                            # the adapters folded into the base weights
 
@@ -51,22 +51,37 @@ def target_modules(settings: LoraConfig, model: nn.Module) -> list[str]:
     return wanted
 
 
-def peft_config(settings: LoraConfig, model: nn.Module, base: str = ""):
-    """peft's ``LoraConfig`` for ``settings`` on ``model``; ``base``: what the adapter adapts
-    (a run or checkpoint folder), kept as its ``base_model_name_or_path``."""
+def peft_config(settings: LoraConfig, model: nn.Module, base: str = "", train_fully: tuple[str, ...] = ()):
+    """peft's ``LoraConfig`` for ``settings`` on ``model``; ``base``: what the adapter adapts (a run,
+    a checkpoint or a language model folder), kept as its ``base_model_name_or_path``;
+    ``train_fully``: top-level modules that train in full beside the adapters (peft's ``modules_to_save``:
+    the image layers of a pretrained language model's start, which start untrained)."""
     import peft
 
     return peft.LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
-                           target_modules=target_modules(settings, model), base_model_name_or_path=base or None)
+                           target_modules=target_modules(settings, model), base_model_name_or_path=base or None,
+                           modules_to_save=list(train_fully) or None)
 
 
-def add_lora(model: nn.Module, settings: LoraConfig, base: str = "", config=None) -> nn.Module:
-    """Adapters on ``model``'s layers (in place; on the meta device too): only they train. ``config``:
-    a peft ``LoraConfig`` to use as it is (a saved adapter's), else one made from ``settings``."""
+def add_lora(model: nn.Module, settings: LoraConfig, base: str = "", config=None,
+             train_fully: tuple[str, ...] = ()) -> nn.Module:
+    """Adapters on ``model``'s layers (in place; on the meta device too): only they (and the
+    modules of ``train_fully``) train. ``config``: a peft ``LoraConfig`` to use as it is (a saved
+    adapter's), else one made from ``settings``.
+
+    A module to save trains as it is, in place: peft would wrap it in a copy, which only its
+    ``forward`` reaches (the image layers are entered by ``encode`` and ``decode``); the files
+    name its weights as peft does, so peft loads them into its copy."""
+    import copy
+
     import peft
 
-    config = config if config is not None else peft_config(settings, model, base)
-    peft.inject_adapter_in_model(config, model, adapter_name=ADAPTER)
+    config = config if config is not None else peft_config(settings, model, base, train_fully)
+    injected = copy.copy(config)
+    injected.modules_to_save = None
+    peft.inject_adapter_in_model(injected, model, adapter_name=ADAPTER)
+    for name in config.modules_to_save or ():
+        model.get_submodule(name).requires_grad_(True)
     model.lora_config = config
     return model
 
@@ -84,19 +99,25 @@ def base_name(name: str) -> str:
     return name.replace(".base_layer.", ".")
 
 
-def adapter_weights(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The adapter weights of a (whole) state dict, under the names peft saves them by."""
+def saved_with_adapter(name: str, config) -> bool:
+    """The weight is in the adapter's files: an adapter's, or one of a module trained in full."""
+    return is_adapter_weight(name) or any(name.startswith(f"{m}.") for m in config.modules_to_save or ())
+
+
+def adapter_weights(state: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor]:
+    """The weights of a (whole) state dict that the adapter's files hold, under peft's names."""
     return {PEFT_PREFIX + name.replace(f".{ADAPTER}.", "."): value for name, value in state.items()
-            if is_adapter_weight(name)}
+            if saved_with_adapter(name, config)}
 
 
-def write_adapter(weights: dict[str, torch.Tensor], config, folder: str | Path) -> None:
-    """``adapter_config.json`` and ``adapter_model.safetensors`` (from ``adapter_weights``) in ``folder``."""
+def write_adapter(state: dict[str, torch.Tensor], config, folder: str | Path) -> None:
+    """``adapter_config.json`` and ``adapter_model.safetensors`` (the weights of ``state``, a whole
+    state dict, that ``adapter_weights`` picks) in ``folder``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     config.save_pretrained(str(folder))
-    save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, folder / WEIGHTS_FILE,
-              metadata={"format": "pt"})
+    save_file({k: v.detach().cpu().contiguous() for k, v in adapter_weights(state, config).items()},
+              folder / WEIGHTS_FILE, metadata={"format": "pt"})
 
 
 def read_adapter_config(folder: str | Path):
@@ -127,7 +148,7 @@ def load_adapter(model: nn.Module, folder: str | Path, weights: str = WEIGHTS_FI
         add_lora(model, LoraConfig(), config=config)
     except ValueError as err:  # peft: a target module this model lacks
         raise ValueError(f"the adapter in {folder} does not fit this model ({err})") from None
-    own = {name: p for name, p in model.named_parameters() if is_adapter_weight(name)}
+    own = {name: p for name, p in model.named_parameters() if saved_with_adapter(name, config)}
     wanted = {PEFT_PREFIX + name.replace(f".{ADAPTER}.", "."): name for name in own}
     if wanted.keys() != saved.keys():
         missing, extra = sorted(wanted.keys() - saved.keys()), sorted(saved.keys() - wanted.keys())

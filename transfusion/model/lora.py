@@ -27,6 +27,14 @@ PEFT_PREFIX = "base_model.model."  # how peft names a wrapped model's weights in
 CONFIG_FILE, WEIGHTS_FILE = "adapter_config.json", "adapter_model.safetensors"
 
 
+def _peft():
+    try:
+        import peft
+    except ImportError as err:
+        raise ValueError(f"LoRA needs peft: pip install -e \".[lora]\" ({err})") from None
+    return peft
+
+
 def target_modules(settings: LoraConfig, model: nn.Module) -> list[str]:
     """The names of the layers ``settings`` puts an adapter on: the trunk's attention (q/k/v,
     output) and MLP projections (under ``model.mot`` the copy ``settings.modality`` picks), and
@@ -56,9 +64,7 @@ def peft_config(settings: LoraConfig, model: nn.Module, base: str = "", train_fu
     a checkpoint or a language model folder), kept as its ``base_model_name_or_path``;
     ``train_fully``: top-level modules that train in full beside the adapters (peft's ``modules_to_save``:
     the image layers of a pretrained language model's start, which start untrained)."""
-    import peft
-
-    return peft.LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+    return _peft().LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
                            target_modules=target_modules(settings, model), base_model_name_or_path=base or None,
                            modules_to_save=list(train_fully) or None)
 
@@ -74,8 +80,7 @@ def add_lora(model: nn.Module, settings: LoraConfig, base: str = "", config=None
     name its weights as peft does, so peft loads them into its copy."""
     import copy
 
-    import peft
-
+    peft = _peft()
     config = config if config is not None else peft_config(settings, model, base, train_fully)
     injected = copy.copy(config)
     injected.modules_to_save = None
@@ -122,8 +127,7 @@ def write_adapter(state: dict[str, torch.Tensor], config, folder: str | Path) ->
 
 def read_adapter_config(folder: str | Path):
     """A saved adapter's peft ``LoraConfig`` (JSON; a folder without one is an error that names it)."""
-    import peft
-
+    peft = _peft()
     path = Path(folder) / CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{folder} holds no LoRA adapter ({CONFIG_FILE} is missing)")

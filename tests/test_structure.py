@@ -19,7 +19,7 @@ LAYERS = {
     "transfusion.objective": 3, "transfusion.optim": 3, "transfusion.flops": 3, "transfusion.step": 3, "transfusion.checkpoint": 3, "transfusion.train_state": 3, "transfusion.sharing": 3, "transfusion.hf": 3, "transfusion.distributed": 3, "transfusion.engine": 3,
     "transfusion.engine.codec": 3, "transfusion.engine.forward": 3,
     "transfusion.components": 3,
-    "transfusion.evaluate": 4, "transfusion.train": 4, "transfusion.demo": 4, "transfusion.pipeline": 4,
+    "transfusion.evaluate": 4, "transfusion.train": 4, "transfusion.posttrain": 4, "transfusion.demo": 4, "transfusion.pipeline": 4,
     "transfusion.cli": 5, "transfusion.__main__": 5,
 }
 

@@ -224,6 +224,28 @@ class TrainConfig:
 
 
 @dataclass
+class PosttrainConfig:
+    """Group-relative policy optimisation on the image path (``transfusion posttrain``): prompts
+    sampled in groups with a stochastic sampler whose step log-probabilities are exact, scored
+    by a reward, and the model moved towards the better samples of each group."""
+
+    reward: str = recipe("shapes")  # shapes | shapes_exact | digits | python:module.function
+    prompts: int = recipe(8)  # prompts per update
+    group: int = recipe(8)  # samples per prompt: advantages are relative to the prompt's group
+    steps: int = execution(100)  # updates
+    sample_steps: int = recipe(20)  # denoising steps of the sampler (ancestral DDPM posterior, strided)
+    guidance: float = recipe(1.0)  # classifier-free guidance while sampling (1: off)
+    clip_range: float = recipe(0.2)  # PPO's ratio clip
+    kl: float = recipe(0.01)  # weight of the KL to the starting model, per denoising step
+    lr: float = recipe(1e-5)
+    inner_epochs: int = recipe(1)  # passes over each batch of samples
+    timestep_fraction: float = recipe(1.0)  # share of the denoising steps each update trains on
+    split: str = recipe("train")  # the dataset split whose captions are the prompts
+    eval_every: int = execution(25)  # updates between held-out reward measurements (0: only at the end)
+    eval_prompts: int = execution(64)
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     image: ImageConfig = field(default_factory=ImageConfig)
@@ -233,6 +255,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    posttrain: PosttrainConfig = field(default_factory=PosttrainConfig)
 
 
 def fields_of(cfg: Config, *roles: str, lm: bool | None = None) -> dict[str, dict[str, Any]]:
@@ -448,6 +471,12 @@ def validate(cfg: Config) -> None:
     if lo.rank and lo.modality != "both" and not m.mot:
         raise ValueError(f"train.lora.modality={lo.modality} picks one copy of a Mixture-of-Transformers trunk: "
                          "it needs model.mot=true")
+    pt = cfg.posttrain
+    if min(pt.prompts, pt.group - 1, pt.steps, pt.sample_steps, pt.inner_epochs) < 1 or not (
+            0 < pt.timestep_fraction <= 1 and pt.clip_range > 0 and pt.kl >= 0 and pt.lr > 0 and pt.guidance >= 1):
+        raise ValueError(f"posttrain: prompts, steps, sample_steps and inner_epochs must be >= 1, group >= 2 (advantages "
+                         f"compare a group's samples), timestep_fraction in (0, 1], clip_range and lr positive, kl >= 0 "
+                         f"and guidance >= 1; got {pt}")
     shares = (cfg.data.text_fraction, cfg.data.interleaved_fraction, cfg.data.edit_fraction)
     if not all(0 <= f <= 1 for f in shares) or sum(shares) > 1:
         raise ValueError(f"data.text_fraction, data.interleaved_fraction and data.edit_fraction must be in [0, 1] "

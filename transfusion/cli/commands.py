@@ -2,6 +2,7 @@
 are in ``assets.py``, the flag groups they share in ``flags.py``).
 
     transfusion train --preset tiny --out runs/tiny [CONFIG.yaml] [key=value ...]
+    transfusion posttrain RUN_OR_CHECKPOINT --out DIR [--reward shapes] [posttrain.steps=100 ...]   (GRPO)
     transfusion generate RUN_OR_CHECKPOINT "a caption" [...] [--n 4] [--sampler dpm++] [--steps 25] [--cfg 3]
                          [--seed 0] [--size HxW] --out DIR
     transfusion generate RUN_OR_CHECKPOINT --interleaved "a prompt" [--max-images 4] --out DIR
@@ -53,6 +54,22 @@ def _train(argv: list[str]) -> None:
     files = [s for s in args.settings if "=" not in s]
     overrides = [s for s in args.settings if "=" in s]
     train(load_config(args.preset, files, overrides), args.out)
+
+
+def _posttrain(argv: list[str]) -> None:
+    from transfusion.posttrain.grpo import posttrain
+
+    p = parser("posttrain", "Post-train a diffusion run's images towards a reward (GRPO with the exact log-probability "
+                "of every denoising step; resumes a run folder). docs/posttraining.md")
+    p.add_argument("checkpoint", help="the run or checkpoint to start from")
+    p.add_argument("--out", required=True, help="run folder (created; resumed if it holds checkpoints)")
+    p.add_argument("--reward", default=None,
+                   help="shapes | shapes_exact | digits | python:module.function (default: posttrain.reward, shapes)")
+    p.add_argument("settings", nargs="*", help="key.sub=value overrides: posttrain.*, train.lora.*, train.seed, ...")
+    args = p.parse_intermixed_args(argv)
+    if any("=" not in s for s in args.settings):
+        p.error("settings are key.sub=value overrides")
+    posttrain(args.checkpoint, args.out, [*args.settings, *([f"posttrain.reward={args.reward}"] if args.reward else [])])
 
 
 def _generate(argv: list[str]) -> None:
@@ -351,6 +368,7 @@ COMMANDS = {
     "serve": _serve,
     "save-pretrained": _save_pretrained,
     "merge-lora": _merge_lora,
+    "posttrain": _posttrain,
 }
 
 

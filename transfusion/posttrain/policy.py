@@ -1,0 +1,164 @@
+"""Text to image as a policy: a sampler whose every step has an exact log-probability.
+
+    policy = ImagePolicy(model, tokenizer, autoencoder, cfg)
+    rollout = policy.rollout(model, captions, generator)            # no gradient: what was sampled
+    log_prob, mean, std = policy.step(model, rollout, k)           # with gradient: step k's density
+
+The sampler is DDPM's ancestral posterior over a strided schedule (as DDPO samples, Black et al.
+2023, arXiv 2305.13301): from t_0 = T down to t_K = 0 in K equal strides, each step draws
+
+    x_{t_{k+1}} ~ N(mu_theta(x_{t_k}), sigma_k^2 I),
+    mu = sqrt(a_s) beta / (1 - a_t) x0_hat + sqrt(a_t / a_s) (1 - a_s) / (1 - a_t) x_t,
+    sigma^2 = (1 - a_s) / (1 - a_t) beta,   beta = 1 - a_t / a_s,
+
+with a = alpha_bar at t = t_k and s = t_{k+1}, x0_hat the model's prediction of the clean
+latents (clamped as the run samples, ``sampling.clip_sample``), and classifier-free guidance on
+the noise prediction when asked. It is the library's ``ddpm`` sampler with K steps (the
+diffusers DDPM step, posterior variance "fixed_small"). The last step (s = 0) has sigma = 0: it
+is the deterministic x0_hat and carries no log-probability, so K - 1 steps are trained on.
+
+The model reads each caption as training showed it, ``<bos> caption <boi> patches``, and the
+unconditional branch ``<bos> <boi> patches``, every patch of the image at once.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from transfusion.batch import ImageGroup
+from transfusion.data.document import Image, Text
+from transfusion.data.packing import layout, pack
+from transfusion.diffusion import Diffusion, randn
+from transfusion.engine.settings import resolve_clip
+from transfusion.samplers import clip_noise
+
+
+@dataclass
+class Rows:
+    """Packed model inputs of one image per row: (R, L) tokens, positions, doc and image ids,
+    and the (R, n) flat positions of each row's patches."""
+
+    tokens: torch.Tensor
+    positions: torch.Tensor
+    doc_ids: torch.Tensor
+    image_ids: torch.Tensor
+    index: torch.Tensor
+
+
+@dataclass
+class Rollout:
+    """What a batch of rows sampled: the captions, the latents before and after every step,
+    and each stochastic step's log-probability under the sampling model (and the reference
+    model's mean there, for the KL term)."""
+
+    captions: list[str]
+    latents: torch.Tensor  # (K + 1, N, C, h, w): x_{t_0} (noise) .. x_{t_K} (the sample)
+    log_probs: torch.Tensor  # (K - 1, N): log N(x_{t_{k+1}}; mu, sigma^2) summed over the latent
+    reference_means: torch.Tensor | None  # (K - 1, N, C, h, w), or None without a KL term
+
+    @property
+    def samples(self) -> torch.Tensor:
+        return self.latents[-1]
+
+
+def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: float) -> torch.Tensor:
+    """log N(x; mean, std^2 I) of each row (N, ...) -> (N,), summed over the other dimensions."""
+    d = x[0].numel()
+    return (-((x - mean) ** 2).flatten(1).sum(1) / (2 * std**2) - d * (math.log(std) + 0.5 * math.log(2 * math.pi)))
+
+
+class ImagePolicy:
+    """Sampling and step densities of a diffusion run's text-to-image path."""
+
+    def __init__(self, model, tokenizer, autoencoder, cfg, steps: int | None = None, guidance: float | None = None):
+        if cfg.image.objective != "diffusion" or cfg.diffusion.objective != "ddpm":
+            raise ValueError(f"post-training samples with DDPM's posterior: it needs a run with image.objective=diffusion "
+                             f"and diffusion.objective=ddpm (this one: {cfg.image.objective}, {cfg.diffusion.objective})")
+        self.tokenizer, self.autoencoder = tokenizer, autoencoder
+        self.num_patches = model.num_patches
+        self.diffusion = Diffusion(cfg.diffusion.timesteps, cfg.diffusion.schedule)
+        pt = cfg.posttrain
+        self.steps = steps or pt.sample_steps
+        self.guidance = pt.guidance if guidance is None else guidance
+        T = self.diffusion.T
+        if T % self.steps:
+            raise ValueError(f"posttrain.sample_steps={self.steps} must divide diffusion.timesteps={T}")
+        self.timesteps = [T - k * (T // self.steps) for k in range(self.steps)] + [0]  # t_0 = T .. t_K = 0
+        self.clip = resolve_clip(cfg.sampling.clip_sample, autoencoder)
+        self.shape = autoencoder.latent_shape(cfg.image.size, cfg.image.size)
+
+    # ---------------------------------------------------------------- the model's inputs
+    def rows(self, captions: list[str], device) -> Rows:
+        """The conditional rows, then with guidance the unconditional ones (``<bos> <boi>``)."""
+        branches = [[Text(c)] for c in captions] + ([[]] * len(captions) if self.guidance != 1 else [])
+        placeholder = Image(torch.zeros(3, 1, 1))  # layout places the latent given beside it
+        layouts = [layout([*segments, placeholder], [torch.zeros(self.shape)], [self.diffusion.T], self.tokenizer,
+                          self.num_patches, close=False) for segments in branches]
+        batch, _ = pack(layouts, len(layouts), max(len(lay.ids) for lay in layouts), self.tokenizer.pad_id,
+                        one_per_row=True)
+        batch = batch.to(device)
+        return Rows(batch.tokens, batch.positions, batch.doc_ids, batch.image_ids, torch.stack(batch.index))
+
+    def noise(self, model, rows: Rows, x: torch.Tensor, t: int) -> torch.Tensor:
+        """The (guided) noise prediction (N, C, h, w) at latents ``x`` and timestep ``t``."""
+        k = 2 if self.guidance != 1 else 1
+        n = len(x)
+        times = torch.full((k * n,), t, dtype=torch.long, device=x.device)
+        _, (eps,) = model(rows.tokens, rows.positions, rows.doc_ids, rows.image_ids,
+                          [ImageGroup(x.repeat(k, 1, 1, 1), times, rows.index)])
+        if k == 1:
+            return eps
+        conditional, unconditional = eps.split(n)
+        return unconditional + self.guidance * (conditional - unconditional)
+
+    # ---------------------------------------------------------------- the sampler
+    def distribution(self, eps: torch.Tensor, x: torch.Tensor, k: int) -> tuple[torch.Tensor, float]:
+        """Mean (N, C, h, w) and standard deviation of step k's posterior, from noise prediction ``eps``."""
+        ab = self.diffusion.alpha_bar
+        t, s = self.timesteps[k], self.timesteps[k + 1]
+        a_t, a_s = ab[t].item(), ab[s].item()
+        if self.clip > 0:
+            eps = clip_noise(eps, x, a_t, self.clip)
+        x0 = (x - (1 - a_t) ** 0.5 * eps) / a_t**0.5
+        beta = 1 - a_t / a_s
+        mean = (a_s**0.5 * beta / (1 - a_t)) * x0 + ((a_t / a_s) ** 0.5 * (1 - a_s) / (1 - a_t)) * x
+        return mean, ((1 - a_s) / (1 - a_t) * beta) ** 0.5
+
+    @torch.no_grad()
+    def rollout(self, model, captions: list[str], generator: torch.Generator | None = None,
+                reference=None) -> Rollout:
+        """One image per caption (repeat a caption for a group), sampled by ``model``;
+        ``reference``: a model (or a context manager's model) whose means are kept for the KL term."""
+        device = next(model.parameters()).device
+        rows = self.rows(captions, device)
+        x = randn((len(captions), *self.shape), generator).to(device)
+        latents, log_probs, reference_means = [x], [], []
+        for k in range(self.steps):
+            mean, std = self.distribution(self.noise(model, rows, x, self.timesteps[k]).float(), x, k)
+            if std == 0:
+                x = mean
+            else:
+                x = mean + std * randn(tuple(x.shape), generator).to(device)
+                log_probs.append(gaussian_log_prob(x, mean, std))
+                if reference is not None:
+                    reference_means.append(self.distribution(
+                        self.noise(reference, rows, latents[-1], self.timesteps[k]).float(), latents[-1], k)[0])
+            latents.append(x)
+        return Rollout(list(captions), torch.stack(latents), torch.stack(log_probs),
+                       torch.stack(reference_means) if reference_means else None)
+
+    def step(self, model, rollout: Rollout, k: int, rows: Rows | None = None):
+        """Step k's log-probability (N,) of what the rollout drew, under ``model`` (with its
+        gradient), with the step's mean and standard deviation."""
+        x = rollout.latents[k]
+        rows = rows if rows is not None else self.rows(rollout.captions, x.device)
+        mean, std = self.distribution(self.noise(model, rows, x, self.timesteps[k]).float(), x, k)
+        return gaussian_log_prob(rollout.latents[k + 1], mean, std), mean, std
+
+    def pixels(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents (N, C, h, w) -> images (N, 3, H, W) in [-1, 1]."""
+        with torch.no_grad():
+            return self.autoencoder.decode(latents).clamp(-1, 1)

@@ -107,22 +107,22 @@ def inline_commands() -> list[tuple[str, list[str]]]:
 
 # ---------------------------------------------------------------- (a) commands and flags
 class _Captured(Exception):
-    def __init__(self, parser: argparse.ArgumentParser):
-        self.parser = parser
+    def __init__(self, parser: argparse.ArgumentParser, parse):
+        self.parser, self.parse = parser, parse
 
 
 @pytest.fixture
 def parser_of(monkeypatch):
-    """argv -> (the argparse parser the CLI builds for it, the real ``parse_args``). The command's
-    own function runs up to its ``parse_args`` call, which is stopped there."""
+    """argv -> (the argparse parser the CLI builds for it, the real ``parse_args`` or
+    ``parse_intermixed_args``, whichever the command calls). The command's own function runs up
+    to that call, which is stopped there."""
     from transfusion import cli
 
-    real = argparse.ArgumentParser.parse_args
+    for name in ("parse_args", "parse_intermixed_args"):
+        def capture(self, args=None, namespace=None, real=getattr(argparse.ArgumentParser, name)):
+            raise _Captured(self, real)
 
-    def capture(self, args=None, namespace=None):
-        raise _Captured(self)
-
-    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", capture)
+        monkeypatch.setattr(argparse.ArgumentParser, name, capture)
     cache: dict = {}
 
     def get(argv: list[str]):
@@ -133,12 +133,12 @@ def parser_of(monkeypatch):
             try:
                 cli.COMMANDS[argv[0]](list(argv[1:]))
             except _Captured as done:
-                cache[key] = done.parser
+                cache[key] = done.parser, done.parse
             except SystemExit as err:
                 raise AssertionError(f"`transfusion {' '.join(argv)}`: {err}") from None
             else:
                 raise AssertionError(f"`transfusion {argv[0]}` built no argument parser")
-        return cache[key], real
+        return cache[key]
 
     return get
 

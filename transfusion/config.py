@@ -182,14 +182,12 @@ class OptimConfig:
 
 @dataclass
 class LoraConfig:
-    """Low-rank adapters (Hu et al. 2021, arXiv 2106.09685) through peft: with ``rank`` > 0 only the
-    adapters train, and a run's checkpoints hold them alone (``transfusion/model/lora.py``)."""
+    """LoRA adapters through peft: with ``rank`` > 0 only they train and are saved (``model/lora.py``)."""
 
     rank: int = recipe(0)  # 0: off (every weight trains)
     alpha: float = recipe(16.0)  # the update is scaled by alpha / rank
     dropout: float = recipe(0.0)  # on an adapter's input
-    # which layers get one: the trunk's attention (q/k/v and output) and MLP projections, the image layers
-    # (the linear and U-Net adapters' linear and convolution layers)
+    # which layers get one: the trunk's attention (q/k/v, output) and MLP, the image layers (linear and conv)
     modules: list[Literal["attention", "mlp", "image"]] = recipe(factory=lambda: ["attention", "mlp"])
     modality: Literal["both", "text", "image"] = recipe("both")  # under model.mot: which copy of each trunk layer
 
@@ -225,9 +223,7 @@ class TrainConfig:
 
 @dataclass
 class PosttrainConfig:
-    """Group-relative policy optimisation on the image path (``transfusion posttrain``): prompts
-    sampled in groups with a stochastic sampler whose step log-probabilities are exact, scored
-    by a reward, and the model moved towards the better samples of each group."""
+    """GRPO on the image path, towards an exact reward (``transfusion posttrain``, ``posttrain/grpo.py``)."""
 
     reward: str = recipe("shapes")  # shapes | shapes_exact | digits | python:module.function
     prompts: int = recipe(8)  # prompts per update
@@ -457,20 +453,19 @@ def validate(cfg: Config) -> None:
     if t.grad_accum < 1 or not 0 <= t.ema_decay < 1:
         raise ValueError(f"train.grad_accum={t.grad_accum} must be >= 1 and train.ema_decay={t.ema_decay} in [0, 1)")
     lo = t.lora
-    if lo.rank < 0 or lo.alpha <= 0 or not 0 <= lo.dropout < 1 or (lo.rank and not lo.modules):
-        raise ValueError(f"train.lora: rank={lo.rank} must be >= 0 (0: off), alpha={lo.alpha} positive, "
-                         f"dropout={lo.dropout} in [0, 1) and modules={lo.modules} not empty")
-    if lo.rank and not (t.init_from or m.init_from):
-        raise ValueError("train.lora adapts a trained model: name it with train.init_from (a run or checkpoint) "
-                         "or model.init_from (a pretrained language model)")
-    if lo.rank and m.init_from and not t.init_from and cfg.image.objective != "diffusion":
-        raise ValueError("train.lora from a pretrained language model needs image.objective=diffusion (the image "
-                         "codes' rows of the embedding would start untrained and stay frozen)")
-    if lo.rank and m.freeze_text:
-        raise ValueError("train.lora freezes every weight but the adapters: drop model.freeze_text")
-    if lo.rank and lo.modality != "both" and not m.mot:
-        raise ValueError(f"train.lora.modality={lo.modality} picks one copy of a Mixture-of-Transformers trunk: "
-                         "it needs model.mot=true")
+    lora_rules = [  # (broken, why)
+        (lo.rank < 0 or lo.alpha <= 0 or not 0 <= lo.dropout < 1 or (lo.rank and not lo.modules),
+         f"rank={lo.rank} must be >= 0 (0: off), alpha={lo.alpha} positive, dropout in [0, 1), modules not empty"),
+        (lo.rank and not (t.init_from or m.init_from), "it adapts a trained model: name it with train.init_from (a "
+         "run or checkpoint) or model.init_from (a pretrained language model)"),
+        (lo.rank and m.init_from and not t.init_from and cfg.image.objective != "diffusion", "from a pretrained "
+         "language model it needs image.objective=diffusion (the image codes' rows would stay untrained)"),
+        (lo.rank and m.freeze_text, "it freezes every weight but the adapters: drop model.freeze_text"),
+        (lo.rank and lo.modality != "both" and not m.mot, f"modality={lo.modality} picks one copy of a "
+         "Mixture-of-Transformers trunk: it needs model.mot=true")]
+    for broken, why in lora_rules:
+        if broken:
+            raise ValueError(f"train.lora: {why}")
     pt = cfg.posttrain
     if min(pt.prompts, pt.group - 1, pt.steps, pt.sample_steps, pt.inner_epochs) < 1 or not (
             0 < pt.timestep_fraction <= 1 and pt.clip_range > 0 and pt.kl >= 0 and pt.lr > 0 and pt.guidance >= 1):

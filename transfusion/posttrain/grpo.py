@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from torch.distributed.checkpoint.state_dict import get_state_dict
 from tqdm import tqdm
 
 from transfusion.checkpoint import list_checkpoints, load_checkpoint, resolve_checkpoint
@@ -83,8 +84,10 @@ class Posttrainer:
         pt = cfg.posttrain
         if cfg.train.lora.rank:
             add_lora(self.model, cfg.train.lora, base=str(start))
-        else:
+        else:  # the trunk and the image layers; the token embedding and LM head keep the text as it was
             self.model.requires_grad_(True)
+            self.model.token_embed.requires_grad_(False)
+            self.model.lm_head.requires_grad_(False)
         self.reference = None
         if pt.kl > 0:  # the starting model: the adapters switched off, or a frozen copy
             self.reference = self.model if has_lora(self.model) else copy.deepcopy(self.model).requires_grad_(False)
@@ -92,6 +95,8 @@ class Posttrainer:
         self.reward = load_reward(pt.reward)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=pt.lr, betas=(0.9, 0.999), weight_decay=0.0)
+        get_state_dict(self.model, self.optimizer)  # gives every parameter its optimizer state (at lr 0), as a
+        # resumed run's has: a layer the image path never reaches (an edit's reference input) has none otherwise
         self.samples_drawn = 0
 
     def rollout(self, captions: list[str], generator: torch.Generator) -> Rollout:

@@ -1,0 +1,161 @@
+"""Post-training with GRPO (``transfusion/posttrain``): exact step log-probabilities, the update's
+direction, and runs that resume exactly."""
+
+import json
+import math
+import shutil
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from transfusion.checkpoint import load_checkpoint
+from transfusion.cli import COMMANDS
+from transfusion.config import load_config
+from transfusion.posttrain.grpo import Posttrainer, group_advantages, start_config
+from transfusion.posttrain.policy import ImagePolicy, gaussian_log_prob
+from transfusion.posttrain.rewards import load_reward, score_all
+from transfusion.samplers import sample
+
+SMALL = ["posttrain.prompts=2", "posttrain.group=4", "posttrain.sample_steps=10", "posttrain.eval_prompts=4"]
+
+
+@pytest.fixture
+def policy(debug_run):
+    loaded = load_checkpoint(debug_run)
+    cfg = load_config(files=[loaded.path / "config.yaml"], overrides=["posttrain.sample_steps=10"])
+    return loaded, ImagePolicy(loaded.model, loaded.tokenizer, loaded.autoencoder, cfg)
+
+
+def test_the_policy_samples_what_the_library_s_ddpm_sampler_samples(policy):
+    """Same noise, same steps: the rollout is the ``ddpm`` sampler's trajectory (diffusers' DDPM
+    step, posterior variance beta_tilde), so its log-probabilities are those of that sampler."""
+    loaded, pol = policy
+    captions = ["a small red circle at the top", "a big blue square on the left"]
+    rollout = pol.rollout(loaded.model, captions, torch.Generator().manual_seed(3))
+    rows = pol.rows(captions, "cpu")
+    with torch.no_grad():
+        reference = sample(lambda x, t: pol.noise(loaded.model, rows, x, int(t[0])), (2, *pol.shape), pol.diffusion,
+                           "ddpm", 10, torch.Generator().manual_seed(3), clip=pol.clip)
+    torch.testing.assert_close(rollout.samples, reference, rtol=1e-4, atol=1e-4)
+    assert rollout.log_probs.shape == (9, 2)  # the last step (to t = 0) is deterministic
+
+
+def test_a_step_s_log_probability_is_its_gaussian_density_and_its_gradient_checks(policy):
+    loaded, pol = policy
+    captions = ["a small red circle at the top"]
+    rollout = pol.rollout(loaded.model, captions, torch.Generator().manual_seed(0))
+    k = 4
+    log_prob, mean, std = pol.step(loaded.model, rollout, k)
+    normal = torch.distributions.Normal(mean.detach(), std)
+    expected = normal.log_prob(rollout.latents[k + 1]).flatten(1).sum(1)
+    torch.testing.assert_close(log_prob.detach(), expected, rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(log_prob.detach(), rollout.log_probs[k], rtol=1e-5, atol=1e-3)  # as sampled
+    draws = torch.stack([mean.detach() + std * torch.randn_like(mean) for _ in range(400)])[:, 0]
+    entropy = 0.5 * mean[0].numel() * math.log(2 * math.pi * math.e * std**2)
+    mean_nll = -gaussian_log_prob(draws, mean.detach().expand_as(draws), std).mean()
+    assert abs(mean_nll.item() - entropy) < 0.02 * abs(entropy) + 1  # a Monte Carlo check of the density
+    # the gradient that GRPO follows, against a finite difference in one weight
+    weight = loaded.model.image.proj_out.bias if hasattr(loaded.model.image, "proj_out") else None
+    assert weight is not None
+    weight.requires_grad_(True)
+    loaded.model.zero_grad()
+    pol.step(loaded.model, rollout, k)[0].sum().backward()
+    h = 1e-3
+    with torch.no_grad():
+        weight[0] += h
+        up = pol.step(loaded.model, rollout, k)[0].sum()
+        weight[0] -= 2 * h
+        down = pol.step(loaded.model, rollout, k)[0].sum()
+        weight[0] += h
+    assert weight.grad[0].item() == pytest.approx(((up - down) / (2 * h)).item(), rel=0.05, abs=0.05)
+
+
+def test_group_advantages_rank_samples_within_their_caption():
+    adv = group_advantages(torch.tensor([1.0, 0.0, 0.5, 0.5, 0.2, 0.2, 0.2, 0.2]), 4)
+    assert adv[0] > adv[2] > adv[1] and torch.allclose(adv[4:], torch.zeros(4))  # a tied group teaches nothing
+    assert abs(adv[:4].sum().item()) < 1e-5
+
+
+def test_rewards_are_checked_and_user_rewards_load_by_module_path(tmp_path, monkeypatch):
+    (tmp_path / "my_rewards.py").write_text("def red(caption, pixels):\n    return float((pixels[0] > 0).float().mean())\n"
+                                            "def broken(caption, pixels):\n    return 2.0\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    images = torch.zeros(2, 3, 16, 16)
+    images[0, 0] = 1.0
+    assert score_all(load_reward("python:my_rewards.red"), ["a", "b"], images).tolist() == [1.0, 0.0]
+    with pytest.raises(ValueError, match="must be a number in"):
+        score_all(load_reward("python:my_rewards.broken"), ["a"], images[:1])
+    for spec in ("nonsense", "python:no_such_module.f", "python:my_rewards.missing"):
+        with pytest.raises(ValueError):
+            load_reward(spec)
+    assert 0 <= load_reward("shapes")("a small red circle at the top", images[0]) <= 1
+    sys.modules.pop("my_rewards", None)
+
+
+def _trainer(debug_run, tmp_path, *overrides):
+    cfg, ckpt = start_config(debug_run, [*SMALL, *overrides])
+    return Posttrainer(cfg, ckpt, tmp_path)
+
+
+def test_zero_advantage_leaves_the_weights_unchanged(debug_run, tmp_path, monkeypatch):
+    trainer = _trainer(debug_run, tmp_path, "posttrain.lr=1e-2", "posttrain.kl=0.1")
+    monkeypatch.setattr(trainer, "reward", lambda caption, pixels: 0.5)  # every sample as good as its group
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    for step in range(2):
+        trainer.update(step)
+    assert all(torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
+
+
+def redness(caption, pixels):
+    """A reward that prefers red: how much more red the image holds than green and blue."""
+    return float(((pixels[0] - pixels[1:].mean(0)).mean() / 2 + 0.5).clamp(0, 1))
+
+
+@pytest.mark.parametrize("lora", [[], ["train.lora.rank=8", "train.lora.modules=[attention,mlp,image]"]],
+                         ids=["full", "lora"])
+def test_a_reward_that_prefers_red_makes_the_images_redder(debug_run, tmp_path, monkeypatch, lora):
+    trainer = _trainer(debug_run, tmp_path, "posttrain.lr=3e-3" if lora else "posttrain.lr=1e-3", "posttrain.kl=0",
+                       "posttrain.group=8", *lora)
+    monkeypatch.setattr(trainer, "reward", redness)
+    captions = ["a small red circle at the top", "a big blue square on the left"] * 4
+
+    def held_out():
+        rollout = trainer.policy.rollout(trainer.model, captions, torch.Generator().manual_seed(99))
+        return score_all(redness, captions, trainer.policy.pixels(rollout.samples)).mean().item()
+
+    before = held_out()
+    for step in range(8):
+        trainer.update(step)
+    after = held_out()
+    assert after > before + 0.02, (before, after)
+
+
+def test_posttrain_resumes_exactly_and_leaves_a_loadable_run(debug_run, tmp_path):
+    args = [*SMALL, "posttrain.lr=1e-3", "train.checkpoint_every=2", "train.keep_checkpoints=0"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    COMMANDS["posttrain"]([str(debug_run), "--out", str(straight), *args, "posttrain.steps=4"])
+    COMMANDS["posttrain"]([str(debug_run), "--out", str(resumed), *args, "posttrain.steps=2"])
+    COMMANDS["posttrain"]([str(debug_run), "--out", str(resumed), *args, "posttrain.steps=4"])
+    a = load_file(straight / "checkpoints" / "step_000004" / "model.safetensors")
+    b = load_file(resumed / "checkpoints" / "step_000004" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    rows = [json.loads(line) for line in (resumed / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "reward" in r] == [1, 2, 3, 4]
+    assert (resumed / "samples" / "step_000004.png").is_file()
+    assert load_checkpoint(resumed).step == 4
+    shutil.rmtree(straight)
+
+
+def test_posttrain_with_lora_saves_adapters_on_its_start_and_measures_the_kl(debug_run, tmp_path):
+    out = tmp_path / "lora"
+    COMMANDS["posttrain"]([str(debug_run), "--out", str(out), "--reward", "shapes", *SMALL, "posttrain.steps=2",
+                           "posttrain.lr=1e-2", "posttrain.kl=0.1", "train.lora.rank=4"])
+    ckpt = out / "checkpoints" / "step_000002"
+    assert (ckpt / "adapter_model.safetensors").is_file() and not (ckpt / "model.safetensors").exists()
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    updates = [r for r in rows if "reward" in r]
+    assert updates[0]["kl"] == 0 and updates[1]["kl"] > 0  # the adapters start at the reference, then leave it
+    start, tuned = load_checkpoint(debug_run).model.state_dict(), load_checkpoint(out).model.state_dict()
+    assert any(not torch.equal(start[k], tuned[k]) for k in start)

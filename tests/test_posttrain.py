@@ -159,3 +159,32 @@ def test_posttrain_with_lora_saves_adapters_on_its_start_and_measures_the_kl(deb
     assert updates[0]["kl"] == 0 and updates[1]["kl"] > 0  # the adapters start at the reference, then leave it
     start, tuned = load_checkpoint(debug_run).model.state_dict(), load_checkpoint(out).model.state_dict()
     assert any(not torch.equal(start[k], tuned[k]) for k in start)
+
+
+def test_a_flow_run_samples_the_sde_of_its_flow_and_without_noise_its_euler_steps(tmp_path):
+    """Flow-GRPO's SDE: with noise scale 0 it is the run's Euler sampler; with noise, each
+    step's log-probability is its Gaussian density and the samples still land near the ODE's."""
+    from transfusion.autoencoders import IdentityAutoencoder
+    from transfusion.model.transfusion import Transfusion
+    from transfusion.tokenizer import ByteTokenizer
+
+    tok, ae = ByteTokenizer(), IdentityAutoencoder()
+    cfg = load_config("debug", overrides=["diffusion.objective=flow", "sampling.sampler=euler",
+                                          "posttrain.sample_steps=8", "posttrain.flow_noise=0"])
+    model = Transfusion.build(cfg.model, cfg.image, tok, ae).eval()
+    pol = ImagePolicy(model, tok, ae, cfg)
+    captions = ["a small red circle at the top", "a big blue square on the left"]
+    ode = pol.rollout(model, captions, torch.Generator().manual_seed(5))
+    rows = pol.rows(captions, "cpu")
+    with torch.no_grad():
+        euler = sample(lambda x, t: pol.noise(model, rows, x, float(t[0]) / pol.diffusion.T), (2, *pol.shape),
+                       pol.diffusion, "euler", 8, torch.Generator().manual_seed(5), clip=pol.clip)
+    torch.testing.assert_close(ode.samples, euler, rtol=1e-3, atol=1e-3)
+
+    noisy = ImagePolicy(model, tok, ae, load_config("debug", overrides=[
+        "diffusion.objective=flow", "sampling.sampler=euler", "posttrain.sample_steps=8"]))
+    rollout = noisy.rollout(model, captions, torch.Generator().manual_seed(5))
+    assert rollout.log_probs.shape == (7, 2)
+    log_prob, mean, std = noisy.step(model, rollout, 3)
+    expected = torch.distributions.Normal(mean, std).log_prob(rollout.latents[4]).flatten(1).sum(1)
+    torch.testing.assert_close(log_prob, expected, rtol=1e-5, atol=1e-3)

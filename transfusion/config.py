@@ -231,6 +231,7 @@ class PosttrainConfig:
     steps: int = execution(100)  # updates
     sample_steps: int = recipe(20)  # denoising steps of the sampler (ancestral DDPM posterior, strided)
     guidance: float = recipe(1.0)  # classifier-free guidance while sampling (1: off)
+    flow_noise: float = recipe(0.7)  # a flow run's SDE noise scale a (Flow-GRPO's; 0: the Euler ODE)
     clip_range: float = recipe(0.2)  # PPO's ratio clip
     kl: float = recipe(0.01)  # weight of the KL to the starting model, per denoising step
     lr: float = recipe(1e-5)
@@ -468,9 +469,9 @@ def validate(cfg: Config) -> None:
             raise ValueError(f"train.lora: {why}")
     pt = cfg.posttrain
     if min(pt.prompts, pt.group - 1, pt.steps, pt.sample_steps, pt.inner_epochs) < 1 or not (
-            0 < pt.timestep_fraction <= 1 and pt.clip_range > 0 and pt.kl >= 0 and pt.lr > 0 and pt.guidance >= 1):
+            0 < pt.timestep_fraction <= 1 and pt.clip_range > 0 and min(pt.kl, pt.flow_noise) >= 0 and pt.lr > 0 and pt.guidance >= 1):
         raise ValueError(f"posttrain: prompts, steps, sample_steps and inner_epochs must be >= 1, group >= 2 (advantages "
-                         f"compare a group's samples), timestep_fraction in (0, 1], clip_range and lr positive, kl >= 0 "
+                         f"compare a group's samples), timestep_fraction in (0, 1], clip_range and lr positive, kl and flow_noise >= 0 "
                          f"and guidance >= 1; got {pt}")
     shares = (cfg.data.text_fraction, cfg.data.interleaved_fraction, cfg.data.edit_fraction)
     if not all(0 <= f <= 1 for f in shares) or sum(shares) > 1:

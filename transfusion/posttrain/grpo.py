@@ -92,6 +92,8 @@ class Posttrainer:
         if pt.kl > 0:  # the starting model: the adapters switched off, or a frozen copy
             self.reference = self.model if has_lora(self.model) else copy.deepcopy(self.model).requires_grad_(False)
         self.policy = ImagePolicy(self.model, self.tokenizer, self.autoencoder, cfg)
+        if self.policy.flow and pt.flow_noise <= 0:
+            raise ValueError("posttrain.flow_noise=0 samples the flow's ODE: no step has a log-probability to train on")
         self.reward = load_reward(pt.reward)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=pt.lr, betas=(0.9, 0.999), weight_decay=0.0)

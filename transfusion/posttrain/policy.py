@@ -17,6 +17,15 @@ the noise prediction when asked. It is the library's ``ddpm`` sampler with K ste
 diffusers DDPM step, posterior variance "fixed_small"). The last step (s = 0) has sigma = 0: it
 is the deterministic x0_hat and carries no log-probability, so K - 1 steps are trained on.
 
+A flow-matching run (x_t = (1 - t) x0 + t eps, velocity v = eps - x0) samples the SDE that
+shares the flow ODE's marginals (Flow-GRPO, Liu et al. 2025, arXiv 2505.05470): from t to
+s = t - h (times shifted as the run samples),
+
+    x_s ~ N(x_t - h [v + sigma_t^2 / (2 t) (x_t + (1 - t) v)], sigma_t^2 h I),
+    sigma_t = a sqrt(t / (1 - t))     (a: ``posttrain.flow_noise``; at t = 1 the next time's),
+
+which with a = 0 is the Euler step of the ODE; the last step lands on x0_hat = x_t - t v.
+
 The model reads each caption as training showed it, ``<bos> caption <boi> patches``, and the
 unconditional branch ``<bos> <boi> patches``, every patch of the image at once.
 """
@@ -31,9 +40,9 @@ import torch
 from transfusion.batch import ImageGroup
 from transfusion.data.document import Image, Text
 from transfusion.data.packing import layout, pack
-from transfusion.diffusion import Diffusion, randn
+from transfusion.diffusion import Flow, noise_process, randn, shift_timesteps
 from transfusion.engine.settings import resolve_clip
-from transfusion.samplers import clip_noise
+from transfusion.samplers import clip_noise, clip_velocity
 
 
 @dataclass
@@ -74,21 +83,27 @@ class ImagePolicy:
     """Sampling and step densities of a diffusion run's text-to-image path."""
 
     def __init__(self, model, tokenizer, autoencoder, cfg, steps: int | None = None, guidance: float | None = None):
-        if cfg.image.objective != "diffusion" or cfg.diffusion.objective != "ddpm":
-            raise ValueError(f"post-training samples with DDPM's posterior: it needs a run with image.objective=diffusion "
-                             f"and diffusion.objective=ddpm (this one: {cfg.image.objective}, {cfg.diffusion.objective})")
+        if cfg.image.objective != "diffusion":
+            raise ValueError("post-training samples images by diffusion: it needs a run with image.objective=diffusion")
         self.tokenizer, self.autoencoder = tokenizer, autoencoder
         self.num_patches = model.num_patches
-        self.diffusion = Diffusion(cfg.diffusion.timesteps, cfg.diffusion.schedule)
+        self.diffusion = noise_process(cfg.diffusion)
+        self.flow = isinstance(self.diffusion, Flow)
         pt = cfg.posttrain
         self.steps = steps or pt.sample_steps
         self.guidance = pt.guidance if guidance is None else guidance
-        T = self.diffusion.T
-        if T % self.steps:
-            raise ValueError(f"posttrain.sample_steps={self.steps} must divide diffusion.timesteps={T}")
-        self.timesteps = [T - k * (T // self.steps) for k in range(self.steps)] + [0]  # t_0 = T .. t_K = 0
+        self.flow_noise = pt.flow_noise
         self.clip = resolve_clip(cfg.sampling.clip_sample, autoencoder)
         self.shape = autoencoder.latent_shape(cfg.image.size, cfg.image.size)
+        T = self.diffusion.T
+        if self.flow:  # times in [0, 1] as the run's Euler sampler takes them: 1 .. 1 / T evenly, shifted, then 0
+            shift = self.diffusion.shift(math.prod(self.shape))
+            even = torch.linspace(1, 1 / T, self.steps, dtype=torch.float64)
+            self.timesteps = [float(u) for u in shift_timesteps(even, shift)] + [0.0]
+        else:
+            if T % self.steps:
+                raise ValueError(f"posttrain.sample_steps={self.steps} must divide diffusion.timesteps={T}")
+            self.timesteps = [T - k * (T // self.steps) for k in range(self.steps)] + [0]  # t_0 = T .. t_K = 0
 
     # ---------------------------------------------------------------- the model's inputs
     def rows(self, captions: list[str], device) -> Rows:
@@ -102,11 +117,15 @@ class ImagePolicy:
         batch = batch.to(device)
         return Rows(batch.tokens, batch.positions, batch.doc_ids, batch.image_ids, torch.stack(batch.index))
 
-    def noise(self, model, rows: Rows, x: torch.Tensor, t: int) -> torch.Tensor:
-        """The (guided) noise prediction (N, C, h, w) at latents ``x`` and timestep ``t``."""
+    def noise(self, model, rows: Rows, x: torch.Tensor, t) -> torch.Tensor:
+        """The (guided) prediction (N, C, h, w), noise or velocity, at latents ``x`` and time ``t``
+        (a timestep 1..T, or for a flow a time in [0, 1])."""
         k = 2 if self.guidance != 1 else 1
         n = len(x)
-        times = torch.full((k * n,), t, dtype=torch.long, device=x.device)
+        if self.flow:
+            times = torch.full((k * n,), t * self.diffusion.T, dtype=torch.float32, device=x.device)
+        else:
+            times = torch.full((k * n,), t, dtype=torch.long, device=x.device)
         _, (eps,) = model(rows.tokens, rows.positions, rows.doc_ids, rows.image_ids,
                           [ImageGroup(x.repeat(k, 1, 1, 1), times, rows.index)])
         if k == 1:
@@ -116,7 +135,10 @@ class ImagePolicy:
 
     # ---------------------------------------------------------------- the sampler
     def distribution(self, eps: torch.Tensor, x: torch.Tensor, k: int) -> tuple[torch.Tensor, float]:
-        """Mean (N, C, h, w) and standard deviation of step k's posterior, from noise prediction ``eps``."""
+        """Mean (N, C, h, w) and standard deviation of step k's posterior, from the model's
+        prediction ``eps`` (noise; a flow's velocity)."""
+        if self.flow:
+            return self._flow_distribution(eps, x, k)
         ab = self.diffusion.alpha_bar
         t, s = self.timesteps[k], self.timesteps[k + 1]
         a_t, a_s = ab[t].item(), ab[s].item()
@@ -126,6 +148,16 @@ class ImagePolicy:
         beta = 1 - a_t / a_s
         mean = (a_s**0.5 * beta / (1 - a_t)) * x0 + ((a_t / a_s) ** 0.5 * (1 - a_s) / (1 - a_t)) * x
         return mean, ((1 - a_s) / (1 - a_t) * beta) ** 0.5
+
+    def _flow_distribution(self, v: torch.Tensor, x: torch.Tensor, k: int) -> tuple[torch.Tensor, float]:
+        t, s = self.timesteps[k], self.timesteps[k + 1]
+        if self.clip > 0:
+            v = clip_velocity(v, x, t, self.clip)
+        if s == 0:
+            return x - t * v, 0.0
+        h = t - s
+        sigma = self.flow_noise * (t / (1 - min(t, self.timesteps[1]))) ** 0.5
+        return x - h * (v + sigma**2 / (2 * t) * (x + (1 - t) * v)), sigma * h**0.5
 
     @torch.no_grad()
     def rollout(self, model, captions: list[str], generator: torch.Generator | None = None,
@@ -147,7 +179,8 @@ class ImagePolicy:
                     reference_means.append(self.distribution(
                         self.noise(reference, rows, latents[-1], self.timesteps[k]).float(), latents[-1], k)[0])
             latents.append(x)
-        return Rollout(list(captions), torch.stack(latents), torch.stack(log_probs),
+        log_probs = torch.stack(log_probs) if log_probs else torch.zeros(0, len(captions), device=device)
+        return Rollout(list(captions), torch.stack(latents), log_probs,
                        torch.stack(reference_means) if reference_means else None)
 
     def step(self, model, rollout: Rollout, k: int, rows: Rows | None = None):

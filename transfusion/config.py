@@ -211,8 +211,7 @@ class TrainConfig:
     precision: Literal["fp32", "bf16"] = execution("fp32")  # bf16: autocast (on CUDA)
     activation_checkpointing: bool = execution(False)  # recompute each block in backward: less memory, ~1/3 more
     ema_decay: float = recipe(0.0)  # > 0: keep an EMA of the weights (sharded like them), saved as ema.safetensors
-    # the EMA's decay at step t is min(ema_decay, (1 + t) / (10 + t)): it averages about the last tenth of
-    # a short run instead of keeping the random start in the mean (0.999^2000 = 14% of it, without)
+    # decay min(ema_decay, (1 + t) / (10 + t)) at step t: about the last tenth of a short run, not its random start
     ema_warmup: bool = recipe(False)
     # fine-tuning: a run or checkpoint folder whose weights start this run (a new optimizer and schedule); its
     # architecture fields (model.*, image.*, autoencoder.*, the diffusion process), tokenizer and autoencoder
@@ -468,11 +467,11 @@ def validate(cfg: Config) -> None:
         if broken:
             raise ValueError(f"train.lora: {why}")
     pt = cfg.posttrain
-    if min(pt.prompts, pt.group - 1, pt.steps, pt.sample_steps, pt.inner_epochs) < 1 or not (
-            0 < pt.timestep_fraction <= 1 and pt.clip_range > 0 and min(pt.kl, pt.flow_noise) >= 0 and pt.lr > 0 and pt.guidance >= 1):
-        raise ValueError(f"posttrain: prompts, steps, sample_steps and inner_epochs must be >= 1, group >= 2 (advantages "
-                         f"compare a group's samples), timestep_fraction in (0, 1], clip_range and lr positive, kl and flow_noise >= 0 "
-                         f"and guidance >= 1; got {pt}")
+    counts = min(pt.prompts, pt.group - 1, pt.steps, pt.sample_steps, pt.inner_epochs)
+    if not (counts >= 1 and 0 < pt.timestep_fraction <= 1 and min(pt.kl, pt.flow_noise) >= 0 and pt.clip_range > 0
+            and pt.lr > 0 and pt.guidance >= 1):
+        raise ValueError("posttrain: prompts, steps, sample_steps, inner_epochs >= 1, group >= 2 (advantages compare a "
+                         f"group), timestep_fraction in (0, 1], kl, flow_noise >= 0, clip_range, lr > 0, guidance >= 1: {pt}")
     shares = (cfg.data.text_fraction, cfg.data.interleaved_fraction, cfg.data.edit_fraction)
     if not all(0 <= f <= 1 for f in shares) or sum(shares) > 1:
         raise ValueError(f"data.text_fraction, data.interleaved_fraction and data.edit_fraction must be in [0, 1] "

@@ -188,3 +188,56 @@ def test_a_flow_run_samples_the_sde_of_its_flow_and_without_noise_its_euler_step
     log_prob, mean, std = noisy.step(model, rollout, 3)
     expected = torch.distributions.Normal(mean, std).log_prob(rollout.latents[4]).flatten(1).sum(1)
     torch.testing.assert_close(log_prob, expected, rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.parametrize("reference", [False, True], ids=["sequence", "edit_reference"])
+def test_an_edit_prompt_reads_its_source(reference):
+    """An edit's rows hold the clean source before the instruction (and, with
+    image.edit_reference, at the image layers): another source changes the prediction."""
+    from transfusion.autoencoders import IdentityAutoencoder
+    from transfusion.model.transfusion import Transfusion
+    from transfusion.posttrain.policy import Prompt
+    from transfusion.tokenizer import ByteTokenizer
+
+    tok, ae = ByteTokenizer(), IdentityAutoencoder()
+    cfg = load_config("debug", overrides=[f"image.edit_reference={str(reference).lower()}", "posttrain.guidance=2"])
+    model = Transfusion.build(cfg.model, cfg.image, tok, ae, seed=1).eval()
+    if reference:  # the reference layer starts at zero: give it weights, as training would
+        torch.nn.init.normal_(model.image.reference_in.weight, std=0.1)
+    pol = ImagePolicy(model, tok, ae, cfg)
+    source = torch.rand(3, 16, 16) * 2 - 1
+    prompts = [Prompt("make the circle blue", source), Prompt("make the circle blue", -source)]
+    rows = pol.rows(prompts, "cpu")
+    assert rows.context is not None and rows.context.latents.shape[0] == 4  # two prompts, two guidance branches
+    assert (rows.reference is not None) == reference
+    x = torch.randn(1, *pol.shape).repeat(2, 1, 1, 1)
+    with torch.no_grad():
+        eps = pol.noise(model, rows, x, 500)
+    assert not torch.allclose(eps[0], eps[1])
+    with pytest.raises(ValueError, match="all edits"):
+        pol.rows([Prompt("make it blue", source), Prompt("a red circle")], "cpu")
+
+
+def test_the_edit_reward_reads_the_true_edit():
+    import numpy as np
+
+    from transfusion.data.edits import edit_document, sample_edit
+    from transfusion.posttrain.policy import Prompt
+
+    edit = sample_edit(np.random.default_rng(0), "recolour")
+    doc = edit_document(edit, 32)
+    source, instruction, target = doc.segments[0].pixels, doc.segments[1].text, doc.segments[2].pixels
+    prompt = Prompt(instruction, source, doc.meta)
+    reward = load_reward("edit")
+    assert score_all(reward, [prompt, prompt], torch.stack([target, source])).tolist() == [1.0, 0.5]
+    assert load_reward("edit_exact")(prompt, source, source) == 0.0
+    with pytest.raises(ValueError, match="true edit"):
+        reward("make it blue", target, source)
+
+
+def test_posttrain_with_the_edit_reward_samples_edits_of_the_training_triples(debug_run, tmp_path):
+    out = tmp_path / "edit"
+    COMMANDS["posttrain"]([str(debug_run), "--out", str(out), "--reward", "edit", *SMALL, "posttrain.steps=1"])
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert {"train_success", "train_preservation"} <= set(rows[1]) and "heldout_preservation" in rows[-1]
+    assert 0 <= rows[1]["reward"] <= 1 and (out / "samples" / "step_000001.png").is_file()

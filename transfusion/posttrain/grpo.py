@@ -36,8 +36,8 @@ from transfusion.config import Config, config_yaml, from_dict, load_config, resu
 from transfusion.data.registry import load_dataset
 from transfusion.fileio import RunLock, atomic_text
 from transfusion.model.lora import add_lora, has_lora
-from transfusion.posttrain.policy import ImagePolicy, Rollout
-from transfusion.posttrain.rewards import load_reward, score_all
+from transfusion.posttrain.policy import ImagePolicy, Prompt, Rollout
+from transfusion.posttrain.rewards import EDIT_REWARDS, load_reward, score_all
 from transfusion.tracking import Tracker
 from transfusion.train import truncate_metrics
 from transfusion.train_state import load_training_state, save_checkpoint
@@ -46,19 +46,31 @@ from transfusion.visualize import image_grid
 EVAL_SEED = 1_000_003  # the held-out prompts' sampler noise: the same at every evaluation
 
 
-def captions_of(cfg: Config, split: str, n: int, start: int = 0) -> list[str]:
-    """``n`` captions of caption + image documents of the run's dataset, from document ``start`` on
-    (wrapping around a finite split)."""
-    data = load_dataset(cfg.data.dataset, split, cfg.image.size)
+def prompts_of(cfg: Config, split: str, n: int, start: int = 0) -> list[Prompt]:
+    """``n`` prompts from document ``start`` on (wrapping around a finite split): the captions of
+    the dataset's caption + image documents, or for an edit reward the instructions of
+    ``data.edit_dataset``'s triples, with their sources."""
+    edits = cfg.posttrain.reward in EDIT_REWARDS
+    spec = cfg.data.edit_dataset if edits else cfg.data.dataset
+    data = load_dataset(spec, split, cfg.image.size)
     out, i = [], start
     while len(out) < n:
         doc = data[i % len(data)]
-        if doc.kind == "pair":
-            out.append(doc.caption)
+        if edits and doc.kind == "edit":
+            out.append(Prompt(doc.segments[1].text, doc.segments[0].pixels, doc.meta))
+        elif not edits and doc.kind == "pair":
+            out.append(Prompt(doc.caption, meta=doc.meta))
         i += 1
         if i - start > 50 * n + len(data):
-            raise ValueError(f"the {split} split of {cfg.data.dataset!r} holds no caption + image documents")
+            what = "editing triples" if edits else "caption + image documents"
+            raise ValueError(f"the {split} split of {spec!r} holds no {what}")
     return out
+
+
+def held_out_split(cfg: Config) -> str:
+    """Where the held-out reward is measured: the validation split, or the test split of data
+    that has none (the built-in edits); it is reported, never used to choose anything."""
+    return "test" if cfg.posttrain.reward in EDIT_REWARDS else "validation"
 
 
 def group_advantages(rewards: torch.Tensor, group: int) -> torch.Tensor:
@@ -101,19 +113,19 @@ class Posttrainer:
         # resumed run's has: a layer the image path never reaches (an edit's reference input) has none otherwise
         self.samples_drawn = 0
 
-    def rollout(self, captions: list[str], generator: torch.Generator) -> Rollout:
+    def rollout(self, prompts: list[str], generator: torch.Generator) -> Rollout:
         reference = self.reference
         if reference is not None and has_lora(reference):
             reference = _without_adapters(self.model)
-        return self.policy.rollout(self.model, captions, generator, reference=reference)
+        return self.policy.rollout(self.model, prompts, generator, reference=reference)
 
     def update(self, step: int) -> dict:
         """One GRPO update: sample, score, and move the model; returns the update's log row."""
         pt, cfg = self.cfg.posttrain, self.cfg
         started = time.time()
         generator = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + step)
-        captions = captions_of(cfg, pt.split, pt.prompts, start=step * pt.prompts)
-        grouped = [c for c in captions for _ in range(pt.group)]
+        prompts = prompts_of(cfg, pt.split, pt.prompts, start=step * pt.prompts)
+        grouped = [p for p in prompts for _ in range(pt.group)]
         self.model.eval()
         rollout = self.rollout(grouped, generator)
         images = self.policy.pixels(rollout.samples)
@@ -141,7 +153,8 @@ class Posttrainer:
                     stats["kl"] += kl.mean().item() / (chosen * pt.inner_epochs)
                 (loss / chosen).backward()
                 stats["loss"] += loss.item() / (chosen * pt.inner_epochs)
-                stats["clipped"] += ((ratio - 1).abs() > pt.clip_range).float().mean().item() / (chosen * pt.inner_epochs)
+                share = ((ratio - 1).abs() > pt.clip_range).float().mean().item()
+                stats["clipped"] += share / (chosen * pt.inner_epochs)
             grad_norm = torch.nn.utils.clip_grad_norm_(
                 [p for p in self.model.parameters() if p.requires_grad], 1.0)
             self.optimizer.step()
@@ -154,17 +167,20 @@ class Posttrainer:
 
     @torch.no_grad()
     def evaluate(self, step: int) -> dict:
-        """Held-out reward and attribute accuracy: ``eval_prompts`` captions of the validation split,
+        """Held-out reward and what the judges read: ``eval_prompts`` prompts of ``held_out_split``,
         one image each, the same noise every time; a sample grid in ``samples/``."""
-        pt = self.cfg.posttrain
-        captions = captions_of(self.cfg, "validation", pt.eval_prompts)
+        prompts = prompts_of(self.cfg, held_out_split(self.cfg), self.cfg.posttrain.eval_prompts)
         self.model.eval()
-        rollout = self.policy.rollout(self.model, captions, torch.Generator().manual_seed(EVAL_SEED))
+        rollout = self.policy.rollout(self.model, prompts, torch.Generator().manual_seed(EVAL_SEED))
         images = self.policy.pixels(rollout.samples)
-        row = {"step": step, "heldout_reward": score_all(self.reward, captions, images).mean().item()}
-        row.update({f"heldout_{k}": v for k, v in attribute_accuracy(self.cfg, captions, images).items()})
+        row = {"step": step, "heldout_reward": score_all(self.reward, prompts, images).mean().item()}
+        row.update({f"heldout_{k}": v for k, v in attribute_accuracy(self.cfg, prompts, images).items()})
         (self.out / "samples").mkdir(exist_ok=True)
-        image_grid(images[:32].cpu(), captions[:32]).save(self.out / "samples" / f"step_{step:06d}.png")
+        shown = images[:32].cpu()
+        if prompts[0].source is not None:  # each edit beside its source
+            shown = torch.stack([x for p, img in zip(prompts, shown) for x in (p.source, img)])
+        image_grid(shown, [p for p in prompts[:32] for _ in range(1 + (prompts[0].source is not None))]).save(
+            self.out / "samples" / f"step_{step:06d}.png")
         return row
 
 
@@ -186,13 +202,19 @@ def _without_adapters(model):
     return forward
 
 
-def attribute_accuracy(cfg: Config, captions: list[str], images: torch.Tensor) -> dict:
-    """The shapes reader's per-attribute accuracy of the images (shapes data only; else {})."""
+def attribute_accuracy(cfg: Config, prompts: list[str], images: torch.Tensor) -> dict:
+    """What the exact judges read in the images: the shapes reader's per-attribute accuracy, or an
+    edit's success and preservation (shapes data only; else {})."""
+    if cfg.posttrain.reward in EDIT_REWARDS:
+        from transfusion.metrics.edit_reader import score_edit
+
+        scores = [score_edit(img, p.meta["edit"]) for img, p in zip(images.cpu(), prompts)]
+        return {k: sum(s[k] for s in scores) / len(scores) for k in ("success", "preservation")}
     if cfg.data.dataset != "shapes":
         return {}
     from transfusion.metrics.shapes_reader import score, summarise
 
-    return summarise([score(img, c) for img, c in zip(images.cpu(), captions)])
+    return summarise([score(img, c) for img, c in zip(images.cpu(), prompts)])
 
 
 def posttrain(start: str | Path, out: str | Path, overrides: list[str] = ()) -> Path:

@@ -1,7 +1,7 @@
 """Text to image as a policy: a sampler whose every step has an exact log-probability.
 
     policy = ImagePolicy(model, tokenizer, autoencoder, cfg)
-    rollout = policy.rollout(model, captions, generator)            # no gradient: what was sampled
+    rollout = policy.rollout(model, prompts, generator)             # no gradient: what was sampled
     log_prob, mean, std = policy.step(model, rollout, k)           # with gradient: step k's density
 
 The sampler is DDPM's ancestral posterior over a strided schedule (as DDPO samples, Black et al.
@@ -27,7 +27,10 @@ s = t - h (times shifted as the run samples),
 which with a = 0 is the Euler step of the ODE; the last step lands on x0_hat = x_t - t v.
 
 The model reads each caption as training showed it, ``<bos> caption <boi> patches``, and the
-unconditional branch ``<bos> <boi> patches``, every patch of the image at once.
+unconditional branch ``<bos> <boi> patches``, every patch of the image at once. An edit
+(a prompt with a ``source``) is read as ``<bos> <boi> source <eoi> instruction <boi> patches``,
+the source clean (and at the image layers too, for a run with ``image.edit_reference``); its
+unconditional branch keeps the source and drops the instruction.
 """
 
 from __future__ import annotations
@@ -39,31 +42,48 @@ import torch
 
 from transfusion.batch import ImageGroup
 from transfusion.data.document import Image, Text
-from transfusion.data.packing import layout, pack
-from transfusion.diffusion import Flow, noise_process, randn, shift_timesteps
+from transfusion.data.packing import CONTEXT_IMAGE, layout, pack
+from transfusion.diffusion import CONTEXT_T, Flow, noise_process, randn, shift_timesteps
 from transfusion.engine.settings import resolve_clip
 from transfusion.samplers import clip_noise, clip_velocity
 
 
+class Prompt(str):
+    """A caption, or an edit's instruction, as a ``str``, with what the dataset knows of it:
+    ``source`` (the image an edit starts from, pixels (3, H, W) in [-1, 1]) and ``meta`` (the
+    scene or edit behind it, which exact rewards read)."""
+
+    source: torch.Tensor | None
+    meta: dict
+
+    def __new__(cls, text: str, source: torch.Tensor | None = None, meta: dict | None = None):
+        out = super().__new__(cls, text)
+        out.source, out.meta = source, dict(meta or {})
+        return out
+
+
 @dataclass
 class Rows:
-    """Packed model inputs of one image per row: (R, L) tokens, positions, doc and image ids,
-    and the (R, n) flat positions of each row's patches."""
+    """Packed model inputs of one new image per row: (R, L) tokens, positions, doc and image ids,
+    the (R, n) flat positions of each row's new patches, and the edits' clean sources (an image
+    group, and their latents for the image layers of an ``edit_reference`` run), or None."""
 
     tokens: torch.Tensor
     positions: torch.Tensor
     doc_ids: torch.Tensor
     image_ids: torch.Tensor
     index: torch.Tensor
+    context: ImageGroup | None = None
+    reference: torch.Tensor | None = None
 
 
 @dataclass
 class Rollout:
-    """What a batch of rows sampled: the captions, the latents before and after every step,
+    """What a batch of rows sampled: the prompts, the latents before and after every step,
     and each stochastic step's log-probability under the sampling model (and the reference
     model's mean there, for the KL term)."""
 
-    captions: list[str]
+    prompts: list[str]
     latents: torch.Tensor  # (K + 1, N, C, h, w): x_{t_0} (noise) .. x_{t_K} (the sample)
     log_probs: torch.Tensor  # (K - 1, N): log N(x_{t_{k+1}}; mu, sigma^2) summed over the latent
     reference_means: torch.Tensor | None  # (K - 1, N, C, h, w), or None without a KL term
@@ -87,6 +107,7 @@ class ImagePolicy:
             raise ValueError("post-training samples images by diffusion: it needs a run with image.objective=diffusion")
         self.tokenizer, self.autoencoder = tokenizer, autoencoder
         self.num_patches = model.num_patches
+        self.edit_reference = cfg.image.edit_reference
         self.diffusion = noise_process(cfg.diffusion)
         self.flow = isinstance(self.diffusion, Flow)
         pt = cfg.posttrain
@@ -106,16 +127,36 @@ class ImagePolicy:
             self.timesteps = [T - k * (T // self.steps) for k in range(self.steps)] + [0]  # t_0 = T .. t_K = 0
 
     # ---------------------------------------------------------------- the model's inputs
-    def rows(self, captions: list[str], device) -> Rows:
-        """The conditional rows, then with guidance the unconditional ones (``<bos> <boi>``)."""
-        branches = [[Text(c)] for c in captions] + ([[]] * len(captions) if self.guidance != 1 else [])
-        placeholder = Image(torch.zeros(3, 1, 1))  # layout places the latent given beside it
-        layouts = [layout([*segments, placeholder], [torch.zeros(self.shape)], [self.diffusion.T], self.tokenizer,
-                          self.num_patches, close=False) for segments in branches]
+    def rows(self, prompts: list[str], device) -> Rows:
+        """The conditional rows, then with guidance the unconditional ones (``<bos> <boi>``, or
+        an edit's source alone)."""
+        prompts = [p if isinstance(p, Prompt) else Prompt(p) for p in prompts]
+        edits = prompts[0].source is not None
+        if any((p.source is not None) != edits for p in prompts):
+            raise ValueError("a batch of prompts is all edits (with a source image) or all captions")
+        sources = [self.autoencoder.encode(p.source[None].to(device))[0] for p in prompts] if edits else []
+        marker, noisy = Image(torch.zeros(3, 1, 1)), [torch.zeros(self.shape)]  # layout places the latents given
+        branches = [[Text(p)] for p in prompts] + ([[]] * len(prompts) if self.guidance != 1 else [])
+        layouts = []
+        for i, segments in enumerate(branches):
+            before = [marker] if edits else []
+            given = [sources[i % len(prompts)].cpu()] if edits else []
+            caps = [CONTEXT_IMAGE] if edits else []
+            layouts.append(layout([*before, *segments, marker], [*given, *noisy], [*caps, self.diffusion.T],
+                                  self.tokenizer, self.num_patches, close=False))
         batch, _ = pack(layouts, len(layouts), max(len(lay.ids) for lay in layouts), self.tokenizer.pad_id,
                         one_per_row=True)
         batch = batch.to(device)
-        return Rows(batch.tokens, batch.positions, batch.doc_ids, batch.image_ids, torch.stack(batch.index))
+        per_row = 2 if edits else 1
+        index = torch.stack(batch.index[per_row - 1::per_row])
+        context = reference = None
+        if edits:
+            latents = torch.stack(sources).repeat(len(branches) // len(prompts), 1, 1, 1)
+            times = torch.full((len(latents),), CONTEXT_T, device=device,
+                               dtype=torch.float32 if self.flow else torch.long)
+            context = ImageGroup(latents, times, torch.stack(batch.index[0::2]))
+            reference = latents if self.edit_reference else None
+        return Rows(batch.tokens, batch.positions, batch.doc_ids, batch.image_ids, index, context, reference)
 
     def noise(self, model, rows: Rows, x: torch.Tensor, t) -> torch.Tensor:
         """The (guided) prediction (N, C, h, w), noise or velocity, at latents ``x`` and time ``t``
@@ -126,8 +167,10 @@ class ImagePolicy:
             times = torch.full((k * n,), t * self.diffusion.T, dtype=torch.float32, device=x.device)
         else:
             times = torch.full((k * n,), t, dtype=torch.long, device=x.device)
-        _, (eps,) = model(rows.tokens, rows.positions, rows.doc_ids, rows.image_ids,
-                          [ImageGroup(x.repeat(k, 1, 1, 1), times, rows.index)])
+        groups = [ImageGroup(x.repeat(k, 1, 1, 1), times, rows.index, rows.reference)]
+        _, predictions = model(rows.tokens, rows.positions, rows.doc_ids, rows.image_ids,
+                               [rows.context, *groups] if rows.context is not None else groups)
+        eps = predictions[-1]
         if k == 1:
             return eps
         conditional, unconditional = eps.split(n)
@@ -160,13 +203,13 @@ class ImagePolicy:
         return x - h * (v + sigma**2 / (2 * t) * (x + (1 - t) * v)), sigma * h**0.5
 
     @torch.no_grad()
-    def rollout(self, model, captions: list[str], generator: torch.Generator | None = None,
+    def rollout(self, model, prompts: list[str], generator: torch.Generator | None = None,
                 reference=None) -> Rollout:
-        """One image per caption (repeat a caption for a group), sampled by ``model``;
+        """One image per prompt (repeat a prompt for a group), sampled by ``model``;
         ``reference``: a model (or a context manager's model) whose means are kept for the KL term."""
         device = next(model.parameters()).device
-        rows = self.rows(captions, device)
-        x = randn((len(captions), *self.shape), generator).to(device)
+        rows = self.rows(prompts, device)
+        x = randn((len(prompts), *self.shape), generator).to(device)
         latents, log_probs, reference_means = [x], [], []
         for k in range(self.steps):
             mean, std = self.distribution(self.noise(model, rows, x, self.timesteps[k]).float(), x, k)
@@ -179,15 +222,15 @@ class ImagePolicy:
                     reference_means.append(self.distribution(
                         self.noise(reference, rows, latents[-1], self.timesteps[k]).float(), latents[-1], k)[0])
             latents.append(x)
-        log_probs = torch.stack(log_probs) if log_probs else torch.zeros(0, len(captions), device=device)
-        return Rollout(list(captions), torch.stack(latents), log_probs,
+        log_probs = torch.stack(log_probs) if log_probs else torch.zeros(0, len(prompts), device=device)
+        return Rollout(list(prompts), torch.stack(latents), log_probs,
                        torch.stack(reference_means) if reference_means else None)
 
     def step(self, model, rollout: Rollout, k: int, rows: Rows | None = None):
         """Step k's log-probability (N,) of what the rollout drew, under ``model`` (with its
         gradient), with the step's mean and standard deviation."""
         x = rollout.latents[k]
-        rows = rows if rows is not None else self.rows(rollout.captions, x.device)
+        rows = rows if rows is not None else self.rows(rollout.prompts, x.device)
         mean, std = self.distribution(self.noise(model, rows, x, self.timesteps[k]).float(), x, k)
         return gaussian_log_prob(rollout.latents[k + 1], mean, std), mean, std
 

@@ -1,7 +1,11 @@
 """Rewards for post-training: plain functions of (caption, image) -> float in [0, 1].
 
-    reward = load_reward("shapes")                  # or shapes_exact, digits, python:my_rewards.red
+    reward = load_reward("shapes")                  # or shapes_exact, digits, edit, python:my_rewards.red
     reward("a small red circle at the top", pixels)  # pixels (3, H, W) in [-1, 1]
+    reward(instruction, pixels, source)             # an edit's: the source image too
+
+The prompt is a ``str`` (``policy.Prompt``: its ``meta`` holds the scene or edit the dataset
+made it from, which the built-in rewards read).
 
 Each built-in reward is an exact judge, not a learned one, so a policy cannot raise it without
 drawing what the caption says:
@@ -10,6 +14,9 @@ drawing what the caption says:
   count, relation) that the shapes reader finds in the image (``metrics/shapes_reader.py``);
 - ``shapes_exact``: 1 when the reader finds all of them and nothing else (its ``exact``), else 0;
 - ``digits``: the digit classifier's probability of the digit the caption names (``metrics/digits.py``);
+- ``edit``: for an editing triple, the mean of the edit reader's success (the change asked for
+  holds) and preservation (nothing else changed) (``metrics/edit_reader.py``); ``edit_exact``:
+  1 when both hold;
 - ``python:module.function``: a function of yours, importable from the working directory, with
   the same signature. It runs as your code: name only modules you trust.
 """
@@ -54,7 +61,31 @@ def digits_reward(caption: str, pixels: torch.Tensor) -> float:
         return float(net(pixels[None].float()).softmax(-1)[0, digit])
 
 
-BUILT_IN = {"shapes": shapes_reward, "shapes_exact": shapes_exact_reward, "digits": digits_reward}
+def _edit_scores(instruction, pixels: torch.Tensor) -> dict:
+    from transfusion.metrics.edit_reader import score_edit
+
+    edit = getattr(instruction, "meta", {}).get("edit")
+    if edit is None:
+        raise ValueError(f"the edit reward reads the true edit of a shapes editing triple; {instruction!r} has none")
+    return score_edit(pixels, edit)
+
+
+def edit_reward(instruction, pixels: torch.Tensor, source: torch.Tensor | None = None) -> float:
+    """The mean of the edit's success and its preservation of everything else."""
+    scores = _edit_scores(instruction, pixels)
+    return (float(scores["success"]) + float(scores["preservation"])) / 2
+
+
+def edit_exact_reward(instruction, pixels: torch.Tensor, source: torch.Tensor | None = None) -> float:
+    """1 when the edit succeeded and preserved everything else, else 0."""
+    scores = _edit_scores(instruction, pixels)
+    return float(scores["success"] and scores["preservation"])
+
+
+BUILT_IN = {"shapes": shapes_reward, "shapes_exact": shapes_exact_reward, "digits": digits_reward,
+            "edit": edit_reward, "edit_exact": edit_exact_reward}
+EDIT_REWARDS = ("edit", "edit_exact")  # rewards of editing triples: their prompts are edits'
+
 
 
 def load_reward(spec: str) -> Reward:
@@ -73,11 +104,12 @@ def load_reward(spec: str) -> Reward:
     return fn
 
 
-def score_all(reward: Reward, captions: list[str], images: torch.Tensor) -> torch.Tensor:
-    """Each image's reward (N,), checked: a number in [0, 1]."""
+def score_all(reward: Reward, prompts: list[str], images: torch.Tensor) -> torch.Tensor:
+    """Each image's reward (N,), checked: a number in [0, 1]. An edit's reward is given its source."""
     values = []
-    for caption, pixels in zip(captions, images.cpu(), strict=True):
-        value = reward(caption, pixels)
+    for caption, pixels in zip(prompts, images.cpu(), strict=True):
+        source = getattr(caption, "source", None)
+        value = reward(caption, pixels) if source is None else reward(caption, pixels, source)
         if not isinstance(value, (int, float)) or not math.isfinite(value) or not 0 <= value <= 1:
             raise ValueError(f"the reward gave {value!r} for {caption!r}: it must be a number in [0, 1]")
         values.append(float(value))

@@ -143,7 +143,7 @@ def test_posttrain_resumes_exactly_and_leaves_a_loadable_run(debug_run, tmp_path
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     rows = [json.loads(line) for line in (resumed / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "reward" in r] == [1, 2, 3, 4]
-    assert (resumed / "samples" / "step_000004.png").is_file()
+    assert (resumed / "samples" / "step_000004.png").is_file() and (resumed / "curves.png").is_file()
     assert load_checkpoint(resumed).step == 4
     shutil.rmtree(straight)
 

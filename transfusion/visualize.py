@@ -75,6 +75,45 @@ def plot_losses(metrics_path: str | Path, out_path: str | Path) -> None:
     plt.close(fig)
 
 
+def plot_posttraining(metrics_path: str | Path, out_path: str | Path) -> None:
+    """A post-training run's curves (``transfusion posttrain``'s ``metrics.jsonl``): the reward
+    against wall clock and against samples drawn (each update's batch, and the held-out prompts),
+    what the judge reads on the held-out prompts, and the KL to the start with the clipped share."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()]
+    updates, held = [r for r in rows if "reward" in r], [r for r in rows if "heldout_reward" in r]
+    if not updates:
+        return
+    fig, axes = plt.subplots(1, 4, figsize=(20, 3.6))
+    for ax, x, label in ((axes[0], "wall_seconds", "wall clock (minutes)"), (axes[1], "samples_drawn", "samples drawn")):
+        scale = 60 if x == "wall_seconds" else 1
+        ax.plot([r[x] / scale for r in updates], [r["reward"] for r in updates], alpha=0.5, label="update's batch")
+        ax.plot([r.get(x, 0) / scale for r in held], [r["heldout_reward"] for r in held], "o-", label="held-out prompts")
+        ax.set_xlabel(label)
+        ax.set_title("reward")
+        ax.legend(fontsize=8)
+    for key in sorted({k for r in held for k in r if k.startswith("heldout_") and k != "heldout_reward"}):
+        points = [(r.get("samples_drawn", 0), r[key]) for r in held if key in r]
+        axes[2].plot(*zip(*points), "o-", label=key.removeprefix("heldout_"))
+    axes[2].set_xlabel("samples drawn")
+    axes[2].set_title("held-out: what the judge reads (share)")
+    axes[2].legend(fontsize=7)
+    steps = [r["step"] for r in updates]
+    axes[3].plot(steps, [r["kl"] for r in updates], label="KL to the start (per element)")
+    axes[3].plot(steps, [r["clipped"] for r in updates], label="share of ratios clipped")
+    axes[3].set_xlabel("update")
+    axes[3].legend(fontsize=8)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=100)
+    plt.close(fig)
+
+
 def edit_grid(sources: torch.Tensor, instructions: list[str], outputs: torch.Tensor, truths: torch.Tensor | None = None,
               rows: int = 16) -> PILImage.Image:
     """Edits as rows of tiles: the source (labelled with its instruction), the output, the truth."""

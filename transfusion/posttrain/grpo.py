@@ -41,7 +41,7 @@ from transfusion.posttrain.rewards import EDIT_REWARDS, load_reward, score_all
 from transfusion.tracking import Tracker
 from transfusion.train import truncate_metrics
 from transfusion.train_state import load_training_state, save_checkpoint
-from transfusion.visualize import image_grid
+from transfusion.visualize import image_grid, plot_posttraining
 
 EVAL_SEED = 1_000_003  # the held-out prompts' sampler noise: the same at every evaluation
 
@@ -112,6 +112,7 @@ class Posttrainer:
         get_state_dict(self.model, self.optimizer)  # gives every parameter its optimizer state (at lr 0), as a
         # resumed run's has: a layer the image path never reaches (an edit's reference input) has none otherwise
         self.samples_drawn = 0
+        self.wall_seconds = 0.0  # of the updates so far, across resumes (evaluations not counted)
 
     def rollout(self, prompts: list[str], generator: torch.Generator) -> Rollout:
         reference = self.reference
@@ -159,9 +160,10 @@ class Posttrainer:
                 [p for p in self.model.parameters() if p.requires_grad], 1.0)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
+        self.wall_seconds += time.time() - started
         row = {"step": step + 1, "reward": rewards.mean().item(), "reward_std": rewards.std().item(),
                "grad_norm": float(grad_norm), "samples_drawn": self.samples_drawn,
-               "seconds": time.time() - started, **stats}
+               "seconds": time.time() - started, "wall_seconds": self.wall_seconds, **stats}
         row.update({f"train_{k}": v for k, v in attribute_accuracy(cfg, grouped, images).items()})
         return row
 
@@ -173,7 +175,8 @@ class Posttrainer:
         self.model.eval()
         rollout = self.policy.rollout(self.model, prompts, torch.Generator().manual_seed(EVAL_SEED))
         images = self.policy.pixels(rollout.samples)
-        row = {"step": step, "heldout_reward": score_all(self.reward, prompts, images).mean().item()}
+        row = {"step": step, "heldout_reward": score_all(self.reward, prompts, images).mean().item(),
+               "samples_drawn": self.samples_drawn, "wall_seconds": self.wall_seconds}
         row.update({f"heldout_{k}": v for k, v in attribute_accuracy(self.cfg, prompts, images).items()})
         (self.out / "samples").mkdir(exist_ok=True)
         shown = images[:32].cpu()
@@ -233,6 +236,7 @@ def posttrain(start: str | Path, out: str | Path, overrides: list[str] = ()) -> 
         if done:
             state = load_training_state(done[-1], trainer.model, trainer.optimizer)
             first, trainer.samples_drawn = state["step"], state.get("samples_drawn", 0)
+            trainer.wall_seconds = state.get("wall_seconds", 0.0)
         truncate_metrics(out / "metrics.jsonl", first)
         tracker = Tracker(out, cfg.train.log, to_dict(cfg), resume_step=first)
         pt = cfg.posttrain
@@ -246,9 +250,11 @@ def posttrain(start: str | Path, out: str | Path, overrides: list[str] = ()) -> 
                 if done_now % cfg.train.checkpoint_every == 0 or done_now == pt.steps:
                     save_checkpoint(out / "checkpoints", done_now, trainer.model, cfg, trainer.tokenizer,
                                     trainer.autoencoder, trainer.optimizer, keep=cfg.train.keep_checkpoints,
-                                    extra_state={"samples_drawn": trainer.samples_drawn})
+                                    extra_state={"samples_drawn": trainer.samples_drawn,
+                                                 "wall_seconds": trainer.wall_seconds})
                 if (pt.eval_every and done_now % pt.eval_every == 0) or done_now == pt.steps:
                     tracker.log(trainer.evaluate(done_now))
+                    plot_posttraining(out / "metrics.jsonl", out / "curves.png")
         finally:
             tracker.close()
     return out

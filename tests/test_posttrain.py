@@ -241,3 +241,20 @@ def test_posttrain_with_the_edit_reward_samples_edits_of_the_training_triples(de
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert {"train_success", "train_preservation"} <= set(rows[1]) and "heldout_preservation" in rows[-1]
     assert 0 <= rows[1]["reward"] <= 1 and (out / "samples" / "step_000001.png").is_file()
+
+
+def test_held_out_prompts_in_other_words_are_judged_against_their_scene(debug_run, tmp_path):
+    from transfusion.data.shapes import ShapesDataset, caption_of, paraphrase_of
+    from transfusion.posttrain.policy import Prompt
+
+    docs = [d for d in (ShapesDataset("validation", size=32)[i] for i in range(40)) if d.kind == "pair"]
+    kinds = {d.meta["scene"].kind for d in docs}
+    assert kinds == {"single", "count", "relation"}
+    reward = load_reward("shapes")
+    for doc in docs:
+        scene, pixels = doc.meta["scene"], doc.images[0].pixels
+        assert paraphrase_of(scene) != caption_of(scene)
+        assert reward(Prompt(paraphrase_of(scene), meta=doc.meta), pixels) == reward(doc.caption, pixels) == 1.0
+    trainer = _trainer(debug_run, tmp_path)
+    row = trainer.evaluate(0)
+    assert {"heldout_reward", "paraphrased_reward", "paraphrased_colour"} <= set(row)

@@ -93,6 +93,9 @@ def plot_posttraining(metrics_path: str | Path, out_path: str | Path) -> None:
         scale = 60 if x == "wall_seconds" else 1
         ax.plot([r[x] / scale for r in updates], [r["reward"] for r in updates], alpha=0.5, label="update's batch")
         ax.plot([r.get(x, 0) / scale for r in held], [r["heldout_reward"] for r in held], "o-", label="held-out prompts")
+        if all("paraphrased_reward" in r for r in held):
+            ax.plot([r.get(x, 0) / scale for r in held], [r["paraphrased_reward"] for r in held], "s--",
+                    label="held-out, in other words")
         ax.set_xlabel(label)
         ax.set_title("reward")
         ax.legend(fontsize=8)

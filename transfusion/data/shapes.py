@@ -217,6 +217,21 @@ def caption_of(scene: Scene) -> str:
     return f"{_describe(first)} {scene.relation} {_describe(scene.objects[1])}"
 
 
+OPPOSITE = {"above": "below", "below": "above", "left of": "right of", "right of": "left of"}
+
+
+def paraphrase_of(scene: Scene) -> str:
+    """The caption of ``scene`` in words training never shows: the size after the object, a count
+    as "all", a relation from its second object. It says the same; the reader scores it against
+    the scene (post-training's guard against a model that learnt only the usual phrasing)."""
+    first = scene.objects[0]
+    if scene.kind == "single":
+        return f"a {first.colour} {first.shape}, {first.size}, {POSITION_PHRASES[first.position]}"
+    if scene.kind == "count":
+        return f"{NUMBER_WORDS[len(scene.objects)]} {first.colour} {first.shape}s, all {first.size}"
+    return f"{_describe(scene.objects[1])} {OPPOSITE[scene.relation]} {_describe(first)}"
+
+
 def attributes_of(scene: Scene) -> CaptionAttributes:
     """The attributes the caption of ``scene`` states, read from the scene itself."""
     colours = tuple(obj.colour for obj in scene.objects)

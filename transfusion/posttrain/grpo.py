@@ -34,6 +34,7 @@ from tqdm import tqdm
 from transfusion.checkpoint import list_checkpoints, load_checkpoint, resolve_checkpoint
 from transfusion.config import Config, config_yaml, from_dict, load_config, resumed, to_dict
 from transfusion.data.registry import load_dataset
+from transfusion.data.shapes import paraphrase_of
 from transfusion.fileio import RunLock, atomic_text
 from transfusion.model.lora import add_lora, has_lora
 from transfusion.posttrain.policy import ImagePolicy, Prompt, Rollout
@@ -173,11 +174,10 @@ class Posttrainer:
         one image each, the same noise every time; a sample grid in ``samples/``."""
         prompts = prompts_of(self.cfg, held_out_split(self.cfg), self.cfg.posttrain.eval_prompts)
         self.model.eval()
-        rollout = self.policy.rollout(self.model, prompts, torch.Generator().manual_seed(EVAL_SEED))
-        images = self.policy.pixels(rollout.samples)
-        row = {"step": step, "heldout_reward": score_all(self.reward, prompts, images).mean().item(),
-               "samples_drawn": self.samples_drawn, "wall_seconds": self.wall_seconds}
-        row.update({f"heldout_{k}": v for k, v in attribute_accuracy(self.cfg, prompts, images).items()})
+        row = {"step": step, "samples_drawn": self.samples_drawn, "wall_seconds": self.wall_seconds}
+        images = self._held_out(prompts, "heldout", row)
+        if all("scene" in p.meta for p in prompts):  # the same scenes in words training never showed
+            self._held_out([Prompt(paraphrase_of(p.meta["scene"]), meta=p.meta) for p in prompts], "paraphrased", row)
         (self.out / "samples").mkdir(exist_ok=True)
         shown = images[:32].cpu()
         if prompts[0].source is not None:  # each edit beside its source
@@ -185,6 +185,14 @@ class Posttrainer:
         image_grid(shown, [p for p in prompts[:32] for _ in range(1 + (prompts[0].source is not None))]).save(
             self.out / "samples" / f"step_{step:06d}.png")
         return row
+
+    def _held_out(self, prompts: list[Prompt], name: str, row: dict) -> torch.Tensor:
+        """Sample ``prompts`` with the evaluation noise; their reward and judged shares into ``row``."""
+        rollout = self.policy.rollout(self.model, prompts, torch.Generator().manual_seed(EVAL_SEED))
+        images = self.policy.pixels(rollout.samples)
+        row[f"{name}_reward"] = score_all(self.reward, prompts, images).mean().item()
+        row.update({f"{name}_{k}": v for k, v in attribute_accuracy(self.cfg, prompts, images).items()})
+        return images
 
 
 def _without_adapters(model):
@@ -217,7 +225,7 @@ def attribute_accuracy(cfg: Config, prompts: list[str], images: torch.Tensor) ->
         return {}
     from transfusion.metrics.shapes_reader import score, summarise
 
-    return summarise([score(img, c) for img, c in zip(images.cpu(), prompts)])
+    return summarise([score(img, p.meta.get("scene") or p) for img, p in zip(images.cpu(), prompts)])
 
 
 def posttrain(start: str | Path, out: str | Path, overrides: list[str] = ()) -> Path:

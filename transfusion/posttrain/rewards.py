@@ -33,11 +33,17 @@ Reward = Callable[[str, torch.Tensor], float]
 STATED = ("colour", "shape", "size", "position", "count", "relation")
 
 
+def _truth(caption):
+    """What the reader scores against: the prompt's scene when it carries one (a caption in other
+    words), else the caption, parsed."""
+    return getattr(caption, "meta", {}).get("scene") or caption
+
+
 def shapes_reward(caption: str, pixels: torch.Tensor) -> float:
     """The share of the caption's stated attributes that hold in the image."""
     from transfusion.metrics.shapes_reader import score
 
-    found = score(pixels, caption)
+    found = score(pixels, _truth(caption))
     stated = [found[a] for a in STATED if found.get(a) is not None]
     return sum(stated) / len(stated)
 
@@ -46,7 +52,7 @@ def shapes_exact_reward(caption: str, pixels: torch.Tensor) -> float:
     """1 when the image shows exactly what the caption says (the reader's ``exact``), else 0."""
     from transfusion.metrics.shapes_reader import score
 
-    return float(bool(score(pixels, caption)["exact"]))
+    return float(bool(score(pixels, _truth(caption))["exact"]))
 
 
 def digits_reward(caption: str, pixels: torch.Tensor) -> float:

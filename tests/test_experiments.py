@@ -241,3 +241,21 @@ def test_round_three_tables_from_a_partial_store_run_nothing(claims, tmp_path, m
     assert (tmp_path / "docs" / "a_tuning.png").is_file() and "not yet sampled" in text
     assert round3.table_b().count("not yet measured") == 4
     assert round3.verdict_rows() == []  # no line until both arms' seeds are scored
+
+
+@pytest.mark.slow
+def test_the_posttraining_experiment_runs_every_step_and_writes_its_page(tmp_path):
+    """experiments/posttraining.py with every step shrunk (POSTTRAIN_QUICK=1, the debug preset):
+    start, editing fine-tune, both post-training runs, the evaluations, the page and its figures;
+    a second run finds everything done and starts no command."""
+    env = {**os.environ, "POSTTRAIN_QUICK": "1", "POSTTRAIN_PRESET": "debug", "POSTTRAIN_RUNS": str(tmp_path / "runs"),
+           "POSTTRAIN_DOCS": str(tmp_path / "docs")}
+    script = ROOT / "experiments" / "posttraining.py"
+    first = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stderr[-3000:]
+    page = (tmp_path / "docs" / "posttraining.md").read_text()
+    assert "### Shapes reward on `small`" in page and "| after GRPO, edit reward |" in page and "count >= 70%" in page
+    for name in ("shapes_curves", "shapes_before", "shapes_after", "edits_curves", "edits_before", "edits_after"):
+        assert (tmp_path / "docs" / "posttraining" / f"{name}.png").is_file()
+    again = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0 and "$ " not in again.stdout

@@ -23,6 +23,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from pages import write_measurements
+
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = Path(os.environ.get("EDIT_RUNS", ROOT / "runs"))
 BASE = RUNS / "small"
@@ -37,7 +39,6 @@ GUIDANCE = {"cfg 3": ["--cfg", "3"], "cfg 3, image cfg 1.5": ["--cfg", "3", "--i
             "cfg 1.5, image cfg 3": ["--cfg", "1.5", "--image-cfg", "3"],
             "cfg 3, image cfg 1.5, strength 0.8": ["--cfg", "3", "--image-cfg", "1.5", "--strength", "0.8"]}
 DOCS = ROOT / "docs"
-MARKER = "<!-- below: written by python experiments/editing.py -->"
 
 
 def sh(args: list) -> None:
@@ -108,10 +109,7 @@ def main() -> None:
         for i in range(len(GUIDANCE)):
             grid = run / "eval" / f"edit_{i}_edit.png"
             (DOCS / "editing" / f"held_out_{j}_{i}.png").write_bytes(grid.read_bytes())
-    page = DOCS / "editing.md"  # the guide above the marker stays; the measurements below it are rewritten
-    guide = page.read_text().split(MARKER)[0] if page.is_file() else "# Editing images\n\n"
-    page.write_text(guide + MARKER + "\n\n" + "\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_measurements(DOCS / "editing.md", "experiments/editing.py", lines, "# Editing images")
 
 
 if __name__ == "__main__":

@@ -30,6 +30,8 @@ import sys
 import time
 from pathlib import Path
 
+from pages import write_measurements
+
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = Path(os.environ.get("POSTTRAIN_RUNS", ROOT / "runs"))
 PRESET = os.environ.get("POSTTRAIN_PRESET", "small")
@@ -53,7 +55,6 @@ if QUICK:  # the smoke test: every step, seconds each
              "posttrain.sample_steps=4", "posttrain.eval_every=1", "train.checkpoint_every=1"]
     SHAPES, EDITS = [*SHAPES, *small], [*EDITS, *small]
     SAMPLER, N_T2I, N_EDIT = ["--sampler", "ddpm", "--steps", "4", "--cfg", "3"], 4, 4
-MARKER = "<!-- below: written by python experiments/posttraining.py -->"
 TARGETS = {"count": 0.70, "relation": 0.50, "exact": 0.75}  # the shapes reward's targets (held-out captions)
 
 
@@ -172,10 +173,7 @@ def main() -> None:
              f"{N_EDIT} held-out triples.", "", *edit_table(edit_before, edit_after),
              "![reward and judged shares](posttraining/edits_curves.png)", "",
              "![before](posttraining/edits_before.png) ![after](posttraining/edits_after.png)", ""]
-    page = DOCS / "posttraining.md"  # the guide above the marker stays; the measurements below it are rewritten
-    guide = page.read_text().split(MARKER)[0] if page.is_file() else "# Post-training\n\n"
-    page.write_text(guide + MARKER + "\n\n" + "\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_measurements(DOCS / "posttraining.md", "experiments/posttraining.py", lines, "# Post-training")
 
 
 if __name__ == "__main__":

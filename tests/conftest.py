@@ -36,6 +36,21 @@ def debug_run(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="session")
+def fine_tune(tmp_path_factory):
+    """``fine_tune(name, start, *overrides)``: ``start`` (a run folder) fine-tuned for two steps with
+    ``overrides`` (``train.init_from``), in a new folder."""
+    from transfusion.cli import COMMANDS
+
+    def run(name: str, start, *overrides):
+        out = tmp_path_factory.mktemp(name) / "run"
+        COMMANDS["train"](["--preset", "debug", "--out", str(out), f"train.init_from={start}", "train.steps=2",
+                           "train.eval_samples=2", "sampling.steps=2", *overrides])
+        return out
+
+    return run
+
+
 def pretrained_folder(root, tie: bool):
     """A tiny random transformers Llama (GQA; tied embeddings or not) saved with a 320-token BPE
     tokenizer.json, as a pretrained model folder is laid out: (hf model, tokenizer, folder)."""

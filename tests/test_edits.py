@@ -130,14 +130,9 @@ def test_the_data_shares_must_fit_in_one():
 
 
 @pytest.fixture(scope="module")
-def edit_run(debug_run, tmp_path_factory):
+def edit_run(debug_run, fine_tune):
     """The shared debug run, fine-tuned briefly on edits (``train.init_from``)."""
-    from transfusion.cli import COMMANDS
-
-    out = tmp_path_factory.mktemp("edit") / "run"
-    COMMANDS["train"](["--preset", "debug", "--out", str(out), f"train.init_from={debug_run}", "data.edit_fraction=0.5",
-                       "train.steps=2", "train.eval_samples=2", "sampling.steps=2", "model.dim=32"])
-    return out
+    return fine_tune("edit", debug_run, "data.edit_fraction=0.5", "model.dim=32")
 
 
 def test_fine_tuning_starts_from_the_run_and_keeps_its_tokenizer_and_autoencoder(debug_run, edit_run):

@@ -168,13 +168,8 @@ def test_a_lora_fine_tune_saves_its_adapters_alone_and_loads_merged_on_its_start
 
 
 @pytest.fixture(scope="module")
-def lora_run(debug_run, tmp_path_factory):
-    from transfusion.cli import COMMANDS
-
-    out = tmp_path_factory.mktemp("lora") / "run"
-    COMMANDS["train"](["--preset", "debug", "--out", str(out), f"train.init_from={debug_run}", "train.lora.rank=4",
-                       "train.steps=2", "train.eval_samples=2", "sampling.steps=2", "optim.warmup_steps=0"])
-    return out
+def lora_run(debug_run, fine_tune):
+    return fine_tune("lora", debug_run, "train.lora.rank=4", "optim.warmup_steps=0")
 
 
 def test_lora_flag_pipeline_and_merge_lora_give_the_same_weights(debug_run, lora_run, tmp_path):

@@ -207,29 +207,36 @@ def _describe(obj: ShapeObject) -> str:
     return f"a {obj.colour} {obj.shape}"
 
 
+OPPOSITE = {"above": "below", "below": "above", "left of": "right of", "right of": "left of"}
+# how a scene is put in words: the captions training shows, and the same facts in words it never
+# shows (post-training's guard against a model that learnt only the usual phrasing)
+WORDINGS = {
+    "caption": {"single": "a {size} {colour} {shape} {where}", "count": "{number} {size} {colour} {shape}s",
+                "relation": "{first} {relation} {second}"},
+    "paraphrase": {"single": "a {colour} {shape}, {size}, {where}", "count": "{number} {colour} {shape}s, all {size}",
+                   "relation": "{second} {opposite} {first}"},
+}
+
+
+def _worded(scene: Scene, wording: str) -> str:
+    objects = scene.objects
+    first = objects[0]
+    return WORDINGS[wording][scene.kind].format(
+        size=first.size, colour=first.colour, shape=first.shape, where=POSITION_PHRASES.get(first.position),
+        number=NUMBER_WORDS.get(len(objects)), first=_describe(first), second=_describe(objects[-1]),
+        relation=scene.relation, opposite=OPPOSITE.get(scene.relation))
+
+
 def caption_of(scene: Scene) -> str:
     """The caption of a single, count or relation scene (lower case, no final period)."""
-    first = scene.objects[0]
-    if scene.kind == "single":
-        return f"a {first.size} {first.colour} {first.shape} {POSITION_PHRASES[first.position]}"
-    if scene.kind == "count":
-        return f"{NUMBER_WORDS[len(scene.objects)]} {first.size} {first.colour} {first.shape}s"
-    return f"{_describe(first)} {scene.relation} {_describe(scene.objects[1])}"
-
-
-OPPOSITE = {"above": "below", "below": "above", "left of": "right of", "right of": "left of"}
+    return _worded(scene, "caption")
 
 
 def paraphrase_of(scene: Scene) -> str:
     """The caption of ``scene`` in words training never shows: the size after the object, a count
     as "all", a relation from its second object. It says the same; the reader scores it against
-    the scene (post-training's guard against a model that learnt only the usual phrasing)."""
-    first = scene.objects[0]
-    if scene.kind == "single":
-        return f"a {first.colour} {first.shape}, {first.size}, {POSITION_PHRASES[first.position]}"
-    if scene.kind == "count":
-        return f"{NUMBER_WORDS[len(scene.objects)]} {first.colour} {first.shape}s, all {first.size}"
-    return f"{_describe(scene.objects[1])} {OPPOSITE[scene.relation]} {_describe(first)}"
+    the scene."""
+    return _worded(scene, "paraphrase")
 
 
 def attributes_of(scene: Scene) -> CaptionAttributes:

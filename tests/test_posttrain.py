@@ -258,3 +258,58 @@ def test_held_out_prompts_in_other_words_are_judged_against_their_scene(debug_ru
     trainer = _trainer(debug_run, tmp_path)
     row = trainer.evaluate(0)
     assert {"heldout_reward", "paraphrased_reward", "paraphrased_colour"} <= set(row)
+
+
+def test_a_caption_s_log_probabilities_are_those_it_was_sampled_with(debug_run, tmp_path):
+    """Each token's log-probability, read in one teacher-forced pass, equals the log-softmax the
+    sampler drew it from (the caption so far as the prompt)."""
+    cfg, ckpt = start_config(debug_run, [*SMALL, "posttrain.reward=captions"])
+    trainer = Posttrainer(cfg, ckpt, tmp_path)
+    pol, model = trainer.policy, trainer.model.eval()
+    from transfusion.posttrain.grpo import prompts_of
+
+    prompts = prompts_of(cfg, "validation", 2)
+    assert all(p == "" and p.source is not None for p in prompts)  # the caption is the policy's to say
+    rollout = pol.rollout(model, prompts, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for row, ids in enumerate(rollout.tokens):
+            for j in range(min(len(ids), 4)):  # token j follows the caption's first j (the first, <eoi>)
+                batch, group, starts = pol._inputs([prompts[row]], [ids[:j]], "cpu")
+                last = torch.zeros_like(batch.tokens, dtype=torch.bool)
+                last[0, starts[0] + j - 1] = True
+                expected = pol._logits(model, batch, group, last).log_softmax(-1)[0, ids[j]]
+                assert rollout.log_probs[row, j].item() == pytest.approx(expected.item(), abs=1e-4)
+    assert rollout.mask.sum().item() == sum(len(ids) for ids in rollout.tokens)
+
+
+def lower_case(prompt, caption, image):
+    """A caption reward the debug model can climb: the share of its characters that are a-z."""
+    return sum(ch.islower() and ch.isascii() for ch in caption) / max(1, len(caption))
+
+
+def test_a_caption_reward_moves_the_captions(debug_run, tmp_path, monkeypatch):
+    cfg, ckpt = start_config(debug_run, [*SMALL, "posttrain.reward=captions", "posttrain.group=8", "posttrain.lr=1e-2",
+                                         "posttrain.kl=0"])
+    trainer = Posttrainer(cfg, ckpt, tmp_path)
+    monkeypatch.setattr(trainer, "reward", lower_case)
+    from transfusion.posttrain.grpo import prompts_of
+
+    held_out = prompts_of(cfg, "validation", 8)
+
+    def share():
+        rollout = trainer.policy.rollout(trainer.model, held_out, torch.Generator().manual_seed(7))
+        texts = rollout.texts(trainer.tokenizer)
+        return sum(lower_case(None, t, None) * len(t) for t in texts) / max(1, sum(len(t) for t in texts))
+
+    before = share()
+    for step in range(8):
+        row = trainer.update(step)
+    assert share() > before + 0.04 and {"train_colour", "kl", "clipped"} <= set(row)
+
+
+def test_posttrain_with_the_captions_reward_logs_what_the_captions_state(debug_run, tmp_path):
+    out = tmp_path / "captions"
+    COMMANDS["posttrain"]([str(debug_run), "--out", str(out), "--reward", "captions", *SMALL, "posttrain.steps=1"])
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert "train_colour" in rows[1] and "heldout_colour" in rows[-1] and (out / "curves.png").is_file()
+    assert load_checkpoint(out).step == 1

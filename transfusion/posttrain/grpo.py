@@ -37,8 +37,9 @@ from transfusion.data.registry import load_dataset
 from transfusion.data.shapes import paraphrase_of
 from transfusion.fileio import RunLock, atomic_text
 from transfusion.model.lora import add_lora, has_lora
-from transfusion.posttrain.policy import ImagePolicy, Prompt, Rollout
-from transfusion.posttrain.rewards import EDIT_REWARDS, load_reward, score_all
+from transfusion.posttrain.captions import CaptionPolicy
+from transfusion.posttrain.policy import ImagePolicy, Prompt
+from transfusion.posttrain.rewards import CAPTION_REWARDS, EDIT_REWARDS, load_reward, score_all, score_captions
 from transfusion.tracking import Tracker
 from transfusion.train import truncate_metrics
 from transfusion.train_state import load_training_state, save_checkpoint
@@ -50,8 +51,9 @@ EVAL_SEED = 1_000_003  # the held-out prompts' sampler noise: the same at every 
 def prompts_of(cfg: Config, split: str, n: int, start: int = 0) -> list[Prompt]:
     """``n`` prompts from document ``start`` on (wrapping around a finite split): the captions of
     the dataset's caption + image documents, or for an edit reward the instructions of
-    ``data.edit_dataset``'s triples, with their sources."""
-    edits = cfg.posttrain.reward in EDIT_REWARDS
+    ``data.edit_dataset``'s triples, with their sources, or for a caption reward those
+    documents' images (the prompt's text empty: the caption is what the policy says)."""
+    edits, captioning = cfg.posttrain.reward in EDIT_REWARDS, cfg.posttrain.reward in CAPTION_REWARDS
     spec = cfg.data.edit_dataset if edits else cfg.data.dataset
     data = load_dataset(spec, split, cfg.image.size)
     out, i = [], start
@@ -60,7 +62,7 @@ def prompts_of(cfg: Config, split: str, n: int, start: int = 0) -> list[Prompt]:
         if edits and doc.kind == "edit":
             out.append(Prompt(doc.segments[1].text, doc.segments[0].pixels, doc.meta))
         elif not edits and doc.kind == "pair":
-            out.append(Prompt(doc.caption, meta=doc.meta))
+            out.append(Prompt("", doc.images[0].pixels, doc.meta) if captioning else Prompt(doc.caption, meta=doc.meta))
         i += 1
         if i - start > 50 * n + len(data):
             what = "editing triples" if edits else "caption + image documents"
@@ -95,17 +97,21 @@ class Posttrainer:
         self.tokenizer, self.autoencoder = loaded.tokenizer, loaded.autoencoder
         self.model = loaded.model.train()
         pt = cfg.posttrain
+        self.captioning = pt.reward in CAPTION_REWARDS
         if cfg.train.lora.rank:
             add_lora(self.model, cfg.train.lora, base=str(start))
-        else:  # the trunk and the image layers; the token embedding and LM head keep the text as it was
+        else:  # the trunk and image layers; for images the token embedding and LM head keep the text as it was
             self.model.requires_grad_(True)
-            self.model.token_embed.requires_grad_(False)
-            self.model.lm_head.requires_grad_(False)
+            self.model.token_embed.requires_grad_(self.captioning)
+            self.model.lm_head.requires_grad_(self.captioning)
         self.reference = None
         if pt.kl > 0:  # the starting model: the adapters switched off, or a frozen copy
             self.reference = self.model if has_lora(self.model) else copy.deepcopy(self.model).requires_grad_(False)
-        self.policy = ImagePolicy(self.model, self.tokenizer, self.autoencoder, cfg)
-        if self.policy.flow and pt.flow_noise <= 0:
+        if self.captioning:
+            self.policy = CaptionPolicy(self.model, self.tokenizer, self.autoencoder, cfg)
+        else:
+            self.policy = ImagePolicy(self.model, self.tokenizer, self.autoencoder, cfg)
+        if not self.captioning and self.policy.flow and pt.flow_noise <= 0:
             raise ValueError("posttrain.flow_noise=0 samples the flow's ODE: no step has a log-probability to train on")
         self.reward = load_reward(pt.reward)
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -115,7 +121,8 @@ class Posttrainer:
         self.samples_drawn = 0
         self.wall_seconds = 0.0  # of the updates so far, across resumes (evaluations not counted)
 
-    def rollout(self, prompts: list[str], generator: torch.Generator) -> Rollout:
+    def rollout(self, prompts: list[str], generator: torch.Generator):
+        """The policy's rollout of ``prompts`` by the model, the starting model's log-densities kept for the KL."""
         reference = self.reference
         if reference is not None and has_lora(reference):
             reference = _without_adapters(self.model)
@@ -128,6 +135,56 @@ class Posttrainer:
         generator = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + step)
         prompts = prompts_of(cfg, pt.split, pt.prompts, start=step * pt.prompts)
         grouped = [p for p in prompts for _ in range(pt.group)]
+        if self.captioning:
+            row = self._update_captions(grouped, generator)
+        else:
+            row = self._update_images(grouped, generator)
+        self.wall_seconds += time.time() - started
+        row = {"step": step + 1, **row, "samples_drawn": self.samples_drawn, "seconds": time.time() - started,
+               "wall_seconds": self.wall_seconds}
+        return row
+
+    def _step(self) -> float:
+        grad_norm = torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], 1.0)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(grad_norm)
+
+    def _update_captions(self, grouped: list[Prompt], generator: torch.Generator) -> dict:
+        """GRPO on the captions' tokens: the clipped objective per token, the KL to the start per
+        token (k3: exp(r) - r - 1 of r = log p_start - log p, never negative), averaged over each
+        caption's tokens."""
+        pt = self.cfg.posttrain
+        self.model.eval()
+        rollout = self.rollout(grouped, generator)
+        texts = rollout.texts(self.tokenizer)
+        rewards = score_captions(self.reward, grouped, texts)
+        advantages = group_advantages(rewards, pt.group)[:, None]
+        self.samples_drawn += len(grouped)
+        self.model.train()
+        mask = rollout.mask.float()
+        stats = {"kl": 0.0, "clipped": 0.0, "loss": 0.0}
+        for _ in range(pt.inner_epochs):
+            log_probs, _ = self.policy.log_probs(self.model, rollout)
+            ratio = torch.exp(log_probs - rollout.log_probs)
+            per_token = torch.maximum(-advantages * ratio,
+                                      -advantages * ratio.clamp(1 - pt.clip_range, 1 + pt.clip_range))
+            if rollout.reference is not None:
+                r = rollout.reference - log_probs
+                kl = torch.exp(r) - r - 1
+                per_token = per_token + pt.kl * kl
+                stats["kl"] += ((kl * mask).sum() / mask.sum()).item() / pt.inner_epochs
+            loss = ((per_token * mask).sum(1) / mask.sum(1)).mean()
+            loss.backward()
+            stats["loss"] += loss.item() / pt.inner_epochs
+            clipped = (((ratio - 1).abs() > pt.clip_range).float() * mask).sum() / mask.sum()
+            stats["clipped"] += clipped.item() / pt.inner_epochs
+            stats["grad_norm"] = self._step()
+        return {"reward": rewards.mean().item(), "reward_std": rewards.std().item(), **stats,
+                **{f"train_{k}": v for k, v in caption_accuracy(grouped, texts).items()}}
+
+    def _update_images(self, grouped: list[Prompt], generator: torch.Generator) -> dict:
+        pt, cfg = self.cfg.posttrain, self.cfg
         self.model.eval()
         rollout = self.rollout(grouped, generator)
         images = self.policy.pixels(rollout.samples)
@@ -157,16 +214,9 @@ class Posttrainer:
                 stats["loss"] += loss.item() / (chosen * pt.inner_epochs)
                 share = ((ratio - 1).abs() > pt.clip_range).float().mean().item()
                 stats["clipped"] += share / (chosen * pt.inner_epochs)
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                [p for p in self.model.parameters() if p.requires_grad], 1.0)
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-        self.wall_seconds += time.time() - started
-        row = {"step": step + 1, "reward": rewards.mean().item(), "reward_std": rewards.std().item(),
-               "grad_norm": float(grad_norm), "samples_drawn": self.samples_drawn,
-               "seconds": time.time() - started, "wall_seconds": self.wall_seconds, **stats}
-        row.update({f"train_{k}": v for k, v in attribute_accuracy(cfg, grouped, images).items()})
-        return row
+            stats["grad_norm"] = self._step()
+        return {"reward": rewards.mean().item(), "reward_std": rewards.std().item(), **stats,
+                **{f"train_{k}": v for k, v in attribute_accuracy(cfg, grouped, images).items()}}
 
     @torch.no_grad()
     def evaluate(self, step: int) -> dict:
@@ -175,6 +225,15 @@ class Posttrainer:
         prompts = prompts_of(self.cfg, held_out_split(self.cfg), self.cfg.posttrain.eval_prompts)
         self.model.eval()
         row = {"step": step, "samples_drawn": self.samples_drawn, "wall_seconds": self.wall_seconds}
+        if self.captioning:
+            rollout = self.policy.rollout(self.model, prompts, torch.Generator().manual_seed(EVAL_SEED))
+            texts = rollout.texts(self.tokenizer)
+            row["heldout_reward"] = score_captions(self.reward, prompts, texts).mean().item()
+            row.update({f"heldout_{k}": v for k, v in caption_accuracy(prompts, texts).items()})
+            (self.out / "samples").mkdir(exist_ok=True)
+            image_grid(torch.stack([p.source for p in prompts[:32]]), texts[:32]).save(
+                self.out / "samples" / f"step_{step:06d}.png")
+            return row
         images = self._held_out(prompts, "heldout", row)
         if all("scene" in p.meta for p in prompts):  # the same scenes in words training never showed
             self._held_out([Prompt(paraphrase_of(p.meta["scene"]), meta=p.meta) for p in prompts], "paraphrased", row)
@@ -226,6 +285,13 @@ def attribute_accuracy(cfg: Config, prompts: list[str], images: torch.Tensor) ->
     from transfusion.metrics.shapes_reader import score, summarise
 
     return summarise([score(img, p.meta.get("scene") or p) for img, p in zip(images.cpu(), prompts)])
+
+
+def caption_accuracy(prompts: list[Prompt], texts: list[str]) -> dict:
+    """The shares of captions that state each attribute of their image's scene rightly."""
+    from transfusion.metrics.shapes_reader import score_caption, summarise
+
+    return summarise([score_caption(text, p.meta["scene"]) for p, text in zip(prompts, texts)])
 
 
 def posttrain(start: str | Path, out: str | Path, overrides: list[str] = ()) -> Path:

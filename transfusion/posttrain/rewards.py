@@ -17,6 +17,9 @@ drawing what the caption says:
 - ``edit``: for an editing triple, the mean of the edit reader's success (the change asked for
   holds) and preservation (nothing else changed) (``metrics/edit_reader.py``); ``edit_exact``:
   1 when both hold;
+- ``captions`` (post-training captioning): the share of the image's attributes the caption
+  states rightly, read by the shapes reader's parse of the caption (``score_caption``); its
+  signature is (prompt, caption, image);
 - ``python:module.function``: a function of yours, importable from the working directory, with
   the same signature. It runs as your code: name only modules you trust.
 """
@@ -88,9 +91,22 @@ def edit_exact_reward(instruction, pixels: torch.Tensor, source: torch.Tensor | 
     return float(scores["success"] and scores["preservation"])
 
 
+def captions_reward(prompt, caption: str, pixels: torch.Tensor | None = None) -> float:
+    """The share of the attributes of the image's scene that the caption states rightly."""
+    from transfusion.metrics.shapes_reader import score_caption
+
+    scene = getattr(prompt, "meta", {}).get("scene")
+    if scene is None:
+        raise ValueError("the captions reward reads the scene of a shapes image; this prompt has none")
+    found = score_caption(caption, scene)
+    stated = [found[a] for a in STATED if found.get(a) is not None]
+    return sum(stated) / len(stated)
+
+
 BUILT_IN = {"shapes": shapes_reward, "shapes_exact": shapes_exact_reward, "digits": digits_reward,
-            "edit": edit_reward, "edit_exact": edit_exact_reward}
-EDIT_REWARDS = ("edit", "edit_exact")  # rewards of editing triples: their prompts are edits'
+            "edit": edit_reward, "edit_exact": edit_exact_reward, "captions": captions_reward}
+EDIT_REWARDS = ("edit", "edit_exact")  # rewards of editing triples: their prompts are edits
+CAPTION_REWARDS = ("captions",)  # rewards of captions: their prompts are images
 
 
 
@@ -110,13 +126,22 @@ def load_reward(spec: str) -> Reward:
     return fn
 
 
+def _checked(value, what: str) -> float:
+    if not isinstance(value, (int, float)) or not math.isfinite(value) or not 0 <= value <= 1:
+        raise ValueError(f"the reward gave {value!r} for {what}: it must be a number in [0, 1]")
+    return float(value)
+
+
+def score_captions(reward, prompts: list[str], captions: list[str]) -> torch.Tensor:
+    """Each caption's reward (N,), given its prompt (whose ``source`` is the image), checked."""
+    return torch.tensor([_checked(reward(p, c, p.source), repr(c)) for p, c in zip(prompts, captions, strict=True)])
+
+
 def score_all(reward: Reward, prompts: list[str], images: torch.Tensor) -> torch.Tensor:
     """Each image's reward (N,), checked: a number in [0, 1]. An edit's reward is given its source."""
     values = []
     for caption, pixels in zip(prompts, images.cpu(), strict=True):
         source = getattr(caption, "source", None)
         value = reward(caption, pixels) if source is None else reward(caption, pixels, source)
-        if not isinstance(value, (int, float)) or not math.isfinite(value) or not 0 <= value <= 1:
-            raise ValueError(f"the reward gave {value!r} for {caption!r}: it must be a number in [0, 1]")
-        values.append(float(value))
+        values.append(_checked(value, repr(caption)))
     return torch.tensor(values)

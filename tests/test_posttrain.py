@@ -313,3 +313,10 @@ def test_posttrain_with_the_captions_reward_logs_what_the_captions_state(debug_r
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert "train_colour" in rows[1] and "heldout_colour" in rows[-1] and (out / "curves.png").is_file()
     assert load_checkpoint(out).step == 1
+
+
+def test_a_start_passes_on_its_weights_not_its_lora_or_post_training_recipe(debug_run, fine_tune, tmp_path):
+    lora_start = fine_tune("lora_start", debug_run, "train.lora.rank=4", "posttrain.group=3")
+    cfg, ckpt = start_config(lora_start, ["posttrain.prompts=5"])
+    assert cfg.train.lora.rank == 0 and cfg.posttrain.group == 8 and cfg.posttrain.prompts == 5
+    assert cfg.train.init_from == str(ckpt) and ckpt.parent.parent == lora_start

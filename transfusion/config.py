@@ -237,7 +237,7 @@ class PosttrainConfig:
     inner_epochs: int = recipe(1)  # passes over each batch of samples
     timestep_fraction: float = recipe(1.0)  # share of the denoising steps each update trains on
     split: str = recipe("train")  # the dataset split whose captions are the prompts
-    eval_every: int = execution(25)  # updates between held-out reward measurements (0: only at the end)
+    eval_every: int = execution(25)  # updates between held-out measurements, on eval_prompts prompts (0: at the end)
     eval_prompts: int = execution(64)
 
 
@@ -377,8 +377,9 @@ def _dotlist_to_dict(overrides: list[str]) -> dict:
     return out
 
 
-def load_config(preset: str | None = None, files: list[str | Path] = (), overrides: list[str] = ()) -> Config:
-    cfg = Config()
+def load_config(preset: str | None = None, files: list[str | Path] = (), overrides: list[str] = (),
+                start: Config | None = None) -> Config:  # start: a config to begin from, not Config() (a copy)
+    cfg = from_dict(to_dict(start)) if start is not None else Config()
     if preset is not None:
         if preset not in PRESETS:
             raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")

@@ -1,23 +1,25 @@
-"""Group-relative policy optimisation (GRPO) of the image path with an exact reward.
+"""Group-relative policy optimisation (GRPO) towards an exact reward, on the image or the caption path.
 
     transfusion posttrain runs/small --out runs/small_grpo --reward shapes posttrain.steps=200
 
-One update (``Posttrainer.update``): ``posttrain.prompts`` captions of the dataset's training split,
-``posttrain.group`` images each, sampled by the current model with the stochastic DDPM sampler
-of ``policy.py`` (each step's log-probability kept); each image is scored by the reward; a
-sample's advantage is its reward's standing in its caption's group, A = (r - mean) / (std + 1e-4)
-(Shao et al. 2024, arXiv 2402.03300; on diffusion steps as Flow-GRPO, Liu et al. 2025, arXiv
-2505.05470); then for each denoising step (a ``timestep_fraction`` share of them) PPO's
-clipped objective (Schulman et al. 2017) on the ratio r = exp((log p_theta - log p_old) / d),
-per latent element d as DDPO does, plus ``kl`` times the KL to the starting model,
-||mu_theta - mu_start||^2 / (2 sigma^2) per element (both Gaussians share sigma). Full weights
-train, or LoRA adapters (``train.lora.rank``, ``docs/posttraining.md``).
+One update (``Posttrainer.update``): ``posttrain.prompts`` prompts of the training split (captions;
+an edit reward's instructions with their sources; a caption reward's images), ``posttrain.group``
+samples each, drawn by the current model with a sampler whose every step has an exact
+log-probability (``policy.py``: DDPM's posterior, or a flow's SDE; ``captions.py``: tokens);
+each sample scored by the reward; a sample's advantage its reward's standing in its prompt's
+group, A = (r - mean) / (std + 1e-4) (Shao et al. 2024, arXiv 2402.03300; on diffusion steps as
+Flow-GRPO, Liu et al. 2025, arXiv 2505.05470); then PPO's clipped objective (Schulman et al.
+2017) on each step's probability ratio (per latent element for images, as DDPO does; per token
+for captions), plus ``kl`` times the KL to the starting model (for images ||mu - mu_start||^2 /
+(2 sigma^2) per element, both Gaussians sharing sigma; for tokens k3). Full weights train, or
+LoRA adapters (``train.lora.rank``, ``docs/posttraining.md``).
 
 A post-training run is a run folder: ``config.yaml`` (the start's, with ``train.init_from`` the
 start checkpoint and the ``posttrain`` section), ``checkpoints/`` (whole weights, or the
-adapters on the start), ``metrics.jsonl`` (reward, per-attribute accuracy, KL, clip share per
-update; held-out reward at ``eval_every``), sample grids in ``samples/``; it resumes exactly
-where it stopped (the prompts and the sampler's noise of update u depend only on the seed and u).
+adapters on the start), ``metrics.jsonl`` (per update: reward, what the judge reads, KL, clip
+share, samples drawn, wall clock; held-out figures at ``eval_every``), ``samples/`` and
+``curves.png``; it resumes exactly where it stopped (the prompts and the sampler's noise of
+update u depend only on the seed and u).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from torch.distributed.checkpoint.state_dict import get_state_dict
 from tqdm import tqdm
 
 from transfusion.checkpoint import list_checkpoints, load_checkpoint, resolve_checkpoint
-from transfusion.config import Config, config_yaml, from_dict, load_config, resumed, to_dict
+from transfusion.config import Config, LoraConfig, config_yaml, from_dict, load_config, resumed, to_dict, with_fields
 from transfusion.data.registry import load_dataset
 from transfusion.data.shapes import paraphrase_of
 from transfusion.fileio import RunLock, atomic_text
@@ -83,9 +85,13 @@ def group_advantages(rewards: torch.Tensor, group: int) -> torch.Tensor:
 
 
 def start_config(start: str | Path, overrides: list[str]) -> tuple[Config, Path]:
-    """The run's config: the start checkpoint's, with ``overrides`` and ``train.init_from`` = the start."""
+    """The run's config: the start checkpoint's, its own LoRA and post-training settings back at
+    their defaults (a start that was a LoRA or post-training run passes on its weights, not its
+    recipe), then ``overrides``, and ``train.init_from`` = the start."""
     ckpt = resolve_checkpoint(start)
-    return load_config(files=[ckpt / "config.yaml"], overrides=[*overrides, f"train.init_from={ckpt}"]), ckpt
+    saved = from_dict(yaml.safe_load((ckpt / "config.yaml").read_text()))
+    fresh = with_fields(saved, {"train": {"lora": LoraConfig()}, "posttrain": to_dict(Config())["posttrain"]})
+    return load_config(start=fresh, overrides=[*overrides, f"train.init_from={ckpt}"]), ckpt
 
 
 class Posttrainer:

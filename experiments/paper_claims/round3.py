@@ -207,13 +207,20 @@ def claim_b() -> None:
     table_b()
 
 
-def stats_b(arm: str) -> dict:
-    """{metric: (mean, sd)} of ``arm``'s t2i at its largest budget with ``B_SETTINGS``, over seeds."""
+def stats_b(arm: str, partial: bool = False) -> dict:
+    """{metric: (mean, sd)} of ``arm``'s t2i at its largest budget with ``B_SETTINGS``, over seeds;
+    with ``partial`` (``--table`` while the round is under way), over the seeds scored so far."""
     reports = []
     for seed in SEEDS:
-        run = train(arm, seed)
-        reports.append(run.score(run.plan[max(run.plan)], "t2i", T2I_N, B_SETTINGS)["t2i"])
-    out = {"FID": mean_sd([r["fid"] for r in reports])}
+        try:
+            run = train(arm, seed)
+            reports.append(run.score(run.plan[max(run.plan)], "t2i", T2I_N, B_SETTINGS)["t2i"])
+        except NotInStore:
+            if not partial:
+                raise
+    if not reports:
+        raise NotInStore(arm)
+    out = {"seeds": len(reports), "FID": mean_sd([r["fid"] for r in reports])}
     out.update({a: mean_sd([r["accuracy"][a] for r in reports]) for a in ATTRIBUTES})
     return out
 
@@ -225,11 +232,15 @@ def table_b() -> str:
     for bidirectional, causal, label in B_PAIRS:
         for arm, how in ((bidirectional, "bidirectional"), (causal, "causal")):
             try:
-                st = stats_b(arm)
+                st = stats_b(arm, partial=True)
             except NotInStore:
                 lines.append("| " + " | ".join([label, how, "not yet measured"] + ["-"] * len(ATTRIBUTES)) + " |")
                 continue
-            lines.append("| " + " | ".join([label, how, pm(*st["FID"]), *[pm(*st[a], True) for a in ATTRIBUTES]]) + " |")
+            seeds = "" if st["seeds"] == len(SEEDS) else f" ({st['seeds']} of {len(SEEDS)} seeds so far)"
+            one = st["seeds"] == 1  # no spread to show yet
+            fmt = (lambda m, s, percent=False: pm(m, s, percent).split(" +/-")[0]) if one else pm  # noqa: E731
+            cells = [label, how, fmt(*st["FID"]) + seeds, *[fmt(*st[a], True) for a in ATTRIBUTES]]
+            lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"Mean +/- standard deviation over {len(SEEDS)} training seeds at {max(LONG):.2g} training FLOPs, sampled from "
               f"the EMA: {setting_name(B_SETTINGS)}, FID on {T2I_N} held-out test captions.", ""]
     text = "\n".join(lines)

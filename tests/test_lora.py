@@ -236,3 +236,14 @@ def test_a_lora_run_from_a_pretrained_language_model_trains_its_image_layers_in_
     by_peft = peft.PeftModel.from_pretrained(fresh, str(ckpt)).base_model.model
     copy_of_image = by_peft.image.modules_to_save["default"].state_dict()
     assert all(torch.equal(copy_of_image[k.removeprefix("image.")], v) for k, v in images.items())
+
+
+def test_layers_that_train_in_full_get_no_adapter():
+    cfg, model = build(*EVERYTHING)
+    add_lora(model, cfg.train.lora, train_fully=("image",))
+    assert not any(".lora_" in n for n, _ in model.image.named_parameters())
+    assert all(p.requires_grad for p in model.image.parameters())
+    assert any(".lora_" in n for n, _ in model.trunk.named_parameters())
+    cfg, model = build(*EVERYTHING[:1], "train.lora.modules=[image]", *EVERYTHING[2:])
+    with pytest.raises(ValueError, match="only layers that train in full"):
+        add_lora(model, cfg.train.lora, train_fully=("image",))

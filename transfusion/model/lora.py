@@ -64,9 +64,12 @@ def peft_config(settings: LoraConfig, model: nn.Module, base: str = "", train_fu
     a checkpoint or a language model folder), kept as its ``base_model_name_or_path``;
     ``train_fully``: top-level modules that train in full beside the adapters (peft's ``modules_to_save``:
     the image layers of a pretrained language model's start, which start untrained)."""
+    targets = [n for n in target_modules(settings, model) if not any(n.startswith(f"{m}.") for m in train_fully)]
+    if not targets:
+        raise ValueError(f"train.lora.modules={settings.modules} names only layers that train in full here")
     return _peft().LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
-                           target_modules=target_modules(settings, model), base_model_name_or_path=base or None,
-                           modules_to_save=list(train_fully) or None)
+                              target_modules=targets, base_model_name_or_path=base or None,
+                              modules_to_save=list(train_fully) or None)
 
 
 def add_lora(model: nn.Module, settings: LoraConfig, base: str = "", config=None,

@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 from transfusion.checkpoint import load_checkpoint
 from transfusion.cli import COMMANDS
 from transfusion.config import load_config
-from transfusion.posttrain.grpo import Posttrainer, group_advantages, start_config
+from transfusion.posttrain.grpo import Posttrainer, start_config
+from transfusion.posttrain.objective import group_advantages
 from transfusion.posttrain.policy import ImagePolicy, gaussian_log_prob
 from transfusion.posttrain.rewards import load_reward, score_all
 from transfusion.samplers import sample

@@ -21,6 +21,9 @@ from transfusion.batch import ImageGroup
 from transfusion.data.document import Image, Tokens
 from transfusion.data.packing import CONTEXT_IMAGE, layout, pack
 from transfusion.diffusion import CONTEXT_T
+from transfusion.posttrain.objective import clipped_objective
+from transfusion.posttrain.rewards import judged_captions, score_captions
+from transfusion.visualize import image_grid
 
 CAPTION_TOKENS = 24
 
@@ -108,3 +111,36 @@ class CaptionPolicy:
         picked = logits.log_softmax(-1).gather(1, targets[mask][:, None])[:, 0]
         out = torch.zeros(mask.shape, device=device, dtype=picked.dtype)
         return out.masked_scatter(mask, picked), mask
+
+    # ---------------------------------------------------------------- as GRPO uses a policy
+    def outputs(self, rollout: CaptionRollout) -> list[str]:
+        return rollout.texts(self.tokenizer)
+
+    def score(self, reward, prompts: list[str], texts: list[str]) -> torch.Tensor:
+        return score_captions(reward, prompts, texts)
+
+    def judged(self, prompts: list[str], texts: list[str]) -> dict:
+        return judged_captions(prompts, texts)
+
+    def grid(self, prompts: list[str], texts: list[str]):
+        """The first 32 images under the captions said of them."""
+        return image_grid(torch.stack([p.source for p in prompts[:32]]), texts[:32])
+
+    def backward(self, model, rollout: CaptionRollout, advantages: torch.Tensor, pt, generator=None) -> dict:
+        """The gradient of one pass of the clipped objective per token, with ``pt.kl`` times the KL
+        to the start per token (k3: exp(r) - r - 1 of r = log p_start - log p, never negative),
+        averaged over each caption's tokens."""
+        mask = rollout.mask.float()
+        log_probs, _ = self.log_probs(model, rollout)
+        ratio = torch.exp(log_probs - rollout.log_probs)
+        per_token = clipped_objective(ratio, advantages[:, None], pt.clip_range)
+        stats = {"kl": 0.0}
+        if rollout.reference is not None:
+            r = rollout.reference - log_probs
+            kl = torch.exp(r) - r - 1
+            per_token = per_token + pt.kl * kl
+            stats["kl"] = ((kl * mask).sum() / mask.sum()).item()
+        loss = ((per_token * mask).sum(1) / mask.sum(1)).mean()
+        loss.backward()
+        clipped = (((ratio - 1).abs() > pt.clip_range).float() * mask).sum() / mask.sum()
+        return {**stats, "loss": loss.item(), "clipped": clipped.item()}

@@ -40,12 +40,13 @@ from transfusion.data.shapes import paraphrase_of
 from transfusion.fileio import RunLock, atomic_text
 from transfusion.model.lora import add_lora, has_lora
 from transfusion.posttrain.captions import CaptionPolicy
+from transfusion.posttrain.objective import group_advantages
 from transfusion.posttrain.policy import ImagePolicy, Prompt
-from transfusion.posttrain.rewards import CAPTION_REWARDS, EDIT_REWARDS, load_reward, score_all, score_captions
+from transfusion.posttrain.rewards import CAPTION_REWARDS, EDIT_REWARDS, load_reward
 from transfusion.tracking import Tracker
 from transfusion.train import truncate_metrics
 from transfusion.train_state import load_training_state, save_checkpoint
-from transfusion.visualize import image_grid, plot_posttraining
+from transfusion.visualize import plot_posttraining
 
 EVAL_SEED = 1_000_003  # the held-out prompts' sampler noise: the same at every evaluation
 
@@ -76,12 +77,6 @@ def held_out_split(cfg: Config) -> str:
     """Where the held-out reward is measured: the validation split, or the test split of data
     that has none (the built-in edits); it is reported, never used to choose anything."""
     return "test" if cfg.posttrain.reward in EDIT_REWARDS else "validation"
-
-
-def group_advantages(rewards: torch.Tensor, group: int) -> torch.Tensor:
-    """(N,) rewards of N / group captions' groups -> each sample's standing in its group."""
-    r = rewards.view(-1, group)
-    return ((r - r.mean(1, keepdim=True)) / (r.std(1, keepdim=True) + 1e-4)).view(-1)
 
 
 def start_config(start: str | Path, overrides: list[str]) -> tuple[Config, Path]:
@@ -135,20 +130,28 @@ class Posttrainer:
         return self.policy.rollout(self.model, prompts, generator, reference=reference)
 
     def update(self, step: int) -> dict:
-        """One GRPO update: sample, score, and move the model; returns the update's log row."""
+        """One GRPO update: sample, score, and move the model; returns the update's log row (its
+        loss, KL and clipped share those of the last of ``inner_epochs`` passes)."""
         pt, cfg = self.cfg.posttrain, self.cfg
         started = time.time()
         generator = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + step)
         prompts = prompts_of(cfg, pt.split, pt.prompts, start=step * pt.prompts)
         grouped = [p for p in prompts for _ in range(pt.group)]
-        if self.captioning:
-            row = self._update_captions(grouped, generator)
-        else:
-            row = self._update_images(grouped, generator)
+        self.model.eval()
+        rollout = self.rollout(grouped, generator)
+        outputs = self.policy.outputs(rollout)
+        rewards = self.policy.score(self.reward, grouped, outputs)
+        advantages = group_advantages(rewards, pt.group)
+        self.samples_drawn += len(grouped)
+        self.model.train()
+        for _ in range(pt.inner_epochs):
+            stats = self.policy.backward(self.model, rollout, advantages, pt, generator)
+            stats["grad_norm"] = self._step()
         self.wall_seconds += time.time() - started
-        row = {"step": step + 1, **row, "samples_drawn": self.samples_drawn, "seconds": time.time() - started,
-               "wall_seconds": self.wall_seconds}
-        return row
+        return {"step": step + 1, "reward": rewards.mean().item(), "reward_std": rewards.std().item(), **stats,
+                **{f"train_{k}": v for k, v in self.policy.judged(grouped, outputs).items()},
+                "samples_drawn": self.samples_drawn, "seconds": time.time() - started,
+                "wall_seconds": self.wall_seconds}
 
     def _step(self) -> float:
         grad_norm = torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], 1.0)
@@ -156,108 +159,27 @@ class Posttrainer:
         self.optimizer.zero_grad(set_to_none=True)
         return float(grad_norm)
 
-    def _update_captions(self, grouped: list[Prompt], generator: torch.Generator) -> dict:
-        """GRPO on the captions' tokens: the clipped objective per token, the KL to the start per
-        token (k3: exp(r) - r - 1 of r = log p_start - log p, never negative), averaged over each
-        caption's tokens."""
-        pt = self.cfg.posttrain
-        self.model.eval()
-        rollout = self.rollout(grouped, generator)
-        texts = rollout.texts(self.tokenizer)
-        rewards = score_captions(self.reward, grouped, texts)
-        advantages = group_advantages(rewards, pt.group)[:, None]
-        self.samples_drawn += len(grouped)
-        self.model.train()
-        mask = rollout.mask.float()
-        stats = {"kl": 0.0, "clipped": 0.0, "loss": 0.0}
-        for _ in range(pt.inner_epochs):
-            log_probs, _ = self.policy.log_probs(self.model, rollout)
-            ratio = torch.exp(log_probs - rollout.log_probs)
-            per_token = torch.maximum(-advantages * ratio,
-                                      -advantages * ratio.clamp(1 - pt.clip_range, 1 + pt.clip_range))
-            if rollout.reference is not None:
-                r = rollout.reference - log_probs
-                kl = torch.exp(r) - r - 1
-                per_token = per_token + pt.kl * kl
-                stats["kl"] += ((kl * mask).sum() / mask.sum()).item() / pt.inner_epochs
-            loss = ((per_token * mask).sum(1) / mask.sum(1)).mean()
-            loss.backward()
-            stats["loss"] += loss.item() / pt.inner_epochs
-            clipped = (((ratio - 1).abs() > pt.clip_range).float() * mask).sum() / mask.sum()
-            stats["clipped"] += clipped.item() / pt.inner_epochs
-            stats["grad_norm"] = self._step()
-        return {"reward": rewards.mean().item(), "reward_std": rewards.std().item(), **stats,
-                **{f"train_{k}": v for k, v in caption_accuracy(grouped, texts).items()}}
-
-    def _update_images(self, grouped: list[Prompt], generator: torch.Generator) -> dict:
-        pt, cfg = self.cfg.posttrain, self.cfg
-        self.model.eval()
-        rollout = self.rollout(grouped, generator)
-        images = self.policy.pixels(rollout.samples)
-        rewards = score_all(self.reward, grouped, images)
-        advantages = group_advantages(rewards, pt.group)
-        self.samples_drawn += len(grouped)
-
-        self.model.train()
-        stochastic = len(rollout.log_probs)  # the last, deterministic step has none
-        chosen = max(1, round(pt.timestep_fraction * stochastic))
-        rows = self.policy.rows(grouped, rollout.samples.device)
-        d = rollout.samples[0].numel()
-        stats = {"kl": 0.0, "clipped": 0.0, "loss": 0.0}
-        for _ in range(pt.inner_epochs):
-            order = torch.randperm(stochastic, generator=generator)[:chosen].tolist()
-            for k in order:
-                log_prob, mean, std = self.policy.step(self.model, rollout, k, rows)
-                ratio = torch.exp((log_prob - rollout.log_probs[k]) / d)
-                unclipped = -advantages * ratio
-                clipped = -advantages * ratio.clamp(1 - pt.clip_range, 1 + pt.clip_range)
-                loss = torch.maximum(unclipped, clipped).mean()
-                if rollout.reference_means is not None:
-                    kl = ((mean - rollout.reference_means[k]) ** 2).flatten(1).mean(1) / (2 * std**2)
-                    loss = loss + pt.kl * kl.mean()
-                    stats["kl"] += kl.mean().item() / (chosen * pt.inner_epochs)
-                (loss / chosen).backward()
-                stats["loss"] += loss.item() / (chosen * pt.inner_epochs)
-                share = ((ratio - 1).abs() > pt.clip_range).float().mean().item()
-                stats["clipped"] += share / (chosen * pt.inner_epochs)
-            stats["grad_norm"] = self._step()
-        return {"reward": rewards.mean().item(), "reward_std": rewards.std().item(), **stats,
-                **{f"train_{k}": v for k, v in attribute_accuracy(cfg, grouped, images).items()}}
-
     @torch.no_grad()
     def evaluate(self, step: int) -> dict:
         """Held-out reward and what the judges read: ``eval_prompts`` prompts of ``held_out_split``,
-        one image each, the same noise every time; a sample grid in ``samples/``."""
+        one sample each, the same noise every time (and for captions with a scene the same scenes
+        in other words); a grid in ``samples/``."""
         prompts = prompts_of(self.cfg, held_out_split(self.cfg), self.cfg.posttrain.eval_prompts)
         self.model.eval()
         row = {"step": step, "samples_drawn": self.samples_drawn, "wall_seconds": self.wall_seconds}
-        if self.captioning:
-            rollout = self.policy.rollout(self.model, prompts, torch.Generator().manual_seed(EVAL_SEED))
-            texts = rollout.texts(self.tokenizer)
-            row["heldout_reward"] = score_captions(self.reward, prompts, texts).mean().item()
-            row.update({f"heldout_{k}": v for k, v in caption_accuracy(prompts, texts).items()})
-            (self.out / "samples").mkdir(exist_ok=True)
-            image_grid(torch.stack([p.source for p in prompts[:32]]), texts[:32]).save(
-                self.out / "samples" / f"step_{step:06d}.png")
-            return row
-        images = self._held_out(prompts, "heldout", row)
-        if all("scene" in p.meta for p in prompts):  # the same scenes in words training never showed
+        outputs = self._held_out(prompts, "heldout", row)
+        if prompts[0] and all("scene" in p.meta for p in prompts):  # captions training never worded so
             self._held_out([Prompt(paraphrase_of(p.meta["scene"]), meta=p.meta) for p in prompts], "paraphrased", row)
         (self.out / "samples").mkdir(exist_ok=True)
-        shown = images[:32].cpu()
-        if prompts[0].source is not None:  # each edit beside its source
-            shown = torch.stack([x for p, img in zip(prompts, shown) for x in (p.source, img)])
-        image_grid(shown, [p for p in prompts[:32] for _ in range(1 + (prompts[0].source is not None))]).save(
-            self.out / "samples" / f"step_{step:06d}.png")
+        self.policy.grid(prompts, outputs).save(self.out / "samples" / f"step_{step:06d}.png")
         return row
 
-    def _held_out(self, prompts: list[Prompt], name: str, row: dict) -> torch.Tensor:
+    def _held_out(self, prompts: list[Prompt], name: str, row: dict):
         """Sample ``prompts`` with the evaluation noise; their reward and judged shares into ``row``."""
-        rollout = self.policy.rollout(self.model, prompts, torch.Generator().manual_seed(EVAL_SEED))
-        images = self.policy.pixels(rollout.samples)
-        row[f"{name}_reward"] = score_all(self.reward, prompts, images).mean().item()
-        row.update({f"{name}_{k}": v for k, v in attribute_accuracy(self.cfg, prompts, images).items()})
-        return images
+        outputs = self.policy.outputs(self.policy.rollout(self.model, prompts, torch.Generator().manual_seed(EVAL_SEED)))
+        row[f"{name}_reward"] = self.policy.score(self.reward, prompts, outputs).mean().item()
+        row.update({f"{name}_{k}": v for k, v in self.policy.judged(prompts, outputs).items()})
+        return outputs
 
 
 def _without_adapters(model):
@@ -276,28 +198,6 @@ def _without_adapters(model):
                 layer.enable_adapters(True)
 
     return forward
-
-
-def attribute_accuracy(cfg: Config, prompts: list[str], images: torch.Tensor) -> dict:
-    """What the exact judges read in the images: the shapes reader's per-attribute accuracy, or an
-    edit's success and preservation (shapes data only; else {})."""
-    if cfg.posttrain.reward in EDIT_REWARDS:
-        from transfusion.metrics.edit_reader import score_edit
-
-        scores = [score_edit(img, p.meta["edit"]) for img, p in zip(images.cpu(), prompts)]
-        return {k: sum(s[k] for s in scores) / len(scores) for k in ("success", "preservation")}
-    if cfg.data.dataset != "shapes":
-        return {}
-    from transfusion.metrics.shapes_reader import score, summarise
-
-    return summarise([score(img, p.meta.get("scene") or p) for img, p in zip(images.cpu(), prompts)])
-
-
-def caption_accuracy(prompts: list[Prompt], texts: list[str]) -> dict:
-    """The shares of captions that state each attribute of their image's scene rightly."""
-    from transfusion.metrics.shapes_reader import score_caption, summarise
-
-    return summarise([score_caption(text, p.meta["scene"]) for p, text in zip(prompts, texts)])
 
 
 def posttrain(start: str | Path, out: str | Path, overrides: list[str] = ()) -> Path:

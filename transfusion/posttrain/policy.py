@@ -45,7 +45,10 @@ from transfusion.data.document import Image, Text
 from transfusion.data.packing import CONTEXT_IMAGE, layout, pack
 from transfusion.diffusion import CONTEXT_T, Flow, noise_process, randn, shift_timesteps
 from transfusion.engine.settings import resolve_clip
+from transfusion.posttrain.objective import clipped_objective
+from transfusion.posttrain.rewards import judged_images, score_all
 from transfusion.samplers import clip_noise, clip_velocity
+from transfusion.visualize import image_grid
 
 
 class Prompt(str):
@@ -238,3 +241,43 @@ class ImagePolicy:
         """Latents (N, C, h, w) -> images (N, 3, H, W) in [-1, 1]."""
         with torch.no_grad():
             return self.autoencoder.decode(latents).clamp(-1, 1)
+
+    # ---------------------------------------------------------------- as GRPO uses a policy
+    def outputs(self, rollout: Rollout) -> torch.Tensor:
+        return self.pixels(rollout.samples)
+
+    def score(self, reward, prompts: list[str], images: torch.Tensor) -> torch.Tensor:
+        return score_all(reward, prompts, images)
+
+    def judged(self, prompts: list[str], images: torch.Tensor) -> dict:
+        return judged_images(prompts, images, edits=prompts[0].source is not None)
+
+    def grid(self, prompts: list[str], images: torch.Tensor):
+        """The first 32 images under their prompts (an edit beside its source)."""
+        shown, labels = images[:32].cpu(), list(prompts[:32])
+        if prompts[0].source is not None:
+            shown = torch.stack([x for p, img in zip(prompts, shown) for x in (p.source, img)])
+            labels = [p for p in labels for _ in range(2)]
+        return image_grid(shown, labels)
+
+    def backward(self, model, rollout: Rollout, advantages: torch.Tensor, pt, generator) -> dict:
+        """The gradient of one pass of the clipped objective over a ``pt.timestep_fraction`` share of
+        the stochastic steps (the ratio per latent element, as DDPO), with ``pt.kl`` times the KL to
+        the start: ||mu - mu_start||^2 / (2 sigma^2) per element, both Gaussians sharing sigma."""
+        stochastic = len(rollout.log_probs)
+        chosen = max(1, round(pt.timestep_fraction * stochastic))
+        rows = self.rows(rollout.prompts, rollout.samples.device)
+        d = rollout.samples[0].numel()
+        stats = {"kl": 0.0, "clipped": 0.0, "loss": 0.0}
+        for k in torch.randperm(stochastic, generator=generator)[:chosen].tolist():
+            log_prob, mean, std = self.step(model, rollout, k, rows)
+            ratio = torch.exp((log_prob - rollout.log_probs[k]) / d)
+            loss = clipped_objective(ratio, advantages, pt.clip_range).mean()
+            if rollout.reference_means is not None:
+                kl = ((mean - rollout.reference_means[k]) ** 2).flatten(1).mean(1) / (2 * std**2)
+                loss = loss + pt.kl * kl.mean()
+                stats["kl"] += kl.mean().item() / chosen
+            (loss / chosen).backward()
+            stats["loss"] += loss.item() / chosen
+            stats["clipped"] += ((ratio - 1).abs() > pt.clip_range).float().mean().item() / chosen
+        return stats

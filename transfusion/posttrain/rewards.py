@@ -145,3 +145,25 @@ def score_all(reward: Reward, prompts: list[str], images: torch.Tensor) -> torch
         value = reward(caption, pixels) if source is None else reward(caption, pixels, source)
         values.append(_checked(value, repr(caption)))
     return torch.tensor(values)
+
+
+def judged_images(prompts: list[str], images: torch.Tensor, edits: bool) -> dict:
+    """What the exact judges read in images: an edit's success and preservation (``edits``), else
+    the shapes reader's per-attribute shares (prompts with a scene: shapes data; else {})."""
+    if edits:
+        from transfusion.metrics.edit_reader import score_edit
+
+        scores = [score_edit(img, p.meta["edit"]) for img, p in zip(images.cpu(), prompts)]
+        return {k: sum(s[k] for s in scores) / len(scores) for k in ("success", "preservation")}
+    if not all("scene" in getattr(p, "meta", {}) for p in prompts):
+        return {}
+    from transfusion.metrics.shapes_reader import score, summarise
+
+    return summarise([score(img, p.meta["scene"]) for img, p in zip(images.cpu(), prompts)])
+
+
+def judged_captions(prompts: list[str], texts: list[str]) -> dict:
+    """The shares of captions that state each attribute of their image's scene rightly."""
+    from transfusion.metrics.shapes_reader import score_caption, summarise
+
+    return summarise([score_caption(text, p.meta["scene"]) for p, text in zip(prompts, texts)])

@@ -1,0 +1,22 @@
+"""The pieces of GRPO's objective that every policy shares.
+
+    advantages = group_advantages(rewards, group)           # each sample against its prompt's group
+    loss = clipped_objective(ratio, advantages, 0.2).mean() # PPO's clipped surrogate, to minimise
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def group_advantages(rewards: torch.Tensor, group: int) -> torch.Tensor:
+    """(N,) rewards of N / group prompts' groups -> each sample's standing in its group,
+    (r - mean) / (std + 1e-4) (GRPO, Shao et al. 2024, arXiv 2402.03300): a group whose samples
+    all score alike teaches nothing."""
+    r = rewards.view(-1, group)
+    return ((r - r.mean(1, keepdim=True)) / (r.std(1, keepdim=True) + 1e-4)).view(-1)
+
+
+def clipped_objective(ratio: torch.Tensor, advantages: torch.Tensor, clip_range: float) -> torch.Tensor:
+    """PPO's clipped surrogate, to minimise: max(-A r, -A clip(r, 1 - eps, 1 + eps)) (Schulman et al. 2017)."""
+    return torch.maximum(-advantages * ratio, -advantages * ratio.clamp(1 - clip_range, 1 + clip_range))

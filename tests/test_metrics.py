@@ -115,3 +115,9 @@ def test_digit_judge_reads_real_digits_and_captions():
                                                     zip(again.state_dict().values(), net.state_dict().values()))
     assert accuracy(net, torch.zeros(10, 3, 32, 32) - 1, torch.arange(10)) <= 0.2  # blank images: one class at most
     assert [digit_in(c) for c in ("a handwritten seven", "A 3.", "nothing")] == [7, 3, None]
+    from transfusion.data.mnist import DIGIT_WORDS
+    from transfusion.posttrain.rewards import load_reward  # post-training's digits reward: the judge's probability
+
+    reward, first = load_reward("digits"), test[0]
+    wrong = f"a handwritten {DIGIT_WORDS[(first.meta['label'] + 1) % 10]}"
+    assert reward(first.caption, first.images[0].pixels) > 0.5 > reward(wrong, first.images[0].pixels)

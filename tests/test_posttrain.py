@@ -275,7 +275,7 @@ def test_a_caption_s_log_probabilities_are_those_it_was_sampled_with(debug_run, 
     with torch.no_grad():
         for row, ids in enumerate(rollout.tokens):
             for j in range(min(len(ids), 4)):  # token j follows the caption's first j (the first, <eoi>)
-                batch, group, starts = pol._inputs([prompts[row]], [ids[:j]], "cpu")
+                batch, group, starts = pol._inputs(pol.latents([prompts[row]], "cpu"), [ids[:j]], "cpu")
                 last = torch.zeros_like(batch.tokens, dtype=torch.bool)
                 last[0, starts[0] + j - 1] = True
                 expected = pol._logits(model, batch, group, last).log_softmax(-1)[0, ids[j]]

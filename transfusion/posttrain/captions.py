@@ -51,10 +51,13 @@ class CaptionPolicy:
         self.banned = torch.zeros(self.vocab, dtype=torch.bool)  # a caption holds no image, padding or new document
         self.banned[[tokenizer.boi_id, tokenizer.pad_id, tokenizer.bos_id, tokenizer.eoi_id]] = True
 
-    def _inputs(self, prompts, captions: list[list[int]], device):
-        """Rows ``<bos> <boi> image <eoi> caption`` and the (R, L) positions whose next token is a
-        caption token: the last position before each caption token."""
-        latents = [self.autoencoder.encode(p.source[None].to(device))[0] for p in prompts]
+    def latents(self, prompts, device) -> list[torch.Tensor]:
+        """Each prompt's image, encoded once per rollout."""
+        with torch.no_grad():
+            return [self.autoencoder.encode(p.source[None].to(device))[0] for p in prompts]
+
+    def _inputs(self, latents: list[torch.Tensor], captions: list[list[int]], device):
+        """Rows ``<bos> <boi> image <eoi> caption``, the image group, and each caption's first column."""
         marker = Image(torch.zeros(3, 1, 1))
         layouts = [layout([marker, Tokens(tuple(ids))], [lat.cpu()], [CONTEXT_IMAGE], self.tokenizer, self.num_patches,
                           close=False) for ids, lat in zip(captions, latents)]
@@ -76,8 +79,9 @@ class CaptionPolicy:
         device = next(model.parameters()).device
         captions: list[list[int]] = [[] for _ in prompts]
         done = [False] * len(prompts)
+        latents = self.latents(prompts, device)
         for _ in range(self.max_tokens):
-            batch, group, starts = self._inputs(prompts, captions, device)
+            batch, group, starts = self._inputs(latents, captions, device)
             last = torch.zeros_like(batch.tokens, dtype=torch.bool)
             for row, (start, ids) in enumerate(zip(starts, captions)):
                 last[row, start + len(ids) - 1] = True
@@ -98,7 +102,7 @@ class CaptionPolicy:
     def log_probs(self, model, rollout: CaptionRollout) -> tuple[torch.Tensor, torch.Tensor]:
         """Each sampled token's log-probability under ``model`` (N, L), with the mask of real tokens."""
         device = rollout.device
-        batch, group, starts = self._inputs(rollout.prompts, rollout.tokens, device)
+        batch, group, starts = self._inputs(self.latents(rollout.prompts, device), rollout.tokens, device)
         L = max(len(ids) for ids in rollout.tokens)
         head_at = torch.zeros_like(batch.tokens, dtype=torch.bool)
         targets = torch.full((len(rollout.tokens), L), self.tokenizer.pad_id, dtype=torch.long, device=device)

@@ -90,6 +90,7 @@ class Rollout:
     latents: torch.Tensor  # (K + 1, N, C, h, w): x_{t_0} (noise) .. x_{t_K} (the sample)
     log_probs: torch.Tensor  # (K - 1, N): log N(x_{t_{k+1}}; mu, sigma^2) summed over the latent
     reference_means: torch.Tensor | None  # (K - 1, N, C, h, w), or None without a KL term
+    rows: Rows | None = None  # the model inputs it was sampled with: the update reads the same
 
     @property
     def samples(self) -> torch.Tensor:
@@ -227,13 +228,12 @@ class ImagePolicy:
             latents.append(x)
         log_probs = torch.stack(log_probs) if log_probs else torch.zeros(0, len(prompts), device=device)
         return Rollout(list(prompts), torch.stack(latents), log_probs,
-                       torch.stack(reference_means) if reference_means else None)
+                       torch.stack(reference_means) if reference_means else None, rows)
 
-    def step(self, model, rollout: Rollout, k: int, rows: Rows | None = None):
+    def step(self, model, rollout: Rollout, k: int):
         """Step k's log-probability (N,) of what the rollout drew, under ``model`` (with its
         gradient), with the step's mean and standard deviation."""
-        x = rollout.latents[k]
-        rows = rows if rows is not None else self.rows(rollout.prompts, x.device)
+        x, rows = rollout.latents[k], rollout.rows
         mean, std = self.distribution(self.noise(model, rows, x, self.timesteps[k]).float(), x, k)
         return gaussian_log_prob(rollout.latents[k + 1], mean, std), mean, std
 
@@ -266,11 +266,10 @@ class ImagePolicy:
         the start: ||mu - mu_start||^2 / (2 sigma^2) per element, both Gaussians sharing sigma."""
         stochastic = len(rollout.log_probs)
         chosen = max(1, round(pt.timestep_fraction * stochastic))
-        rows = self.rows(rollout.prompts, rollout.samples.device)
         d = rollout.samples[0].numel()
         stats = {"kl": 0.0, "clipped": 0.0, "loss": 0.0}
         for k in torch.randperm(stochastic, generator=generator)[:chosen].tolist():
-            log_prob, mean, std = self.step(model, rollout, k, rows)
+            log_prob, mean, std = self.step(model, rollout, k)
             ratio = torch.exp((log_prob - rollout.log_probs[k]) / d)
             loss = clipped_objective(ratio, advantages, pt.clip_range).mean()
             if rollout.reference_means is not None:

@@ -293,13 +293,25 @@ def verdict_rows() -> list[dict]:
         rows.append(row)
     for bidirectional, causal, label in B_PAIRS:
         try:
-            c = compared(stats_b(bidirectional)["FID"], stats_b(causal)["FID"], "FID", True, budget)
+            bi, ca = stats_b(bidirectional), stats_b(causal)
         except NotInStore:
             continue
+        c = compared(bi["FID"], ca["FID"], "FID", True, budget)
         rows.append(verdict_row(f"(b) bidirectional beats causal within an image, round 3 ({label}, guidance 3, EMA)",
                                 "FID 20.3 vs 61.3 (0.76B, linear 2x2)", c, "bidirectional", "causal",
-                                why="not tested"))
+                                why=attributes_measured(bi, ca)))
     return rows
+
+
+def attributes_measured(bidirectional: dict, causal: dict) -> str:
+    """(b)'s reason column: which prompt attributes each arm leads beyond the spread; the cause is not tested."""
+    from verdict import judged
+
+    lead = {"reproduced": [], "not reproduced": []}
+    for a in ATTRIBUTES:
+        lead.get(judged(compared(bidirectional[a], causal[a], a, False, max(LONG))), []).append(a)
+    return (f"measured: prompt attributes beyond the spread, causal ahead on {', '.join(lead['not reproduced']) or 'none'}, "
+            f"bidirectional on {', '.join(lead['reproduced']) or 'none'}; why is not tested")
 
 
 def claim() -> None:

@@ -139,10 +139,10 @@ def held_out_row(run: Path) -> dict:
 
 def main() -> None:
     sys.stdout.reconfigure(line_buffering=True)
-    trained(BASE, [])
-    trained(EDIT_BASE, [f"train.init_from={BASE}", *EDIT_FINE_TUNE])
     shapes_run, edits_run = RUNS / f"{PRESET}_grpo", RUNS / f"{PRESET}_edit_grpo"
+    trained(BASE, [])
     posttrained(BASE, shapes_run, SHAPES)
+    trained(EDIT_BASE, [f"train.init_from={BASE}", *EDIT_FINE_TUNE])
     posttrained(EDIT_BASE, edits_run, EDITS)
     before, after = (evaluate(run, "skills", ["t2i", "i2t", "text"], N_T2I) for run in (BASE, shapes_run))
     edit_before, edit_after = (evaluate(run, "edits", ["edit"], N_EDIT) for run in (EDIT_BASE, edits_run))

@@ -243,7 +243,6 @@ def test_round_three_tables_from_a_partial_store_run_nothing(claims, tmp_path, m
     assert round3.verdict_rows() == []  # no line until both arms' seeds are scored
 
 
-
 def test_round_three_from_its_store_alone_runs_nothing(claims, tmp_path, monkeypatch):
     """A fresh checkout holds round three's store but none of its runs: the whole round (not only
     ``--table``) rebuilds its tables and verdict lines from the store without starting a command."""
@@ -261,6 +260,7 @@ def test_round_three_from_its_store_alone_runs_nothing(claims, tmp_path, monkeyp
     assert [r["claim"][:3] for r in rows] == ["(a)", "(a)", "(b)", "(b)"]
     stored = (ROOT / "docs" / "results" / "round3" / "b_intra_image_attention.md").read_text()
     assert (tmp_path / "docs" / "b_intra_image_attention.md").read_text() == stored
+
 
 @pytest.mark.slow
 def test_the_posttraining_experiment_runs_every_step_and_writes_its_page(tmp_path):

@@ -306,13 +306,11 @@ def verdict_rows() -> list[dict]:
 
 def attributes_measured(bidirectional: dict, causal: dict) -> str:
     """(b)'s reason column: which prompt attributes each arm leads beyond the spread; the cause is not tested."""
-    from verdict import judged
+    from verdict import by_outcome
 
-    lead = {"reproduced": [], "not reproduced": []}
-    for a in ATTRIBUTES:
-        lead.get(judged(compared(bidirectional[a], causal[a], a, False, max(LONG))), []).append(a)
-    return (f"measured: prompt attributes beyond the spread, causal ahead on {', '.join(lead['not reproduced']) or 'none'}, "
-            f"bidirectional on {', '.join(lead['reproduced']) or 'none'}; why is not tested")
+    bi_ahead, ca_ahead, _ = by_outcome({a: compared(bidirectional[a], causal[a], a, False, max(LONG)) for a in ATTRIBUTES})
+    return (f"measured: prompt attributes beyond the spread, causal ahead on {', '.join(ca_ahead) or 'none'}, "
+            f"bidirectional on {', '.join(bi_ahead) or 'none'}; why is not tested")
 
 
 def claim() -> None:

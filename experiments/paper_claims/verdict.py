@@ -62,13 +62,20 @@ def verdicts(results: Results, a: Row, b: Row, names: tuple[str, str], lines: li
             for claim, paper, metric, *why in lines]
 
 
+def by_outcome(comparisons: dict[str, dict]) -> tuple[list[str], list[str], list[str]]:
+    """The names of ``comparisons`` (each A against B, as ``Results.compare``) where A is ahead beyond
+    the spread, where B is, and where neither is."""
+    ahead, behind, level = [], [], []
+    for name, c in comparisons.items():
+        outcome = judged(c)
+        (ahead if outcome == "reproduced" else behind if outcome == "not reproduced" else level).append(name)
+    return ahead, behind, level
+
+
 def attributes_row(results: Results, a: Row, b: Row, names: tuple[str, str], claim: str, paper: str,
                    metrics: list[str], why: str = "", budget: float | None = None) -> dict:
     """One line for a claim over several attributes: each judged as superiority, named by the way it goes."""
-    ahead, behind, level = [], [], []
-    for metric in metrics:
-        outcome = judged(results.compare(a, b, metric, budget))
-        (ahead if outcome == "reproduced" else behind if outcome == "not reproduced" else level).append(metric)
+    ahead, behind, level = by_outcome({metric: results.compare(a, b, metric, budget) for metric in metrics})
     verdict = ("reproduced" if ahead and not behind else "not reproduced" if behind and not ahead
                else "mixed" if ahead and behind else "inconclusive")
     budget = budget or max(results.budgets)

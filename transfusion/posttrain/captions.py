@@ -36,6 +36,7 @@ class CaptionRollout:
     log_probs: torch.Tensor  # (N, L): each token's log-probability when sampled (0 past a caption's end)
     mask: torch.Tensor  # (N, L) bool: the caption's tokens
     reference: torch.Tensor | None  # (N, L): the starting model's log-probabilities, for the KL term
+    latents: list[torch.Tensor]  # each prompt's image, encoded once when sampled; every later pass reads them
 
     def texts(self, tokenizer) -> list[str]:
         return [tokenizer.decode([i for i in ids if i != tokenizer.eos_id]) for ids in self.tokens]
@@ -93,7 +94,8 @@ class CaptionPolicy:
                     done[row] = token == self.tokenizer.eos_id
             if all(done):
                 break
-        rollout = CaptionRollout(list(prompts), device, captions, torch.zeros(0), torch.zeros(0, dtype=torch.bool), None)
+        rollout = CaptionRollout(list(prompts), device, captions, torch.zeros(0), torch.zeros(0, dtype=torch.bool), None,
+                                 latents)
         rollout.log_probs, rollout.mask = self.log_probs(model, rollout)
         if reference is not None:
             rollout.reference = self.log_probs(reference, rollout)[0]
@@ -102,7 +104,7 @@ class CaptionPolicy:
     def log_probs(self, model, rollout: CaptionRollout) -> tuple[torch.Tensor, torch.Tensor]:
         """Each sampled token's log-probability under ``model`` (N, L), with the mask of real tokens."""
         device = rollout.device
-        batch, group, starts = self._inputs(self.latents(rollout.prompts, device), rollout.tokens, device)
+        batch, group, starts = self._inputs(rollout.latents, rollout.tokens, device)
         L = max(len(ids) for ids in rollout.tokens)
         head_at = torch.zeros_like(batch.tokens, dtype=torch.bool)
         targets = torch.full((len(rollout.tokens), L), self.tokenizer.pad_id, dtype=torch.long, device=device)

@@ -90,7 +90,7 @@ class Rollout:
     latents: torch.Tensor  # (K + 1, N, C, h, w): x_{t_0} (noise) .. x_{t_K} (the sample)
     log_probs: torch.Tensor  # (K - 1, N): log N(x_{t_{k+1}}; mu, sigma^2) summed over the latent
     reference_means: torch.Tensor | None  # (K - 1, N, C, h, w), or None without a KL term
-    rows: Rows | None = None  # the model inputs it was sampled with: the update reads the same
+    rows: Rows  # the model inputs it was sampled with: the update reads the same
 
     @property
     def samples(self) -> torch.Tensor:

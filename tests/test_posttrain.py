@@ -133,12 +133,13 @@ def test_a_reward_that_prefers_red_makes_the_images_redder(debug_run, tmp_path, 
     assert after > before + 0.02, (before, after)
 
 
-def test_posttrain_resumes_exactly_and_leaves_a_loadable_run(debug_run, tmp_path):
+def test_posttrain_resumes_exactly_and_leaves_a_loadable_run(debug_run, tmp_path, monkeypatch):
     args = [*SMALL, "posttrain.lr=1e-3", "train.checkpoint_every=2", "train.keep_checkpoints=0"]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     COMMANDS["posttrain"]([str(debug_run), "--out", str(straight), *args, "posttrain.steps=4"])
     COMMANDS["posttrain"]([str(debug_run), "--out", str(resumed), *args, "posttrain.steps=2"])
-    COMMANDS["posttrain"]([str(debug_run), "--out", str(resumed), *args, "posttrain.steps=4"])
+    monkeypatch.chdir(debug_run.parent)  # the start spelled another way: relative to the working directory
+    COMMANDS["posttrain"]([debug_run.name, "--out", str(resumed), *args, "posttrain.steps=4"])
     a = load_file(straight / "checkpoints" / "step_000004" / "model.safetensors")
     b = load_file(resumed / "checkpoints" / "step_000004" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

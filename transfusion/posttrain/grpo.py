@@ -82,8 +82,9 @@ def held_out_split(cfg: Config) -> str:
 def start_config(start: str | Path, overrides: list[str]) -> tuple[Config, Path]:
     """The run's config: the start checkpoint's, its own LoRA and post-training settings back at
     their defaults (a start that was a LoRA or post-training run passes on its weights, not its
-    recipe), then ``overrides``, and ``train.init_from`` = the start."""
-    ckpt = resolve_checkpoint(start)
+    recipe), then ``overrides``, and ``train.init_from`` = the start, as an absolute path (a run
+    resumes whichever way its start is spelled)."""
+    ckpt = resolve_checkpoint(start).resolve()
     saved = from_dict(yaml.safe_load((ckpt / "config.yaml").read_text()))
     fresh = with_fields(saved, {"train": {"lora": LoraConfig()}, "posttrain": to_dict(Config())["posttrain"]})
     return load_config(start=fresh, overrides=[*overrides, f"train.init_from={ckpt}"]), ckpt

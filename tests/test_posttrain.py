@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from transfusion.checkpoint import load_checkpoint
+from transfusion.checkpoint import list_checkpoints, load_checkpoint
 from transfusion.cli import COMMANDS
 from transfusion.config import load_config
 from transfusion.posttrain.grpo import Posttrainer, start_config
@@ -315,6 +315,36 @@ def test_posttrain_with_the_captions_reward_logs_what_the_captions_state(debug_r
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert "train_colour" in rows[1] and "heldout_colour" in rows[-1] and (out / "curves.png").is_file()
     assert load_checkpoint(out).step == 1
+
+
+def test_ctrl_c_mid_update_saves_after_that_update_and_the_resumed_run_matches_an_uninterrupted_one(
+        debug_run, tmp_path, monkeypatch):
+    import os
+    import signal
+
+    args = [*SMALL, "posttrain.lr=1e-3", "train.checkpoint_every=100", "posttrain.steps=3"]
+    straight, out = tmp_path / "straight", tmp_path / "interrupted"
+    COMMANDS["posttrain"]([str(debug_run), "--out", str(straight), *args])
+    real, calls = Posttrainer.update, []
+
+    def interrupted(self, step):  # Ctrl-C arrives in the middle of the second update
+        calls.append(step)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(self, step)
+
+    monkeypatch.setattr(Posttrainer, "update", interrupted)
+    with pytest.raises(SystemExit) as stopped:
+        COMMANDS["posttrain"]([str(debug_run), "--out", str(out), *args])
+    assert stopped.value.code == 130 and calls == [0, 1]
+    assert [p.name for p in list_checkpoints(out / "checkpoints")] == ["step_000002"]  # after the whole update
+    monkeypatch.setattr(Posttrainer, "update", real)
+    COMMANDS["posttrain"]([str(debug_run), "--out", str(out), *args])
+    a = load_file(straight / "checkpoints" / "step_000003" / "model.safetensors")
+    b = load_file(out / "checkpoints" / "step_000003" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "reward" in r] == [1, 2, 3]
 
 
 def test_a_start_passes_on_its_weights_not_its_lora_or_post_training_recipe(debug_run, fine_tune, tmp_path):

@@ -19,7 +19,7 @@ start checkpoint and the ``posttrain`` section), ``checkpoints/`` (whole weights
 adapters on the start), ``metrics.jsonl`` (per update: reward, what the judge reads, KL, clip
 share, samples drawn, wall clock; held-out figures at ``eval_every``), ``samples/`` and
 ``curves.png``; it resumes exactly where it stopped (the prompts and the sampler's noise of
-update u depend only on the seed and u).
+update u depend only on the seed and u). Ctrl-C saves after the running update and exits.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from transfusion.posttrain.objective import group_advantages
 from transfusion.posttrain.policy import ImagePolicy, Prompt
 from transfusion.posttrain.rewards import CAPTION_REWARDS, EDIT_REWARDS, load_reward
 from transfusion.tracking import Tracker
-from transfusion.train import truncate_metrics
+from transfusion.train import StopRequest, truncate_metrics
 from transfusion.train_state import load_training_state, save_checkpoint
 from transfusion.visualize import plot_posttraining
 
@@ -154,6 +154,12 @@ class Posttrainer:
                 "samples_drawn": self.samples_drawn, "seconds": time.time() - started,
                 "wall_seconds": self.wall_seconds}
 
+    def save(self, done: int) -> None:
+        """The checkpoint after update ``done``: weights (or adapters), optimizer, samples drawn, time."""
+        save_checkpoint(self.out / "checkpoints", done, self.model, self.cfg, self.tokenizer, self.autoencoder,
+                        self.optimizer, keep=self.cfg.train.keep_checkpoints,
+                        extra_state={"samples_drawn": self.samples_drawn, "wall_seconds": self.wall_seconds})
+
     def _step(self) -> float:
         grad_norm = torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], 1.0)
         self.optimizer.step()
@@ -203,7 +209,8 @@ def _without_adapters(model):
 
 def posttrain(start: str | Path, out: str | Path, overrides: list[str] = ()) -> Path:
     """Post-train the checkpoint ``start`` into the run folder ``out`` (resuming it if it holds
-    one); returns ``out``."""
+    one); returns ``out``. Ctrl-C saves the state after the running update and exits (130); a
+    second Ctrl-C stops at once, saving nothing."""
     out = Path(out)
     cfg, ckpt = start_config(start, list(overrides))
     saved = out / "config.yaml"
@@ -221,21 +228,29 @@ def posttrain(start: str | Path, out: str | Path, overrides: list[str] = ()) -> 
         truncate_metrics(out / "metrics.jsonl", first)
         tracker = Tracker(out, cfg.train.log, to_dict(cfg), resume_step=first)
         pt = cfg.posttrain
+        completed = first
         try:
-            if first == 0:
-                tracker.log(trainer.evaluate(0))
-            for step in tqdm(range(first, pt.steps), desc="posttrain", initial=first, total=pt.steps):
-                row = trainer.update(step)
-                tracker.log(row)
-                done_now = step + 1
-                if done_now % cfg.train.checkpoint_every == 0 or done_now == pt.steps:
-                    save_checkpoint(out / "checkpoints", done_now, trainer.model, cfg, trainer.tokenizer,
-                                    trainer.autoencoder, trainer.optimizer, keep=cfg.train.keep_checkpoints,
-                                    extra_state={"samples_drawn": trainer.samples_drawn,
-                                                 "wall_seconds": trainer.wall_seconds})
-                if (pt.eval_every and done_now % pt.eval_every == 0) or done_now == pt.steps:
-                    tracker.log(trainer.evaluate(done_now))
-                    plot_posttraining(out / "metrics.jsonl", out / "curves.png")
+            with StopRequest() as stop:
+                if first == 0:
+                    tracker.log(trainer.evaluate(0))
+                for step in tqdm(range(first, pt.steps), desc="posttrain", initial=first, total=pt.steps):
+                    tracker.log(trainer.update(step))
+                    completed = done = step + 1
+                    saved = done % cfg.train.checkpoint_every == 0 or done == pt.steps
+                    if saved:
+                        trainer.save(done)
+                    if (pt.eval_every and done % pt.eval_every == 0) or done == pt.steps:
+                        tracker.log(trainer.evaluate(done))
+                        plot_posttraining(out / "metrics.jsonl", out / "curves.png")
+                    if stop.asked and done < pt.steps:  # Ctrl-C: saved after the whole update, then out
+                        if not saved:
+                            trainer.save(done)
+                        print(f"\ninterrupted: saved update {done}; rerun the same command to resume", flush=True)
+                        raise SystemExit(130)
+        except KeyboardInterrupt:  # a second Ctrl-C: perhaps mid-update, so nothing is saved
+            print(f"\nstopped at once after update {completed}, without saving; rerun the same command to resume "
+                  f"from the last checkpoint in {out / 'checkpoints'}", flush=True)
+            raise SystemExit(130)
         finally:
             tracker.close()
     return out

@@ -8,15 +8,17 @@ editing fine-tune (the edit reader), with what the reward does not see checked b
 2. ``transfusion posttrain runs/small --out runs/small_grpo --reward shapes ...`` and
    ``transfusion posttrain runs/small_edit_ref --out runs/small_edit_grpo --reward edit ...``
    (the settings are ``SHAPES`` and ``EDITS`` below);
-3. ``transfusion eval`` of each start and each result with the sampler post-training uses and
-   leaves the run with (``SAMPLER``): text to image on 1,000 held-out captions (FID and what the
-   reader finds), captions (``i2t``) and English perplexity (``text``); held-out edits (``edit``,
-   the 500 test triples) for the editing runs. The held-out captions in other words are in each
-   run's ``metrics.jsonl`` (``paraphrased_*``).
+3. ``transfusion eval`` of each start and each result with guidance 3, as the runs are used
+   (``SAMPLER``): text to image on 1,000 held-out captions (FID and what the reader finds),
+   captions (``i2t``) and English perplexity (``text``); held-out edits (``edit``, the 500 test
+   triples) for the editing runs; and text to image without guidance (``UNGUIDED``), as the
+   shapes run samples while it trains. The held-out captions in other words are in each run's
+   ``metrics.jsonl`` (``paraphrased_*``).
 
-Writes docs/posttraining.md's measurements (below its marker line) and docs/posttraining/*.png
-(curves, and the held-out grids before and after). ``POSTTRAIN_RUNS`` moves the run folders,
-``POSTTRAIN_PRESET`` the preset and ``POSTTRAIN_QUICK=1`` shrinks every step (the test runs it so).
+Writes docs/posttraining.md's measurements (below its marker line; the shapes section as soon as
+it is measured) and docs/posttraining/*.png (curves, and the held-out grids before and after).
+``POSTTRAIN_RUNS`` moves the run folders, ``POSTTRAIN_PRESET`` the preset and ``POSTTRAIN_QUICK=1``
+shrinks every step (the test runs it so).
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ SHAPES = ["--reward", "shapes", *COMMON, "posttrain.guidance=1", "posttrain.step
 EDITS = ["--reward", "edit", *COMMON, "posttrain.guidance=3", "posttrain.steps=150", "posttrain.prompts=8",
          "posttrain.group=8", "posttrain.lr=3e-5", "posttrain.kl=0.01"]
 SAMPLER = ["--sampler", "ddpm", "--steps", "20", "--cfg", "3"]
+UNGUIDED = ["--sampler", "ddpm", "--steps", "20", "--cfg", "1"]  # as the shapes run samples while it trains
 N_T2I, N_EDIT = 1000, 500
 if QUICK:  # the smoke test: every step, seconds each
     EDIT_FINE_TUNE = ["data.edit_fraction=0.6", "train.steps=2", "train.eval_samples=2", "sampling.steps=2",
@@ -56,7 +59,8 @@ if QUICK:  # the smoke test: every step, seconds each
     small = ["posttrain.steps=2", "posttrain.prompts=2", "posttrain.group=2", "posttrain.eval_prompts=4",
              "posttrain.sample_steps=4", "posttrain.eval_every=1", "train.checkpoint_every=1"]
     SHAPES, EDITS = [*SHAPES, *small], [*EDITS, *small]
-    SAMPLER, N_T2I, N_EDIT = ["--sampler", "ddpm", "--steps", "4", "--cfg", "3"], 4, 4
+    SAMPLER, UNGUIDED, N_T2I, N_EDIT = ["--sampler", "ddpm", "--steps", "4", "--cfg", "3"], \
+        ["--sampler", "ddpm", "--steps", "4", "--cfg", "1"], 4, 4
 TARGETS = {"count": 0.70, "relation": 0.50, "exact": 0.75}  # the shapes reward's targets (held-out captions)
 
 
@@ -80,10 +84,10 @@ def posttrained(start: Path, out: Path, settings: list) -> None:
         sh(["transfusion", "posttrain", start, "--out", out, *settings])
 
 
-def evaluate(run: Path, name: str, suites: list[str], n: int) -> dict:
+def evaluate(run: Path, name: str, suites: list[str], n: int, sampler: list = SAMPLER) -> dict:
     out = run / "eval" / f"posttraining_{name}.json"
     if not out.is_file():
-        sh(["transfusion", "eval", run, "--suite", *suites, "--n", str(n), *SAMPLER,
+        sh(["transfusion", "eval", run, "--suite", *suites, "--n", str(n), *sampler,
             *(["--no-fid"] if QUICK else []), "--out", out])
     return json.loads(out.read_text())
 
@@ -92,14 +96,26 @@ def pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.0f}%"
 
 
-def shapes_table(before: dict, after: dict) -> list[str]:
-    attributes = ("colour", "shape", "size", "position", "count", "relation", "exact")
-    lines = ["| model | FID | " + " | ".join(f"t2i {a}" for a in attributes) + " | caption colour | caption CIDEr-D "
-             "| English perplexity |", "|" + "---|" * (len(attributes) + 5)]
+ATTRIBUTES = ("colour", "shape", "size", "position", "count", "relation", "exact")
+
+
+def unguided_table(before: dict, after: dict) -> list[str]:
+    lines = ["| model | FID | " + " | ".join(f"t2i {a}" for a in ATTRIBUTES) + " |",
+             "|" + "---|" * (len(ATTRIBUTES) + 2)]
     for label, r in (("before (`small`)", before), ("after GRPO, shapes reward", after)):
         fid = r["t2i"].get("fid")
         lines.append(f"| {label} | {'-' if fid is None else f'{fid:.1f}'} | "
-                     + " | ".join(pct(r["t2i"]["accuracy"].get(a)) for a in attributes)
+                     + " | ".join(pct(r["t2i"]["accuracy"].get(a)) for a in ATTRIBUTES) + " |")
+    return lines + [""]
+
+
+def shapes_table(before: dict, after: dict) -> list[str]:
+    lines = ["| model | FID | " + " | ".join(f"t2i {a}" for a in ATTRIBUTES) + " | caption colour | caption CIDEr-D "
+             "| English perplexity |", "|" + "---|" * (len(ATTRIBUTES) + 5)]
+    for label, r in (("before (`small`)", before), ("after GRPO, shapes reward", after)):
+        fid = r["t2i"].get("fid")
+        lines.append(f"| {label} | {'-' if fid is None else f'{fid:.1f}'} | "
+                     + " | ".join(pct(r["t2i"]["accuracy"].get(a)) for a in ATTRIBUTES)
                      + f" | {pct(r['i2t']['accuracy'].get('colour'))} | {r['i2t']['cider_d']:.2f} | "
                      f"{r['text']['english']['perplexity']:.2f} |")
     return lines + [""]
@@ -139,43 +155,64 @@ def held_out_row(run: Path) -> dict:
     return [r for r in rows if "heldout_reward" in r][-1]
 
 
+def shapes_lines(run: Path) -> list[str]:
+    """The shapes run's section, its evaluations made first (skipped when stored)."""
+    before, after = (evaluate(r, "skills", ["t2i", "i2t", "text"], N_T2I) for r in (BASE, run))
+    plain_before, plain_after = (evaluate(r, "t2i_unguided", ["t2i"], N_T2I, UNGUIDED) for r in (BASE, run))
+    figures(run, "shapes")
+    last = held_out_row(run)
+    return ["### Shapes reward on `small`", "", f"`transfusion posttrain runs/small --out runs/small_grpo "
+            f"{shlex.join(SHAPES)}`: {last['wall_seconds'] / 60:.0f} minutes of updates, "
+            f"{last['samples_drawn']} samples drawn.", "",
+            f"`transfusion eval {shlex.join(SAMPLER)}` (guidance 3, as the run is used afterwards):", "",
+            *shapes_table(before, after), *verdicts(before, after),
+            f"`transfusion eval {shlex.join(UNGUIDED)}` (no guidance, as the run sampled while it trained):", "",
+            *unguided_table(plain_before, plain_after),
+            f"Held-out captions in words training never showed (the run's last evaluation, no guidance): reward "
+            f"{last.get('paraphrased_reward', 0):.2f} against {last['heldout_reward']:.2f} for the same scenes in "
+            f"the usual words.", "",
+            "![reward and judged shares against wall clock and samples drawn](posttraining/shapes_curves.png)", "",
+            "Held-out captions, same noise, before and after:", "",
+            "![before](posttraining/shapes_before.png) ![after](posttraining/shapes_after.png)", ""]
+
+
+def edits_lines(run: Path) -> list[str]:
+    """The editing run's section, its evaluations made first (skipped when stored)."""
+    before, after = (evaluate(r, "edits", ["edit"], N_EDIT) for r in (EDIT_BASE, run))
+    figures(run, "edits")
+    return ["### Edit reward on the editing fine-tune", "", f"`transfusion posttrain runs/small_edit_ref --out "
+            f"runs/small_edit_grpo {shlex.join(EDITS)}`: {held_out_row(run)['wall_seconds'] / 60:.0f} minutes of "
+            f"updates; {N_EDIT} held-out triples.", "", *edit_table(before, after),
+            "![reward and judged shares](posttraining/edits_curves.png)", "",
+            "![before](posttraining/edits_before.png) ![after](posttraining/edits_after.png)", ""]
+
+
+def figures(run: Path, name: str) -> None:
+    """A run's curves and its first and last held-out grids, into docs/posttraining/."""
+    folder = DOCS / "posttraining"
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(run / "curves.png", folder / f"{name}_curves.png")
+    grids = sorted((run / "samples").glob("step_*.png"))
+    shutil.copy2(grids[0], folder / f"{name}_before.png")
+    shutil.copy2(grids[-1], folder / f"{name}_after.png")
+
+
+def write_page(sections: list[str]) -> None:
+    lines = [f"Made by `python experiments/posttraining.py`: held-out captions and edits, before and after. Text "
+             f"to image on {N_T2I} held-out captions (FID and what the reader finds).", "", *sections]
+    write_measurements(DOCS / "posttraining.md", "experiments/posttraining.py", lines, "# Post-training")
+
+
 def main() -> None:
     sys.stdout.reconfigure(line_buffering=True)
     shapes_run, edits_run = RUNS / f"{PRESET}_grpo", RUNS / f"{PRESET}_edit_grpo"
     trained(BASE, [])
     posttrained(BASE, shapes_run, SHAPES)
+    shapes = shapes_lines(shapes_run)
+    write_page([*shapes, "### Edit reward on the editing fine-tune", "", "Not yet measured.", ""])
     trained(EDIT_BASE, [f"train.init_from={BASE}", *EDIT_FINE_TUNE])
     posttrained(EDIT_BASE, edits_run, EDITS)
-    before, after = (evaluate(run, "skills", ["t2i", "i2t", "text"], N_T2I) for run in (BASE, shapes_run))
-    edit_before, edit_after = (evaluate(run, "edits", ["edit"], N_EDIT) for run in (EDIT_BASE, edits_run))
-
-    figures = DOCS / "posttraining"
-    figures.mkdir(parents=True, exist_ok=True)
-    for name, run in (("shapes", shapes_run), ("edits", edits_run)):
-        shutil.copy2(run / "curves.png", figures / f"{name}_curves.png")
-        grids = sorted((run / "samples").glob("step_*.png"))
-        shutil.copy2(grids[0], figures / f"{name}_before.png")
-        shutil.copy2(grids[-1], figures / f"{name}_after.png")
-    minutes = {name: held_out_row(run)["wall_seconds"] / 60 for name, run in (("shapes", shapes_run),
-                                                                               ("edits", edits_run))}
-    para = held_out_row(shapes_run)
-    lines = [f"Made by `python experiments/posttraining.py`: text to image on {N_T2I} held-out captions, "
-             f"`transfusion eval {shlex.join(SAMPLER)}` (the sampler post-training uses), before and after.", "",
-             "### Shapes reward on `small`", "", f"`transfusion posttrain runs/small --out runs/small_grpo "
-             f"{shlex.join(SHAPES)}`: {minutes['shapes']:.0f} minutes of updates.", "",
-             *shapes_table(before, after), *verdicts(before, after),
-             f"Held-out captions in words training never showed (the run's last evaluation, "
-             f"{para.get('samples_drawn', 0)} samples drawn): reward {para.get('paraphrased_reward', 0):.2f} "
-             f"against {para['heldout_reward']:.2f} for the same scenes in the usual words.", "",
-             "![reward and judged shares against wall clock and samples drawn](posttraining/shapes_curves.png)", "",
-             "Held-out captions, same noise, before and after:", "",
-             "![before](posttraining/shapes_before.png) ![after](posttraining/shapes_after.png)", "",
-             "### Edit reward on the editing fine-tune", "", f"`transfusion posttrain runs/small_edit_ref --out "
-             f"runs/small_edit_grpo {shlex.join(EDITS)}`: {minutes['edits']:.0f} minutes of updates; "
-             f"{N_EDIT} held-out triples.", "", *edit_table(edit_before, edit_after),
-             "![reward and judged shares](posttraining/edits_curves.png)", "",
-             "![before](posttraining/edits_before.png) ![after](posttraining/edits_after.png)", ""]
-    write_measurements(DOCS / "posttraining.md", "experiments/posttraining.py", lines, "# Post-training")
+    write_page([*shapes, *edits_lines(edits_run)])
 
 
 if __name__ == "__main__":

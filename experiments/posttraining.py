@@ -61,6 +61,9 @@ if QUICK:  # the smoke test: every step, seconds each
     SHAPES, EDITS = [*SHAPES, *small], [*EDITS, *small]
     SAMPLER, UNGUIDED, N_T2I, N_EDIT = ["--sampler", "ddpm", "--steps", "4", "--cfg", "3"], \
         ["--sampler", "ddpm", "--steps", "4", "--cfg", "1"], 4, 4
+# the shapes settings tried before SHAPES (their metrics.jsonl, stopped where the page says)
+TRIED = [("guidance 3, 8 prompts x 8, lr 3e-5", ROOT / "experiments" / "posttraining_tried" / "guidance3_lr3e-5.jsonl"),
+         ("guidance 3, 8 prompts x 8, lr 3e-4", ROOT / "experiments" / "posttraining_tried" / "guidance3_lr3e-4.jsonl")]
 TARGETS = {"count": 0.70, "relation": 0.50, "exact": 0.75}  # the shapes reward's targets (held-out captions)
 
 
@@ -149,6 +152,42 @@ def edit_table(before: dict, after: dict) -> list[str]:
     return lines + [""]
 
 
+def settings_compared(run: Path) -> list[str]:
+    """The shapes settings tried and the one kept: a table of each one's held-out reward (its own
+    sampler, 64 captions) and batch reward, first and last, and a plot of both against samples drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    value = {k: v for k, v in (a.removeprefix("posttrain.").split("=") for a in SHAPES if a.startswith("posttrain."))}
+    kept = f"guidance {value['guidance']}, {value['prompts']} prompts x {value['group']}, lr {value['lr']} (kept)"
+    tried = [*TRIED, (kept, run / "metrics.jsonl")]
+    lines = ["| settings | updates | samples drawn | held-out reward, first -> last | batch reward, mean of the "
+             "first 10 updates -> the last 10 |", "|---|---|---|---|---|"]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.6))
+    for label, path in tried:
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        updates, held = [r for r in rows if "reward" in r], [r for r in rows if "heldout_reward" in r]
+        batch = [r["reward"] for r in updates]
+        first, last = held[0]["heldout_reward"], held[-1]["heldout_reward"]
+        lines.append(f"| {label} | {len(updates)} | {updates[-1]['samples_drawn']} | {first:.3f} -> {last:.3f} | "
+                     f"{sum(batch[:10]) / len(batch[:10]):.3f} -> {sum(batch[-10:]) / len(batch[-10:]):.3f} |")
+        axes[0].plot([r["samples_drawn"] for r in held], [r["heldout_reward"] - first for r in held], "o-", label=label)
+        window = [sum(batch[max(0, i - 9):i + 1]) / len(batch[max(0, i - 9):i + 1]) for i in range(len(batch))]
+        axes[1].plot([r["samples_drawn"] for r in updates], window, label=label)
+    axes[0].set_title("held-out reward, change from the start (each run's own sampler)")
+    axes[1].set_title("batch reward, mean of the last 10 updates")
+    for ax in axes:
+        ax.set_xlabel("samples drawn")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(DOCS / "posttraining" / "shapes_settings.png", dpi=100)
+    plt.close(fig)
+    return lines + ["", "![the settings tried, against samples drawn](posttraining/shapes_settings.png)", ""]
+
+
 def held_out_row(run: Path) -> dict:
     """The last held-out evaluation of a post-training run (its metrics.jsonl)."""
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
@@ -173,7 +212,9 @@ def shapes_lines(run: Path) -> list[str]:
             f"the usual words.", "",
             "![reward and judged shares against wall clock and samples drawn](posttraining/shapes_curves.png)", "",
             "Held-out captions, same noise, before and after:", "",
-            "![before](posttraining/shapes_before.png) ![after](posttraining/shapes_after.png)", ""]
+            "![before](posttraining/shapes_before.png) ![after](posttraining/shapes_after.png)", "",
+            "The settings tried before these (each stopped where its reward had not risen):", "",
+            *settings_compared(run)]
 
 
 def edits_lines(run: Path) -> list[str]:

@@ -19,6 +19,7 @@ from transfusion.card import model_card
 from transfusion.checkpoint import Loaded, load_checkpoint, resolve_checkpoint
 from transfusion.fileio import atomic_folder, check_export_target
 from transfusion.model.lora import CONFIG_FILE, WEIGHTS_FILE
+from transfusion.train_state import untied_weights
 
 INFERENCE_FILES = ("model.safetensors", "ema.safetensors", CONFIG_FILE, WEIGHTS_FILE, "config.yaml", "tokenizer.json",
                    "state.json")  # a LoRA run's: its adapters, on the start its config.yaml names
@@ -77,11 +78,8 @@ def save_merged(source: str | Path, folder: str | Path, lora: str | Path | None 
     loaded = load_checkpoint(ckpt, ema=ema, lora=lora)
     folder = check_export_target(folder, "merge-lora", SAVED_NAMES, overwrite)
     config = with_fields(loaded.config, {"train": {"lora": LoraConfig()}})  # plain weights now
-    weights = {k: v.contiguous() for k, v in loaded.model.state_dict().items()}
-    if config.model.tie_embeddings:  # saved once, as the embedding
-        weights.pop("lm_head.weight")
     with atomic_folder(folder) as tmp:
-        save_file(weights, tmp / "model.safetensors")
+        save_file(untied_weights(loaded.model.state_dict(), config), tmp / "model.safetensors")
         (tmp / "config.yaml").write_text(config_yaml(config))
         (tmp / "tokenizer.json").write_text(loaded.tokenizer.to_json())
         if not isinstance(loaded.autoencoder, IdentityAutoencoder):

@@ -81,7 +81,7 @@ def save_checkpoint(
                 if ema_weights is not None:
                     save_file(adapter_weights(ema_weights, core.lora_config), tmp / "ema.safetensors", metadata={"format": "pt"})
             elif main:
-                save_file(_untied(weights, config), tmp / "model.safetensors")
+                save_file(untied_weights(weights, config), tmp / "model.safetensors")
                 if ema_weights is not None:
                     save_file({k: v.contiguous() for k, v in ema_weights.items()}, tmp / "ema.safetensors")
             if main:
@@ -127,7 +127,7 @@ def _disk_full_as_such(path: Path):
         raise
 
 
-def _untied(weights: dict[str, torch.Tensor], config: Config) -> dict[str, torch.Tensor]:
+def untied_weights(weights: dict[str, torch.Tensor], config: Config) -> dict[str, torch.Tensor]:
     """The weights to write: a tied LM head (``model.tie_embeddings``) is the embedding, saved once."""
     out = {k: v.detach().contiguous() for k, v in weights.items()}
     if config.model.tie_embeddings:

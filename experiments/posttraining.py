@@ -11,9 +11,9 @@ editing fine-tune (the edit reader), with what the reward does not see checked b
 3. ``transfusion eval`` of each start and each result with guidance 3, as the runs are used
    (``SAMPLER``): text to image on 1,000 held-out captions (FID and what the reader finds),
    captions (``i2t``) and English perplexity (``text``); held-out edits (``edit``, the 500 test
-   triples) for the editing runs; and text to image without guidance (``UNGUIDED``), as the
-   shapes run samples while it trains. The held-out captions in other words are in each run's
-   ``metrics.jsonl`` (``paraphrased_*``).
+   triples) for the editing runs; text to image and edits again without guidance
+   (``UNGUIDED``), as both runs sample while they train. The held-out captions in other words
+   are in each run's ``metrics.jsonl`` (``paraphrased_*``).
 
 Writes docs/posttraining.md's measurements (below its marker line; the shapes section as soon as
 it is measured) and docs/posttraining/*.png (curves, and the held-out grids before and after).
@@ -51,7 +51,7 @@ SHAPES = ["--reward", "shapes", *COMMON, "posttrain.guidance=1", "posttrain.step
 EDITS = ["--reward", "edit", *COMMON, "posttrain.guidance=1", "posttrain.steps=150", "posttrain.prompts=16",
          "posttrain.group=8", "posttrain.lr=1e-4", "posttrain.kl=0.01"]  # the shapes run's recipe
 SAMPLER = ["--sampler", "ddpm", "--steps", "20", "--cfg", "3"]
-UNGUIDED = ["--sampler", "ddpm", "--steps", "20", "--cfg", "1"]  # as the shapes run samples while it trains
+UNGUIDED = ["--sampler", "ddpm", "--steps", "20", "--cfg", "1"]  # as both runs sample while they train
 N_T2I, N_EDIT = 1000, 500
 if QUICK:  # the smoke test: every step, seconds each
     EDIT_FINE_TUNE = ["data.edit_fraction=0.6", "train.steps=2", "train.eval_samples=2", "sampling.steps=2",
@@ -149,7 +149,13 @@ def edit_table(before: dict, after: dict) -> list[str]:
         lines.append(f"| {label} | {pct(m['success'])} | {pct(m['preservation'])} | {m['pixel_error']:.4f} | "
                      f"{r['edit']['source_unchanged']['all']['pixel_error']:.4f} | "
                      f"{r['edit']['text_to_image']['all']['pixel_error']:.4f} |")
-    return lines + [""]
+    m, e = after["edit"]["model"]["all"], after["edit"]
+    floor = min(e["source_unchanged"]["all"]["pixel_error"], e["text_to_image"]["all"]["pixel_error"])
+    met = m["preservation"] >= 0.8 and m["success"] >= 0.7
+    return lines + ["", f"- preservation >= 80% with success >= 70%: **{pct(m['preservation'])}** with "
+                    f"**{pct(m['success'])}** ({'met' if met else 'missed'})",
+                    f"- pixel error below both baselines: {m['pixel_error']:.4f} against {floor:.4f} "
+                    f"({'met' if m['pixel_error'] < floor else 'missed'})", ""]
 
 
 def settings_compared(run: Path) -> list[str]:
@@ -220,10 +226,14 @@ def shapes_lines(run: Path) -> list[str]:
 def edits_lines(run: Path) -> list[str]:
     """The editing run's section, its evaluations made first (skipped when stored)."""
     before, after = (evaluate(r, "edits", ["edit"], N_EDIT) for r in (EDIT_BASE, run))
+    plain_before, plain_after = (evaluate(r, "edits_unguided", ["edit"], N_EDIT, UNGUIDED) for r in (EDIT_BASE, run))
     figures(run, "edits")
     return ["### Edit reward on the editing fine-tune", "", f"`transfusion posttrain runs/small_edit_ref --out "
             f"runs/small_edit_grpo {shlex.join(EDITS)}`: {held_out_row(run)['wall_seconds'] / 60:.0f} minutes of "
-            f"updates; {N_EDIT} held-out triples.", "", *edit_table(before, after),
+            f"updates; {N_EDIT} held-out triples.", "",
+            f"`transfusion eval {shlex.join(SAMPLER)}` (guidance 3):", "", *edit_table(before, after),
+            f"`transfusion eval {shlex.join(UNGUIDED)}` (no guidance, as the run sampled while it trained):", "",
+            *edit_table(plain_before, plain_after),
             "![reward and judged shares](posttraining/edits_curves.png)", "",
             "![before](posttraining/edits_before.png) ![after](posttraining/edits_after.png)", ""]
 

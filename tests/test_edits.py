@@ -2,6 +2,7 @@
 
 import json
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -127,6 +128,17 @@ def test_a_manifest_triple_is_an_edit_unless_it_says_otherwise(tmp_path):
 def test_the_data_shares_must_fit_in_one():
     with pytest.raises(ValueError, match="sum to at most 1"):
         load_config("debug", overrides=["data.edit_fraction=0.95"])
+
+
+def test_a_fine_tune_s_start_is_the_same_however_it_is_spelled(debug_run, monkeypatch):
+    """A fine-tune resumed with its start spelled another way (relative, from another directory)
+    has the config it was started with, so resuming is allowed."""
+    from transfusion.checkpoint import with_start_fields
+
+    spelled = with_start_fields(load_config("debug", overrides=[f"train.init_from={debug_run}"]))
+    monkeypatch.chdir(debug_run.parent)
+    other = with_start_fields(load_config("debug", overrides=[f"train.init_from={debug_run.name}"]))
+    assert other == spelled and Path(spelled.train.init_from).is_absolute()
 
 
 @pytest.fixture(scope="module")

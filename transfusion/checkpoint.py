@@ -187,7 +187,7 @@ def with_start_fields(cfg: Config) -> Config:
     tokenizer and autoencoder are the run's (read from the checkpoint folder, never retrained)."""
     if not cfg.train.init_from:
         return cfg
-    ckpt = resolve_checkpoint(cfg.train.init_from)
+    ckpt = resolve_checkpoint(cfg.train.init_from).resolve()  # absolute: a run resumes however its start is spelled
     start = from_dict(yaml.safe_load((ckpt / "config.yaml").read_text()))
     fields = fields_of(start, "architecture")
     fields["autoencoder"]["name"] = str(ckpt / "autoencoder") if (ckpt / "autoencoder").is_dir() else "identity"

@@ -101,8 +101,9 @@ def test_batched_generation_equals_one_by_one(engine):
         for x, y in zip(out, alone):
             if isinstance(x, Image):
                 # a batch of other shapes sums in another order (float32: ~1e-6), which three guided
-                # denoising steps can grow to 2e-4 on some thread counts; a batching bug is ~0.1 or more
-                assert torch.allclose(x.pixels, y.pixels, atol=1e-3), (x.pixels - y.pixels).abs().max()
+                # denoising steps of this sharpened model can grow to 3.3e-3 (measured once in a full
+                # run on 2 threads); a batching bug is ~0.1 or more
+                assert torch.allclose(x.pixels, y.pixels, atol=1e-2), (x.pixels - y.pixels).abs().max()
             else:
                 assert x.text == y.text
 

@@ -102,25 +102,18 @@ def pct(v: float | None) -> str:
 ATTRIBUTES = ("colour", "shape", "size", "position", "count", "relation", "exact")
 
 
-def unguided_table(before: dict, after: dict) -> list[str]:
-    lines = ["| model | FID | " + " | ".join(f"t2i {a}" for a in ATTRIBUTES) + " |",
-             "|" + "---|" * (len(ATTRIBUTES) + 2)]
-    for label, r in (("before (`small`)", before), ("after GRPO, shapes reward", after)):
-        fid = r["t2i"].get("fid")
-        lines.append(f"| {label} | {'-' if fid is None else f'{fid:.1f}'} | "
-                     + " | ".join(pct(r["t2i"]["accuracy"].get(a)) for a in ATTRIBUTES) + " |")
-    return lines + [""]
-
-
 def shapes_table(before: dict, after: dict) -> list[str]:
-    lines = ["| model | FID | " + " | ".join(f"t2i {a}" for a in ATTRIBUTES) + " | caption colour | caption CIDEr-D "
-             "| English perplexity |", "|" + "---|" * (len(ATTRIBUTES) + 5)]
+    """Text to image before and after; with captions and text when the evaluations hold them."""
+    text = "i2t" in before
+    lines = ["| model | FID | " + " | ".join(f"t2i {a}" for a in ATTRIBUTES) + " |"
+             + (" caption colour | caption CIDEr-D | English perplexity |" if text else ""),
+             "|" + "---|" * (len(ATTRIBUTES) + (5 if text else 2))]
     for label, r in (("before (`small`)", before), ("after GRPO, shapes reward", after)):
         fid = r["t2i"].get("fid")
         lines.append(f"| {label} | {'-' if fid is None else f'{fid:.1f}'} | "
-                     + " | ".join(pct(r["t2i"]["accuracy"].get(a)) for a in ATTRIBUTES)
-                     + f" | {pct(r['i2t']['accuracy'].get('colour'))} | {r['i2t']['cider_d']:.2f} | "
-                     f"{r['text']['english']['perplexity']:.2f} |")
+                     + " | ".join(pct(r["t2i"]["accuracy"].get(a)) for a in ATTRIBUTES) + " |"
+                     + (f" {pct(r['i2t']['accuracy'].get('colour'))} | {r['i2t']['cider_d']:.2f} | "
+                        f"{r['text']['english']['perplexity']:.2f} |" if text else ""))
     return lines + [""]
 
 
@@ -212,7 +205,7 @@ def shapes_lines(run: Path) -> list[str]:
             f"`transfusion eval {shlex.join(SAMPLER)}` (guidance 3, as the run is used afterwards):", "",
             *shapes_table(before, after), *verdicts(before, after),
             f"`transfusion eval {shlex.join(UNGUIDED)}` (no guidance, as the run sampled while it trained):", "",
-            *unguided_table(plain_before, plain_after),
+            *shapes_table(plain_before, plain_after),
             f"Held-out captions in words training never showed (the run's last evaluation, no guidance): reward "
             f"{last.get('paraphrased_reward', 0):.2f} against {last['heldout_reward']:.2f} for the same scenes in "
             f"the usual words.", "",

@@ -17,8 +17,11 @@ editing fine-tune (the edit reader), with what the reward does not see checked b
 
 Writes docs/posttraining.md's measurements (below its marker line; the shapes section as soon as
 it is measured) and docs/posttraining/*.png (curves, and the held-out grids before and after).
+Each section, once measured, is kept in ``experiments/posttraining_results/`` (its markdown, and the
+evaluations and metrics it was made from), so the page is rewritten without the run folders and a
+measured section is never measured again; delete a section's files to measure it again.
 ``POSTTRAIN_RUNS`` moves the run folders, ``POSTTRAIN_PRESET`` the preset and ``POSTTRAIN_QUICK=1``
-shrinks every step (the test runs it so).
+shrinks every step (the test runs it so, with its store beside its runs).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ RUNS = Path(os.environ.get("POSTTRAIN_RUNS", ROOT / "runs"))
 PRESET = os.environ.get("POSTTRAIN_PRESET", "small")
 QUICK = os.environ.get("POSTTRAIN_QUICK") == "1"
 DOCS = Path(os.environ.get("POSTTRAIN_DOCS", ROOT / "docs"))
+STORE = RUNS / "results" if QUICK else ROOT / "experiments" / "posttraining_results"
 BASE, EDIT_BASE = RUNS / PRESET, RUNS / f"{PRESET}_edit_ref"
 EDIT_FINE_TUNE = ["data.edit_fraction=0.6", "train.steps=3000", "optim.lr=1e-3", "optim.warmup_steps=100",
                   "optim.min_lr=1e-4", "train.checkpoint_every=500", "train.sample_every=0", "train.eval_samples=32",
@@ -241,6 +245,22 @@ def figures(run: Path, name: str) -> None:
     shutil.copy2(grids[-1], folder / f"{name}_after.png")
 
 
+def section(name: str, measure, runs: tuple[Path, ...]) -> list[str]:
+    """A section of the page, measured once: ``measure()`` builds it, and its lines go to
+    ``STORE/name.md`` with the evaluations and metrics of ``runs`` beside them (``STORE/name/``)."""
+    path = STORE / f"{name}.md"
+    if not path.is_file():
+        lines = measure()
+        for run in runs:
+            keep = STORE / name / run.name
+            keep.mkdir(parents=True, exist_ok=True)
+            for source in [*(run / "eval").glob("posttraining_*.json"), run / "metrics.jsonl"]:
+                if source.is_file():
+                    shutil.copy2(source, keep / source.name)
+        path.write_text("\n".join(lines) + "\n")
+    return path.read_text().splitlines()
+
+
 def write_page(sections: list[str]) -> None:
     lines = [f"Made by `python experiments/posttraining.py`: held-out captions and edits, before and after. Text "
              f"to image on {N_T2I} held-out captions (FID and what the reader finds).", "", *sections]
@@ -250,13 +270,21 @@ def write_page(sections: list[str]) -> None:
 def main() -> None:
     sys.stdout.reconfigure(line_buffering=True)
     shapes_run, edits_run = RUNS / f"{PRESET}_grpo", RUNS / f"{PRESET}_edit_grpo"
-    trained(BASE, [])
-    posttrained(BASE, shapes_run, SHAPES)
-    shapes = shapes_lines(shapes_run)
-    write_page([*shapes, "### Edit reward on the editing fine-tune", "", "Not yet measured.", ""])
-    trained(EDIT_BASE, [f"train.init_from={BASE}", *EDIT_FINE_TUNE])
-    posttrained(EDIT_BASE, edits_run, EDITS)
-    write_page([*shapes, *edits_lines(edits_run)])
+
+    def shapes() -> list[str]:
+        trained(BASE, [])
+        posttrained(BASE, shapes_run, SHAPES)
+        return shapes_lines(shapes_run)
+
+    def edits() -> list[str]:
+        trained(BASE, [])
+        trained(EDIT_BASE, [f"train.init_from={BASE}", *EDIT_FINE_TUNE])
+        posttrained(EDIT_BASE, edits_run, EDITS)
+        return edits_lines(edits_run)
+
+    measured = section("shapes", shapes, (BASE, shapes_run))
+    write_page([*measured, "### Edit reward on the editing fine-tune", "", "Not yet measured.", ""])
+    write_page([*measured, *section("edits", edits, (EDIT_BASE, edits_run))])
 
 
 if __name__ == "__main__":

@@ -195,7 +195,8 @@ def test_a_flow_run_samples_the_sde_of_its_flow_and_without_noise_its_euler_step
 @pytest.mark.parametrize("reference", [False, True], ids=["sequence", "edit_reference"])
 def test_an_edit_prompt_reads_its_source(reference):
     """An edit's rows hold the clean source before the instruction (and, with
-    image.edit_reference, at the image layers): another source changes the prediction."""
+    image.edit_reference, at the image layers): another source changes the prediction; the
+    unconditional branch of guidance holds neither."""
     from transfusion.autoencoders import IdentityAutoencoder
     from transfusion.model.transfusion import Transfusion
     from transfusion.posttrain.policy import Prompt
@@ -210,12 +211,23 @@ def test_an_edit_prompt_reads_its_source(reference):
     source = torch.rand(3, 16, 16) * 2 - 1
     prompts = [Prompt("make the circle blue", source), Prompt("make the circle blue", -source)]
     rows = pol.rows(prompts, "cpu")
-    assert rows.context is not None and rows.context.latents.shape[0] == 4  # two prompts, two guidance branches
+    assert rows.context is not None and rows.context.latents.shape[0] == 2  # the conditional rows hold the source
     assert (rows.reference is not None) == reference
     x = torch.randn(1, *pol.shape).repeat(2, 1, 1, 1)
     with torch.no_grad():
         eps = pol.noise(model, rows, x, 500)
+        conditional = ImagePolicy(model, tok, ae, cfg, guidance=1)
+        plain = conditional.noise(model, conditional.rows(prompts, "cpu"), x, 500)
+        captions = ["a red circle", "a blue square"]
+        t2i_guided = pol.noise(model, pol.rows(captions, "cpu"), x, 500)
+        t2i_plain = conditional.noise(model, conditional.rows(captions, "cpu"), x, 500)
     assert not torch.allclose(eps[0], eps[1])
+    assert not torch.allclose(plain[0], plain[1])
+    # guided = u + 2 (c - u): the unconditional branch, as `transfusion edit --cfg` guides with one scale,
+    # holds neither instruction nor source, so it is text to image's
+    unconditional, t2i_unconditional = 2 * plain - eps, 2 * t2i_plain - t2i_guided
+    torch.testing.assert_close(unconditional[0], unconditional[1], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(unconditional, t2i_unconditional, rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="all edits"):
         pol.rows([Prompt("make it blue", source), Prompt("a red circle")], "cpu")
 

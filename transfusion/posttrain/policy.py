@@ -30,7 +30,8 @@ The model reads each caption as training showed it, ``<bos> caption <boi> patche
 unconditional branch ``<bos> <boi> patches``, every patch of the image at once. An edit
 (a prompt with a ``source``) is read as ``<bos> <boi> source <eoi> instruction <boi> patches``,
 the source clean (and at the image layers too, for a run with ``image.edit_reference``); its
-unconditional branch keeps the source and drops the instruction.
+unconditional branch is ``<bos> <boi> patches`` (zeros at the image layers), as ``transfusion edit``
+guides with one scale on the source and the instruction.
 """
 
 from __future__ import annotations
@@ -132,34 +133,38 @@ class ImagePolicy:
 
     # ---------------------------------------------------------------- the model's inputs
     def rows(self, prompts: list[str], device) -> Rows:
-        """The conditional rows, then with guidance the unconditional ones (``<bos> <boi>``, or
-        an edit's source alone)."""
+        """The conditional rows, then with guidance the unconditional ones (``<bos> <boi>``: no
+        caption, and for an edit no source either, as ``transfusion edit`` guides with one scale)."""
         prompts = [p if isinstance(p, Prompt) else Prompt(p) for p in prompts]
-        edits = prompts[0].source is not None
+        n, edits = len(prompts), prompts[0].source is not None
         if any((p.source is not None) != edits for p in prompts):
             raise ValueError("a batch of prompts is all edits (with a source image) or all captions")
         sources = [self.autoencoder.encode(p.source[None].to(device))[0] for p in prompts] if edits else []
-        marker, noisy = Image(torch.zeros(3, 1, 1)), [torch.zeros(self.shape)]  # layout places the latents given
-        branches = [[Text(p)] for p in prompts] + ([[]] * len(prompts) if self.guidance != 1 else [])
-        layouts = []
-        for i, segments in enumerate(branches):
-            before = [marker] if edits else []
-            given = [sources[i % len(prompts)].cpu()] if edits else []
-            caps = [CONTEXT_IMAGE] if edits else []
-            layouts.append(layout([*before, *segments, marker], [*given, *noisy], [*caps, self.diffusion.T],
-                                  self.tokenizer, self.num_patches, close=False))
+        T, marker = self.diffusion.T, Image(torch.zeros(3, 1, 1))  # layout places the latents it is given
+
+        def placed(segments: list, latents: list, caps: list):
+            return layout([*segments, marker], [*latents, torch.zeros(self.shape)], [*caps, T], self.tokenizer,
+                          self.num_patches, close=False)
+
+        if edits:
+            layouts = [placed([marker, Text(p)], [source.cpu()], [CONTEXT_IMAGE]) for p, source in zip(prompts, sources)]
+        else:
+            layouts = [placed([Text(p)], [], []) for p in prompts]
+        if self.guidance != 1:
+            layouts += [placed([], [], []) for _ in prompts]
         batch, _ = pack(layouts, len(layouts), max(len(lay.ids) for lay in layouts), self.tokenizer.pad_id,
                         one_per_row=True)
         batch = batch.to(device)
-        per_row = 2 if edits else 1
-        index = torch.stack(batch.index[per_row - 1::per_row])
-        context = reference = None
-        if edits:
-            latents = torch.stack(sources).repeat(len(branches) // len(prompts), 1, 1, 1)
-            times = torch.full((len(latents),), CONTEXT_T, device=device,
-                               dtype=torch.float32 if self.flow else torch.long)
-            context = ImageGroup(latents, times, torch.stack(batch.index[0::2]))
-            reference = latents if self.edit_reference else None
+        if not edits:
+            return Rows(batch.tokens, batch.positions, batch.doc_ids, batch.image_ids, torch.stack(batch.index))
+        # images in row order: each conditional row's source and new image, then each unconditional row's new image
+        index = torch.stack(batch.index[1:2 * n:2] + batch.index[2 * n:])
+        latents = torch.stack(sources)
+        times = torch.full((n,), CONTEXT_T, device=device, dtype=torch.float32 if self.flow else torch.long)
+        context = ImageGroup(latents, times, torch.stack(batch.index[0:2 * n:2]))
+        reference = None
+        if self.edit_reference:  # the source at the image layers, zeros in the unconditional branch
+            reference = torch.cat([latents, torch.zeros_like(latents)]) if self.guidance != 1 else latents
         return Rows(batch.tokens, batch.positions, batch.doc_ids, batch.image_ids, index, context, reference)
 
     def noise(self, model, rows: Rows, x: torch.Tensor, t) -> torch.Tensor:

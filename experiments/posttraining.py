@@ -53,7 +53,8 @@ COMMON = ["posttrain.sample_steps=20", "train.checkpoint_every=10", "posttrain.e
 SHAPES = ["--reward", "shapes", *COMMON, "posttrain.guidance=1", "posttrain.steps=180", "posttrain.prompts=16",
           "posttrain.group=8", "posttrain.lr=1e-4", "posttrain.kl=0.01"]
 # the shapes recipe at a fifth of its learning rate, 80 updates of ~40 s (the shapes run's held-out reward rose in
-# its first ~50 updates, then held); at lr 1e-4 the edit reward fell from the first update (posttraining_tried/)
+# its first ~50 updates, then held); at lr 1e-4 the edit reward fell from the first update, and guidance 3 while
+# sampling (60 updates of ~65 s) ended level with this on the 500 held-out triples (posttraining_tried/)
 EDITS = ["--reward", "edit", *COMMON, "posttrain.guidance=1", "posttrain.steps=80", "posttrain.prompts=16",
          "posttrain.group=8", "posttrain.lr=2e-5", "posttrain.kl=0.01"]
 SAMPLER = ["--sampler", "ddpm", "--steps", "20", "--cfg", "3"]
@@ -67,9 +68,12 @@ if QUICK:  # the smoke test: every step, seconds each
     SHAPES, EDITS = [*SHAPES, *small], [*EDITS, *small]
     SAMPLER, UNGUIDED, N_T2I, N_EDIT = ["--sampler", "ddpm", "--steps", "4", "--cfg", "3"], \
         ["--sampler", "ddpm", "--steps", "4", "--cfg", "1"], 4, 4
-# the shapes settings tried before SHAPES (their metrics.jsonl, stopped where the page says)
-TRIED = [("guidance 3, 8 prompts x 8, lr 3e-5", ROOT / "experiments" / "posttraining_tried" / "guidance3_lr3e-5.jsonl"),
-         ("guidance 3, 8 prompts x 8, lr 3e-4", ROOT / "experiments" / "posttraining_tried" / "guidance3_lr3e-4.jsonl")]
+# the settings tried before SHAPES and EDITS (their metrics.jsonl, stopped where the page says)
+TRIED = ROOT / "experiments" / "posttraining_tried"
+SHAPES_TRIED = [("guidance 3, 8 prompts x 8, lr 3e-5", TRIED / "guidance3_lr3e-5.jsonl"),
+                ("guidance 3, 8 prompts x 8, lr 3e-4", TRIED / "guidance3_lr3e-4.jsonl")]
+EDITS_TRIED = [("guidance 1, 16 prompts x 8, lr 1e-4", TRIED / "edits_lr1e-4.jsonl"),
+               ("guidance 3, 16 prompts x 8, lr 2e-5", TRIED / "edits_guidance3_lr2e-5.jsonl")]  # and its evaluations
 TARGETS = {"count": 0.70, "relation": 0.50, "exact": 0.75}  # the shapes reward's targets (held-out captions)
 
 
@@ -157,21 +161,21 @@ def edit_table(before: dict, after: dict) -> list[str]:
                     f"({'met' if m['pixel_error'] < floor else 'missed'})", ""]
 
 
-def settings_compared(run: Path) -> list[str]:
-    """The shapes settings tried and the one kept: a table of each one's held-out reward (its own
-    sampler, 64 captions) and batch reward, first and last, and a plot of both against samples drawn."""
+def settings_compared(name: str, settings: list, tried: list[tuple[str, Path]], run: Path) -> list[str]:
+    """The settings tried and the one kept (``settings``, its run ``run``): a table of each one's
+    held-out reward (its own sampler, 64 prompts) and batch reward, first and last, and a plot of
+    both against samples drawn (docs/posttraining/NAME_settings.png)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    value = {k: v for k, v in (a.removeprefix("posttrain.").split("=") for a in SHAPES if a.startswith("posttrain."))}
+    value = {k: v for k, v in (a.removeprefix("posttrain.").split("=") for a in settings if a.startswith("posttrain."))}
     kept = f"guidance {value['guidance']}, {value['prompts']} prompts x {value['group']}, lr {value['lr']} (kept)"
-    tried = [*TRIED, (kept, run / "metrics.jsonl")]
     lines = ["| settings | updates | samples drawn | held-out reward, first -> last | batch reward, mean of the "
              "first 10 updates -> the last 10 |", "|---|---|---|---|---|"]
     fig, axes = plt.subplots(1, 2, figsize=(12, 3.6))
-    for label, path in tried:
+    for label, path in [*tried, (kept, run / "metrics.jsonl")]:
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         updates, held = [r for r in rows if "reward" in r], [r for r in rows if "heldout_reward" in r]
         batch = [r["reward"] for r in updates]
@@ -188,9 +192,9 @@ def settings_compared(run: Path) -> list[str]:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(DOCS / "posttraining" / "shapes_settings.png", dpi=100)
+    fig.savefig(DOCS / "posttraining" / f"{name}_settings.png", dpi=100)
     plt.close(fig)
-    return lines + ["", "![the settings tried, against samples drawn](posttraining/shapes_settings.png)", ""]
+    return lines + ["", f"![the settings tried, against samples drawn](posttraining/{name}_settings.png)", ""]
 
 
 def held_out_row(run: Path) -> dict:
@@ -219,7 +223,7 @@ def shapes_lines(run: Path) -> list[str]:
             "Held-out captions, same noise, before and after:", "",
             "![before](posttraining/shapes_before.png) ![after](posttraining/shapes_after.png)", "",
             "The settings tried before these (each stopped where its reward had not risen):", "",
-            *settings_compared(run)]
+            *settings_compared("shapes", SHAPES, SHAPES_TRIED, run)]
 
 
 def edits_lines(run: Path) -> list[str]:
@@ -234,7 +238,9 @@ def edits_lines(run: Path) -> list[str]:
             f"`transfusion eval {shlex.join(UNGUIDED)}` (no guidance, as the run sampled while it trained):", "",
             *edit_table(plain_before, plain_after),
             "![reward and judged shares](posttraining/edits_curves.png)", "",
-            "![before](posttraining/edits_before.png) ![after](posttraining/edits_after.png)", ""]
+            "![before](posttraining/edits_before.png) ![after](posttraining/edits_after.png)", "",
+            "The settings tried (each held-out reward on 64 test triples, with the run's own guidance):", "",
+            *settings_compared("edits", EDITS, EDITS_TRIED, run)]
 
 
 def figures(run: Path, name: str) -> None:

@@ -73,7 +73,7 @@ TRIED = ROOT / "experiments" / "posttraining_tried"
 SHAPES_TRIED = [("guidance 3, 8 prompts x 8, lr 3e-5", TRIED / "guidance3_lr3e-5.jsonl"),
                 ("guidance 3, 8 prompts x 8, lr 3e-4", TRIED / "guidance3_lr3e-4.jsonl")]
 EDITS_TRIED = [("guidance 1, 16 prompts x 8, lr 1e-4", TRIED / "edits_lr1e-4.jsonl"),
-               ("guidance 3, 16 prompts x 8, lr 2e-5", TRIED / "edits_guidance3_lr2e-5.jsonl")]  # _eval_cfg*.json beside
+               ("guidance 3, 16 prompts x 8, lr 2e-5", TRIED / "edits_guidance3_lr2e-5.jsonl")]  # evaluations beside
 TARGETS = {"count": 0.70, "relation": 0.50, "exact": 0.75}  # the shapes reward's targets (held-out captions)
 
 

@@ -147,7 +147,7 @@ class ImagePolicy:
                           self.num_patches, close=False)
 
         if edits:
-            layouts = [placed([marker, Text(p)], [source.cpu()], [CONTEXT_IMAGE]) for p, source in zip(prompts, sources)]
+            layouts = [placed([marker, Text(p)], [s.cpu()], [CONTEXT_IMAGE]) for p, s in zip(prompts, sources)]
         else:
             layouts = [placed([Text(p)], [], []) for p in prompts]
         if self.guidance != 1:

@@ -176,7 +176,7 @@ def settings_compared(name: str, settings: list, tried: list[tuple[str, Path]], 
              "first 10 updates -> the last 10 |", "|---|---|---|---|---|"]
     fig, axes = plt.subplots(1, 2, figsize=(12, 3.6))
     for label, path in [*tried, (kept, run / "metrics.jsonl")]:
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        rows = metrics_rows(path)
         updates, held = [r for r in rows if "reward" in r], [r for r in rows if "heldout_reward" in r]
         batch = [r["reward"] for r in updates]
         first, last = held[0]["heldout_reward"], held[-1]["heldout_reward"]
@@ -197,10 +197,14 @@ def settings_compared(name: str, settings: list, tried: list[tuple[str, Path]], 
     return lines + ["", f"![the settings tried, against samples drawn](posttraining/{name}_settings.png)", ""]
 
 
+def metrics_rows(path: Path) -> list[dict]:
+    """The records of a run's metrics.jsonl (or a copy of one)."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def held_out_row(run: Path) -> dict:
     """The last held-out evaluation of a post-training run (its metrics.jsonl)."""
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return [r for r in rows if "heldout_reward" in r][-1]
+    return [r for r in metrics_rows(run / "metrics.jsonl") if "heldout_reward" in r][-1]
 
 
 def shapes_lines(run: Path) -> list[str]:

@@ -249,6 +249,29 @@ def test_the_edit_reward_reads_the_true_edit():
         reward("make it blue", target, source)
 
 
+def test_the_strict_shapes_reward_counts_an_object_the_caption_does_not_ask_for():
+    import itertools
+
+    from transfusion.data.shapes import Scene, ShapesDataset, render
+    from transfusion.metrics.shapes_reader import read_image
+
+    docs = [d for d in (ShapesDataset("validation", size=32)[i] for i in range(60)) if d.kind == "pair"]
+    relations = [d for d in docs if d.meta["scene"].kind == "relation"]
+    singles = [d.meta["scene"].objects[0] for d in docs if d.meta["scene"].kind == "single"]
+    shapes, strict, exact = (load_reward(name) for name in ("shapes", "shapes_strict", "shapes_exact"))
+    for doc in relations:
+        assert shapes(doc.caption, doc.images[0].pixels) == strict(doc.caption, doc.images[0].pixels) == 1.0
+    # a relation drawn with a third object beside it: every stated attribute holds, and one object too many
+    for doc, extra in itertools.product(relations, singles):
+        scene = doc.meta["scene"]
+        pixels = render(Scene("relation", [*scene.objects, extra], scene.relation), 32)
+        if len(read_image(pixels)) == 3 and shapes(doc.caption, pixels) == 1.0:
+            break
+    else:
+        pytest.fail("no relation scene took a third object apart from its two")
+    assert strict(doc.caption, pixels) == 0.75 and exact(doc.caption, pixels) == 0.0
+
+
 def test_posttrain_with_the_edit_reward_samples_edits_of_the_training_triples(debug_run, tmp_path):
     out = tmp_path / "edit"
     COMMANDS["posttrain"]([str(debug_run), "--out", str(out), "--reward", "edit", *SMALL, "posttrain.steps=1"])

@@ -224,7 +224,7 @@ class TrainConfig:
 class PosttrainConfig:
     """GRPO on the image path, towards an exact reward (``transfusion posttrain``, ``posttrain/grpo.py``)."""
 
-    reward: str = recipe("shapes")  # shapes | shapes_exact | digits | python:module.function
+    reward: str = recipe("shapes")  # a name of posttrain/rewards.py (shapes, shapes_strict, edit, ...) or python:m.f
     prompts: int = recipe(8)  # prompts per update
     group: int = recipe(8)  # samples per prompt: advantages are relative to the prompt's group
     steps: int = execution(100)  # updates

@@ -64,7 +64,8 @@ def _posttrain(argv: list[str]) -> None:
     p.add_argument("checkpoint", help="the run or checkpoint to start from")
     p.add_argument("--out", required=True, help="run folder (created; resumed if it holds checkpoints)")
     p.add_argument("--reward", default=None,
-                   help="shapes | shapes_exact | digits | python:module.function (default: posttrain.reward, shapes)")
+                   help="shapes | shapes_strict | shapes_exact | digits | edit | edit_exact | captions | "
+                   "python:module.function (default: posttrain.reward, shapes)")
     p.add_argument("settings", nargs="*", help="key.sub=value overrides: posttrain.*, train.lora.*, train.seed, ...")
     args = p.parse_intermixed_args(argv)
     if any("=" not in s for s in args.settings):

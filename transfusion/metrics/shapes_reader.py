@@ -211,6 +211,12 @@ def score(pixels, caption) -> dict[str, bool | None]:
     return {**dict.fromkeys(ATTRIBUTES), **scorers[reference.kind](read_image(pixels), reference)}
 
 
+def objects_stated(caption) -> int:
+    """How many objects a caption (or Scene) asks for: one, its count, or two for a relation."""
+    reference = _reference(caption)
+    return {"single": 1, "count": reference.count, "relation": 2}[reference.kind]
+
+
 _CONVERSE = {"below": "above", "right of": "left of"}
 
 

@@ -1,6 +1,6 @@
 """Rewards for post-training: plain functions of (caption, image) -> float in [0, 1].
 
-    reward = load_reward("shapes")                  # or shapes_exact, digits, edit, python:my_rewards.red
+    reward = load_reward("shapes")                  # or shapes_strict, digits, edit, python:my_rewards.red
     reward("a small red circle at the top", pixels)  # pixels (3, H, W) in [-1, 1]
     reward(instruction, pixels, source)             # an edit's: the source image too
 
@@ -12,6 +12,8 @@ drawing what the caption says:
 
 - ``shapes``: the share of the caption's stated attributes (colour, shape, size, position,
   count, relation) that the shapes reader finds in the image (``metrics/shapes_reader.py``);
+- ``shapes_strict``: the same share with one more attribute, that the image holds as many
+  objects as the caption asks for (one, its count, or two for a relation);
 - ``shapes_exact``: 1 when the reader finds all of them and nothing else (its ``exact``), else 0;
 - ``digits``: the digit classifier's probability of the digit the caption names (``metrics/digits.py``);
 - ``edit``: for an editing triple, the mean of the edit reader's success (the change asked for
@@ -48,6 +50,18 @@ def shapes_reward(caption: str, pixels: torch.Tensor) -> float:
 
     found = score(pixels, _truth(caption))
     stated = [found[a] for a in STATED if found.get(a) is not None]
+    return sum(stated) / len(stated)
+
+
+def shapes_strict_reward(caption: str, pixels: torch.Tensor) -> float:
+    """``shapes`` with one more attribute: the image holds as many objects as the caption asks
+    for, so an extra object that makes a count or a relation hold is no longer free."""
+    from transfusion.metrics.shapes_reader import objects_stated, read_image, score
+
+    truth = _truth(caption)
+    found = score(pixels, truth)
+    stated = [found[a] for a in STATED if found.get(a) is not None]
+    stated.append(len(read_image(pixels)) == objects_stated(truth))
     return sum(stated) / len(stated)
 
 
@@ -103,8 +117,8 @@ def captions_reward(prompt, caption: str, pixels: torch.Tensor | None = None) ->
     return sum(stated) / len(stated)
 
 
-BUILT_IN = {"shapes": shapes_reward, "shapes_exact": shapes_exact_reward, "digits": digits_reward,
-            "edit": edit_reward, "edit_exact": edit_exact_reward, "captions": captions_reward}
+BUILT_IN = {"shapes": shapes_reward, "shapes_strict": shapes_strict_reward, "shapes_exact": shapes_exact_reward,
+            "digits": digits_reward, "edit": edit_reward, "edit_exact": edit_exact_reward, "captions": captions_reward}
 EDIT_REWARDS = ("edit", "edit_exact")  # rewards of editing triples: their prompts are edits
 CAPTION_REWARDS = ("captions",)  # rewards of captions: their prompts are images
 

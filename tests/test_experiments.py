@@ -274,8 +274,10 @@ def test_the_posttraining_experiment_runs_every_step_and_writes_its_page(tmp_pat
     assert first.returncode == 0, first.stderr[-3000:]
     page = (tmp_path / "docs" / "posttraining.md").read_text()
     assert "### Shapes reward on `small`" in page and "| after GRPO, edit reward |" in page and "count >= 70%" in page
-    for name in ("shapes_curves", "shapes_before", "shapes_after", "shapes_settings", "edits_curves", "edits_before",
-                 "edits_after", "edits_settings"):
+    assert "| after GRPO, shapes_strict reward |" in page
+    for name in ("shapes_curves", "shapes_before", "shapes_after", "shapes_settings", "shapes_strict_curves",
+                 "shapes_strict_after", "shapes_strict_settings", "edits_curves", "edits_before", "edits_after",
+                 "edits_settings"):
         assert (tmp_path / "docs" / "posttraining" / f"{name}.png").is_file()
     again = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0 and "$ " not in again.stdout

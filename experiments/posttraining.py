@@ -250,7 +250,8 @@ def strict_lines(run: Path) -> list[str]:
     before, after = (evaluate(r, "skills", ["t2i", "i2t", "text"], N_T2I) for r in (BASE, run))
     plain_before, plain_after = (evaluate(r, "t2i_unguided", ["t2i"], N_T2I, UNGUIDED) for r in (BASE, run))
     figures(run, "shapes_strict")
-    first, last = held_out_rows(run)[0], held_out_rows(run)[-1]
+    held = held_out_rows(run)
+    first, last = held[0], held[-1]
     return ["### The strict shapes reward on `small`", "", f"`transfusion posttrain runs/small --out "
             f"runs/small_grpo_strict {shlex.join(SHAPES_STRICT)}`: {last['wall_seconds'] / 60:.0f} minutes of "
             f"updates, {last['samples_drawn']} samples drawn.", "",

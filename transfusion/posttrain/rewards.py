@@ -44,13 +44,17 @@ def _truth(caption):
     return getattr(caption, "meta", {}).get("scene") or caption
 
 
+def _share(found: dict, *more: bool) -> float:
+    """The share of the stated attributes a judge ``found`` (None: not stated), and of ``more``, that hold."""
+    stated = [found[a] for a in STATED if found.get(a) is not None] + list(more)
+    return sum(stated) / len(stated)
+
+
 def shapes_reward(caption: str, pixels: torch.Tensor) -> float:
     """The share of the caption's stated attributes that hold in the image."""
     from transfusion.metrics.shapes_reader import score
 
-    found = score(pixels, _truth(caption))
-    stated = [found[a] for a in STATED if found.get(a) is not None]
-    return sum(stated) / len(stated)
+    return _share(score(pixels, _truth(caption)))
 
 
 def shapes_strict_reward(caption: str, pixels: torch.Tensor) -> float:
@@ -59,10 +63,7 @@ def shapes_strict_reward(caption: str, pixels: torch.Tensor) -> float:
     from transfusion.metrics.shapes_reader import objects_stated, read_image, score
 
     truth = _truth(caption)
-    found = score(pixels, truth)
-    stated = [found[a] for a in STATED if found.get(a) is not None]
-    stated.append(len(read_image(pixels)) == objects_stated(truth))
-    return sum(stated) / len(stated)
+    return _share(score(pixels, truth), len(read_image(pixels)) == objects_stated(truth))
 
 
 def shapes_exact_reward(caption: str, pixels: torch.Tensor) -> float:
@@ -112,9 +113,7 @@ def captions_reward(prompt, caption: str, pixels: torch.Tensor | None = None) ->
     scene = getattr(prompt, "meta", {}).get("scene")
     if scene is None:
         raise ValueError("the captions reward reads the scene of a shapes image; this prompt has none")
-    found = score_caption(caption, scene)
-    stated = [found[a] for a in STATED if found.get(a) is not None]
-    return sum(stated) / len(stated)
+    return _share(score_caption(caption, scene))
 
 
 BUILT_IN = {"shapes": shapes_reward, "shapes_strict": shapes_strict_reward, "shapes_exact": shapes_exact_reward,

@@ -221,10 +221,17 @@ def held_out_row(run: Path) -> dict:
     return held_out_rows(run)[-1]
 
 
-def shapes_lines(run: Path) -> list[str]:
-    """The shapes run's section, its evaluations made first (skipped when stored)."""
+def shapes_evaluated(run: Path) -> tuple[dict, dict, dict, dict]:
+    """A shapes run's evaluations and its start's (made once, then read): guided before and after
+    (text to image, captions, text), then unguided before and after (text to image)."""
     before, after = (evaluate(r, "skills", ["t2i", "i2t", "text"], N_T2I) for r in (BASE, run))
     plain_before, plain_after = (evaluate(r, "t2i_unguided", ["t2i"], N_T2I, UNGUIDED) for r in (BASE, run))
+    return before, after, plain_before, plain_after
+
+
+def shapes_lines(run: Path) -> list[str]:
+    """The shapes run's section, its evaluations made first (skipped when stored)."""
+    before, after, plain_before, plain_after = shapes_evaluated(run)
     figures(run, "shapes")
     last = held_out_row(run)
     return ["### Shapes reward on `small`", "", f"`transfusion posttrain runs/small --out runs/small_grpo "
@@ -247,8 +254,7 @@ def shapes_lines(run: Path) -> list[str]:
 def strict_lines(run: Path) -> list[str]:
     """The strict shapes reward's section: its run against the same start, both samplers."""
     label = "after GRPO, shapes_strict reward"
-    before, after = (evaluate(r, "skills", ["t2i", "i2t", "text"], N_T2I) for r in (BASE, run))
-    plain_before, plain_after = (evaluate(r, "t2i_unguided", ["t2i"], N_T2I, UNGUIDED) for r in (BASE, run))
+    before, after, plain_before, plain_after = shapes_evaluated(run)
     figures(run, "shapes_strict")
     held = held_out_rows(run)
     first, last = held[0], held[-1]
@@ -340,10 +346,11 @@ def main() -> None:
         posttrained(EDIT_BASE, edits_run, EDITS)
         return edits_lines(edits_run)
 
+    pending = ["### Edit reward on the editing fine-tune", "", "Not yet measured.", ""]
     measured = section("shapes", shapes, (BASE, shapes_run))
-    write_page([*measured, "### Edit reward on the editing fine-tune", "", "Not yet measured.", ""])
+    write_page([*measured, *pending])  # each section on the page as soon as it is measured
     measured += section("shapes_strict", strict, (BASE, strict_run))
-    write_page([*measured, "### Edit reward on the editing fine-tune", "", "Not yet measured.", ""])
+    write_page([*measured, *pending])
     write_page([*measured, *section("edits", edits, (EDIT_BASE, edits_run))])
 
 

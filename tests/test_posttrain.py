@@ -253,7 +253,7 @@ def test_the_strict_shapes_reward_counts_an_object_the_caption_does_not_ask_for(
     import itertools
 
     from transfusion.data.shapes import Scene, ShapesDataset, render
-    from transfusion.metrics.shapes_reader import read_image
+    from transfusion.metrics.shapes_reader import read_image, score
 
     docs = [d for d in (ShapesDataset("validation", size=32)[i] for i in range(60)) if d.kind == "pair"]
     relations = [d for d in docs if d.meta["scene"].kind == "relation"]
@@ -270,6 +270,7 @@ def test_the_strict_shapes_reward_counts_an_object_the_caption_does_not_ask_for(
     else:
         pytest.fail("no relation scene took a third object apart from its two")
     assert strict(doc.caption, pixels) == 0.75 and exact(doc.caption, pixels) == 0.0
+    assert score(pixels, doc.caption)["objects"] is False and score(doc.images[0].pixels, doc.caption)["objects"]
 
 
 def test_posttrain_with_the_edit_reward_samples_edits_of_the_training_triples(debug_run, tmp_path):

@@ -156,13 +156,18 @@ def _majority(values: list[str], wanted: str) -> bool:
     return sum(value == wanted for value in values) * 2 > len(values)
 
 
+def _objects_asked(reference: CaptionAttributes) -> int:
+    """How many objects a caption asks for: one, its count, or two for a relation."""
+    return {"single": 1, "count": reference.count, "relation": 2}[reference.kind]
+
+
 def _score_single(objects: list[DetectedObject], reference: CaptionAttributes) -> dict:
     target = objects[0] if objects else None  # the largest object
     wanted = {"colour": reference.colours[0], "shape": reference.shapes[0],
               "size": reference.size, "position": reference.position}
     result = {key: target is not None and getattr(target, key) == value
               for key, value in wanted.items()}
-    return {**result, "exact": all(result.values()) and len(objects) == 1}
+    return {**result, "exact": all(result.values()) and len(objects) == _objects_asked(reference)}
 
 
 def _score_count(objects: list[DetectedObject], reference: CaptionAttributes) -> dict:
@@ -175,7 +180,7 @@ def _score_count(objects: list[DetectedObject], reference: CaptionAttributes) ->
         "shape": _majority([obj.shape for obj in objects], reference.shapes[0]),
         "size": size,
         "count": count,
-        "exact": count and size and len(objects) == reference.count,
+        "exact": count and size and len(objects) == _objects_asked(reference),
     }
 
 
@@ -187,7 +192,7 @@ def _score_relation(objects: list[DetectedObject], reference: CaptionAttributes)
     colour = all(colour in {obj.colour for obj in objects} for colour in reference.colours)
     shape = first is not None and second is not None
     relation = shape and _in_relation(first.centroid, second.centroid, reference.relation)
-    exact = colour and relation and len(objects) == 2
+    exact = colour and relation and len(objects) == _objects_asked(reference)
     return {"colour": colour, "shape": shape, "relation": relation, "exact": exact}
 
 
@@ -205,16 +210,13 @@ def score(pixels, caption) -> dict[str, bool | None]:
                 (colour, shape) pairs exist; relation = the largest of each pair lies in
                 the stated direction (further along the axis than across it);
                 exact = all three right and no other object.
+    Every kind also gets ``objects``: the image holds as many objects as the caption asks for.
     """
     reference = _reference(caption)
     scorers = {"single": _score_single, "count": _score_count, "relation": _score_relation}
-    return {**dict.fromkeys(ATTRIBUTES), **scorers[reference.kind](read_image(pixels), reference)}
-
-
-def objects_stated(caption) -> int:
-    """How many objects a caption (or Scene) asks for: one, its count, or two for a relation."""
-    reference = _reference(caption)
-    return {"single": 1, "count": reference.count, "relation": 2}[reference.kind]
+    objects = read_image(pixels)
+    return {**dict.fromkeys(ATTRIBUTES), **scorers[reference.kind](objects, reference),
+            "objects": len(objects) == _objects_asked(reference)}
 
 
 _CONVERSE = {"below": "above", "right of": "left of"}

@@ -60,10 +60,10 @@ def shapes_reward(caption: str, pixels: torch.Tensor) -> float:
 def shapes_strict_reward(caption: str, pixels: torch.Tensor) -> float:
     """``shapes`` with one more attribute: the image holds as many objects as the caption asks
     for, so an extra object that makes a count or a relation hold is no longer free."""
-    from transfusion.metrics.shapes_reader import objects_stated, read_image, score
+    from transfusion.metrics.shapes_reader import score
 
-    truth = _truth(caption)
-    return _share(score(pixels, truth), len(read_image(pixels)) == objects_stated(truth))
+    found = score(pixels, _truth(caption))
+    return _share(found, found["objects"])
 
 
 def shapes_exact_reward(caption: str, pixels: torch.Tensor) -> float:

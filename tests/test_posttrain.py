@@ -14,7 +14,7 @@ from transfusion.checkpoint import list_checkpoints, load_checkpoint
 from transfusion.cli import COMMANDS
 from transfusion.config import load_config
 from transfusion.posttrain.grpo import Posttrainer, start_config
-from transfusion.posttrain.objective import group_advantages
+from transfusion.posttrain.objective import group_advantages, varied_groups
 from transfusion.posttrain.policy import ImagePolicy, gaussian_log_prob
 from transfusion.posttrain.rewards import load_reward, score_all
 from transfusion.samplers import sample
@@ -273,11 +273,39 @@ def test_the_strict_shapes_reward_counts_an_object_the_caption_does_not_ask_for(
     assert score(pixels, doc.caption)["objects"] is False and score(doc.images[0].pixels, doc.caption)["objects"]
 
 
+def test_the_groups_that_teach_are_counted_per_attribute():
+    import dataclasses
+
+    from transfusion.data.shapes import Scene, ShapesDataset, render
+    from transfusion.metrics.shapes_reader import score
+    from transfusion.posttrain.policy import Prompt
+    from transfusion.posttrain.rewards import judged_images
+
+    assert varied_groups([0.5, 0.5, 1.0, 0.5, 0.0, 0.0], 2) == pytest.approx(1 / 3)
+    docs = [d for d in (ShapesDataset("validation", size=32)[i] for i in range(80)) if d.kind == "pair"]
+    relation = next(d for d in docs if d.meta["scene"].kind == "relation")
+    single = next(d for d in docs if d.meta["scene"].kind == "single")
+    scene = relation.meta["scene"]
+    a, b = scene.objects  # the two objects' places exchanged: the stated relation no longer holds
+    exchanged = [dataclasses.replace(a, center=b.center), dataclasses.replace(b, center=a.center)]
+    swapped = render(Scene("relation", exchanged, scene.relation), 32)
+    right = relation.images[0].pixels
+    assert score(right, scene)["relation"] and score(swapped, scene)["relation"] is False
+    prompts = [Prompt(d.caption, meta=d.meta) for d in (relation, relation, relation, relation, single, single)]
+    judged = judged_images(prompts, torch.stack([right, right, right, swapped, *[single.images[0].pixels] * 2]),
+                           edits=False, group=2)
+    # two relation groups, one of them split on the relation; colour holds in every sample
+    assert judged["varied_relation"] == 0.5 and judged["varied_colour"] == 0.0 and judged["relation"] == 0.75
+    assert "varied_position" in judged and judged["varied_position"] == 0.0  # stated by the single scene only
+    assert "varied_relation" not in judged_images(prompts, torch.stack([right] * 6), edits=False)  # no groups
+
+
 def test_posttrain_with_the_edit_reward_samples_edits_of_the_training_triples(debug_run, tmp_path):
     out = tmp_path / "edit"
     COMMANDS["posttrain"]([str(debug_run), "--out", str(out), "--reward", "edit", *SMALL, "posttrain.steps=1"])
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert {"train_success", "train_preservation"} <= set(rows[1]) and "heldout_preservation" in rows[-1]
+    assert {"train_success", "train_preservation", "train_varied_success"} <= set(rows[1])
+    assert "heldout_preservation" in rows[-1] and 0 <= rows[1]["groups_varied"] <= 1
     assert 0 <= rows[1]["reward"] <= 1 and (out / "samples" / "step_000001.png").is_file()
 
 

@@ -125,8 +125,8 @@ class CaptionPolicy:
     def score(self, reward, prompts: list[str], texts: list[str]) -> torch.Tensor:
         return score_captions(reward, prompts, texts)
 
-    def judged(self, prompts: list[str], texts: list[str]) -> dict:
-        return judged_captions(prompts, texts)
+    def judged(self, prompts: list[str], texts: list[str], group: int = 1) -> dict:
+        return judged_captions(prompts, texts, group)
 
     def grid(self, prompts: list[str], texts: list[str]):
         """The first 32 images under the captions said of them."""

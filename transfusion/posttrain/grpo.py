@@ -17,7 +17,8 @@ LoRA adapters (``train.lora.rank``, ``docs/posttraining.md``).
 A post-training run is a run folder: ``config.yaml`` (the start's, with ``train.init_from`` the
 start checkpoint and the ``posttrain`` section), ``checkpoints/`` (whole weights, or the
 adapters on the start), ``metrics.jsonl`` (per update: reward, what the judge reads, KL, clip
-share, samples drawn, wall clock; held-out figures at ``eval_every``), ``samples/`` and
+share, samples drawn, wall clock, the share of groups that teach anything, also per attribute;
+held-out figures at ``eval_every``), ``samples/`` and
 ``curves.png``; it resumes exactly where it stopped (the prompts and the sampler's noise of
 update u depend only on the seed and u). Ctrl-C saves after the running update and exits.
 """
@@ -40,7 +41,7 @@ from transfusion.data.shapes import paraphrase_of
 from transfusion.fileio import RunLock, atomic_text
 from transfusion.model.lora import add_lora, has_lora
 from transfusion.posttrain.captions import CaptionPolicy
-from transfusion.posttrain.objective import group_advantages
+from transfusion.posttrain.objective import group_advantages, varied_groups
 from transfusion.posttrain.policy import ImagePolicy, Prompt
 from transfusion.posttrain.rewards import CAPTION_REWARDS, EDIT_REWARDS, load_reward
 from transfusion.tracking import Tracker
@@ -130,18 +131,25 @@ class Posttrainer:
             reference = _without_adapters(self.model)
         return self.policy.rollout(self.model, prompts, generator, reference=reference)
 
-    def update(self, step: int) -> dict:
-        """One GRPO update: sample, score, and move the model; returns the update's log row (its
-        loss, KL and clipped share those of the last of ``inner_epochs`` passes)."""
+    def draw(self, step: int):
+        """Update ``step``'s samples, drawn by the model as it is: its prompts, each ``group``
+        times in a row, the rollout, its outputs and their rewards, and the generator, which the
+        update goes on to use (the prompts and noise depend only on the seed and ``step``)."""
         pt, cfg = self.cfg.posttrain, self.cfg
-        started = time.time()
         generator = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + step)
         prompts = prompts_of(cfg, pt.split, pt.prompts, start=step * pt.prompts)
         grouped = [p for p in prompts for _ in range(pt.group)]
         self.model.eval()
         rollout = self.rollout(grouped, generator)
         outputs = self.policy.outputs(rollout)
-        rewards = self.policy.score(self.reward, grouped, outputs)
+        return grouped, rollout, outputs, self.policy.score(self.reward, grouped, outputs), generator
+
+    def update(self, step: int) -> dict:
+        """One GRPO update: sample, score, and move the model; returns the update's log row (its
+        loss, KL and clipped share those of the last of ``inner_epochs`` passes)."""
+        pt = self.cfg.posttrain
+        started = time.time()
+        grouped, rollout, outputs, rewards, generator = self.draw(step)
         advantages = group_advantages(rewards, pt.group)
         self.samples_drawn += len(grouped)
         self.model.train()
@@ -149,8 +157,9 @@ class Posttrainer:
             stats = self.policy.backward(self.model, rollout, advantages, pt, generator)
             stats["grad_norm"] = self._step()
         self.wall_seconds += time.time() - started
-        return {"step": step + 1, "reward": rewards.mean().item(), "reward_std": rewards.std().item(), **stats,
-                **{f"train_{k}": v for k, v in self.policy.judged(grouped, outputs).items()},
+        return {"step": step + 1, "reward": rewards.mean().item(), "reward_std": rewards.std().item(),
+                "groups_varied": varied_groups(rewards.tolist(), pt.group), **stats,
+                **{f"train_{k}": v for k, v in self.policy.judged(grouped, outputs, pt.group).items()},
                 "samples_drawn": self.samples_drawn, "seconds": time.time() - started,
                 "wall_seconds": self.wall_seconds}
 

@@ -2,6 +2,7 @@
 
     advantages = group_advantages(rewards, group)           # each sample against its prompt's group
     loss = clipped_objective(ratio, advantages, 0.2).mean() # PPO's clipped surrogate, to minimise
+    varied_groups(rewards.tolist(), group)                  # the share of groups that teach anything
 """
 
 from __future__ import annotations
@@ -20,3 +21,10 @@ def group_advantages(rewards: torch.Tensor, group: int) -> torch.Tensor:
 def clipped_objective(ratio: torch.Tensor, advantages: torch.Tensor, clip_range: float) -> torch.Tensor:
     """PPO's clipped surrogate, to minimise: max(-A r, -A clip(r, 1 - eps, 1 + eps)) (Schulman et al. 2017)."""
     return torch.maximum(-advantages * ratio, -advantages * ratio.clamp(1 - clip_range, 1 + clip_range))
+
+
+def varied_groups(values: list, group: int) -> float:
+    """The share of the groups (``group`` consecutive values each) whose values are not all
+    equal: a group whose samples all score alike has zero advantages and teaches nothing."""
+    groups = [tuple(values[i : i + group]) for i in range(0, len(values), group)]
+    return sum(len(set(g)) > 1 for g in groups) / max(len(groups), 1)

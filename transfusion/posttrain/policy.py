@@ -254,8 +254,8 @@ class ImagePolicy:
     def score(self, reward, prompts: list[str], images: torch.Tensor) -> torch.Tensor:
         return score_all(reward, prompts, images)
 
-    def judged(self, prompts: list[str], images: torch.Tensor) -> dict:
-        return judged_images(prompts, images, edits=prompts[0].source is not None)
+    def judged(self, prompts: list[str], images: torch.Tensor, group: int = 1) -> dict:
+        return judged_images(prompts, images, edits=prompts[0].source is not None, group=group)
 
     def grid(self, prompts: list[str], images: torch.Tensor):
         """The first 32 images under their prompts (an edit beside its source)."""

@@ -34,6 +34,8 @@ from typing import Callable
 
 import torch
 
+from transfusion.posttrain.objective import varied_groups
+
 Reward = Callable[[str, torch.Tensor], float]
 STATED = ("colour", "shape", "size", "position", "count", "relation")
 
@@ -160,23 +162,46 @@ def score_all(reward: Reward, prompts: list[str], images: torch.Tensor) -> torch
     return torch.tensor(values)
 
 
-def judged_images(prompts: list[str], images: torch.Tensor, edits: bool) -> dict:
+def judged_images(prompts: list[str], images: torch.Tensor, edits: bool, group: int = 1) -> dict:
     """What the exact judges read in images: an edit's success and preservation (``edits``), else
-    the shapes reader's per-attribute shares (prompts with a scene: shapes data; else {})."""
+    the shapes reader's per-attribute shares (prompts with a scene: shapes data; else {}); with
+    ``group`` > 1 (each prompt ``group`` times in a row) also ``varied_<attribute>`` (``_varied``)."""
     if edits:
         from transfusion.metrics.edit_reader import score_edit
 
         scores = [score_edit(img, p.meta["edit"]) for img, p in zip(images.cpu(), prompts)]
-        return {k: sum(s[k] for s in scores) / len(scores) for k in ("success", "preservation")}
+        shares = {k: sum(s[k] for s in scores) / len(scores) for k in ("success", "preservation")}
+        return {**shares, **_varied(scores, shares, group)}
     if not all("scene" in getattr(p, "meta", {}) for p in prompts):
         return {}
     from transfusion.metrics.shapes_reader import score, summarise
 
-    return summarise([score(img, p.meta["scene"]) for img, p in zip(images.cpu(), prompts)])
+    scores = [score(img, p.meta["scene"]) for img, p in zip(images.cpu(), prompts)]
+    shares = summarise(scores)
+    return {**shares, **_varied(scores, shares, group)}
 
 
-def judged_captions(prompts: list[str], texts: list[str]) -> dict:
-    """The shares of captions that state each attribute of their image's scene rightly."""
+def judged_captions(prompts: list[str], texts: list[str], group: int = 1) -> dict:
+    """The shares of captions that state each attribute of their image's scene rightly (and with
+    ``group`` > 1 ``varied_<attribute>``, as ``judged_images``)."""
     from transfusion.metrics.shapes_reader import score_caption, summarise
 
-    return summarise([score_caption(text, p.meta["scene"]) for p, text in zip(prompts, texts)])
+    scores = [score_caption(text, p.meta["scene"]) for p, text in zip(prompts, texts)]
+    shares = summarise(scores)
+    return {**shares, **_varied(scores, shares, group)}
+
+
+def _varied(scores: list[dict], attributes, group: int) -> dict:
+    """For each of ``attributes``, the share of the groups stating it whose samples disagree on it
+    (``varied_<attribute>``): only those carry a signal about that attribute to GRPO, so an
+    attribute the start almost never gets right (or always does) cannot move much."""
+    if group <= 1:
+        return {}
+    out = {}
+    for key in attributes:
+        values = [s[key] for s in scores]
+        stated = [tuple(values[i : i + group]) for i in range(0, len(values), group)]
+        stated = [v for g in stated if None not in g for v in g]
+        if stated:
+            out[f"varied_{key}"] = varied_groups(stated, group)
+    return out

@@ -165,20 +165,19 @@ def score_all(reward: Reward, prompts: list[str], images: torch.Tensor) -> torch
 def judged_images(prompts: list[str], images: torch.Tensor, edits: bool, group: int = 1) -> dict:
     """What the exact judges read in images: an edit's success and preservation (``edits``), else
     the shapes reader's per-attribute shares (prompts with a scene: shapes data; else {}); with
-    ``group`` > 1 (each prompt ``group`` times in a row) also ``varied_<attribute>`` (``_varied``)."""
+    ``group`` > 1 (each prompt ``group`` times in a row) also ``varied_<attribute>`` (``_with_varied``)."""
     if edits:
         from transfusion.metrics.edit_reader import score_edit
 
         scores = [score_edit(img, p.meta["edit"]) for img, p in zip(images.cpu(), prompts)]
-        shares = {k: sum(s[k] for s in scores) / len(scores) for k in ("success", "preservation")}
-        return {**shares, **_varied(scores, shares, group)}
+        return _with_varied({k: sum(s[k] for s in scores) / len(scores) for k in ("success", "preservation")},
+                            scores, group)
     if not all("scene" in getattr(p, "meta", {}) for p in prompts):
         return {}
     from transfusion.metrics.shapes_reader import score, summarise
 
     scores = [score(img, p.meta["scene"]) for img, p in zip(images.cpu(), prompts)]
-    shares = summarise(scores)
-    return {**shares, **_varied(scores, shares, group)}
+    return _with_varied(summarise(scores), scores, group)
 
 
 def judged_captions(prompts: list[str], texts: list[str], group: int = 1) -> dict:
@@ -187,18 +186,16 @@ def judged_captions(prompts: list[str], texts: list[str], group: int = 1) -> dic
     from transfusion.metrics.shapes_reader import score_caption, summarise
 
     scores = [score_caption(text, p.meta["scene"]) for p, text in zip(prompts, texts)]
-    shares = summarise(scores)
-    return {**shares, **_varied(scores, shares, group)}
+    return _with_varied(summarise(scores), scores, group)
 
 
-def _varied(scores: list[dict], attributes, group: int) -> dict:
-    """For each of ``attributes``, the share of the groups stating it whose samples disagree on it
-    (``varied_<attribute>``): only those carry a signal about that attribute to GRPO, so an
-    attribute the start almost never gets right (or always does) cannot move much."""
-    if group <= 1:
-        return {}
-    out = {}
-    for key in attributes:
+def _with_varied(shares: dict, scores: list[dict], group: int) -> dict:
+    """``shares`` and, with ``group`` > 1, for each of their attributes the share of the groups
+    stating it whose ``scores`` disagree on it (``varied_<attribute>``): only those carry a signal
+    about that attribute to GRPO, so an attribute the start almost never gets right (or always
+    does) cannot move much."""
+    out = dict(shares)
+    for key in shares if group > 1 else ():
         values = [s[key] for s in scores]
         stated = [tuple(values[i : i + group]) for i in range(0, len(values), group)]
         stated = [v for g in stated if None not in g for v in g]

@@ -102,8 +102,13 @@ def trained(run: Path, args: list) -> None:
             *(["train.steps=2", "train.eval_samples=2", "sampling.steps=2"] if QUICK and not args else [])])
 
 
+def setting(settings: list, name: str) -> str:
+    """The value ``settings`` give ``posttrain.<name>`` (the last one given, as the command reads them)."""
+    return [s.split("=", 1)[1] for s in settings if s.startswith(f"posttrain.{name}=")][-1]
+
+
 def posttrained(start: Path, out: Path, settings: list) -> None:
-    steps = int([s for s in settings if s.startswith("posttrain.steps=")][-1].split("=")[1])
+    steps = int(setting(settings, "steps"))
     if not (out / "checkpoints" / f"step_{steps:06d}").is_dir():
         sh(["transfusion", "posttrain", start, "--out", out, *settings])
 
@@ -183,8 +188,8 @@ def settings_compared(name: str, settings: list, tried: list[tuple[str, Path]], 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    value = {k: v for k, v in (a.removeprefix("posttrain.").split("=") for a in settings if a.startswith("posttrain."))}
-    kept = f"guidance {value['guidance']}, {value['prompts']} prompts x {value['group']}, lr {value['lr']} (kept)"
+    kept = (f"guidance {setting(settings, 'guidance')}, {setting(settings, 'prompts')} prompts x "
+            f"{setting(settings, 'group')}, lr {setting(settings, 'lr')} (kept)")
     lines = ["| settings | updates | samples drawn | held-out reward, first -> last | batch reward, mean of the "
              "first 10 updates -> the last 10 |", "|---|---|---|---|---|"]
     fig, axes = plt.subplots(1, 2, figsize=(12, 3.6))
@@ -298,7 +303,7 @@ def edits_lines(run: Path) -> list[str]:
             *settings_compared("edits", EDITS, EDITS_TRIED, run)]
 
 
-def groups_drawn(run: Path, settings: list, updates: int = 8) -> dict:
+def groups_drawn(run: Path, settings: list, updates: int) -> dict:
     """What the first ``updates`` updates of ``settings`` draw from ``run`` as it is (the same
     prompts and noise, nothing trained): per attribute the share right and the share of groups
     that disagree on it (only those teach it), and the share of groups whose rewards differ;
@@ -324,13 +329,16 @@ def groups_drawn(run: Path, settings: list, updates: int = 8) -> dict:
 
 def signal_lines(run: Path) -> list[str]:
     """Where GRPO's signal is: the start's and the strict run's groups, attribute by attribute."""
-    before, after = (groups_drawn(r, SHAPES_STRICT) for r in (BASE, run))
-    n = 8 * int([s for s in SHAPES_STRICT if s.startswith("posttrain.prompts=")][-1].split("=")[1])
+    updates, group, guidance = 8, setting(SHAPES_STRICT, "group"), float(setting(SHAPES_STRICT, "guidance"))
+    before, after = (groups_drawn(r, SHAPES_STRICT, updates) for r in (BASE, run))
+    captions, sampled = updates * int(setting(SHAPES_STRICT, "prompts")), "no guidance" if guidance == 1 else \
+        f"guidance {guidance:g}"
     rows = [f"| {a} | {pct(before.get(a))} | {pct(before.get('varied_' + a))} | {pct(after.get(a))} | "
             f"{pct(after.get('varied_' + a))} |" for a in ATTRIBUTES]
     return ["### Where the signal is: groups that disagree", "",
-            f"A group whose samples all score alike has zero advantages and teaches nothing. The first 8 updates' "
-            f"prompts and noise ({n} captions x 8 samples, no guidance, nothing trained), drawn by `small` and by "
+            f"A group whose samples all score alike has zero advantages and teaches nothing. The first {updates} "
+            f"updates' prompts and noise ({captions} captions x {group} samples, {sampled}, nothing trained), drawn "
+            f"by `small` and by "
             f"the strict run: per attribute, the share of samples right and the share of the groups stating it "
             f"whose samples disagree on it.", "",
             "| attribute | `small`: right | `small`: groups that disagree | after `shapes_strict`: right | "

@@ -82,7 +82,8 @@ SHAPES_TRIED = [("guidance 3, 8 prompts x 8, lr 3e-5", TRIED / "guidance3_lr3e-5
                 ("guidance 3, 8 prompts x 8, lr 3e-4", TRIED / "guidance3_lr3e-4.jsonl")]
 STRICT_TRIED = [("guidance 1, 16 prompts x 8, lr 1e-4, 150 updates planned", TRIED / "shapes_strict_lr1e-4.jsonl"),
                 ("the same with KL weight 0.04", TRIED / "shapes_strict_lr1e-4_kl0.04.jsonl"),
-                ("guidance 3, 16 prompts x 8, lr 5e-5", TRIED / "shapes_strict_guidance3_lr5e-5.jsonl")]
+                ("guidance 3, 16 prompts x 8, lr 5e-5", TRIED / "shapes_strict_guidance3_lr5e-5.jsonl"),
+                ("guidance 1, 8 prompts x 16, lr 5e-5", TRIED / "shapes_strict_group16_lr5e-5.jsonl")]
 # (its first 90 updates, run again with posttrain.steps=90, were kept before: their evaluations are beside it)
 EDITS_TRIED = [("guidance 1, 16 prompts x 8, lr 1e-4", TRIED / "edits_lr1e-4.jsonl"),
                ("guidance 3, 16 prompts x 8, lr 2e-5", TRIED / "edits_guidance3_lr2e-5.jsonl")]  # evaluations beside
@@ -282,7 +283,8 @@ def strict_lines(run: Path) -> list[str]:
             "![reward and judged shares against wall clock and samples drawn](posttraining/shapes_strict_curves.png)",
             "", "Held-out captions, same noise, before and after:", "",
             "![before](posttraining/shapes_strict_before.png) ![after](posttraining/shapes_strict_after.png)", "",
-            "The same recipe at twice the learning rate, with guidance while sampling, and the run kept (held-out "
+            "The same recipe at twice the learning rate, with guidance while sampling, with larger groups, and the "
+            "run kept (held-out "
             "reward of the strict reward, 64 captions, each run's own sampler):",
             "", *settings_compared("shapes_strict", SHAPES_STRICT, STRICT_TRIED, run)]
 

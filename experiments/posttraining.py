@@ -40,6 +40,8 @@ from pathlib import Path
 
 from pages import write_measurements
 
+from transfusion.fileio import atomic_text
+
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = Path(os.environ.get("POSTTRAIN_RUNS", ROOT / "runs"))
 PRESET = os.environ.get("POSTTRAIN_PRESET", "small")
@@ -284,8 +286,7 @@ def strict_lines(run: Path) -> list[str]:
             "", "Held-out captions, same noise, before and after:", "",
             "![before](posttraining/shapes_strict_before.png) ![after](posttraining/shapes_strict_after.png)", "",
             "The same recipe at twice the learning rate, with guidance while sampling, with larger groups, and the "
-            "run kept (held-out "
-            "reward of the strict reward, 64 captions, each run's own sampler):",
+            "run kept (held-out reward of the strict reward, 64 captions, each run's own sampler):",
             "", *settings_compared("shapes_strict", SHAPES_STRICT, STRICT_TRIED, run)]
 
 
@@ -325,8 +326,8 @@ def groups_drawn(run: Path, settings: list, updates: int) -> dict:
             rows.append({"groups_varied": varied_groups(rewards.tolist(), group),
                          **trainer.policy.judged(prompts, images, group)})
         out.parent.mkdir(exist_ok=True)
-        out.write_text(json.dumps({k: sum(r[k] for r in rows if k in r) / sum(k in r for r in rows)
-                                   for k in rows[0]}, indent=1))
+        atomic_text(out, json.dumps({k: sum(r[k] for r in rows if k in r) / sum(k in r for r in rows)
+                                     for k in rows[0]}, indent=1))
     return json.loads(out.read_text())
 
 
@@ -334,16 +335,15 @@ def signal_lines(run: Path) -> list[str]:
     """Where GRPO's signal is: the start's and the strict run's groups, attribute by attribute."""
     updates, group, guidance = 8, setting(SHAPES_STRICT, "group"), float(setting(SHAPES_STRICT, "guidance"))
     before, after = (groups_drawn(r, SHAPES_STRICT, updates) for r in (BASE, run))
-    captions, sampled = updates * int(setting(SHAPES_STRICT, "prompts")), "no guidance" if guidance == 1 else \
-        f"guidance {guidance:g}"
+    captions = updates * int(setting(SHAPES_STRICT, "prompts"))
+    sampled = "no guidance" if guidance == 1 else f"guidance {guidance:g}"
     rows = [f"| {a} | {pct(before.get(a))} | {pct(before.get('varied_' + a))} | {pct(after.get(a))} | "
             f"{pct(after.get('varied_' + a))} |" for a in ATTRIBUTES]
     return ["### Where the signal is: groups that disagree", "",
             f"A group whose samples all score alike has zero advantages and teaches nothing. The first {updates} "
             f"updates' prompts and noise ({captions} captions x {group} samples, {sampled}, nothing trained), drawn "
-            f"by `small` and by "
-            f"the strict run: per attribute, the share of samples right and the share of the groups stating it "
-            f"whose samples disagree on it.", "",
+            f"by `small` and by the strict run: per attribute, the share of samples right and the share of the "
+            f"groups stating it whose samples disagree on it.", "",
             "| attribute | `small`: right | `small`: groups that disagree | after `shapes_strict`: right | "
             "after: groups that disagree |", "|---|---|---|---|---|", *rows,
             f"| the reward | | {pct(before['groups_varied'])} | | {pct(after['groups_varied'])} |", ""]
@@ -406,7 +406,8 @@ def main() -> None:
     pending = ["### Edit reward on the editing fine-tune", "", "Not yet measured.", ""]
     measured = section("shapes", shapes, (BASE, shapes_run))
     write_page([*measured, *pending])  # each section on the page as soon as it is measured
-    measured += section("shapes_strict", strict, (BASE, strict_run))
+    measured += section("shapes_strict", strict, (BASE, strict_run), ("eval/posttraining_skills.json",
+                        "eval/posttraining_t2i_unguided.json", "metrics.jsonl"))
     write_page([*measured, *pending])
     measured += section("signal", lambda: signal_lines(strict_run), (BASE, strict_run),
                         ("eval/posttraining_groups.json",))

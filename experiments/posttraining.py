@@ -326,8 +326,9 @@ def groups_drawn(run: Path, settings: list, updates: int) -> dict:
             rows.append({"groups_varied": varied_groups(rewards.tolist(), group),
                          **trainer.policy.judged(prompts, images, group)})
         out.parent.mkdir(exist_ok=True)
+        keys = dict.fromkeys(k for r in rows for k in r)  # an attribute no prompt of the first update stated too
         atomic_text(out, json.dumps({k: sum(r[k] for r in rows if k in r) / sum(k in r for r in rows)
-                                     for k in rows[0]}, indent=1))
+                                     for k in keys}, indent=1))
     return json.loads(out.read_text())
 
 

@@ -282,6 +282,7 @@ def test_the_groups_that_teach_are_counted_per_attribute():
     from transfusion.posttrain.rewards import judged_images
 
     assert varied_groups([0.5, 0.5, 1.0, 0.5, 0.0, 0.0], 2) == pytest.approx(1 / 3)
+    assert varied_groups([True, False, None, None], 2) == 1.0 and varied_groups([None, None], 2) is None
     docs = [d for d in (ShapesDataset("validation", size=32)[i] for i in range(80)) if d.kind == "pair"]
     relation = next(d for d in docs if d.meta["scene"].kind == "relation")
     single = next(d for d in docs if d.meta["scene"].kind == "single")

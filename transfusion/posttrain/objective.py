@@ -23,8 +23,10 @@ def clipped_objective(ratio: torch.Tensor, advantages: torch.Tensor, clip_range:
     return torch.maximum(-advantages * ratio, -advantages * ratio.clamp(1 - clip_range, 1 + clip_range))
 
 
-def varied_groups(values: list, group: int) -> float:
+def varied_groups(values: list, group: int) -> float | None:
     """The share of the groups (``group`` consecutive values each) whose values are not all
-    equal: a group whose samples all score alike has zero advantages and teaches nothing."""
-    groups = [tuple(values[i : i + group]) for i in range(0, len(values), group)]
-    return sum(len(set(g)) > 1 for g in groups) / max(len(groups), 1)
+    equal: a group whose samples all score alike has zero advantages and teaches nothing. Groups
+    holding a None (an attribute their prompt does not state) are left out; None if all are."""
+    groups = [values[i : i + group] for i in range(0, len(values), group)]
+    groups = [g for g in groups if None not in g]
+    return sum(len(set(g)) > 1 for g in groups) / len(groups) if groups else None

@@ -194,11 +194,5 @@ def _with_varied(shares: dict, scores: list[dict], group: int) -> dict:
     stating it whose ``scores`` disagree on it (``varied_<attribute>``): only those carry a signal
     about that attribute to GRPO, so an attribute the start almost never gets right (or always
     does) cannot move much."""
-    out = dict(shares)
-    for key in shares if group > 1 else ():
-        values = [s[key] for s in scores]
-        stated = [tuple(values[i : i + group]) for i in range(0, len(values), group)]
-        stated = [v for g in stated if None not in g for v in g]
-        if stated:
-            out[f"varied_{key}"] = varied_groups(stated, group)
-    return out
+    varied = {f"varied_{key}": varied_groups([s[key] for s in scores], group) for key in shares} if group > 1 else {}
+    return {**shares, **{k: v for k, v in varied.items() if v is not None}}

@@ -16,7 +16,11 @@ editing fine-tune (the edit reader), with what the reward does not see checked b
    (``UNGUIDED``), as both runs sample while they train. The held-out captions in other words
    are in each run's ``metrics.jsonl`` (``paraphrased_*``);
 4. where GRPO's signal is (``groups_drawn``): the strict recipe's first 8 updates' groups drawn by
-   ``small`` and by the strict run, nothing trained, read attribute by attribute.
+   ``small`` and by the strict run, nothing trained, read attribute by attribute;
+5. the strict recipe on count and relation captions only (``SHAPES_FOCUS``, ``runs/small_grpo_focus``),
+   evaluated as in 3;
+6. what count and relation captions fail on (``failures``): how many objects each model draws for
+   test count captions, and whether a relation's two named objects are drawn at all.
 
 Writes docs/posttraining.md's measurements (below its marker line; the shapes section as soon as
 it is measured) and docs/posttraining/*.png (curves, and the held-out grids before and after).
@@ -62,6 +66,9 @@ SHAPES = ["--reward", "shapes", *COMMON, "posttrain.guidance=1", "posttrain.step
 # peaked at update 90 and fell from 100 on (stopped at 118; STRICT_TRIED), at 5e-5 it held to 150
 SHAPES_STRICT = ["--reward", "shapes_strict", *COMMON, "posttrain.guidance=1", "posttrain.steps=150",
                  "posttrain.prompts=16", "posttrain.group=8", "posttrain.lr=5e-5", "posttrain.kl=0.01"]
+# the strict recipe on count and relation captions only: 82 updates of 16 (1,312 captions) hold as many of them as
+# the strict recipe's first 210 updates (1,303 of 3,360), its best update on the validation captions (STRICT_210)
+SHAPES_FOCUS = [*SHAPES_STRICT, "posttrain.steps=82", "posttrain.kinds=[count,relation]"]
 # the shapes recipe at a fifth of its learning rate, 80 updates of ~40 s (the shapes run's held-out reward rose in
 # its first ~50 updates, then held); at lr 1e-4 the edit reward fell from the first update, and guidance 3 while
 # sampling (60 updates of ~65 s) ended level with this on the 500 held-out triples (posttraining_tried/)
@@ -76,6 +83,7 @@ if QUICK:  # the smoke test: every step, seconds each
     small = ["posttrain.steps=2", "posttrain.prompts=2", "posttrain.group=2", "posttrain.eval_prompts=4",
              "posttrain.sample_steps=4", "posttrain.eval_every=1", "train.checkpoint_every=1"]
     SHAPES, SHAPES_STRICT, EDITS = [*SHAPES, *small], [*SHAPES_STRICT, *small], [*EDITS, *small]
+    SHAPES_FOCUS = [*SHAPES_FOCUS, *small]
     SAMPLER, UNGUIDED, N_T2I, N_EDIT = ["--sampler", "ddpm", "--steps", "4", "--cfg", "3"], \
         ["--sampler", "ddpm", "--steps", "4", "--cfg", "1"], 4, 4
 # the settings tried before SHAPES and EDITS (their metrics.jsonl, stopped where the page says)
@@ -87,6 +95,7 @@ STRICT_TRIED = [("guidance 1, 16 prompts x 8, lr 1e-4, 150 updates planned", TRI
                 ("guidance 3, 16 prompts x 8, lr 5e-5", TRIED / "shapes_strict_guidance3_lr5e-5.jsonl"),
                 ("guidance 1, 8 prompts x 16, lr 5e-5", TRIED / "shapes_strict_group16_lr5e-5.jsonl")]
 # (its first 90 updates, run again with posttrain.steps=90, were kept before: their evaluations are beside it)
+STRICT_210 = [TRIED / f"shapes_strict_lr5e-5_210_eval_cfg{g}.json" for g in (3, 1)]  # evaluated as shapes_evaluated
 EDITS_TRIED = [("guidance 1, 16 prompts x 8, lr 1e-4", TRIED / "edits_lr1e-4.jsonl"),
                ("guidance 3, 16 prompts x 8, lr 2e-5", TRIED / "edits_guidance3_lr2e-5.jsonl")]  # evaluations beside
 TARGETS = {"count": 0.70, "relation": 0.50, "exact": 0.75}  # the shapes reward's targets (held-out captions)
@@ -132,13 +141,15 @@ def pct(v: float | None) -> str:
 ATTRIBUTES = ("colour", "shape", "size", "position", "count", "relation", "exact")
 
 
-def shapes_table(before: dict, after: dict, label: str = "after GRPO, shapes reward") -> list[str]:
-    """Text to image before and after; with captions and text when the evaluations hold them."""
+def shapes_table(before: dict, after: dict, label: str = "after GRPO, shapes reward", *more: tuple[str, dict]
+                 ) -> list[str]:
+    """Text to image before and after (and ``more`` (label, evaluation) rows); with captions and
+    text when the evaluations hold them."""
     text = "i2t" in before
     lines = ["| model | FID | " + " | ".join(f"t2i {a}" for a in ATTRIBUTES) + " |"
              + (" caption colour | caption CIDEr-D | English perplexity |" if text else ""),
              "|" + "---|" * (len(ATTRIBUTES) + (5 if text else 2))]
-    for name, r in (("before (`small`)", before), (label, after)):
+    for name, r in (("before (`small`)", before), (label, after), *more):
         fid = r["t2i"].get("fid")
         lines.append(f"| {name} | {'-' if fid is None else f'{fid:.1f}'} | "
                      + " | ".join(pct(r["t2i"]["accuracy"].get(a)) for a in ATTRIBUTES) + " |"
@@ -290,6 +301,31 @@ def strict_lines(run: Path) -> list[str]:
             "", *settings_compared("shapes_strict", SHAPES_STRICT, STRICT_TRIED, run)]
 
 
+def focus_lines(run: Path) -> list[str]:
+    """The strict recipe on count and relation captions only, against its first 210 updates on every
+    caption (as many count and relation captions), with both samplers."""
+    before, after, plain_before, plain_after = shapes_evaluated(run)
+    strict, plain_strict = (json.loads(path.read_text()) for path in STRICT_210)
+    focus = f"after GRPO on count and relation captions only ({setting(SHAPES_FOCUS, 'steps')} updates)"
+    strict_label = "after GRPO on every caption (210 updates)"
+    figures(run, "shapes_focus")
+    last = held_out_row(run)
+    return ["### Count and relation captions only", "",
+            f"`transfusion posttrain runs/small --out runs/small_grpo_focus {shlex.join(SHAPES_FOCUS)}`: "
+            f"{last['wall_seconds'] / 60:.0f} minutes of updates, {last['samples_drawn']} samples drawn. They hold as "
+            f"many count and relation captions as the strict recipe's first 210 updates (its best update on the "
+            f"validation captions; its evaluations are `posttraining_tried/shapes_strict_lr5e-5_210_eval_cfg*.json`), "
+            f"with none of their single-object captions. Test captions of every kind:", "",
+            f"`transfusion eval {shlex.join(UNGUIDED)}` (no guidance, as the runs sampled while they trained):", "",
+            *shapes_table(plain_before, plain_after, focus, (strict_label, plain_strict)),
+            *verdicts(plain_before, plain_after),
+            f"`transfusion eval {shlex.join(SAMPLER)}` (guidance 3):", "",
+            *shapes_table(before, after, focus, (strict_label, strict)), *verdicts(before, after),
+            "![reward and judged shares against wall clock and samples drawn](posttraining/shapes_focus_curves.png)",
+            "", "Held-out captions, same noise, before and after:", "",
+            "![before](posttraining/shapes_focus_before.png) ![after](posttraining/shapes_focus_after.png)", ""]
+
+
 def edits_lines(run: Path) -> list[str]:
     """The editing run's section, its evaluations made first (skipped when stored)."""
     before, after = (evaluate(r, "edits", ["edit"], N_EDIT) for r in (EDIT_BASE, run))
@@ -350,6 +386,64 @@ def signal_lines(run: Path) -> list[str]:
             f"| the reward | | {pct(before['groups_varied'])} | | {pct(after['groups_varied'])} |", ""]
 
 
+FAILURES = {"count": ["as many objects as asked", "fewer", "more", "as many of the named colour and shape (count)"],
+            "relation": ["two objects", "both named objects (colour and shape)", "in the stated relation",
+                         "in the stated relation, of those with both"]}
+
+
+def failures(run: Path, guidance: float, draws: int, captions: int | None = None) -> dict:
+    """What the test split's count and relation captions (the first ``captions`` of each kind, or
+    all) get from ``run``, ``draws`` samples each (the policy's sampler, ``guidance``), in the
+    ``FAILURES`` shares; made once, into the run's eval/."""
+    out = run / "eval" / f"posttraining_failures_cfg{guidance:g}.json"
+    if not out.is_file():
+        import torch
+
+        from transfusion.data.shapes import ShapesDataset
+        from transfusion.metrics.shapes_reader import read_image, score
+        from transfusion.posttrain.grpo import Posttrainer, prompts_of, start_config
+
+        cfg, ckpt = start_config(run, [*COMMON, f"posttrain.guidance={guidance}", "posttrain.kl=0"])
+        trainer, test, shares = Posttrainer(cfg, ckpt, run), ShapesDataset("test", cfg.image.size), {}
+        for kind, names in FAILURES.items():
+            documents = test.indices_of([kind])[:captions]
+            prompts = prompts_of(cfg, "test", draws * len(documents), documents=documents)  # each caption, in turn
+            n = len(prompts)
+            images = trainer.policy.outputs(trainer.rollout(prompts, torch.Generator().manual_seed(0)))
+            found = [(len(read_image(image)), len(p.meta["scene"].objects), score(image, p.meta["scene"]))
+                     for p, image in zip(prompts, images)]
+            if kind == "count":
+                rows = [(drawn == asked, drawn < asked, drawn > asked, s["count"]) for drawn, asked, s in found]
+            else:
+                rows = [(drawn == 2, s["shape"], s["relation"]) for drawn, _, s in found]
+            shares[kind] = dict(zip(names, (sum(r[i] for r in rows) / n for i in range(len(rows[0])))))
+        relation = shares["relation"]
+        drawn, placed, of_drawn = FAILURES["relation"][1:]
+        relation[of_drawn] = relation[placed] / relation[drawn] if relation[drawn] else None
+        out.parent.mkdir(exist_ok=True)
+        atomic_text(out, json.dumps(shares, indent=1))
+    return json.loads(out.read_text())
+
+
+def failures_lines(runs: dict[str, Path]) -> list[str]:
+    """What count and relation captions fail on, for each of ``runs`` (label: run), both samplers."""
+    draws, captions = 4, (2 if QUICK else None)
+    lines = ["### What count and relation captions fail on", "",
+             f"Every count and relation caption of the test split, {draws} samples each (DDPM 20 steps, the same "
+             f"noise for every model), read by the shapes reader: how many objects are drawn, and whether they are "
+             f"the ones named. A count holds when as many objects of the named colour and shape are drawn as the "
+             f"caption asks for; a relation when both named objects are drawn and placed as it says.", ""]
+    for kind, names in FAILURES.items():
+        lines += [f"| {kind} captions | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+        for guidance in (1.0, 3.0):
+            for label, run in runs.items():
+                shares = failures(run, guidance, draws, captions)[kind]
+                lines.append(f"| {label}, {'no guidance' if guidance == 1 else f'guidance {guidance:g}'} | "
+                             + " | ".join(pct(shares[name]) for name in names) + " |")
+        lines.append("")
+    return lines
+
+
 def figures(run: Path, name: str) -> None:
     """A run's curves and its first and last held-out grids, into docs/posttraining/."""
     folder = DOCS / "posttraining"
@@ -386,7 +480,7 @@ def write_page(sections: list[str]) -> None:
 def main() -> None:
     sys.stdout.reconfigure(line_buffering=True)
     shapes_run, edits_run = RUNS / f"{PRESET}_grpo", RUNS / f"{PRESET}_edit_grpo"
-    strict_run = RUNS / f"{PRESET}_grpo_strict"
+    strict_run, focus_run = RUNS / f"{PRESET}_grpo_strict", RUNS / f"{PRESET}_grpo_focus"
 
     def shapes() -> list[str]:
         trained(BASE, [])
@@ -397,6 +491,11 @@ def main() -> None:
         trained(BASE, [])
         posttrained(BASE, strict_run, SHAPES_STRICT)
         return strict_lines(strict_run)
+
+    def focus() -> list[str]:
+        trained(BASE, [])
+        posttrained(BASE, focus_run, SHAPES_FOCUS)
+        return focus_lines(focus_run)
 
     def edits() -> list[str]:
         trained(BASE, [])
@@ -412,6 +511,14 @@ def main() -> None:
     write_page([*measured, *pending])
     measured += section("signal", lambda: signal_lines(strict_run), (BASE, strict_run),
                         ("eval/posttraining_groups.json",))
+    write_page([*measured, *pending])
+    measured += section("shapes_focus", focus, (focus_run,), ("eval/posttraining_skills.json",
+                        "eval/posttraining_t2i_unguided.json", "metrics.jsonl"))
+    write_page([*measured, *pending])
+    compared = {"`small`": BASE, "after GRPO on every caption": strict_run,
+                "after GRPO on count and relation captions": focus_run}
+    measured += section("failures", lambda: failures_lines(compared), tuple(compared.values()),
+                        ("eval/posttraining_failures_*.json",))
     write_page([*measured, *pending])
     write_page([*measured, *section("edits", edits, (EDIT_BASE, edits_run))])
 

@@ -265,7 +265,7 @@ def test_round_three_from_its_store_alone_runs_nothing(claims, tmp_path, monkeyp
 @pytest.mark.slow
 def test_the_posttraining_experiment_runs_every_step_and_writes_its_page(tmp_path):
     """experiments/posttraining.py with every step shrunk (POSTTRAIN_QUICK=1, the debug preset):
-    start, editing fine-tune, both post-training runs, the evaluations, the page and its figures;
+    start, editing fine-tune, the post-training runs, the evaluations, the page and its figures;
     the groups that teach; a second run finds everything done and starts no command."""
     env = {**os.environ, "POSTTRAIN_QUICK": "1", "POSTTRAIN_PRESET": "debug", "POSTTRAIN_RUNS": str(tmp_path / "runs"),
            "POSTTRAIN_DOCS": str(tmp_path / "docs")}
@@ -275,11 +275,14 @@ def test_the_posttraining_experiment_runs_every_step_and_writes_its_page(tmp_pat
     page = (tmp_path / "docs" / "posttraining.md").read_text()
     assert "### Shapes reward on `small`" in page and "| after GRPO, edit reward |" in page and "count >= 70%" in page
     assert "| after GRPO, shapes_strict reward |" in page
+    assert "### Count and relation captions only" in page and "| after GRPO on count and relation captions" in page
+    assert "### What count and relation captions fail on" in page and "| relation captions |" in page
+    assert (tmp_path / "runs" / "results" / "failures" / "debug_grpo_focus" / "posttraining_failures_cfg3.json").is_file()
     assert "### Where the signal is" in page and "| the reward |" in page  # the groups that teach, start and after
     assert (tmp_path / "runs" / "results" / "signal" / "debug_grpo_strict" / "posttraining_groups.json").is_file()
     for name in ("shapes_curves", "shapes_before", "shapes_after", "shapes_settings", "shapes_strict_curves",
-                 "shapes_strict_after", "shapes_strict_settings", "edits_curves", "edits_before", "edits_after",
-                 "edits_settings"):
+                 "shapes_strict_after", "shapes_strict_settings", "shapes_focus_curves", "edits_curves", "edits_before",
+                 "edits_after", "edits_settings"):
         assert (tmp_path / "docs" / "posttraining" / f"{name}.png").is_file()
     again = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0 and "$ " not in again.stdout

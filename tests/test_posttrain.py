@@ -417,3 +417,27 @@ def test_a_start_passes_on_its_weights_not_its_lora_or_post_training_recipe(debu
     cfg, ckpt = start_config(lora_start, ["posttrain.prompts=5"])
     assert cfg.train.lora.rank == 0 and cfg.posttrain.group == 8 and cfg.posttrain.prompts == 5
     assert cfg.train.init_from == str(ckpt) and ckpt.parent.parent == lora_start
+
+
+
+def test_posttrain_kinds_trains_on_those_scenes_captions_in_turn_and_holds_out_every_kind(debug_run, tmp_path):
+    from transfusion.data.shapes import ShapesDataset
+    from transfusion.posttrain.grpo import prompts_of, training_documents
+
+    cfg, ckpt = start_config(debug_run, [*SMALL, "posttrain.kinds=[count,relation]"])
+    documents = training_documents(cfg)
+    train = ShapesDataset("train", size=32)
+    assert documents[:8] == [i for i in range(60) if train[i].meta["scene"].kind != "single"][:8]
+    updates = [prompts_of(cfg, "train", 8, start=u * 8, documents=documents) for u in range(3)]
+    drawn = [p for prompts in updates for p in prompts]  # update u: the u-th run of 8 such documents, none twice
+    assert [p.meta["scene"] for p in drawn] == [train[i].meta["scene"] for i in documents[:24]]
+    assert {p.meta["scene"].kind for p in drawn} == {"count", "relation"}
+    trainer = Posttrainer(cfg, ckpt, tmp_path)
+    grouped = trainer.draw(1)[0]  # update 1: documents 2 and 3 of the kinds, 4 samples each
+    assert [p.meta["scene"] for p in grouped] == [train[i].meta["scene"] for i in documents[2:4] for _ in range(4)]
+    held_out = prompts_of(cfg, "validation", 40)  # measured on every kind, as without posttrain.kinds
+    assert {p.meta["scene"].kind for p in held_out} == {"single", "count", "relation"}
+    with pytest.raises(ValueError, match="an edit reward's prompts are edits"):
+        training_documents(start_config(debug_run, ["posttrain.kinds=[count]", "posttrain.reward=edit"])[0])
+    with pytest.raises(ValueError, match="has no scene kinds"):
+        training_documents(start_config(debug_run, ["posttrain.kinds=[count]", "data.dataset=edits"])[0])

@@ -237,6 +237,7 @@ class PosttrainConfig:
     inner_epochs: int = recipe(1)  # passes over each batch of samples
     timestep_fraction: float = recipe(1.0)  # share of the denoising steps each update trains on
     split: str = recipe("train")  # the dataset split whose captions are the prompts
+    kinds: list[Literal["single", "count", "relation"]] = recipe(factory=list)  # only these scenes' captions (shapes)
     eval_every: int = execution(25)  # updates between held-out measurements, on eval_prompts prompts (0: at the end)
     eval_prompts: int = execution(64)
 

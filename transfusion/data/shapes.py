@@ -342,13 +342,23 @@ class ShapesDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.length
 
+    def _kind(self, rng: np.random.Generator) -> str:
+        if len(self.kinds) == 1:
+            return self.kinds[0]
+        return self.kinds[rng.choice(len(self.kinds), p=self.kind_probabilities)]
+
+    def indices_of(self, kinds) -> list[int]:
+        """The indices of the documents of ``kinds``, in order, found without drawing them."""
+        unknown = set(kinds) - set(self.kinds)
+        if unknown:
+            raise ValueError(f"this dataset draws {list(self.kinds)}, not {sorted(unknown)}")
+        return [i for i in range(self.length) if self._kind(_rng(self.split, i)) in kinds]
+
     def __getitem__(self, index: int) -> Document:
         if not 0 <= index < self.length:
             raise IndexError(f"index {index} out of range for {self.length} items")
         rng = _rng(self.split, index)
-        kind = self.kinds[0]
-        if len(self.kinds) > 1:
-            kind = self.kinds[rng.choice(len(self.kinds), p=self.kind_probabilities)]
+        kind = self._kind(rng)
         if kind == "interleaved":
             return interleaved_document(rng, self.size)
         scene = sample_scene(rng, kind)

@@ -2,8 +2,9 @@
 
     transfusion posttrain runs/small --out runs/small_grpo --reward shapes posttrain.steps=200
 
-One update (``Posttrainer.update``): ``posttrain.prompts`` prompts of the training split (captions;
-an edit reward's instructions with their sources; a caption reward's images), ``posttrain.group``
+One update (``Posttrainer.update``): ``posttrain.prompts`` prompts of the training split (captions,
+with ``posttrain.kinds`` only those of the named shapes scene kinds; an edit reward's instructions
+with their sources; a caption reward's images), ``posttrain.group``
 samples each, drawn by the current model with a sampler whose every step has an exact
 log-probability (``policy.py``: DDPM's posterior, or a flow's SDE; ``captions.py``: tokens);
 each sample scored by the reward; a sample's advantage its reward's standing in its prompt's
@@ -52,26 +53,46 @@ from transfusion.visualize import plot_posttraining
 EVAL_SEED = 1_000_003  # the held-out prompts' sampler noise: the same at every evaluation
 
 
-def prompts_of(cfg: Config, split: str, n: int, start: int = 0) -> list[Prompt]:
+def prompts_of(cfg: Config, split: str, n: int, start: int = 0, documents: list[int] | None = None) -> list[Prompt]:
     """``n`` prompts from document ``start`` on (wrapping around a finite split): the captions of
     the dataset's caption + image documents, or for an edit reward the instructions of
     ``data.edit_dataset``'s triples, with their sources, or for a caption reward those
-    documents' images (the prompt's text empty: the caption is what the policy says)."""
+    documents' images (the prompt's text empty: the caption is what the policy says).
+    ``documents``: the indices to walk instead of all of them (``training_documents``)."""
     edits, captioning = cfg.posttrain.reward in EDIT_REWARDS, cfg.posttrain.reward in CAPTION_REWARDS
     spec = cfg.data.edit_dataset if edits else cfg.data.dataset
     data = load_dataset(spec, split, cfg.image.size)
+    order = documents if documents is not None else range(len(data))
     out, i = [], start
     while len(out) < n:
-        doc = data[i % len(data)]
+        doc = data[order[i % len(order)]]
         if edits and doc.kind == "edit":
             out.append(Prompt(doc.segments[1].text, doc.segments[0].pixels, doc.meta))
         elif not edits and doc.kind == "pair":
             out.append(Prompt("", doc.images[0].pixels, doc.meta) if captioning else Prompt(doc.caption, meta=doc.meta))
         i += 1
-        if i - start > 50 * n + len(data):
+        if i - start > 50 * n + len(order):
             what = "editing triples" if edits else "caption + image documents"
             raise ValueError(f"the {split} split of {spec!r} holds no {what}")
     return out
+
+
+def training_documents(cfg: Config) -> list[int] | None:
+    """The documents whose captions the run trains on: those of the scene kinds
+    ``posttrain.kinds`` names (shapes data), or None for all of them."""
+    pt = cfg.posttrain
+    if not pt.kinds:
+        return None
+    if pt.reward in EDIT_REWARDS:
+        raise ValueError("posttrain.kinds picks captions by their scene's kind; an edit reward's prompts are edits")
+    data = load_dataset(cfg.data.dataset, pt.split, cfg.image.size)
+    if not hasattr(data, "indices_of"):
+        raise ValueError(f"posttrain.kinds picks captions by their scene's kind: data.dataset={cfg.data.dataset!r} "
+                         "has no scene kinds (the built-in shapes data has)")
+    documents = data.indices_of(pt.kinds)
+    if not documents:
+        raise ValueError(f"the {pt.split} split of {cfg.data.dataset!r} holds no scenes of kinds {pt.kinds}")
+    return documents
 
 
 def held_out_split(cfg: Config) -> str:
@@ -117,6 +138,7 @@ class Posttrainer:
         if not self.captioning and self.policy.flow and pt.flow_noise <= 0:
             raise ValueError("posttrain.flow_noise=0 samples the flow's ODE: no step has a log-probability to train on")
         self.reward = load_reward(pt.reward)
+        self.documents = training_documents(cfg)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=pt.lr, betas=(0.9, 0.999), weight_decay=0.0)
         get_state_dict(self.model, self.optimizer)  # gives every parameter its optimizer state (at lr 0), as a
@@ -137,7 +159,7 @@ class Posttrainer:
         update goes on to use (the prompts and noise depend only on the seed and ``step``)."""
         pt, cfg = self.cfg.posttrain, self.cfg
         generator = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + step)
-        prompts = prompts_of(cfg, pt.split, pt.prompts, start=step * pt.prompts)
+        prompts = prompts_of(cfg, pt.split, pt.prompts, start=step * pt.prompts, documents=self.documents)
         grouped = [p for p in prompts for _ in range(pt.group)]
         self.model.eval()
         rollout = self.rollout(grouped, generator)

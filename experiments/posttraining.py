@@ -515,8 +515,8 @@ def main() -> None:
     measured += section("shapes_focus", focus, (focus_run,), ("eval/posttraining_skills.json",
                         "eval/posttraining_t2i_unguided.json", "metrics.jsonl"))
     write_page([*measured, *pending])
-    compared = {"`small`": BASE, "after GRPO on every caption": strict_run,
-                "after GRPO on count and relation captions": focus_run}
+    compared = {"`small`": BASE, f"after GRPO on every caption ({setting(SHAPES_STRICT, 'steps')} updates)": strict_run,
+                f"after GRPO on count and relation captions ({setting(SHAPES_FOCUS, 'steps')} updates)": focus_run}
     measured += section("failures", lambda: failures_lines(compared), tuple(compared.values()),
                         ("eval/posttraining_failures_*.json",))
     write_page([*measured, *pending])

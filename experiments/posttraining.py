@@ -15,12 +15,12 @@ editing fine-tune (the edit reader), with what the reward does not see checked b
    triples) for the editing runs; text to image and edits again without guidance
    (``UNGUIDED``), as both runs sample while they train. The held-out captions in other words
    are in each run's ``metrics.jsonl`` (``paraphrased_*``);
-4. where GRPO's signal is (``groups_drawn``): the strict recipe's first 8 updates' groups drawn by
-   ``small`` and by the strict run, nothing trained, read attribute by attribute;
+4. where GRPO's signal is (``posttraining_readings.groups_drawn``): the strict recipe's first 8
+   updates' groups drawn by ``small`` and by the strict run, nothing trained, read attribute by attribute;
 5. the strict recipe on count and relation captions only (``SHAPES_FOCUS``, ``runs/small_grpo_focus``),
    evaluated as in 3;
-6. what count and relation captions fail on (``failures``): how many objects each model draws for
-   test count captions, and whether a relation's two named objects are drawn at all.
+6. what count and relation captions fail on (``posttraining_readings.failures``): how many objects
+   each model draws for test count captions, and whether a relation's two named objects are drawn.
 
 Writes docs/posttraining.md's measurements (below its marker line; the shapes section as soon as
 it is measured) and docs/posttraining/*.png (curves, and the held-out grids before and after).
@@ -43,8 +43,8 @@ import time
 from pathlib import Path
 
 from pages import write_measurements
+from posttraining_readings import FAILURES, failures, groups_drawn
 
-from transfusion.fileio import atomic_text
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = Path(os.environ.get("POSTTRAIN_RUNS", ROOT / "runs"))
@@ -343,31 +343,6 @@ def edits_lines(run: Path) -> list[str]:
             *settings_compared("edits", EDITS, EDITS_TRIED, run)]
 
 
-def groups_drawn(run: Path, settings: list, updates: int) -> dict:
-    """What the first ``updates`` updates of ``settings`` draw from ``run`` as it is (the same
-    prompts and noise, nothing trained): per attribute the share right and the share of groups
-    that disagree on it (only those teach it), and the share of groups whose rewards differ;
-    made once, into the run's ``eval/posttraining_groups.json``."""
-    out = run / "eval" / "posttraining_groups.json"
-    if not out.is_file():
-        from transfusion.posttrain.grpo import Posttrainer, start_config
-        from transfusion.posttrain.objective import varied_groups
-
-        reward = settings[settings.index("--reward") + 1]
-        overrides = [s for s in settings if "=" in s]
-        cfg, ckpt = start_config(run, [*overrides, f"posttrain.reward={reward}", "posttrain.kl=0"])
-        trainer, group, rows = Posttrainer(cfg, ckpt, run), cfg.posttrain.group, []
-        for step in range(updates):
-            prompts, _, images, rewards, _ = trainer.draw(step)
-            rows.append({"groups_varied": varied_groups(rewards.tolist(), group),
-                         **trainer.policy.judged(prompts, images, group)})
-        out.parent.mkdir(exist_ok=True)
-        keys = dict.fromkeys(k for r in rows for k in r)  # an attribute no prompt of the first update stated too
-        atomic_text(out, json.dumps({k: sum(r[k] for r in rows if k in r) / sum(k in r for r in rows)
-                                     for k in keys}, indent=1))
-    return json.loads(out.read_text())
-
-
 def signal_lines(run: Path) -> list[str]:
     """Where GRPO's signal is: the start's and the strict run's groups, attribute by attribute."""
     updates, group, guidance = 8, setting(SHAPES_STRICT, "group"), float(setting(SHAPES_STRICT, "guidance"))
@@ -386,45 +361,6 @@ def signal_lines(run: Path) -> list[str]:
             f"| the reward | | {pct(before['groups_varied'])} | | {pct(after['groups_varied'])} |", ""]
 
 
-FAILURES = {"count": ["as many objects as asked", "fewer", "more", "as many of the named colour and shape (count)"],
-            "relation": ["two objects", "both named objects (colour and shape)", "in the stated relation",
-                         "in the stated relation, of those with both"]}
-
-
-def failures(run: Path, guidance: float, draws: int, captions: int | None = None) -> dict:
-    """What the test split's count and relation captions (the first ``captions`` of each kind, or
-    all) get from ``run``, ``draws`` samples each (the policy's sampler, ``guidance``), in the
-    ``FAILURES`` shares; made once, into the run's eval/."""
-    out = run / "eval" / f"posttraining_failures_cfg{guidance:g}.json"
-    if not out.is_file():
-        import torch
-
-        from transfusion.data.shapes import ShapesDataset
-        from transfusion.metrics.shapes_reader import read_image, score
-        from transfusion.posttrain.grpo import Posttrainer, prompts_of, start_config
-
-        cfg, ckpt = start_config(run, [*COMMON, f"posttrain.guidance={guidance}", "posttrain.kl=0"])
-        trainer, test, shares = Posttrainer(cfg, ckpt, run), ShapesDataset("test", cfg.image.size), {}
-        for kind, names in FAILURES.items():
-            documents = test.indices_of([kind])[:captions]
-            prompts = prompts_of(cfg, "test", draws * len(documents), documents=documents)  # each caption, in turn
-            n = len(prompts)
-            images = trainer.policy.outputs(trainer.rollout(prompts, torch.Generator().manual_seed(0)))
-            found = [(len(read_image(image)), len(p.meta["scene"].objects), score(image, p.meta["scene"]))
-                     for p, image in zip(prompts, images)]
-            if kind == "count":
-                rows = [(drawn == asked, drawn < asked, drawn > asked, s["count"]) for drawn, asked, s in found]
-            else:
-                rows = [(drawn == 2, s["shape"], s["relation"]) for drawn, _, s in found]
-            shares[kind] = dict(zip(names, (sum(r[i] for r in rows) / n for i in range(len(rows[0])))))
-        relation = shares["relation"]
-        drawn, placed, of_drawn = FAILURES["relation"][1:]
-        relation[of_drawn] = relation[placed] / relation[drawn] if relation[drawn] else None
-        out.parent.mkdir(exist_ok=True)
-        atomic_text(out, json.dumps(shares, indent=1))
-    return json.loads(out.read_text())
-
-
 def failures_lines(runs: dict[str, Path]) -> list[str]:
     """What count and relation captions fail on, for each of ``runs`` (label: run), both samplers."""
     draws, captions = 4, (2 if QUICK else None)
@@ -437,7 +373,7 @@ def failures_lines(runs: dict[str, Path]) -> list[str]:
         lines += [f"| {kind} captions | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
         for guidance in (1.0, 3.0):
             for label, run in runs.items():
-                shares = failures(run, guidance, draws, captions)[kind]
+                shares = failures(run, SHAPES_STRICT, guidance, draws, captions)[kind]
                 lines.append(f"| {label}, {'no guidance' if guidance == 1 else f'guidance {guidance:g}'} | "
                              + " | ".join(pct(shares[name]) for name in names) + " |")
         lines.append("")

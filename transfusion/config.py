@@ -214,8 +214,7 @@ class TrainConfig:
     # decay min(ema_decay, (1 + t) / (10 + t)) at step t: about the last tenth of a short run, not its random start
     ema_warmup: bool = recipe(False)
     # fine-tuning: a run or checkpoint folder whose weights start this run (a new optimizer and schedule); its
-    # architecture fields (model.*, image.*, autoencoder.*, the diffusion process), tokenizer and autoencoder
-    # are kept
+    # architecture fields (model.*, image.*, autoencoder.*, the diffusion process), tokenizer and autoencoder are kept
     init_from: str = recipe("")
     lora: LoraConfig = recipe(factory=LoraConfig)
 

@@ -202,7 +202,9 @@ def train(cfg: Config, out: str | Path) -> Path:
         raise ValueError("model.attention=flex trains on CUDA only (FlexAttention has no CPU backward); use sdpa")
     lock = RunLock(out).acquire() if world.main else None
     try:
-        return _train(cfg, out, world, device)
+        _train(cfg, out, world, device)
+        world.barrier()  # every process done (the first writes the report last) before any leaves the group
+        return out
     finally:
         if lock is not None:
             lock.release()

@@ -68,7 +68,8 @@ SHAPES_STRICT = ["--reward", "shapes_strict", *COMMON, "posttrain.guidance=1", "
                  "posttrain.prompts=16", "posttrain.group=8", "posttrain.lr=5e-5", "posttrain.kl=0.01"]
 # the strict recipe on count and relation captions only: 82 updates of 16 (1,312 captions) hold as many of them as
 # the strict recipe's first 210 updates (1,303 of 3,360), its best update on the validation captions (STRICT_210)
-SHAPES_FOCUS = [*SHAPES_STRICT, "posttrain.steps=82", "posttrain.kinds=[count,relation]"]
+SHAPES_FOCUS = [*(s for s in SHAPES_STRICT if not s.startswith("posttrain.steps=")), "posttrain.steps=82",
+                "posttrain.kinds=[count,relation]"]
 # the shapes recipe at a fifth of its learning rate, 80 updates of ~40 s (the shapes run's held-out reward rose in
 # its first ~50 updates, then held); at lr 1e-4 the edit reward fell from the first update, and guidance 3 while
 # sampling (60 updates of ~65 s) ended level with this on the 500 held-out triples (posttraining_tried/)

@@ -257,7 +257,6 @@ def shapes_evaluated(run: Path) -> tuple[dict, dict, dict, dict]:
 def shapes_lines(run: Path) -> list[str]:
     """The shapes run's section, its evaluations made first (skipped when stored)."""
     before, after, plain_before, plain_after = shapes_evaluated(run)
-    figures(run, "shapes")
     last = held_out_row(run)
     return ["### Shapes reward on `small`", "", f"`transfusion posttrain runs/small --out runs/small_grpo "
             f"{shlex.join(SHAPES)}`: {last['wall_seconds'] / 60:.0f} minutes of updates, "
@@ -269,9 +268,7 @@ def shapes_lines(run: Path) -> list[str]:
             f"Held-out captions in words training never showed (the run's last evaluation, no guidance): reward "
             f"{last.get('paraphrased_reward', 0):.2f} against {last['heldout_reward']:.2f} for the same scenes in "
             f"the usual words.", "",
-            "![reward and judged shares against wall clock and samples drawn](posttraining/shapes_curves.png)", "",
-            "Held-out captions, same noise, before and after:", "",
-            "![before](posttraining/shapes_before.png) ![after](posttraining/shapes_after.png)", "",
+            *shapes_figures(run, "shapes"),
             "The settings tried before these (each stopped where its reward had not risen):", "",
             *settings_compared("shapes", SHAPES, SHAPES_TRIED, run)]
 
@@ -280,7 +277,6 @@ def strict_lines(run: Path) -> list[str]:
     """The strict shapes reward's section: its run against the same start, both samplers."""
     label = "after GRPO, shapes_strict reward"
     before, after, plain_before, plain_after = shapes_evaluated(run)
-    figures(run, "shapes_strict")
     held = held_out_rows(run)
     first, last = held[0], held[-1]
     return ["### The strict shapes reward on `small`", "", f"`transfusion posttrain runs/small --out "
@@ -294,9 +290,7 @@ def strict_lines(run: Path) -> list[str]:
             f"{pct(first.get('paraphrased_exact'))} at the start and {pct(last.get('paraphrased_exact'))} at the end, "
             f"against {pct(first['heldout_exact'])} and {pct(last['heldout_exact'])} for the same scenes in the usual "
             f"words.", "",
-            "![reward and judged shares against wall clock and samples drawn](posttraining/shapes_strict_curves.png)",
-            "", "Held-out captions, same noise, before and after:", "",
-            "![before](posttraining/shapes_strict_before.png) ![after](posttraining/shapes_strict_after.png)", "",
+            *shapes_figures(run, "shapes_strict"),
             "The same recipe at twice the learning rate, with guidance while sampling, with larger groups, and the "
             "run kept (held-out reward of the strict reward, 64 captions, each run's own sampler):",
             "", *settings_compared("shapes_strict", SHAPES_STRICT, STRICT_TRIED, run)]
@@ -309,7 +303,6 @@ def focus_lines(run: Path) -> list[str]:
     strict, plain_strict = (json.loads(path.read_text()) for path in STRICT_210)
     focus = f"after GRPO on count and relation captions only ({setting(SHAPES_FOCUS, 'steps')} updates)"
     strict_label = "after GRPO on every caption (210 updates)"
-    figures(run, "shapes_focus")
     last = held_out_row(run)
     return ["### Count and relation captions only", "",
             f"`transfusion posttrain runs/small --out runs/small_grpo_focus {shlex.join(SHAPES_FOCUS)}`: "
@@ -322,9 +315,7 @@ def focus_lines(run: Path) -> list[str]:
             *verdicts(plain_before, plain_after),
             f"`transfusion eval {shlex.join(SAMPLER)}` (guidance 3):", "",
             *shapes_table(before, after, focus, (strict_label, strict)), *verdicts(before, after),
-            "![reward and judged shares against wall clock and samples drawn](posttraining/shapes_focus_curves.png)",
-            "", "Held-out captions, same noise, before and after:", "",
-            "![before](posttraining/shapes_focus_before.png) ![after](posttraining/shapes_focus_after.png)", ""]
+            *shapes_figures(run, "shapes_focus")]
 
 
 def edits_lines(run: Path) -> list[str]:
@@ -379,6 +370,14 @@ def failures_lines(runs: dict[str, Path]) -> list[str]:
                              + " | ".join(pct(shares[name]) for name in names) + " |")
         lines.append("")
     return lines
+
+
+def shapes_figures(run: Path, name: str) -> list[str]:
+    """A shapes run's curves and held-out grids (``figures``), and the page's lines showing them."""
+    figures(run, name)
+    return [f"![reward and judged shares against wall clock and samples drawn](posttraining/{name}_curves.png)", "",
+            "Held-out captions, same noise, before and after:", "",
+            f"![before](posttraining/{name}_before.png) ![after](posttraining/{name}_after.png)", ""]
 
 
 def figures(run: Path, name: str) -> None:

@@ -419,7 +419,6 @@ def test_a_start_passes_on_its_weights_not_its_lora_or_post_training_recipe(debu
     assert cfg.train.init_from == str(ckpt) and ckpt.parent.parent == lora_start
 
 
-
 def test_posttrain_kinds_trains_on_those_scenes_captions_in_turn_and_holds_out_every_kind(debug_run, tmp_path):
     from transfusion.data.shapes import ShapesDataset
     from transfusion.posttrain.grpo import prompts_of, training_documents
